@@ -1,0 +1,1 @@
+//! HTTP front for `mpserver` flows (work in progress).

@@ -1,0 +1,293 @@
+//! Errors: every module's error types, gathered in one place.
+//!
+//! A request fails with exactly one [`Error`]. Match on it, or use
+//! [`Error::kind`] for a stable short name (used by the HTTP front and in
+//! metrics) and [`Error::worker`] to learn which worker was involved.
+
+use std::any::Any;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::worker::WorkerError;
+
+/// Names one worker: its servlet's worker name, its index, and its process id
+/// (for a process worker).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerId {
+    /// The worker name (by default the worker type's name).
+    pub name: String,
+    /// Index within its servlet.
+    pub index: usize,
+    /// OS process id, for process workers.
+    pub pid: Option<u32>,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.name, self.index)?;
+        if let Some(pid) = self.pid {
+            write!(f, " (pid {pid})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The server already holds `capacity` requests and the call asked not to wait
+/// (back-pressure on). The seed's `ServerBacklogFull`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server backlog full: {capacity} requests in flight")]
+pub struct ServerBacklogFull {
+    /// The server's capacity.
+    pub capacity: usize,
+}
+
+/// A request did not finish within its time limit. Counted from the call's
+/// start; says how long was spent getting into the server and in total.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "request timed out after {:.3} s (limit {:.3} s; {:.3} s spent enqueuing{})",
+    total.as_secs_f64(), limit.as_secs_f64(), enqueue.as_secs_f64(),
+    if *while_enqueuing { ", never admitted" } else { "" }
+)]
+pub struct TimeoutError {
+    /// Time spent waiting for capacity and entering the first queue.
+    pub enqueue: Duration,
+    /// Time from the call's start to the timeout.
+    pub total: Duration,
+    /// The time limit of the call.
+    pub limit: Duration,
+    /// True when the request never got into the server.
+    pub while_enqueuing: bool,
+}
+
+/// A worker process died while it held the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker {worker} crashed: {how}")]
+pub struct WorkerCrashed {
+    /// The worker that died.
+    pub worker: WorkerId,
+    /// How it died, e.g. "killed by signal 9 (SIGKILL)".
+    pub how: String,
+}
+
+/// An item was failed because its processing crashed workers repeatedly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("poison item: crashed workers {crashes} times (last: {last})")]
+pub struct PoisonItem {
+    /// How many worker crashes the item was involved in.
+    pub crashes: u32,
+    /// The last crash.
+    pub last: WorkerCrashed,
+}
+
+/// Which way a value was crossing a process boundary when its codec failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodecDirection {
+    /// Encoding the input in the server process.
+    EncodeInput,
+    /// Decoding the input in the worker process.
+    DecodeInput,
+    /// Encoding the output in the worker process.
+    EncodeOutput,
+    /// Decoding the output in the server process.
+    DecodeOutput,
+}
+
+/// A value failed to serialize or deserialize at a process boundary. Only that
+/// request fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("codec error ({direction:?}) at worker {worker}: {message}")]
+pub struct CodecError {
+    /// The worker whose boundary it was.
+    pub worker: WorkerId,
+    /// Where it failed.
+    pub direction: CodecDirection,
+    /// The codec's message.
+    pub message: String,
+}
+
+/// An item failed in an [`EnsembleServlet`](crate::EnsembleServlet).
+///
+/// With `fail_fast` (the default) this is the first member error; otherwise
+/// it is raised only when every member failed. The member errors sit in their
+/// slots; successful members' values can be recovered with
+/// [`EnsembleError::values`].
+#[derive(thiserror::Error)]
+pub struct EnsembleError {
+    pub(crate) errors: Vec<Option<Error>>,
+    pub(crate) values: std::sync::Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+impl EnsembleError {
+    /// Per member: `Some(error)` if that member failed (or was not waited for,
+    /// with fail-fast), `None` if it succeeded or had not answered.
+    pub fn errors(&self) -> &[Option<Error>] {
+        &self.errors
+    }
+
+    /// The first member error, with its member index.
+    pub fn first(&self) -> Option<(usize, &Error)> {
+        self.errors
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| e.as_ref().map(|e| (i, e)))
+    }
+
+    /// Takes the successful members' values (`Some(value)` in their slots),
+    /// if the member output type is `T` (fail-fast ensembles keep them).
+    pub fn take_values<T: 'static>(&self) -> Option<Vec<Option<T>>> {
+        let mut guard = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let b = guard.take()?;
+        match b.downcast::<Vec<Option<T>>>() {
+            Ok(v) => Some(*v),
+            Err(b) => {
+                *guard = Some(b);
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for EnsembleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failed = self.errors.iter().filter(|e| e.is_some()).count();
+        write!(f, "ensemble error ({failed} of {} members failed)", self.errors.len())?;
+        if let Some((i, e)) = self.first() {
+            write!(f, "; member {i}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for EnsembleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnsembleError")
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the server (or a worker within it) could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// A worker's `init` failed (or panicked).
+    #[error("worker {worker} failed to initialise: {error}")]
+    Init {
+        /// The worker.
+        worker: WorkerId,
+        /// Its error.
+        error: WorkerError,
+    },
+    /// A worker process could not be spawned or did not complete the handshake.
+    #[error("worker {worker} could not be started: {message}")]
+    Spawn {
+        /// The worker.
+        worker: WorkerId,
+        /// What went wrong.
+        message: String,
+    },
+    /// Requested CPUs do not exist or are not allowed for this process.
+    #[error("invalid CPU affinity: {0}")]
+    Affinity(String),
+    /// The flow is not valid (e.g. an ensemble without members).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The error of a request (or of a server operation).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server is full and the call asked not to wait.
+    #[error(transparent)]
+    BacklogFull(#[from] ServerBacklogFull),
+    /// The request's time limit passed.
+    #[error(transparent)]
+    Timeout(#[from] TimeoutError),
+    /// The worker returned an error (or panicked) for this item.
+    #[error("worker {worker} failed: {error}")]
+    Worker {
+        /// Which worker.
+        worker: WorkerId,
+        /// What it raised.
+        error: WorkerError,
+    },
+    /// The worker process died while holding this item.
+    #[error(transparent)]
+    WorkerCrashed(#[from] WorkerCrashed),
+    /// The item crashed workers repeatedly.
+    #[error(transparent)]
+    PoisonItem(#[from] PoisonItem),
+    /// An ensemble member failed.
+    #[error(transparent)]
+    Ensemble(#[from] EnsembleError),
+    /// A value failed to cross a process boundary.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// A switch's picker chose a member that does not exist.
+    #[error("switch picked member {picked} of {members}")]
+    Route {
+        /// The index returned by the picker.
+        picked: usize,
+        /// Number of members.
+        members: usize,
+    },
+    /// The request was cancelled.
+    #[error("request cancelled")]
+    Cancelled,
+    /// The server is shutting down or has shut down.
+    #[error("server is shut down")]
+    Shutdown,
+    /// The server could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+impl Error {
+    /// A stable short name for the kind of error (`"timeout"`, `"worker"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::BacklogFull(_) => "backlog_full",
+            Error::Timeout(_) => "timeout",
+            Error::Worker { .. } => "worker",
+            Error::WorkerCrashed(_) => "worker_crashed",
+            Error::PoisonItem(_) => "poison_item",
+            Error::Ensemble(_) => "ensemble",
+            Error::Codec(_) => "codec",
+            Error::Route { .. } => "route",
+            Error::Cancelled => "cancelled",
+            Error::Shutdown => "shutdown",
+            Error::Start(_) => "start",
+        }
+    }
+
+    /// The worker involved, if any (for an ensemble, the first failed member's).
+    pub fn worker(&self) -> Option<&WorkerId> {
+        match self {
+            Error::Worker { worker, .. } => Some(worker),
+            Error::WorkerCrashed(c) => Some(&c.worker),
+            Error::PoisonItem(p) => Some(&p.last.worker),
+            Error::Codec(c) => Some(&c.worker),
+            Error::Ensemble(e) => e.first().and_then(|(_, e)| e.worker()),
+            Error::Start(StartError::Init { worker, .. } | StartError::Spawn { worker, .. }) => {
+                Some(worker)
+            }
+            _ => None,
+        }
+    }
+
+    /// The worker's own error, if this is (or, for an ensemble, wraps) one.
+    pub fn worker_error(&self) -> Option<&WorkerError> {
+        match self {
+            Error::Worker { error, .. } => Some(error),
+            Error::Start(StartError::Init { error, .. }) => Some(error),
+            Error::Ensemble(e) => e.first().and_then(|(_, e)| e.worker_error()),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,74 @@
+//! Value codecs for the process boundary.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// How inputs, outputs and the worker value are encoded between the server
+/// and a worker process.
+///
+/// * [`Codec::Postcard`] (default): compact and the fastest; not
+///   self-describing, so it cannot decode types that need
+///   `deserialize_any`, such as `serde_json::Value` or untagged enums.
+/// * [`Codec::MessagePack`]: self-describing (works with
+///   `serde_json::Value`), a little larger and slower.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Codec {
+    /// postcard (default).
+    #[default]
+    Postcard,
+    /// MessagePack via `rmp-serde`.
+    MessagePack,
+}
+
+impl Codec {
+    /// Appends the encoding of `value` to `out`.
+    pub fn encode_into<T: Serialize + ?Sized>(self, out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+        match self {
+            Codec::Postcard => postcard::to_io(value, out).map(drop).map_err(|e| e.to_string()),
+            Codec::MessagePack => rmp_serde::encode::write(out, value).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Decodes a value.
+    pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
+        match self {
+            Codec::Postcard => postcard::from_bytes(bytes).map_err(|e| {
+                let hint = if matches!(e, postcard::Error::WontImplement) {
+                    " (postcard cannot decode self-describing types such as serde_json::Value; \
+                     use `.codec(Codec::MessagePack)` on the ProcessServlet)"
+                } else {
+                    ""
+                };
+                format!("{e}{hint}")
+            }),
+            Codec::MessagePack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_round_trip_typed_values() {
+        for c in [Codec::Postcard, Codec::MessagePack] {
+            let mut v = Vec::new();
+            c.encode_into(&mut v, &(1u32, "x".to_string(), vec![1.5f64])).unwrap();
+            let back: (u32, String, Vec<f64>) = c.decode(&v).unwrap();
+            assert_eq!(back, (1, "x".to_string(), vec![1.5]));
+        }
+    }
+
+    #[test]
+    fn postcard_explains_dynamic_values() {
+        let mut v = Vec::new();
+        let x = serde_json::json!({"a": [1, 2]});
+        Codec::Postcard.encode_into(&mut v, &x).unwrap();
+        let e = Codec::Postcard.decode::<serde_json::Value>(&v).unwrap_err();
+        assert!(e.contains("MessagePack"), "{e}");
+        let mut v = Vec::new();
+        Codec::MessagePack.encode_into(&mut v, &x).unwrap();
+        assert_eq!(Codec::MessagePack.decode::<serde_json::Value>(&v).unwrap(), x);
+    }
+}

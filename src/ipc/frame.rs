@@ -1,0 +1,437 @@
+//! The frame format between the server and a worker process.
+//!
+//! Every message is a frame: a little-endian `u32` length (of what follows),
+//! one kind byte, and a body. Bodies that carry items hold many of them, each
+//! with its request-local id and its own length-prefixed payload, so one
+//! `write` moves a whole batch or a queue's worth of small items, and a value
+//! that fails to encode or decode fails only its own item.
+//!
+//! ```text
+//! frame   := len:u32 kind:u8 body
+//! ITEMS   := batched:u8 count:u32 { id:u64 len:u32 bytes }*
+//! RESULTS := count:u32 { id:u64 status:u8 len:u32 bytes }*   status: 0 ok, 1 worker error, 2 codec error
+//! CANCEL  := count:u32 { id:u64 }*
+//! ```
+//!
+//! Decoding never panics and never trusts a length: a truncated, oversized or
+//! malformed frame is an [`FrameError`], after which the server treats the
+//! worker as crashed.
+
+use std::io::{self, BufReader, Read};
+
+/// Frame kinds.
+pub mod kind {
+    /// Parent → child: bootstrap handshake (magic, token, entry).
+    pub const HELLO: u8 = 1;
+    /// Parent → child: the worker's configuration.
+    pub const CONFIG: u8 = 2;
+    /// Parent → child: items to process.
+    pub const ITEMS: u8 = 3;
+    /// Parent → child: ids of items to skip.
+    pub const CANCEL: u8 = 4;
+    /// Child → parent: init succeeded.
+    pub const READY: u8 = 10;
+    /// Child → parent: init failed (body: a postcard `WorkerError`).
+    pub const INIT_FAILED: u8 = 11;
+    /// Child → parent: results.
+    pub const RESULTS: u8 = 12;
+    /// Child → parent: the worker asks to be recycled (body: reason text).
+    pub const RETIRING: u8 = 13;
+}
+
+/// Result status byte: the payload is the output value.
+pub const STATUS_OK: u8 = 0;
+/// Result status byte: the payload is a postcard `WorkerError`.
+pub const STATUS_WORKER_ERROR: u8 = 1;
+/// Result status byte: the payload is a UTF-8 codec error message; the
+/// direction is given by the following byte in the payload.
+pub const STATUS_CODEC_ERROR: u8 = 2;
+
+/// Default largest frame accepted (256 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
+
+/// What can go wrong reading a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// The stream ended inside a frame.
+    #[error("truncated frame")]
+    Truncated,
+    /// A frame announced more bytes than allowed.
+    #[error("oversized frame: {0} bytes")]
+    Oversized(usize),
+    /// A frame's content does not follow the format.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+/// An outgoing buffer holding any number of frames.
+#[derive(Debug, Default)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// True when no frame is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Number of buffered bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Forgets the buffered frames, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
+    /// Starts a frame of `kind`; returns its start for [`FrameBuf::end`].
+    pub fn begin(&mut self, kind: u8) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        self.buf.push(kind);
+        start
+    }
+
+    /// Finishes the frame started at `start` (writes its length).
+    pub fn end(&mut self, start: usize) {
+        let len = (self.buf.len() - start - 4) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    /// Appends a whole frame with a raw body.
+    pub fn frame(&mut self, kind: u8, body: &[u8]) {
+        let s = self.begin(kind);
+        self.buf.extend_from_slice(body);
+        self.end(s);
+    }
+
+    /// Appends a byte.
+    pub fn put_u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    /// Appends a little-endian u32.
+    pub fn put_u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Appends a little-endian u64.
+    pub fn put_u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Reserves a u32 to patch later with [`FrameBuf::patch_u32`].
+    pub fn reserve_u32(&mut self) -> usize {
+        let at = self.buf.len();
+        self.put_u32(0);
+        at
+    }
+
+    /// Writes `v` at a position returned by [`FrameBuf::reserve_u32`].
+    pub fn patch_u32(&mut self, at: usize, v: u32) {
+        self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Appends a length-prefixed payload produced by `write` (which appends
+    /// to the given vector). If `write` fails, the buffer is restored.
+    pub fn put_payload<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let at = self.reserve_u32();
+        match write(&mut self.buf) {
+            Ok(()) => {
+                let len = (self.buf.len() - at - 4) as u32;
+                self.patch_u32(at, len);
+                Ok(())
+            }
+            Err(e) => {
+                self.buf.truncate(at);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls the buffer back to `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+}
+
+/// Serializes `value` with postcard, appending to `out`.
+pub fn encode_into<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> Result<(), postcard::Error> {
+    postcard::to_io(value, out).map(drop)
+}
+
+/// Reads frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: BufReader<R>,
+    body: Vec<u8>,
+    max: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader accepting frames of at most `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        FrameReader {
+            inner: BufReader::with_capacity(64 * 1024, inner),
+            body: Vec::new(),
+            max,
+        }
+    }
+
+    /// Bytes already read from the transport but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
+    /// The underlying transport.
+    pub fn get_ref(&self) -> &R {
+        self.inner.get_ref()
+    }
+
+    /// Reads the next frame: `Ok(None)` on a clean end of stream (between
+    /// frames). Returns the kind and the body.
+    pub fn read_frame(&mut self) -> Result<Option<(u8, &[u8])>, FrameError> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(FrameError::Truncated),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            return Err(FrameError::Malformed("empty frame"));
+        }
+        if len > self.max {
+            return Err(FrameError::Oversized(len));
+        }
+        self.body.clear();
+        self.body.resize(len, 0);
+        self.inner.read_exact(&mut self.body).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                FrameError::Truncated
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+        Ok(Some((self.body[0], &self.body[1..])))
+    }
+}
+
+/// A cursor over a frame body that never reads out of bounds.
+#[derive(Debug, Clone)]
+pub struct Cursor<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor over `body`.
+    pub fn new(body: &'a [u8]) -> Self {
+        Cursor { rest: body }
+    }
+
+    /// Reads `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(FrameError::Malformed("field runs past the end of the frame"));
+        }
+        let (a, b) = self.rest.split_at(n);
+        self.rest = b;
+        Ok(a)
+    }
+
+    /// Reads a byte.
+    pub fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.bytes(1)?[0])
+    }
+
+    /// Reads a little-endian u32.
+    pub fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Reads a little-endian u64.
+    pub fn u64(&mut self) -> Result<u64, FrameError> {
+        let b = self.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// Reads a u32-length-prefixed payload.
+    pub fn payload(&mut self) -> Result<&'a [u8], FrameError> {
+        let n = self.u32()? as usize;
+        self.bytes(n)
+    }
+
+    /// True when everything was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// Fails unless everything was consumed.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed("trailing bytes"))
+        }
+    }
+
+    /// Reads an item count, checking it against the bytes left (each entry
+    /// takes at least `min_entry` bytes), so a lying count cannot make a
+    /// reader allocate.
+    pub fn count(&mut self, min_entry: usize) -> Result<usize, FrameError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_entry) > self.rest.len() {
+            return Err(FrameError::Malformed("count larger than the frame"));
+        }
+        Ok(n)
+    }
+}
+
+/// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
+pub fn parse_items(body: &[u8]) -> Result<(bool, Vec<(u64, &[u8])>), FrameError> {
+    let mut c = Cursor::new(body);
+    let batched = match c.u8()? {
+        0 => false,
+        1 => true,
+        _ => return Err(FrameError::Malformed("bad batched flag")),
+    };
+    let n = c.count(12)?;
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u64()?;
+        items.push((id, c.payload()?));
+    }
+    c.finish()?;
+    Ok((batched, items))
+}
+
+/// Parses a RESULTS body into `(id, status, payload)` entries.
+pub fn parse_results(body: &[u8]) -> Result<Vec<(u64, u8, &[u8])>, FrameError> {
+    let mut c = Cursor::new(body);
+    let n = c.count(13)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = c.u64()?;
+        let status = c.u8()?;
+        if status > STATUS_CODEC_ERROR {
+            return Err(FrameError::Malformed("bad result status"));
+        }
+        out.push((id, status, c.payload()?));
+    }
+    c.finish()?;
+    Ok(out)
+}
+
+/// Parses a CANCEL body.
+pub fn parse_cancel(body: &[u8]) -> Result<Vec<u64>, FrameError> {
+    let mut c = Cursor::new(body);
+    let n = c.count(8)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(c.u64()?);
+    }
+    c.finish()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items_frame(items: &[(u64, &[u8])], batched: bool) -> Vec<u8> {
+        let mut b = FrameBuf::new();
+        let s = b.begin(kind::ITEMS);
+        b.put_u8(batched as u8);
+        b.put_u32(items.len() as u32);
+        for (id, p) in items {
+            b.put_u64(*id);
+            b.put_payload(|v| {
+                v.extend_from_slice(p);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        }
+        b.end(s);
+        b.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let bytes = items_frame(&[(1, b"ab"), (7, b""), (9, b"xyz")], true);
+        let mut r = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME);
+        let (k, body) = r.read_frame().unwrap().unwrap();
+        assert_eq!(k, kind::ITEMS);
+        let (batched, items) = parse_items(body).unwrap();
+        assert!(batched);
+        assert_eq!(items, vec![(1, &b"ab"[..]), (7, &b""[..]), (9, &b"xyz"[..])]);
+        assert!(r.read_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let bytes = items_frame(&[(1, b"abc")], false);
+        for cut in 1..bytes.len() {
+            let mut r = FrameReader::new(&bytes[..cut], DEFAULT_MAX_FRAME);
+            assert!(matches!(r.read_frame(), Err(FrameError::Truncated)), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_is_rejected_before_allocating() {
+        let bytes = (u32::MAX).to_le_bytes();
+        let mut r = FrameReader::new(&bytes[..], 1024);
+        assert!(matches!(r.read_frame(), Err(FrameError::Oversized(_))));
+    }
+
+    #[test]
+    fn lying_count_is_malformed() {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(parse_items(&body), Err(FrameError::Malformed(_))));
+        let mut body = 5u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 20]);
+        assert!(parse_results(&body).is_err());
+    }
+
+    #[test]
+    fn failed_payload_rolls_back() {
+        let mut b = FrameBuf::new();
+        let s = b.begin(kind::CANCEL);
+        let before = b.len();
+        let r = b.put_payload(|v| {
+            v.extend_from_slice(b"partial");
+            Err("nope")
+        });
+        assert!(r.is_err());
+        assert_eq!(b.len(), before);
+        b.end(s);
+    }
+}

@@ -1,0 +1,11 @@
+//! Inter-process transport: framing over a Unix socket pair, with postcard as
+//! the value codec.
+//!
+//! The process servlet is this module's only client. The wire format is in
+//! [`frame`]; it is public so that it can be fuzzed (`fuzz/`) and inspected,
+//! not because users need it.
+
+pub mod frame;
+pub mod codec;
+
+pub use codec::Codec;

@@ -1,0 +1,50 @@
+#![doc = include_str!("../docs/crate.md")]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod affinity;
+mod batch;
+pub mod error;
+pub mod ipc;
+pub mod metrics;
+pub mod prelude;
+pub mod server;
+pub mod servlet;
+pub mod worker;
+
+pub use affinity::CpuAffinity;
+pub use error::{Error, ServerBacklogFull, WorkerError};
+pub use ipc::Codec;
+pub use server::{CallOptions, DebugInfo, Handle, Pending, Server, StreamOptions};
+pub use servlet::{
+    BoxServlet, Ensemble, EnsembleServlet, LenientEnsembleServlet, PassThrough, ProcessServlet,
+    RestartPolicy, Sequential, SequentialServlet, Servlet, SwitchServlet, ThreadServlet,
+};
+pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
+
+/// Turns this process into a worker process if the server started it as one;
+/// otherwise returns at once.
+///
+/// With the default `auto-init` feature this runs automatically before `main`
+/// (so tests and binaries need nothing). Without that feature, call it as the
+/// first line of `main` of any binary that starts process servlets:
+///
+/// ```
+/// fn main() {
+///     mpserver::init();
+///     // ... build and start the server ...
+/// }
+/// ```
+pub fn init() {
+    servlet::process::spawn::bootstrap_if_worker();
+}
+
+// SAFETY: runs before `main`. It only reads the environment and, in a worker
+// process started by a server, takes over the process (std works before main
+// on Linux: the loader passes argc/argv/envp to .init_array functions). In any
+// other process it returns at once without side effects.
+#[cfg(feature = "auto-init")]
+#[ctor::ctor(unsafe)]
+fn auto_init() {
+    init();
+}

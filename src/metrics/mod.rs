@@ -1,0 +1,283 @@
+//! Observability: per-servlet and per-worker counters, histograms, and the
+//! servlet tree behind [`Server::debug_info`](crate::Server::debug_info).
+//!
+//! Everything here only observes: counters are relaxed atomics owned by the
+//! servlet or worker that updates them, so recording costs a few nanoseconds
+//! and never changes scheduling. Worker processes do not record anything
+//! themselves; their parent-side threads count on their behalf.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+use crate::affinity::CpuAffinity;
+
+const BUCKETS: usize = 40;
+
+/// A lock-free histogram with power-of-two buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one value.
+    pub fn record(&self, v: u64) {
+        let b = (64 - v.leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[b].fetch_add(1, Relaxed);
+        self.sum.fetch_add(v, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        // Bucket b holds values in [2^(b-1), 2^b - 1]; its upper bound is 2^b - 1.
+        let bounds = (0..BUCKETS).map(|b| (1u64 << b) - 1).collect();
+        HistogramSnapshot {
+            bounds,
+            counts,
+            sum: self.sum.load(Relaxed),
+            count: self.count.load(Relaxed),
+        }
+    }
+}
+
+/// A histogram's content: `counts[i]` values were `<= bounds[i]` and above the
+/// previous bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    /// Inclusive upper bound of each bucket.
+    pub bounds: Vec<u64>,
+    /// Values per bucket (not cumulative).
+    pub counts: Vec<u64>,
+    /// Sum of all values.
+    pub sum: u64,
+    /// Number of values.
+    pub count: u64,
+}
+
+impl HistogramSnapshot {
+    /// An upper estimate of the q-quantile (0..=1), from the bucket bounds.
+    pub fn quantile(&self, q: f64) -> u64 {
+        let target = (self.count as f64 * q).ceil() as u64;
+        let mut seen = 0;
+        for (c, b) in self.counts.iter().zip(&self.bounds) {
+            seen += c;
+            if seen >= target.max(1) {
+                return *b;
+            }
+        }
+        *self.bounds.last().unwrap_or(&0)
+    }
+}
+
+/// Counters of one servlet.
+#[derive(Debug, Default)]
+pub struct ServletStats {
+    /// Items that entered the servlet.
+    pub items_in: AtomicU64,
+    /// Items it produced a value for.
+    pub items_ok: AtomicU64,
+    /// Items it failed.
+    pub items_err: AtomicU64,
+    /// Items skipped because their request was cancelled.
+    pub skipped: AtomicU64,
+    /// Worker calls made in batch form.
+    pub batches: AtomicU64,
+    /// Sizes of the batches handed to workers.
+    pub batch_sizes: Histogram,
+    /// Worker crashes.
+    pub crashes: AtomicU64,
+    /// Worker restarts (after crashes and recycling).
+    pub restarts: AtomicU64,
+}
+
+/// Live state of one worker.
+#[derive(Debug)]
+pub struct WorkerStatus {
+    /// Index within its servlet.
+    pub index: usize,
+    /// The CPUs it is pinned to.
+    pub cpus: CpuAffinity,
+    /// OS process id (0 for thread workers or while not running).
+    pub pid: AtomicU32,
+    /// Whether it is running.
+    pub alive: AtomicBool,
+    /// False once it crashed more often than its restart policy allows.
+    pub healthy: AtomicBool,
+    /// Times it was restarted.
+    pub restarts: AtomicU64,
+    /// Items it handled.
+    pub items: AtomicU64,
+}
+
+impl WorkerStatus {
+    /// A status for worker `index` pinned to `cpus`, not yet alive.
+    pub fn new(index: usize, cpus: CpuAffinity) -> Arc<Self> {
+        Arc::new(WorkerStatus {
+            index,
+            cpus,
+            pid: AtomicU32::new(0),
+            alive: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            restarts: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+        })
+    }
+
+    fn snapshot(&self) -> WorkerSnapshot {
+        let pid = self.pid.load(Relaxed);
+        WorkerSnapshot {
+            index: self.index,
+            pid: (pid != 0).then_some(pid),
+            cpus: self.cpus.cpus().map(<[usize]>::to_vec),
+            alive: self.alive.load(Relaxed),
+            healthy: self.healthy.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            items: self.items.load(Relaxed),
+        }
+    }
+}
+
+type DepthFn = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// A servlet's node in the running servlet tree.
+pub struct ServletNode {
+    pub(crate) kind: &'static str,
+    pub(crate) name: String,
+    pub(crate) stats: Arc<ServletStats>,
+    pub(crate) workers: Vec<Arc<WorkerStatus>>,
+    pub(crate) members: Vec<ServletNode>,
+    pub(crate) queue_depth: Option<DepthFn>,
+}
+
+impl ServletNode {
+    /// A node of the given kind (`"process"`, `"thread"`, `"sequential"`, ...).
+    pub fn new(kind: &'static str, name: impl Into<String>) -> Self {
+        ServletNode {
+            kind,
+            name: name.into(),
+            stats: Arc::default(),
+            workers: Vec::new(),
+            members: Vec::new(),
+            queue_depth: None,
+        }
+    }
+
+    /// Adds a member servlet's node.
+    pub fn with_member(mut self, member: ServletNode) -> Self {
+        self.members.push(member);
+        self
+    }
+
+    /// Adds a worker.
+    pub fn with_worker(mut self, worker: Arc<WorkerStatus>) -> Self {
+        self.workers.push(worker);
+        self
+    }
+
+    /// Reports the depth of the servlet's input queue.
+    pub fn with_queue_depth(mut self, f: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.queue_depth = Some(Box::new(f));
+        self
+    }
+
+    /// The servlet's counters.
+    pub fn stats(&self) -> &Arc<ServletStats> {
+        &self.stats
+    }
+
+    /// A serialisable copy of this node and its members.
+    pub fn snapshot(&self) -> ServletSnapshot {
+        let s = &self.stats;
+        ServletSnapshot {
+            kind: self.kind.to_string(),
+            name: self.name.clone(),
+            items_in: s.items_in.load(Relaxed),
+            items_ok: s.items_ok.load(Relaxed),
+            items_err: s.items_err.load(Relaxed),
+            skipped: s.skipped.load(Relaxed),
+            batches: s.batches.load(Relaxed),
+            batch_sizes: s.batch_sizes.snapshot(),
+            crashes: s.crashes.load(Relaxed),
+            restarts: s.restarts.load(Relaxed),
+            queue_depth: self.queue_depth.as_ref().map(|f| f()),
+            workers: self.workers.iter().map(|w| w.snapshot()).collect(),
+            members: self.members.iter().map(ServletNode::snapshot).collect(),
+        }
+    }
+
+    /// Visits every worker status in the tree.
+    pub(crate) fn for_each_worker(&self, f: &mut dyn FnMut(&WorkerStatus)) {
+        for w in &self.workers {
+            f(w);
+        }
+        for m in &self.members {
+            m.for_each_worker(f);
+        }
+    }
+}
+
+/// A copy of one servlet's state and counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServletSnapshot {
+    /// `"process"`, `"thread"`, `"sequential"`, `"ensemble"`, `"switch"`, `"passthrough"`.
+    pub kind: String,
+    /// Worker name (simple servlets) or a descriptive name.
+    pub name: String,
+    /// Items that entered.
+    pub items_in: u64,
+    /// Items that produced a value.
+    pub items_ok: u64,
+    /// Items that failed here.
+    pub items_err: u64,
+    /// Items skipped as cancelled.
+    pub skipped: u64,
+    /// Batch calls.
+    pub batches: u64,
+    /// Batch sizes.
+    pub batch_sizes: HistogramSnapshot,
+    /// Worker crashes.
+    pub crashes: u64,
+    /// Worker restarts.
+    pub restarts: u64,
+    /// Items waiting in the input queue.
+    pub queue_depth: Option<usize>,
+    /// The workers.
+    pub workers: Vec<WorkerSnapshot>,
+    /// Member servlets (compound servlets).
+    pub members: Vec<ServletSnapshot>,
+}
+
+/// A copy of one worker's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSnapshot {
+    /// Index within its servlet.
+    pub index: usize,
+    /// Process id, for running process workers.
+    pub pid: Option<u32>,
+    /// Pinned CPUs, if pinned.
+    pub cpus: Option<Vec<usize>>,
+    /// Running now.
+    pub alive: bool,
+    /// Not given up on.
+    pub healthy: bool,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Items handled.
+    pub items: u64,
+}

@@ -1,0 +1,324 @@
+//! One request's life: capacity permit, result slot, cancellation, deadline.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+
+use super::stats::ServerStats;
+use super::timer::Expire;
+use crate::error::{Error, TimeoutError};
+use crate::servlet::plumbing::{Sink, Ticket, TicketRef};
+
+/// Counts requests in flight against the server's capacity.
+pub(crate) struct Capacity {
+    max: usize,
+    used: AtomicUsize,
+    pub(crate) event: Event,
+}
+
+impl Capacity {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Capacity {
+            max,
+            used: AtomicUsize::new(0),
+            event: Event::new(),
+        })
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.max).then_some(u + 1)
+            })
+            .ok()
+            .map(|_| Permit(self.clone()))
+    }
+
+    /// Waits for room until `deadline` (blocking).
+    pub(crate) fn acquire_until(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Permit> {
+        use event_listener::Listener;
+        loop {
+            if let Some(p) = self.try_acquire() {
+                return Some(p);
+            }
+            let listener = self.event.listen();
+            if let Some(p) = self.try_acquire() {
+                return Some(p);
+            }
+            match deadline {
+                Some(d) => {
+                    if listener.wait_deadline(d).is_none() && Instant::now() >= d {
+                        return self.try_acquire();
+                    }
+                }
+                None => listener.wait(),
+            }
+        }
+    }
+}
+
+/// A unit of capacity, returned when dropped.
+pub(crate) struct Permit(Arc<Capacity>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+        self.0.event.notify(1);
+    }
+}
+
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+const CANCELLED: u8 = 2;
+
+/// A request inside the server. The pipeline holds it (as a ticket); the
+/// caller holds only a weak link and the receiving end of its result.
+pub(crate) struct Request<Out> {
+    state: AtomicU8,
+    tx: Mutex<Option<oneshot::Sender<Result<Out, Error>>>>,
+    pub(crate) started: Instant,
+    enqueue_nanos: AtomicU64,
+    pub(crate) timeout: Duration,
+    stats: Arc<ServerStats>,
+    _permit: Permit,
+}
+
+impl<Out: Send + 'static> Request<Out> {
+    pub(crate) fn new(
+        started: Instant,
+        timeout: Duration,
+        permit: Permit,
+        stats: Arc<ServerStats>,
+    ) -> (Arc<Self>, oneshot::Receiver<Result<Out, Error>>) {
+        let (tx, rx) = oneshot::channel();
+        let r = Arc::new(Request {
+            state: AtomicU8::new(PENDING),
+            tx: Mutex::new(Some(tx)),
+            started,
+            enqueue_nanos: AtomicU64::new(0),
+            timeout,
+            stats,
+            _permit: permit,
+        });
+        (r, rx)
+    }
+
+    pub(crate) fn set_enqueued(&self, d: Duration) {
+        self.enqueue_nanos
+            .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    fn send(&self, r: Result<Out, Error>) {
+        let tx = match self.tx.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(tx) = tx {
+            self.stats.record(&r, self.started.elapsed());
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Completes the request unless it already ended. Returns whether it did.
+    pub(crate) fn complete(&self, r: Result<Out, Error>) -> bool {
+        if self
+            .state
+            .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.send(r);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Marks the request cancelled (the caller went away); workers skip it.
+    pub(crate) fn cancel(&self) {
+        let _ = self
+            .state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn is_pending(&self) -> bool {
+        self.state.load(Ordering::Acquire) == PENDING
+    }
+}
+
+impl<Out: Send + 'static> Ticket for Request<Out> {
+    fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == CANCELLED
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl<Out: Send + 'static> Expire for Request<Out> {
+    fn expire(&self) {
+        if self
+            .state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let enqueue = Duration::from_nanos(self.enqueue_nanos.load(Ordering::Relaxed));
+            self.send(Err(Error::Timeout(TimeoutError {
+                enqueue,
+                total: self.started.elapsed(),
+                limit: self.timeout,
+                while_enqueuing: false,
+            })));
+        }
+    }
+    fn pending_since(&self) -> Option<(Instant, Duration)> {
+        self.is_pending().then_some((self.started, self.timeout))
+    }
+}
+
+impl<Out> Drop for Request<Out> {
+    fn drop(&mut self) {
+        // Dropped by the pipeline without an outcome: only a stopping server
+        // does that. The caller learns it instead of waiting forever.
+        if self.state.load(Ordering::Acquire) == PENDING {
+            let tx = match self.tx.get_mut() {
+                Ok(g) => g.take(),
+                Err(p) => p.into_inner().take(),
+            };
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(Error::Shutdown));
+            }
+        }
+    }
+}
+
+/// The end of the flow: completes requests.
+pub(crate) struct CompletionSink<Out>(pub(crate) std::marker::PhantomData<fn(Out)>);
+
+impl<Out: Send + 'static> CompletionSink<Out> {
+    fn request<'a>(&self, ticket: &'a TicketRef) -> Option<&'a Request<Out>> {
+        let r = ticket.as_any().downcast_ref::<Request<Out>>();
+        if r.is_none() {
+            tracing::error!("an item reached the end of a flow it does not belong to");
+        }
+        r
+    }
+}
+
+impl<Out: Send + 'static> Sink<Out> for CompletionSink<Out> {
+    fn push(&self, ticket: TicketRef, value: Out) {
+        if let Some(r) = self.request(&ticket) {
+            r.complete(Ok(value));
+        }
+    }
+    fn fail(&self, ticket: TicketRef, error: Error) {
+        if let Some(r) = self.request(&ticket) {
+            r.complete(Err(error));
+        }
+    }
+}
+
+/// A submitted request's result, to wait for (blocking) or `.await`.
+///
+/// Dropping it before the result arrives cancels the request: workers that
+/// have not started it skip it.
+pub struct Pending<Out: Send + 'static> {
+    rx: Option<Rx<Out>>,
+    req: Weak<Request<Out>>,
+}
+
+enum Rx<Out> {
+    Blocking(oneshot::Receiver<Result<Out, Error>>),
+    Async(oneshot::AsyncReceiver<Result<Out, Error>>),
+}
+
+impl<Out: Send + 'static> Pending<Out> {
+    pub(crate) fn new(rx: oneshot::Receiver<Result<Out, Error>>, req: Weak<Request<Out>>) -> Self {
+        Pending {
+            rx: Some(Rx::Blocking(rx)),
+            req,
+        }
+    }
+
+    /// Blocks until the result (or the request's timeout error) arrives.
+    pub fn wait(mut self) -> Result<Out, Error> {
+        match self.rx.take() {
+            Some(Rx::Blocking(rx)) => rx.recv().unwrap_or(Err(Error::Shutdown)),
+            Some(Rx::Async(rx)) => futures_lite_block_on(rx),
+            None => Err(Error::Cancelled),
+        }
+    }
+}
+
+impl<Out: Send + 'static> Future for Pending<Out> {
+    type Output = Result<Out, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rx = match self.rx.take() {
+            Some(Rx::Blocking(rx)) => std::future::IntoFuture::into_future(rx),
+            Some(Rx::Async(rx)) => rx,
+            None => return Poll::Ready(Err(Error::Cancelled)),
+        };
+        let rx = &mut *self.rx.insert(Rx::Async(rx));
+        let Rx::Async(rx) = rx else {
+            return Poll::Ready(Err(Error::Cancelled));
+        };
+        match Pin::new(rx).poll(cx) {
+            Poll::Ready(r) => {
+                self.rx = None;
+                Poll::Ready(r.unwrap_or(Err(Error::Shutdown)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Out: Send + 'static> Drop for Pending<Out> {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            if let Some(r) = self.req.upgrade() {
+                r.cancel();
+            }
+        }
+    }
+}
+
+impl<Out: Send + 'static> std::fmt::Debug for Pending<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+/// Blocks the current thread on a future (used only when a `Pending` that was
+/// polled once is then waited on synchronously).
+fn futures_lite_block_on<Out>(
+    mut rx: oneshot::AsyncReceiver<Result<Out, Error>>,
+) -> Result<Out, Error> {
+    use std::task::{Wake, Waker};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match Pin::new(&mut rx).poll(&mut cx) {
+            Poll::Ready(r) => return r.unwrap_or(Err(Error::Shutdown)),
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Server-level counters: requests by outcome and end-to-end latency.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::metrics::{Histogram, HistogramSnapshot};
+
+/// Error kinds counted separately (see [`Error::kind`]).
+pub const ERROR_KINDS: [&str; 11] = [
+    "backlog_full",
+    "timeout",
+    "worker",
+    "worker_crashed",
+    "poison_item",
+    "ensemble",
+    "codec",
+    "route",
+    "cancelled",
+    "shutdown",
+    "start",
+];
+
+#[derive(Default)]
+pub(crate) struct ServerStats {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) ok: AtomicU64,
+    pub(crate) errors: [AtomicU64; ERROR_KINDS.len()],
+    pub(crate) latency_us: Histogram,
+}
+
+impl ServerStats {
+    pub(crate) fn record<T>(&self, r: &Result<T, Error>, latency: Duration) {
+        match r {
+            Ok(_) => {
+                self.ok.fetch_add(1, Relaxed);
+            }
+            Err(e) => self.error(e),
+        }
+        self.latency_us.record(latency.as_micros() as u64);
+    }
+
+    pub(crate) fn error(&self, e: &Error) {
+        let k = e.kind();
+        if let Some(i) = ERROR_KINDS.iter().position(|n| *n == k) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> RequestStats {
+        RequestStats {
+            submitted: self.submitted.load(Relaxed),
+            ok: self.ok.load(Relaxed),
+            errors: ERROR_KINDS
+                .iter()
+                .zip(&self.errors)
+                .map(|(k, c)| (k.to_string(), c.load(Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .collect(),
+            latency_us: self.latency_us.snapshot(),
+        }
+    }
+}
+
+/// Counters of the server's requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RequestStats {
+    /// Requests admitted.
+    pub submitted: u64,
+    /// Requests that returned a value.
+    pub ok: u64,
+    /// Failed requests by error kind (only kinds seen).
+    pub errors: Vec<(String, u64)>,
+    /// End-to-end latency of finished requests, microseconds.
+    pub latency_us: HistogramSnapshot,
+}

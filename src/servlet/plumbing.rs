@@ -1,0 +1,172 @@
+//! Low-level pieces for writing new servlet kinds.
+//!
+//! Users of the library never need this module; implementors of a new
+//! [`Servlet`](super::Servlet) do. The design in one paragraph:
+//!
+//! * An item travels as a ([`TicketRef`], value) pair. The ticket identifies
+//!   the request (or, inside an ensemble, one member's share of it) and answers
+//!   [`Ticket::is_cancelled`]; every stage checks it before doing work, so a
+//!   cancelled or expired request is skipped wherever it sits.
+//! * A [`Sink`] is where a stage delivers. Starting a servlet takes the sink
+//!   for its output and returns the sink for its input, so a sequence wires
+//!   itself back to front and compound servlets are thin.
+//! * [`Sink::fail`] carries an error straight to the end of the enclosing flow
+//!   (or to the enclosing ensemble), skipping later stages.
+//! * Dropping a ticket that was never completed completes the request with
+//!   [`Error::Shutdown`](crate::Error::Shutdown) (or nothing, if it had been
+//!   cancelled): a request can never be lost silently.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::affinity::CpuAffinity;
+use crate::error::{Error, StartError};
+use crate::metrics::ServletNode;
+
+/// One request's identity as seen by a pipeline stage.
+pub trait Ticket: Send + Sync + 'static {
+    /// True once the request was cancelled, timed out, or (inside a fail-fast
+    /// ensemble) a sibling member failed it. Work for it should be skipped.
+    fn is_cancelled(&self) -> bool;
+    /// For downcasting at the sink that owns the ticket type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A shared ticket.
+pub type TicketRef = Arc<dyn Ticket>;
+
+/// Where a stage delivers its items.
+pub trait Sink<T>: Send + Sync + 'static {
+    /// Delivers an item. May block while the next stage is full (back-pressure).
+    fn push(&self, ticket: TicketRef, value: T);
+    /// Delivers an item, waiting for room at most until `deadline`. On time-out
+    /// the item is dropped and `false` returned.
+    fn push_until(&self, ticket: TicketRef, value: T, deadline: Instant) -> bool {
+        let _ = deadline;
+        self.push(ticket, value);
+        true
+    }
+    /// Delivers a failure: it skips the remaining stages of the flow.
+    fn fail(&self, ticket: TicketRef, error: Error);
+}
+
+/// A shared sink.
+pub type SinkRef<T> = Arc<dyn Sink<T>>;
+
+/// A bounded queue in front of a simple servlet. Failures bypass the queue.
+pub(crate) struct QueueSink<In, Out> {
+    pub(crate) tx: Sender<(TicketRef, In)>,
+    pub(crate) fail_to: SinkRef<Out>,
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
+    fn push(&self, ticket: TicketRef, value: In) {
+        // A send error means the stage has stopped; dropping the item completes
+        // its request with a shutdown error.
+        let _ = self.tx.send((ticket, value));
+    }
+    fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
+        match self.tx.send_deadline((ticket, value), deadline) {
+            Ok(()) => true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => true,
+        }
+    }
+    fn fail(&self, ticket: TicketRef, error: Error) {
+        self.fail_to.fail(ticket, error);
+    }
+}
+
+/// What a started servlet hands back: the sink for its input and its node in
+/// the debug/metrics tree.
+pub struct Started<In> {
+    /// Where the servlet takes its input.
+    pub input: SinkRef<In>,
+    /// Its node in the servlet tree (for `debug_info` and metrics).
+    pub node: ServletNode,
+}
+
+/// Server-wide facilities handed to servlets while they start.
+///
+/// It spawns the server's internal threads (pinned to `main_cpu` if set), and
+/// collects the workers' readiness reports so the server can wait for all of
+/// them at once (processes start in parallel) and fail promptly.
+pub struct StartContext {
+    pub(crate) main_cpu: CpuAffinity,
+    pub(crate) ready_tx: Sender<Result<(), StartError>>,
+    pub(crate) ready_expected: usize,
+    pub(crate) alive_tx: Sender<()>,
+    pub(crate) abort_rx: Receiver<()>,
+    pub(crate) abort_flag: Arc<AtomicBool>,
+    pub(crate) queue_capacity: usize,
+    pub(crate) shared: Arc<crate::servlet::process::ChildRegistry>,
+}
+
+impl StartContext {
+    /// Capacity of each queue between stages (the server's capacity, so that a
+    /// stage never blocks the caller before capacity does).
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// A new bounded queue for a stage.
+    pub fn queue<T>(&self) -> (Sender<T>, Receiver<T>) {
+        crossbeam_channel::bounded(self.queue_capacity)
+    }
+
+    /// Registers one more worker that will report readiness through the returned
+    /// sender (exactly once).
+    pub fn expect_ready(&mut self) -> Sender<Result<(), StartError>> {
+        self.ready_expected += 1;
+        self.ready_tx.clone()
+    }
+
+    /// A receiver that becomes disconnected when the server aborts (forced
+    /// shutdown); use it in `select!` next to a stage's input.
+    pub fn abort_signal(&self) -> Receiver<()> {
+        self.abort_rx.clone()
+    }
+
+    /// True once the server has started a forced shutdown.
+    pub fn abort_flag(&self) -> Arc<AtomicBool> {
+        self.abort_flag.clone()
+    }
+
+    /// Spawns an internal thread of the server, pinned to `main_cpu` if set.
+    /// The server's shutdown waits for every such thread.
+    pub fn spawn<F>(&self, name: String, f: F) -> Result<(), StartError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        self.spawn_pinned(name, self.main_cpu.clone(), f)
+    }
+
+    /// Spawns an internal thread pinned to `cpu` (e.g. a thread worker).
+    /// The server's shutdown waits for every such thread.
+    pub fn spawn_pinned<F>(&self, name: String, cpu: CpuAffinity, f: F) -> Result<(), StartError>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let alive = self.alive_tx.clone();
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let _alive = alive;
+                if let Err(e) = cpu.apply_to_current_thread() {
+                    tracing::warn!(thread = %name, error = %e, "could not pin server thread");
+                }
+                f();
+            })
+            .map(drop)
+            .map_err(|e| StartError::Config(format!("cannot spawn thread: {e}")))
+    }
+
+    /// The affinity of the server's own threads.
+    pub fn main_cpu(&self) -> &CpuAffinity {
+        &self.main_cpu
+    }
+}

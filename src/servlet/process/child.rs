@@ -1,0 +1,349 @@
+//! The worker process side: configuration, init, and the serve loop.
+//!
+//! One thread does everything: it reads frames when it has nothing queued (or
+//! when more are already waiting, checked with a zero-timeout `poll`), runs the
+//! worker on the oldest queued unit, and writes results back, several per
+//! write when they come quickly. Cancel frames name items to skip. End of
+//! stream from the server means "finish what you have, clean up, exit"; if the
+//! server dies, the socket closes (or `PDEATHSIG` fires) and the process exits.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::spawn::Boot;
+use crate::affinity::CpuAffinity;
+use crate::error::CodecDirection;
+use crate::ipc::Codec;
+use crate::ipc::frame::{self, FrameBuf, FrameReader, encode_into, kind};
+use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
+
+/// What the server tells a worker process about itself.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChildConfig {
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    pub(crate) cpus: CpuAffinity,
+    pub(crate) max_frame: usize,
+    pub(crate) codec: Codec,
+    pub(crate) recycle_after_items: Option<u64>,
+    pub(crate) recycle_above_rss: Option<u64>,
+    pub(crate) worker: Vec<u8>,
+}
+
+enum Unit<In> {
+    Single(u64, Result<In, String>),
+    Batch(Vec<(u64, Result<In, String>)>),
+}
+
+const FLUSH_ITEMS: usize = 256;
+const FLUSH_BYTES: usize = 1 << 20;
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+struct Results {
+    buf: FrameBuf,
+    start: usize,
+    count_at: usize,
+    count: u32,
+    first_at: Option<Instant>,
+    max_frame: usize,
+    codec: Codec,
+}
+
+impl Results {
+    fn new(max_frame: usize, codec: Codec) -> Self {
+        Results {
+            buf: FrameBuf::new(),
+            start: 0,
+            count_at: 0,
+            count: 0,
+            first_at: None,
+            max_frame,
+            codec,
+        }
+    }
+
+    fn open(&mut self) {
+        if self.count == 0 && self.first_at.is_none() {
+            self.start = self.buf.begin(kind::RESULTS);
+            self.count_at = self.buf.reserve_u32();
+            self.first_at = Some(Instant::now());
+        }
+    }
+
+    fn ok<T: Serialize>(&mut self, id: u64, value: &T) {
+        self.open();
+        let mark = self.buf.len();
+        self.buf.put_u64(id);
+        self.buf.put_u8(frame::STATUS_OK);
+        let codec = self.codec;
+        let r = self.buf.put_payload(|v| codec.encode_into(v, value));
+        let too_big = self.buf.len() - mark > self.max_frame / 2;
+        match r {
+            Ok(()) if !too_big => self.count += 1,
+            Ok(()) => {
+                self.buf.truncate(mark);
+                let msg = format!("output exceeds the frame limit of {} bytes", self.max_frame);
+                self.codec(id, CodecDirection::EncodeOutput, &msg);
+            }
+            Err(e) => {
+                self.buf.truncate(mark);
+                self.codec(id, CodecDirection::EncodeOutput, &e.to_string());
+            }
+        }
+    }
+
+    fn err(&mut self, id: u64, error: &WorkerError) {
+        self.open();
+        let mark = self.buf.len();
+        self.buf.put_u64(id);
+        self.buf.put_u8(frame::STATUS_WORKER_ERROR);
+        match self.buf.put_payload(|v| encode_into(v, error)) {
+            Ok(()) => self.count += 1,
+            Err(e) => {
+                self.buf.truncate(mark);
+                self.codec(id, CodecDirection::EncodeOutput, &e.to_string());
+            }
+        }
+    }
+
+    fn codec(&mut self, id: u64, dir: CodecDirection, msg: &str) {
+        self.open();
+        self.buf.put_u64(id);
+        self.buf.put_u8(frame::STATUS_CODEC_ERROR);
+        let _ = self.buf.put_payload(|v| {
+            v.push(dir as u8);
+            v.extend_from_slice(msg.as_bytes());
+            Ok::<_, ()>(())
+        });
+        self.count += 1;
+    }
+
+    fn due(&self, queue_empty: bool) -> bool {
+        self.count > 0
+            && (queue_empty
+                || self.count as usize >= FLUSH_ITEMS
+                || self.buf.len() >= FLUSH_BYTES
+                || self.first_at.is_some_and(|t| t.elapsed() >= FLUSH_AFTER))
+    }
+
+    fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
+        if self.count > 0 {
+            self.buf.patch_u32(self.count_at, self.count);
+            self.buf.end(self.start);
+            w.write_all(self.buf.as_bytes())?;
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.first_at = None;
+        Ok(())
+    }
+}
+
+/// The entry of a worker process running `W`; never returns.
+pub(crate) fn child_entry<W>(boot: Boot)
+where
+    W: Worker + DeserializeOwned,
+    W::Input: DeserializeOwned,
+    W::Output: Serialize,
+{
+    let code = match serve::<W>(boot) {
+        Ok(()) => 0,
+        Err(e) => {
+            // The server is gone or broke the protocol; nothing to report to.
+            tracing::debug!(error = %e, "worker process exits");
+            71
+        }
+    };
+    std::process::exit(code);
+}
+
+fn send_frame(w: &mut UnixStream, k: u8, body: &[u8]) -> std::io::Result<()> {
+    let mut b = FrameBuf::new();
+    b.frame(k, body);
+    w.write_all(b.as_bytes())
+}
+
+fn init_failed(w: &mut UnixStream, e: &WorkerError) -> std::io::Result<()> {
+    let body = postcard::to_stdvec(e).unwrap_or_default();
+    send_frame(w, kind::INIT_FAILED, &body)
+}
+
+fn readable(reader: &FrameReader<UnixStream>) -> bool {
+    if reader.buffered() > 0 {
+        return true;
+    }
+    let fd = reader.get_ref().as_fd();
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn serve<W>(boot: Boot) -> Result<(), Box<dyn std::error::Error>>
+where
+    W: Worker + DeserializeOwned,
+    W::Input: DeserializeOwned,
+    W::Output: Serialize,
+{
+    let Boot {
+        mut reader,
+        mut writer,
+    } = boot;
+    let config: ChildConfig = match reader.read_frame()? {
+        Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
+        _ => return Err("expected a CONFIG frame".into()),
+    };
+    if let Err(e) = config.cpus.apply_to_current_thread() {
+        init_failed(&mut writer, &WorkerError::from(e))?;
+        return Ok(());
+    }
+    let mut worker: W = match config.codec.decode(&config.worker) {
+        Ok(w) => w,
+        Err(e) => {
+            let e = WorkerError::new(
+                "CodecError",
+                format!("cannot decode the worker value: {e}"),
+            );
+            init_failed(&mut writer, &e)?;
+            return Ok(());
+        }
+    };
+    let ctx = WorkerContext {
+        index: config.index,
+        name: config.name.clone(),
+        kind: WorkerKind::Process,
+        cpus: config.cpus.cpus().map(<[usize]>::to_vec),
+    };
+    if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
+        init_failed(&mut writer, &e)?;
+        return Ok(());
+    }
+    send_frame(&mut writer, kind::READY, &std::process::id().to_le_bytes())?;
+
+    let mut queue: VecDeque<Unit<W::Input>> = VecDeque::new();
+    let mut cancelled: HashSet<u64> = HashSet::new();
+    let mut results = Results::new(config.max_frame, config.codec);
+    let mut eof = false;
+    let mut done: u64 = 0;
+    let mut retiring = false;
+    loop {
+        // Take in frames: block only when there is nothing to do.
+        while !eof && (queue.is_empty() || readable(&reader)) {
+            if queue.is_empty() {
+                results.flush(&mut writer)?;
+            }
+            match reader.read_frame()? {
+                None => eof = true,
+                Some((kind::ITEMS, body)) => {
+                    let (batched, items) = frame::parse_items(body)?;
+                    let decoded = items.into_iter().map(|(id, b)| (id, config.codec.decode(b)));
+                    if batched {
+                        queue.push_back(Unit::Batch(decoded.collect()));
+                    } else {
+                        queue.extend(decoded.map(|(id, x)| Unit::Single(id, x)));
+                    }
+                }
+                Some((kind::CANCEL, body)) => cancelled.extend(frame::parse_cancel(body)?),
+                Some((k, _)) => return Err(format!("unexpected frame kind {k}").into()),
+            }
+        }
+        let Some(unit) = queue.pop_front() else {
+            // End of stream and nothing left.
+            results.flush(&mut writer)?;
+            break;
+        };
+        match unit {
+            Unit::Single(id, x) => {
+                if cancelled.remove(&id) {
+                    continue;
+                }
+                match x {
+                    Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
+                    Ok(x) => match panic::catch(|| worker.call(x)).and_then(|r| r) {
+                        Ok(y) => results.ok(id, &y),
+                        Err(e) => results.err(id, &e),
+                    },
+                }
+                done += 1;
+            }
+            Unit::Batch(items) => {
+                let mut ids = Vec::with_capacity(items.len());
+                let mut values = Vec::with_capacity(items.len());
+                for (id, x) in items {
+                    if cancelled.remove(&id) {
+                        continue;
+                    }
+                    match x {
+                        Ok(x) => {
+                            ids.push(id);
+                            values.push(x);
+                        }
+                        Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
+                    }
+                }
+                if !values.is_empty() {
+                    let n = values.len();
+                    match panic::catch(|| worker.call_batch(values)) {
+                        Ok(rs) if rs.len() == n => {
+                            for (id, r) in ids.iter().zip(rs) {
+                                match r {
+                                    Ok(y) => results.ok(*id, &y),
+                                    Err(e) => results.err(*id, &e),
+                                }
+                            }
+                        }
+                        Ok(rs) => {
+                            let e = WorkerError::new(
+                                "BatchSizeMismatch",
+                                format!("call_batch returned {} results for {n} items", rs.len()),
+                            );
+                            for id in &ids {
+                                results.err(*id, &e);
+                            }
+                        }
+                        Err(e) => {
+                            for id in &ids {
+                                results.err(*id, &e);
+                            }
+                        }
+                    }
+                    done += n as u64;
+                }
+            }
+        }
+        if results.due(queue.is_empty()) {
+            results.flush(&mut writer)?;
+        }
+        if !retiring && should_retire(&config, done) {
+            retiring = true;
+            results.flush(&mut writer)?;
+            send_frame(&mut writer, kind::RETIRING, b"recycle")?;
+        }
+    }
+    let _ = panic::catch(|| worker.cleanup());
+    Ok(())
+}
+
+fn should_retire(config: &ChildConfig, done: u64) -> bool {
+    if config.recycle_after_items.is_some_and(|n| done >= n) {
+        return true;
+    }
+    if let Some(limit) = config.recycle_above_rss {
+        // Reading /proc costs a few microseconds: check every 16 items.
+        if done % 16 == 0 && resident_bytes().is_some_and(|rss| rss > limit) {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,776 @@
+//! Server-side management of one worker process: feed, read, restart, reap.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::marker::PhantomData;
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::child::{ChildConfig, child_entry};
+use super::{ChildRegistry, RestartPolicy, spawn};
+use crate::affinity::CpuAffinity;
+use crate::batch::{self, BatchPolicy};
+use crate::error::{
+    CodecDirection, CodecError, Error, PoisonItem, StartError, WorkerCrashed, WorkerId,
+};
+use crate::ipc::Codec;
+use crate::ipc::frame::{self, FrameBuf, FrameReader, kind};
+use crate::metrics::{ServletStats, WorkerStatus};
+use crate::servlet::plumbing::{SinkRef, TicketRef};
+use crate::worker::{Worker, WorkerError};
+
+/// Settings and counters shared by the supervisors of one servlet.
+pub(crate) struct Shared<W> {
+    pub(crate) name: String,
+    pub(crate) worker_bytes: Vec<u8>,
+    pub(crate) policy: BatchPolicy,
+    pub(crate) restart: RestartPolicy,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) codec: Codec,
+    pub(crate) recycle_after_items: Option<u64>,
+    pub(crate) recycle_above_rss: Option<u64>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) stats: Arc<ServletStats>,
+    pub(crate) healthy_workers: AtomicUsize,
+    pub(crate) registry: Arc<ChildRegistry>,
+    pub(crate) _worker: PhantomData<fn() -> W>,
+}
+
+/// An item held by a worker process.
+struct InFlight {
+    ticket: TicketRef,
+    crashes: u32,
+    /// The encoded input, kept only when crashed items are retried.
+    bytes: Option<Vec<u8>>,
+}
+
+type InFlightMap = Arc<Mutex<HashMap<u64, InFlight>>>;
+
+fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Event {
+    /// The reader delivered this many in-flight items.
+    Results(usize),
+    /// The worker asked to be recycled.
+    Retiring,
+    /// The connection ended: `None` at a clean end of stream, else why.
+    Dead(Option<String>),
+}
+
+struct Proc {
+    child: Child,
+    pid: u32,
+    sock: UnixStream,
+    events: Receiver<Event>,
+    inflight: InFlightMap,
+    reader: Option<JoinHandle<()>>,
+}
+
+enum End {
+    Drained,
+    Aborted,
+    Retired,
+    Crashed(Option<String>),
+}
+
+/// One worker slot of a process servlet.
+pub(crate) struct Supervisor<W: Worker> {
+    pub(crate) shared: Arc<Shared<W>>,
+    pub(crate) index: usize,
+    pub(crate) cpus: CpuAffinity,
+    pub(crate) rx: Receiver<(TicketRef, W::Input)>,
+    pub(crate) out: SinkRef<W::Output>,
+    pub(crate) status: Arc<WorkerStatus>,
+    pub(crate) abort_rx: Receiver<()>,
+}
+
+fn describe(status: Option<ExitStatus>, reason: Option<&str>) -> String {
+    let how = match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (None, Some(sig)) => {
+                let name = nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
+                format!("killed by signal {sig} ({name})")
+            }
+            _ => "ended".to_string(),
+        },
+        None => "status unknown".to_string(),
+    };
+    match reason {
+        Some(r) => format!("{r}; {how}"),
+        None => how,
+    }
+}
+
+impl<W> Supervisor<W>
+where
+    W: Worker + DeserializeOwned,
+    W::Input: Serialize + DeserializeOwned,
+    W::Output: Serialize + DeserializeOwned,
+{
+    fn worker_id(&self, pid: Option<u32>) -> WorkerId {
+        WorkerId {
+            name: self.shared.name.clone(),
+            index: self.index,
+            pid,
+        }
+    }
+
+    pub(crate) fn run(self, ready: Sender<Result<(), StartError>>) {
+        let mut ready = Some(ready);
+        let mut retry: VecDeque<InFlight> = VecDeque::new();
+        let mut crash_times: VecDeque<Instant> = VecDeque::new();
+        let mut backoff = self.shared.restart.backoff;
+        let mut pending: Option<(TicketRef, W::Input)> = None;
+        let mut unhealthy = false;
+        loop {
+            let mut p = match self.launch() {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                        return;
+                    }
+                    tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
+                    if !self.pause(&mut crash_times, &mut backoff, &mut unhealthy) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Some(r) = ready.take() {
+                let _ = r.send(Ok(()));
+            }
+            self.status.pid.store(p.pid, Relaxed);
+            self.status.alive.store(true, Relaxed);
+            tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
+            let end = self.feed(&mut p, &mut retry, &mut pending);
+            self.status.alive.store(false, Relaxed);
+            match end {
+                End::Drained => {
+                    self.close(p);
+                    return;
+                }
+                End::Aborted => {
+                    self.kill(p);
+                    return;
+                }
+                End::Retired => {
+                    tracing::info!(worker = %self.worker_id(Some(p.pid)), "recycling worker process");
+                    self.close(p);
+                    self.status.restarts.fetch_add(1, Relaxed);
+                    self.shared.stats.restarts.fetch_add(1, Relaxed);
+                }
+                End::Crashed(reason) => {
+                    let pid = p.pid;
+                    let (status, lost) = self.reap_crashed(p, reason.is_some());
+                    let how = describe(status, reason.as_deref());
+                    tracing::warn!(worker = %self.worker_id(Some(pid)), %how, lost = lost.len(), "worker process crashed");
+                    self.shared.stats.crashes.fetch_add(1, Relaxed);
+                    let crash = WorkerCrashed {
+                        worker: self.worker_id(Some(pid)),
+                        how,
+                    };
+                    self.settle_lost(lost, crash, &mut retry);
+                    if !self.pause(&mut crash_times, &mut backoff, &mut unhealthy) {
+                        return;
+                    }
+                    self.status.restarts.fetch_add(1, Relaxed);
+                    self.shared.stats.restarts.fetch_add(1, Relaxed);
+                }
+            }
+            // Before restarting: if the servlet is shutting down and nothing is
+            // left, stop here instead of starting a process only to stop it.
+            if retry.is_empty() && pending.is_none() {
+                match self.rx.try_recv() {
+                    Ok(item) => pending = Some(item),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                }
+            }
+        }
+    }
+
+    /// Back-off after a crash; false if the server aborted meanwhile.
+    fn pause(
+        &self,
+        crash_times: &mut VecDeque<Instant>,
+        backoff: &mut Duration,
+        unhealthy: &mut bool,
+    ) -> bool {
+        let policy = &self.shared.restart;
+        let now = Instant::now();
+        crash_times.push_back(now);
+        while crash_times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            crash_times.pop_front();
+        }
+        if crash_times.len() == 1 {
+            *backoff = policy.backoff;
+        }
+        if crash_times.len() > policy.max_restarts {
+            if !*unhealthy {
+                *unhealthy = true;
+                self.status.healthy.store(false, Relaxed);
+                self.shared.healthy_workers.fetch_sub(1, Relaxed);
+                tracing::error!(worker = %self.worker_id(None), "worker crashes too often; marked unhealthy");
+            }
+            *backoff = policy.max_backoff;
+        } else if *unhealthy {
+            *unhealthy = false;
+            self.status.healthy.store(true, Relaxed);
+            self.shared.healthy_workers.fetch_add(1, Relaxed);
+        }
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(policy.max_backoff);
+        !matches!(
+            self.abort_rx.recv_timeout(wait),
+            Ok(()) | Err(RecvTimeoutError::Disconnected)
+        )
+    }
+
+    fn launch(&self) -> Result<Proc, StartError> {
+        let spawn_err = |message: String| StartError::Spawn {
+            worker: self.worker_id(None),
+            message,
+        };
+        let display = format!("{}#{} [mpserver worker]", self.shared.name, self.index);
+        let (mut child, mut sock) =
+            spawn::spawn(child_entry::<W>, &display).map_err(|e| spawn_err(e.to_string()))?;
+        let pid = child.id();
+        self.shared.registry.add(pid);
+        let fail = |child: &mut Child, e: StartError| {
+            self.shared.registry.remove(pid);
+            let _ = child.kill();
+            let _ = child.wait();
+            e
+        };
+        let config = ChildConfig {
+            index: self.index,
+            name: self.shared.name.clone(),
+            cpus: self.cpus.clone(),
+            max_frame: self.shared.max_frame,
+            codec: self.shared.codec,
+            recycle_after_items: self.shared.recycle_after_items,
+            recycle_above_rss: self.shared.recycle_above_rss,
+            worker: self.shared.worker_bytes.clone(),
+        };
+        let body = match postcard::to_stdvec(&config) {
+            Ok(b) => b,
+            Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
+        };
+        let mut frame_bytes = FrameBuf::new();
+        frame_bytes.frame(kind::CONFIG, &body);
+        if let Err(e) = sock.write_all(frame_bytes.as_bytes()) {
+            return Err(fail(&mut child, spawn_err(format!("handshake: {e}"))));
+        }
+        let read_half = match sock.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
+        };
+        let mut reader = FrameReader::new(read_half, self.shared.max_frame);
+        let first = match reader.read_frame() {
+            Ok(Some((k, body))) => Ok((k, body.to_vec())),
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        match first {
+            Ok((kind::READY, _)) => {}
+            Ok((kind::INIT_FAILED, body)) => {
+                let error = postcard::from_bytes::<WorkerError>(&body).unwrap_or_else(|e| {
+                    WorkerError::new("CodecError", format!("undecodable init error: {e}"))
+                });
+                return Err(fail(
+                    &mut child,
+                    StartError::Init {
+                        worker: self.worker_id(Some(pid)),
+                        error,
+                    },
+                ));
+            }
+            Ok((k, _)) => {
+                return Err(fail(&mut child, spawn_err(format!("unexpected frame kind {k}"))));
+            }
+            Err(reason) => {
+                self.shared.registry.remove(pid);
+                let status = child.wait().ok();
+                return Err(spawn_err(format!(
+                    "exited during start-up ({})",
+                    describe(status, reason.as_deref())
+                )));
+            }
+        }
+        let inflight: InFlightMap = Arc::default();
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let reader_thread = Reader::<W::Output> {
+            reader,
+            inflight: inflight.clone(),
+            out: self.out.clone(),
+            stats: self.shared.stats.clone(),
+            status: self.status.clone(),
+            id: self.worker_id(Some(pid)),
+            codec: self.shared.codec,
+            events: ev_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("{}#{}-reader", self.shared.name, self.index))
+            .spawn(move || reader_thread.run());
+        let handle = match handle {
+            Ok(h) => h,
+            Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
+        };
+        Ok(Proc {
+            child,
+            pid,
+            sock,
+            events: ev_rx,
+            inflight,
+            reader: Some(handle),
+        })
+    }
+
+    fn feed(
+        &self,
+        p: &mut Proc,
+        retry: &mut VecDeque<InFlight>,
+        pending: &mut Option<(TicketRef, W::Input)>,
+    ) -> End {
+        let never = crossbeam_channel::never();
+        let mut buf = FrameBuf::new();
+        let mut n_inflight: usize = 0;
+        let mut draining = false;
+        let mut retiring = false;
+        let mut next_id: u64 = 0;
+        if let Some(first) = pending.take() {
+            match self.dispatch(p, first, &mut buf, &mut next_id, self.shared.max_inflight) {
+                Ok(n) => n_inflight += n,
+                Err(end) => return end,
+            }
+        }
+        loop {
+            if retiring && n_inflight == 0 {
+                return End::Retired;
+            }
+            if draining && n_inflight == 0 && retry.is_empty() {
+                return End::Drained;
+            }
+            if !retiring && n_inflight == 0 {
+                if let Some(item) = retry.pop_front() {
+                    // Crashed items go one at a time, so a poison item can only
+                    // take itself down.
+                    match self.send_retry(p, item, &mut buf, &mut next_id) {
+                        Ok(n) => n_inflight += n,
+                        Err(end) => return end,
+                    }
+                    continue;
+                }
+            }
+            let can_pull = retry.is_empty()
+                && !draining
+                && !retiring
+                && n_inflight < self.shared.max_inflight;
+            let input = if can_pull { &self.rx } else { &never };
+            select! {
+                recv(input) -> msg => match msg {
+                    Ok(first) => {
+                        let credit = self.shared.max_inflight - n_inflight;
+                        match self.dispatch(p, first, &mut buf, &mut next_id, credit) {
+                            Ok(n) => n_inflight += n,
+                            Err(end) => return end,
+                        }
+                    }
+                    Err(_) => draining = true,
+                },
+                recv(p.events) -> ev => match ev {
+                    Ok(Event::Results(n)) => {
+                        n_inflight = n_inflight.saturating_sub(n);
+                        match self.cancel_scan(p, &mut buf) {
+                            Ok(c) => n_inflight = n_inflight.saturating_sub(c),
+                            Err(end) => return end,
+                        }
+                    }
+                    Ok(Event::Retiring) => retiring = true,
+                    Ok(Event::Dead(reason)) => return End::Crashed(reason),
+                    Err(_) => return End::Crashed(Some("reader stopped".into())),
+                },
+                recv(self.abort_rx) -> _ => return End::Aborted,
+            }
+        }
+    }
+
+    fn live(&self, ticket: &TicketRef) -> bool {
+        if ticket.is_cancelled() {
+            self.shared.stats.skipped.fetch_add(1, Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Sends `first` and whatever else is ready (a batch, or up to `credit`
+    /// queued items in one frame). Returns how many items went out.
+    fn dispatch(
+        &self,
+        p: &mut Proc,
+        first: (TicketRef, W::Input),
+        buf: &mut FrameBuf,
+        next_id: &mut u64,
+        credit: usize,
+    ) -> Result<usize, End> {
+        let stats = &self.shared.stats;
+        let policy = &self.shared.policy;
+        let start = Instant::now();
+        let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
+        stats.items_in.fetch_add(1, Relaxed);
+        if self.live(&first.0) {
+            items.push(first);
+        }
+        let keep = |(t, _): &(TicketRef, W::Input)| {
+            stats.items_in.fetch_add(1, Relaxed);
+            self.live(t)
+        };
+        if policy.batched() {
+            let max = policy.size.min(credit.max(1));
+            batch::fill(&self.rx, &mut items, max, batch::deadline(policy, start), keep);
+        } else {
+            batch::fill(&self.rx, &mut items, credit.max(1), None, keep);
+        }
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let retry = self.shared.restart.retry_crashed;
+        let half = self.shared.max_frame / 2;
+        buf.clear();
+        let mut entries = Vec::with_capacity(items.len());
+        let mut frame_start = buf.begin(kind::ITEMS);
+        buf.put_u8(policy.batched() as u8);
+        let mut count_at = buf.reserve_u32();
+        let mut count = 0u32;
+        let mut failed: Vec<(TicketRef, String)> = Vec::new();
+        for (ticket, x) in items {
+            if !policy.batched() && count > 0 && buf.len() - frame_start > half {
+                buf.patch_u32(count_at, count);
+                buf.end(frame_start);
+                frame_start = buf.begin(kind::ITEMS);
+                buf.put_u8(0);
+                count_at = buf.reserve_u32();
+                count = 0;
+            }
+            let id = *next_id;
+            *next_id += 1;
+            let mark = buf.len();
+            buf.put_u64(id);
+            let codec = self.shared.codec;
+            match buf.put_payload(|v| codec.encode_into(v, &x)) {
+                Ok(()) if buf.len() - mark > half => {
+                    buf.truncate(mark);
+                    failed.push((ticket, format!("input exceeds the frame limit of {} bytes", self.shared.max_frame)));
+                }
+                Ok(()) => {
+                    let bytes = retry.then(|| buf.as_bytes()[mark + 12..].to_vec());
+                    entries.push((id, InFlight { ticket, crashes: 0, bytes }));
+                    count += 1;
+                }
+                Err(e) => {
+                    buf.truncate(mark);
+                    failed.push((ticket, e.to_string()));
+                }
+            }
+        }
+        if policy.batched() && buf.len() - frame_start > self.shared.max_frame {
+            for (_, e) in entries.drain(..) {
+                failed.push((e.ticket, "batch exceeds the frame limit".into()));
+            }
+            count = 0;
+        }
+        for (ticket, message) in failed {
+            stats.items_err.fetch_add(1, Relaxed);
+            self.out.fail(
+                ticket,
+                Error::Codec(CodecError {
+                    worker: self.worker_id(Some(p.pid)),
+                    direction: CodecDirection::EncodeInput,
+                    message,
+                }),
+            );
+        }
+        if count == 0 && entries.is_empty() {
+            buf.truncate(frame_start);
+        } else {
+            buf.patch_u32(count_at, count);
+            buf.end(frame_start);
+        }
+        let n = entries.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        if policy.batched() {
+            stats.batches.fetch_add(1, Relaxed);
+            stats.batch_sizes.record(n as u64);
+        }
+        lock(&p.inflight).extend(entries);
+        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
+            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
+        }
+        Ok(n)
+    }
+
+    fn send_retry(
+        &self,
+        p: &mut Proc,
+        item: InFlight,
+        buf: &mut FrameBuf,
+        next_id: &mut u64,
+    ) -> Result<usize, End> {
+        if !self.live(&item.ticket) {
+            return Ok(0);
+        }
+        let Some(bytes) = item.bytes.as_deref() else {
+            return Ok(0);
+        };
+        let id = *next_id;
+        *next_id += 1;
+        buf.clear();
+        let s = buf.begin(kind::ITEMS);
+        buf.put_u8(self.shared.policy.batched() as u8);
+        buf.put_u32(1);
+        buf.put_u64(id);
+        let _ = buf.put_payload(|v| {
+            v.extend_from_slice(bytes);
+            Ok::<_, ()>(())
+        });
+        buf.end(s);
+        lock(&p.inflight).insert(id, item);
+        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
+            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
+        }
+        Ok(1)
+    }
+
+    /// Tells the worker to skip held items whose requests were cancelled.
+    fn cancel_scan(&self, p: &mut Proc, buf: &mut FrameBuf) -> Result<usize, End> {
+        let dropped: Vec<(u64, InFlight)> = {
+            let mut map = lock(&p.inflight);
+            if map.is_empty() {
+                return Ok(0);
+            }
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, e)| e.ticket.is_cancelled())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| map.remove(&id).map(|e| (id, e)))
+                .collect()
+        };
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        self.shared
+            .stats
+            .skipped
+            .fetch_add(dropped.len() as u64, Relaxed);
+        buf.clear();
+        let s = buf.begin(kind::CANCEL);
+        buf.put_u32(dropped.len() as u32);
+        for (id, _) in &dropped {
+            buf.put_u64(*id);
+        }
+        buf.end(s);
+        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
+            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
+        }
+        Ok(dropped.len())
+    }
+
+    /// Kills and reaps a crashed worker; returns its status and the items it
+    /// held that got no result.
+    fn reap_crashed(&self, mut p: Proc, kill: bool) -> (Option<ExitStatus>, Vec<InFlight>) {
+        self.shared.registry.remove(p.pid);
+        if kill || matches!(p.child.try_wait(), Ok(None)) {
+            let _ = p.child.kill();
+        }
+        let status = p.child.wait().ok();
+        let _ = p.sock.shutdown(Shutdown::Both);
+        if let Some(h) = p.reader.take() {
+            let _ = h.join();
+        }
+        let lost = lock(&p.inflight).drain().map(|(_, e)| e).collect();
+        (status, lost)
+    }
+
+    fn settle_lost(&self, lost: Vec<InFlight>, crash: WorkerCrashed, retry: &mut VecDeque<InFlight>) {
+        let policy = &self.shared.restart;
+        for mut item in lost {
+            item.crashes += 1;
+            if item.ticket.is_cancelled() {
+                continue;
+            }
+            let error = if policy.retry_crashed && item.crashes < policy.poison_threshold {
+                retry.push_back(item);
+                continue;
+            } else if policy.retry_crashed {
+                Error::PoisonItem(PoisonItem {
+                    crashes: item.crashes,
+                    last: crash.clone(),
+                })
+            } else {
+                Error::WorkerCrashed(crash.clone())
+            };
+            self.shared.stats.items_err.fetch_add(1, Relaxed);
+            self.out.fail(item.ticket, error);
+        }
+    }
+
+    /// Graceful stop: end of stream to the worker, which finishes, cleans up
+    /// and exits; killed if it takes longer than the grace period.
+    fn close(&self, mut p: Proc) {
+        let _ = p.sock.shutdown(Shutdown::Write);
+        let deadline = Instant::now() + self.shared.shutdown_grace;
+        loop {
+            match p.events.recv_deadline(deadline) {
+                Ok(Event::Dead(_)) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(worker = %self.worker_id(Some(p.pid)), "worker did not exit in time; killing it");
+                    let _ = p.child.kill();
+                    break;
+                }
+            }
+        }
+        self.shared.registry.remove(p.pid);
+        let _ = p.child.wait();
+        if let Some(h) = p.reader.take() {
+            let _ = h.join();
+        }
+        tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process stopped");
+    }
+
+    fn kill(&self, mut p: Proc) {
+        self.shared.registry.remove(p.pid);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        let _ = p.sock.shutdown(Shutdown::Both);
+        if let Some(h) = p.reader.take() {
+            let _ = h.join();
+        }
+        // Dropping the held items completes their requests with a shutdown error.
+        lock(&p.inflight).clear();
+    }
+}
+
+/// Reads results from one worker process and delivers them.
+struct Reader<Out> {
+    reader: FrameReader<UnixStream>,
+    inflight: InFlightMap,
+    out: SinkRef<Out>,
+    stats: Arc<ServletStats>,
+    status: Arc<WorkerStatus>,
+    id: WorkerId,
+    codec: Codec,
+    events: Sender<Event>,
+}
+
+impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
+    fn run(mut self) {
+        let end = loop {
+            match self.reader.read_frame() {
+                Ok(None) => break None,
+                Err(e) => break Some(format!("bad frame from worker: {e}")),
+                Ok(Some((kind::RESULTS, body))) => {
+                    let parsed = match frame::parse_results(body) {
+                        Ok(p) => p,
+                        Err(e) => break Some(format!("bad frame from worker: {e}")),
+                    };
+                    let taken: Vec<(Option<InFlight>, u8, &[u8])> = {
+                        let mut map = lock(&self.inflight);
+                        parsed
+                            .into_iter()
+                            .map(|(id, st, payload)| (map.remove(&id), st, payload))
+                            .collect()
+                    };
+                    let mut n = 0;
+                    for (entry, st, payload) in taken {
+                        let Some(entry) = entry else { continue };
+                        n += 1;
+                        deliver(&self.out, &self.stats, &self.id, self.codec, entry.ticket, st, payload);
+                    }
+                    self.status.items.fetch_add(n as u64, Relaxed);
+                    let _ = self.events.send(Event::Results(n));
+                }
+                Ok(Some((kind::RETIRING, _))) => {
+                    let _ = self.events.send(Event::Retiring);
+                }
+                Ok(Some((k, _))) => break Some(format!("unexpected frame kind {k} from worker")),
+            }
+        };
+        let _ = self.events.send(Event::Dead(end));
+    }
+}
+
+fn deliver<Out: DeserializeOwned + Send + 'static>(
+    out: &SinkRef<Out>,
+    stats: &ServletStats,
+    id: &WorkerId,
+    value_codec: Codec,
+    ticket: TicketRef,
+    status: u8,
+    payload: &[u8],
+) {
+    let codec = |direction, message: String| {
+        Error::Codec(CodecError {
+            worker: id.clone(),
+            direction,
+            message,
+        })
+    };
+    let result = match status {
+        frame::STATUS_OK => value_codec
+            .decode::<Out>(payload)
+            .map_err(|e| codec(CodecDirection::DecodeOutput, e)),
+        frame::STATUS_WORKER_ERROR => Err(match postcard::from_bytes::<WorkerError>(payload) {
+            Ok(error) => Error::Worker {
+                worker: id.clone(),
+                error,
+            },
+            Err(e) => codec(CodecDirection::DecodeOutput, format!("undecodable worker error: {e}")),
+        }),
+        _ => {
+            let (dir, msg) = payload.split_first().map_or((3, &[][..]), |(d, m)| (*d, m));
+            let direction = match dir {
+                0 => CodecDirection::EncodeInput,
+                1 => CodecDirection::DecodeInput,
+                2 => CodecDirection::EncodeOutput,
+                _ => CodecDirection::DecodeOutput,
+            };
+            Err(codec(direction, String::from_utf8_lossy(msg).into_owned()))
+        }
+    };
+    match result {
+        Ok(y) => {
+            stats.items_ok.fetch_add(1, Relaxed);
+            out.push(ticket, y);
+        }
+        Err(e) => {
+            stats.items_err.fetch_add(1, Relaxed);
+            out.fail(ticket, e);
+        }
+    }
+}

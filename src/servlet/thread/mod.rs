@@ -1,0 +1,230 @@
+//! [`ThreadServlet`]: a worker in N threads of the server process.
+//!
+//! Use it for light steps, for steps that release the CPU (I/O, a native
+//! library with its own threads), or for values that cannot be serialized. The
+//! threads pull from one bounded queue; with batching, each thread forms its
+//! own batches. A panic in `call` fails that item only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+
+use crate::batch::{self, BatchPolicy, Fill};
+use crate::error::{Error, StartError, WorkerId};
+use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
+use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
+use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
+use crate::worker::{self, Worker, WorkerContext, WorkerError, WorkerKind, panic};
+
+/// Runs a [`Worker`] in N threads of the server process (default one).
+///
+/// ```
+/// use mpserver::{worker_fn, Server, ThreadServlet};
+///
+/// let upper = ThreadServlet::new(worker_fn(|s: String| s.to_uppercase())).workers(2);
+/// let server = Server::start(upper).unwrap();
+/// assert_eq!(server.call("hi".to_string()).unwrap(), "HI");
+/// ```
+pub struct ThreadServlet<W> {
+    worker: W,
+    config: SimpleConfig,
+}
+
+impl<W: Worker + Clone> ThreadServlet<W> {
+    /// One thread running `worker` (each thread gets its own clone).
+    pub fn new(worker: W) -> Self {
+        ThreadServlet {
+            worker,
+            config: SimpleConfig::new(worker::default_name::<W>()),
+        }
+    }
+
+    simple_builder_methods!("thread");
+}
+
+impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
+    type Input = W::Input;
+    type Output = W::Output;
+
+    fn start(
+        self: Box<Self>,
+        output: SinkRef<W::Output>,
+        ctx: &mut StartContext,
+    ) -> Result<Started<W::Input>, StartError> {
+        let ThreadServlet { worker, config } = *self;
+        config.validate()?;
+        let (tx, rx) = ctx.queue();
+        let depth_rx = rx.clone();
+        let mut node =
+            ServletNode::new("thread", config.name.clone()).with_queue_depth(move || depth_rx.len());
+        let stats = node.stats().clone();
+        let policy = config.batch();
+        for (index, cpu) in config.placement.0.iter().enumerate() {
+            let status = WorkerStatus::new(index, cpu.clone());
+            node = node.with_worker(status.clone());
+            let ready = ctx.expect_ready();
+            let run = ThreadWorker {
+                worker: worker.clone(),
+                id: WorkerId {
+                    name: config.name.clone(),
+                    index,
+                    pid: None,
+                },
+                context: WorkerContext {
+                    index,
+                    name: config.name.clone(),
+                    kind: WorkerKind::Thread,
+                    cpus: cpu.cpus().map(<[usize]>::to_vec),
+                },
+                rx: rx.clone(),
+                out: output.clone(),
+                policy,
+                stats: stats.clone(),
+                status,
+                abort: ctx.abort_flag(),
+            };
+            ctx.spawn_pinned(format!("{}#{index}", config.name), cpu.clone(), move || {
+                run.run(ready)
+            })?;
+        }
+        Ok(Started {
+            input: Arc::new(QueueSink { tx, fail_to: output }),
+            node,
+        })
+    }
+}
+
+struct ThreadWorker<W: Worker> {
+    worker: W,
+    id: WorkerId,
+    context: WorkerContext,
+    rx: Receiver<(TicketRef, W::Input)>,
+    out: SinkRef<W::Output>,
+    policy: BatchPolicy,
+    stats: Arc<ServletStats>,
+    status: Arc<WorkerStatus>,
+    abort: Arc<AtomicBool>,
+}
+
+impl<W: Worker> ThreadWorker<W> {
+    fn run(mut self, ready: crossbeam_channel::Sender<Result<(), StartError>>) {
+        let init = panic::catch(|| self.worker.init(&self.context)).and_then(|r| r);
+        if let Err(error) = init {
+            let _ = ready.send(Err(StartError::Init {
+                worker: self.id.clone(),
+                error,
+            }));
+            return;
+        }
+        self.status.alive.store(true, Relaxed);
+        let _ = ready.send(Ok(()));
+        tracing::debug!(worker = %self.id, "thread worker started");
+        if self.policy.batched() {
+            self.serve_batches();
+        } else {
+            self.serve_single();
+        }
+        let _ = panic::catch(|| self.worker.cleanup());
+        self.status.alive.store(false, Relaxed);
+        tracing::debug!(worker = %self.id, "thread worker stopped");
+    }
+
+    fn live(&self, ticket: &TicketRef) -> bool {
+        if ticket.is_cancelled() || self.abort.load(Relaxed) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    fn serve_single(&mut self) {
+        while let Ok((ticket, x)) = self.rx.recv() {
+            self.stats.items_in.fetch_add(1, Relaxed);
+            if !self.live(&ticket) {
+                continue;
+            }
+            let r = panic::catch(|| self.worker.call(x)).and_then(|r| r);
+            self.status.items.fetch_add(1, Relaxed);
+            self.deliver(ticket, r);
+        }
+    }
+
+    fn serve_batches(&mut self) {
+        let mut batch: Vec<(TicketRef, W::Input)> = Vec::with_capacity(self.policy.size);
+        loop {
+            let Ok(first) = self.rx.recv() else { return };
+            let start = Instant::now();
+            self.stats.items_in.fetch_add(1, Relaxed);
+            if self.live(&first.0) {
+                batch.push(first);
+            }
+            let deadline = batch::deadline(&self.policy, start);
+            let fill = batch::fill(&self.rx, &mut batch, self.policy.size, deadline, |(t, _)| {
+                self.stats.items_in.fetch_add(1, Relaxed);
+                if t.is_cancelled() || self.abort.load(Relaxed) {
+                    self.stats.skipped.fetch_add(1, Relaxed);
+                    false
+                } else {
+                    true
+                }
+            });
+            if !batch.is_empty() {
+                self.run_batch(&mut batch);
+            }
+            if fill == Fill::Disconnected {
+                return;
+            }
+        }
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<(TicketRef, W::Input)>) {
+        let n = batch.len();
+        let (tickets, values): (Vec<TicketRef>, Vec<W::Input>) = batch.drain(..).unzip();
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats.batch_sizes.record(n as u64);
+        self.status.items.fetch_add(n as u64, Relaxed);
+        match panic::catch(|| self.worker.call_batch(values)) {
+            Ok(results) if results.len() == n => {
+                for (t, r) in tickets.into_iter().zip(results) {
+                    self.deliver(t, r);
+                }
+            }
+            Ok(results) => {
+                let e = WorkerError::new(
+                    "BatchSizeMismatch",
+                    format!("call_batch returned {} results for {n} items", results.len()),
+                );
+                for t in tickets {
+                    self.deliver(t, Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for t in tickets {
+                    self.deliver(t, Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, ticket: TicketRef, r: Result<W::Output, WorkerError>) {
+        match r {
+            Ok(y) => {
+                self.stats.items_ok.fetch_add(1, Relaxed);
+                self.out.push(ticket, y);
+            }
+            Err(error) => {
+                self.stats.items_err.fetch_add(1, Relaxed);
+                self.out.fail(
+                    ticket,
+                    Error::Worker {
+                        worker: self.id.clone(),
+                        error,
+                    },
+                );
+            }
+        }
+    }
+}

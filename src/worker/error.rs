@@ -1,0 +1,182 @@
+//! The error a worker raises, carried across threads and processes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// An error raised by a worker's `init` or `call`, with the context needed to
+/// understand it far from where it happened.
+///
+/// `WorkerError` is built from any [`std::error::Error`] with `?` or `.into()`:
+/// it records the error's *type name* (as Python records the exception class),
+/// its message, the chain of `source()` messages, and a backtrace when one was
+/// captured (set `RUST_BACKTRACE=1` or `RUST_LIB_BACKTRACE=1`). Panics inside a
+/// worker become a `WorkerError` too, with [`WorkerError::is_panic`] true.
+///
+/// Like `anyhow::Error`, it deliberately does not implement
+/// [`std::error::Error`] itself, so that the blanket `From` conversion exists.
+/// It is serialisable: that is how it crosses from a worker process to the
+/// server.
+///
+/// ```
+/// use mpserver::WorkerError;
+///
+/// fn parse(x: &str) -> Result<i64, WorkerError> {
+///     Ok(x.parse::<i64>()?)
+/// }
+/// let err = parse("nope").unwrap_err();
+/// assert_eq!(err.type_name(), "core::num::error::ParseIntError");
+/// assert_eq!(err.message(), "invalid digit found in string");
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerError {
+    type_name: String,
+    message: String,
+    sources: Vec<String>,
+    backtrace: Option<String>,
+    panic: bool,
+}
+
+impl WorkerError {
+    /// An error with a given type name and message (for errors that are not
+    /// Rust error values, e.g. a message from a foreign library).
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        WorkerError {
+            type_name: type_name.into(),
+            message: message.into(),
+            sources: Vec::new(),
+            backtrace: capture_backtrace(),
+            panic: false,
+        }
+    }
+
+    /// An error from a plain message; its type name is `"WorkerError"`.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self::new("WorkerError", message.to_string())
+    }
+
+    /// The error a caught panic becomes.
+    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_string()
+        };
+        let (location, backtrace) = crate::worker::panic::take_last_panic();
+        let message = match location {
+            Some(loc) => format!("{message} (at {loc})"),
+            None => message,
+        };
+        WorkerError {
+            type_name: "panic".to_string(),
+            message,
+            sources: Vec::new(),
+            backtrace,
+            panic: true,
+        }
+    }
+
+    /// The Rust type name of the original error (e.g.
+    /// `core::num::error::ParseIntError`), or `"panic"` for a panic.
+    pub fn type_name(&self) -> &str {
+        &self.type_name
+    }
+
+    /// The error's message (its `Display`).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Messages of the error's `source()` chain, outermost first.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The backtrace captured where the error was created, if capturing was on.
+    pub fn backtrace(&self) -> Option<&str> {
+        self.backtrace.as_deref()
+    }
+
+    /// Whether this error came from a panic in the worker.
+    pub fn is_panic(&self) -> bool {
+        self.panic
+    }
+}
+
+fn capture_backtrace() -> Option<String> {
+    let bt = std::backtrace::Backtrace::capture();
+    match bt.status() {
+        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
+        _ => None,
+    }
+}
+
+impl<E> From<E> for WorkerError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        let mut sources = Vec::new();
+        let mut cur = err.source();
+        while let Some(s) = cur {
+            sources.push(s.to_string());
+            cur = s.source();
+        }
+        WorkerError {
+            type_name: std::any::type_name::<E>().to_string(),
+            message: err.to_string(),
+            sources,
+            backtrace: capture_backtrace(),
+            panic: false,
+        }
+    }
+}
+
+impl fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.type_name, self.message)?;
+        for s in &self.sources {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for WorkerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")?;
+        if let Some(bt) = &self.backtrace {
+            write!(f, "\n\nworker backtrace:\n{bt}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn records_type_and_chain() {
+        let e: WorkerError = Outer(std::io::Error::other("inner")).into();
+        assert!(e.type_name().ends_with("Outer"));
+        assert_eq!(e.message(), "outer");
+        assert_eq!(e.sources(), ["inner".to_string()]);
+        assert!(!e.is_panic());
+        assert!(e.to_string().contains("outer: inner"));
+    }
+
+    #[test]
+    fn round_trips_through_postcard() {
+        let e = WorkerError::msg("boom");
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        let back: WorkerError = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, e);
+    }
+}
