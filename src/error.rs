@@ -153,7 +153,11 @@ impl EnsembleError {
 impl fmt::Display for EnsembleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let failed = self.errors.iter().filter(|e| e.is_some()).count();
-        write!(f, "ensemble error ({failed} of {} members failed)", self.errors.len())?;
+        write!(
+            f,
+            "ensemble error ({failed} of {} members failed)",
+            self.errors.len()
+        )?;
         if let Some((i, e)) = self.first() {
             write!(f, "; member {i}: {e}")?;
         }

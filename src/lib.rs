@@ -29,7 +29,8 @@ pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 /// (so tests and binaries need nothing). Without that feature, call it as the
 /// first line of `main` of any binary that starts process servlets:
 ///
-/// ```
+/// ```no_run
+/// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
 ///     mpserver::init();
 ///     // ... build and start the server ...

@@ -127,7 +127,13 @@ mod tests {
         });
         let mut out = vec![];
         let start = Instant::now();
-        let r = fill(&rx, &mut out, 4, Some(start + Duration::from_millis(50)), |_| true);
+        let r = fill(
+            &rx,
+            &mut out,
+            4,
+            Some(start + Duration::from_millis(50)),
+            |_| true,
+        );
         assert_eq!(r, Fill::Done);
         assert_eq!(out, vec![1]);
         assert!(start.elapsed() >= Duration::from_millis(50));
@@ -143,7 +149,10 @@ mod tests {
         }
         drop(tx);
         let mut out = vec![];
-        assert_eq!(fill(&rx, &mut out, 10, None, |x| x % 2 == 0), Fill::Disconnected);
+        assert_eq!(
+            fill(&rx, &mut out, 10, None, |x| x % 2 == 0),
+            Fill::Disconnected
+        );
         assert_eq!(out, vec![0, 2, 4]);
     }
 }

@@ -22,9 +22,15 @@ pub enum Codec {
 
 impl Codec {
     /// Appends the encoding of `value` to `out`.
-    pub fn encode_into<T: Serialize + ?Sized>(self, out: &mut Vec<u8>, value: &T) -> Result<(), String> {
+    pub fn encode_into<T: Serialize + ?Sized>(
+        self,
+        out: &mut Vec<u8>,
+        value: &T,
+    ) -> Result<(), String> {
         match self {
-            Codec::Postcard => postcard::to_io(value, out).map(drop).map_err(|e| e.to_string()),
+            Codec::Postcard => postcard::to_io(value, out)
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Codec::MessagePack => rmp_serde::encode::write(out, value).map_err(|e| e.to_string()),
         }
     }
@@ -54,7 +60,8 @@ mod tests {
     fn both_round_trip_typed_values() {
         for c in [Codec::Postcard, Codec::MessagePack] {
             let mut v = Vec::new();
-            c.encode_into(&mut v, &(1u32, "x".to_string(), vec![1.5f64])).unwrap();
+            c.encode_into(&mut v, &(1u32, "x".to_string(), vec![1.5f64]))
+                .unwrap();
             let back: (u32, String, Vec<f64>) = c.decode(&v).unwrap();
             assert_eq!(back, (1, "x".to_string(), vec![1.5]));
         }
@@ -69,6 +76,9 @@ mod tests {
         assert!(e.contains("MessagePack"), "{e}");
         let mut v = Vec::new();
         Codec::MessagePack.encode_into(&mut v, &x).unwrap();
-        assert_eq!(Codec::MessagePack.decode::<serde_json::Value>(&v).unwrap(), x);
+        assert_eq!(
+            Codec::MessagePack.decode::<serde_json::Value>(&v).unwrap(),
+            x
+        );
     }
 }

@@ -257,7 +257,9 @@ impl<'a> Cursor<'a> {
     /// Reads `n` bytes.
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         if self.rest.len() < n {
-            return Err(FrameError::Malformed("field runs past the end of the frame"));
+            return Err(FrameError::Malformed(
+                "field runs past the end of the frame",
+            ));
         }
         let (a, b) = self.rest.split_at(n);
         self.rest = b;
@@ -315,8 +317,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// `(id, payload)` entries of an ITEMS frame.
+pub type Items<'a> = Vec<(u64, &'a [u8])>;
+/// `(id, status, payload)` entries of a RESULTS frame.
+pub type ResultEntries<'a> = Vec<(u64, u8, &'a [u8])>;
+
 /// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
-pub fn parse_items(body: &[u8]) -> Result<(bool, Vec<(u64, &[u8])>), FrameError> {
+pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
     let mut c = Cursor::new(body);
     let batched = match c.u8()? {
         0 => false,
@@ -334,7 +341,7 @@ pub fn parse_items(body: &[u8]) -> Result<(bool, Vec<(u64, &[u8])>), FrameError>
 }
 
 /// Parses a RESULTS body into `(id, status, payload)` entries.
-pub fn parse_results(body: &[u8]) -> Result<Vec<(u64, u8, &[u8])>, FrameError> {
+pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
     let mut c = Cursor::new(body);
     let n = c.count(13)?;
     let mut out = Vec::with_capacity(n);
@@ -391,7 +398,10 @@ mod tests {
         assert_eq!(k, kind::ITEMS);
         let (batched, items) = parse_items(body).unwrap();
         assert!(batched);
-        assert_eq!(items, vec![(1, &b"ab"[..]), (7, &b""[..]), (9, &b"xyz"[..])]);
+        assert_eq!(
+            items,
+            vec![(1, &b"ab"[..]), (7, &b""[..]), (9, &b"xyz"[..])]
+        );
         assert!(r.read_frame().unwrap().is_none());
     }
 
@@ -400,7 +410,10 @@ mod tests {
         let bytes = items_frame(&[(1, b"abc")], false);
         for cut in 1..bytes.len() {
             let mut r = FrameReader::new(&bytes[..cut], DEFAULT_MAX_FRAME);
-            assert!(matches!(r.read_frame(), Err(FrameError::Truncated)), "cut {cut}");
+            assert!(
+                matches!(r.read_frame(), Err(FrameError::Truncated)),
+                "cut {cut}"
+            );
         }
     }
 

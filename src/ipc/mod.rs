@@ -5,7 +5,7 @@
 //! [`frame`]; it is public so that it can be fuzzed (`fuzz/`) and inspected,
 //! not because users need it.
 
-pub mod frame;
 pub mod codec;
+pub mod frame;
 
 pub use codec::Codec;

@@ -17,6 +17,8 @@ mod request;
 mod stats;
 mod stream;
 mod timer;
+#[cfg(feature = "tower")]
+pub mod service;
 
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -432,7 +434,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         core.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let deadline = started + timeout;
         let weak = Arc::downgrade(&req);
-        core.timer.add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
+        core.timer
+            .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
         if !entry.push_until(req as TicketRef, x, deadline) {
@@ -458,7 +461,11 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         let permit = match self.core.capacity.try_acquire() {
             Some(p) => p,
             None if opts.backpressure => return Err(self.backlog_full()),
-            None => match self.core.capacity.acquire_until(Some(started + opts.timeout)) {
+            None => match self
+                .core
+                .capacity
+                .acquire_until(Some(started + opts.timeout))
+            {
                 Some(p) => p,
                 None => return Err(self.enqueue_timeout(started, opts.timeout)),
             },
@@ -541,19 +548,22 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         let permit = match self.core.capacity.try_acquire() {
             Some(p) => p,
             None if opts.backpressure => return Err(self.backlog_full()),
-            None => self.acquire_async(started + opts.timeout).await.ok_or_else(|| {
-                self.enqueue_timeout(started, opts.timeout)
-            })?,
+            None => self
+                .acquire_async(started + opts.timeout)
+                .await
+                .ok_or_else(|| self.enqueue_timeout(started, opts.timeout))?,
         };
-        self.enqueue(&entry, x, permit, started, opts.timeout)?.await
+        self.enqueue(&entry, x, permit, started, opts.timeout)?
+            .await
     }
 
     async fn acquire_async(&self, deadline: Instant) -> Option<Permit> {
         let cap = &self.core.capacity;
         let alarm = Arc::new(CapacityAlarm(cap.clone()));
-        self.core
-            .timer
-            .add(deadline, Arc::downgrade(&alarm) as std::sync::Weak<dyn Expire>);
+        self.core.timer.add(
+            deadline,
+            Arc::downgrade(&alarm) as std::sync::Weak<dyn Expire>,
+        );
         loop {
             if let Some(p) = cap.try_acquire() {
                 return Some(p);

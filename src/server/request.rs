@@ -149,9 +149,9 @@ impl<Out: Send + 'static> Request<Out> {
 
     /// Marks the request cancelled (the caller went away); workers skip it.
     pub(crate) fn cancel(&self) {
-        let _ = self
-            .state
-            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.state
+                .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     fn is_pending(&self) -> bool {
@@ -287,10 +287,10 @@ impl<Out: Send + 'static> Future for Pending<Out> {
 
 impl<Out: Send + 'static> Drop for Pending<Out> {
     fn drop(&mut self) {
-        if self.rx.is_some() {
-            if let Some(r) = self.req.upgrade() {
-                r.cancel();
-            }
+        if self.rx.is_some()
+            && let Some(r) = self.req.upgrade()
+        {
+            r.cancel();
         }
     }
 }

@@ -19,22 +19,13 @@ use super::{CallOptions, Handle, Pending};
 use crate::error::Error;
 
 /// Options of a stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamOptions {
     /// Time limit per item, from its admission attempt (default: the server's).
     pub timeout: Option<Duration>,
     /// `true`: yield errors in place and go on. `false` (default, as in the
     /// seed): yield the first error, then end the stream, cancelling the rest.
     pub return_exceptions: bool,
-}
-
-impl Default for StreamOptions {
-    fn default() -> Self {
-        StreamOptions {
-            timeout: None,
-            return_exceptions: false,
-        }
-    }
 }
 
 impl StreamOptions {
@@ -60,7 +51,12 @@ struct Ordered<In: Send + 'static, Out: Send + 'static> {
 }
 
 impl<In: Send + 'static, Out: Send + 'static> Ordered<In, Out> {
-    fn start<I>(handle: &Handle<In, Out>, iter: I, opts: StreamOptions, keep: fn(&In) -> Option<In>) -> Self
+    fn start<I>(
+        handle: &Handle<In, Out>,
+        iter: I,
+        opts: StreamOptions,
+        keep: fn(&In) -> Option<In>,
+    ) -> Self
     where
         I: IntoIterator<Item = In>,
         I::IntoIter: Send + 'static,
@@ -232,7 +228,9 @@ where
             let x = match self.waiting.take() {
                 Some(x) => x,
                 None => {
-                    let Some(input) = self.input.as_mut() else { return };
+                    let Some(input) = self.input.as_mut() else {
+                        return;
+                    };
                     match Pin::new(input).poll_next(cx) {
                         Poll::Ready(Some(x)) => x,
                         Poll::Ready(None) => {

@@ -171,9 +171,18 @@ mod tests {
         let late = Arc::new(Flag(AtomicBool::new(false), tx.clone()));
         let early = Arc::new(Flag(AtomicBool::new(false), tx.clone()));
         let gone = Arc::new(Flag(AtomicBool::new(false), tx));
-        timer.add(now + Duration::from_millis(60), Arc::downgrade(&late) as Weak<dyn Expire>);
-        timer.add(now + Duration::from_millis(20), Arc::downgrade(&early) as Weak<dyn Expire>);
-        timer.add(now + Duration::from_millis(10), Arc::downgrade(&gone) as Weak<dyn Expire>);
+        timer.add(
+            now + Duration::from_millis(60),
+            Arc::downgrade(&late) as Weak<dyn Expire>,
+        );
+        timer.add(
+            now + Duration::from_millis(20),
+            Arc::downgrade(&early) as Weak<dyn Expire>,
+        );
+        timer.add(
+            now + Duration::from_millis(10),
+            Arc::downgrade(&gone) as Weak<dyn Expire>,
+        );
         drop(gone);
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(early.0.load(SeqCst));

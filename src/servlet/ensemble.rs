@@ -187,7 +187,9 @@ impl<In: Clone + Send + 'static, Out: Send + 'static, M: Mode<Out>> Sink<In>
     fn push(&self, ticket: TicketRef, value: In) {
         let slot = self.slot(ticket);
         // `start` refuses an ensemble without members.
-        let Some((last, rest)) = self.members.split_last() else { return };
+        let Some((last, rest)) = self.members.split_last() else {
+            return;
+        };
         for m in rest {
             m.push(slot.clone(), value.clone());
         }
@@ -196,7 +198,9 @@ impl<In: Clone + Send + 'static, Out: Send + 'static, M: Mode<Out>> Sink<In>
 
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
         let slot = self.slot(ticket);
-        let Some((last, rest)) = self.members.split_last() else { return true };
+        let Some((last, rest)) = self.members.split_last() else {
+            return true;
+        };
         for m in rest {
             if !m.push_until(slot.clone(), value.clone(), deadline) {
                 slot.failed.store(true, Ordering::Relaxed);
@@ -311,7 +315,14 @@ where
     if members.is_empty() {
         return Err(StartError::Config("EnsembleServlet has no members".into()));
     }
-    let mut node = ServletNode::new("ensemble", if M::FAIL_FAST { "ensemble" } else { "ensemble(collect_errors)" });
+    let mut node = ServletNode::new(
+        "ensemble",
+        if M::FAIL_FAST {
+            "ensemble"
+        } else {
+            "ensemble(collect_errors)"
+        },
+    );
     let mut inputs = Vec::new();
     for (index, m) in members.into_iter().enumerate() {
         let sink: SinkRef<Out> = Arc::new(MemberSink::<Out, M> {

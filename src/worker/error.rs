@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(err.message(), "invalid digit found in string");
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerError {
+pub struct WorkerError(Box<Inner>);
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Inner {
     type_name: String,
     message: String,
     sources: Vec<String>,
@@ -41,13 +44,13 @@ impl WorkerError {
     /// An error with a given type name and message (for errors that are not
     /// Rust error values, e.g. a message from a foreign library).
     pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> Self {
-        WorkerError {
+        WorkerError(Box::new(Inner {
             type_name: type_name.into(),
             message: message.into(),
             sources: Vec::new(),
             backtrace: capture_backtrace(),
             panic: false,
-        }
+        }))
     }
 
     /// An error from a plain message; its type name is `"WorkerError"`.
@@ -69,39 +72,39 @@ impl WorkerError {
             Some(loc) => format!("{message} (at {loc})"),
             None => message,
         };
-        WorkerError {
+        WorkerError(Box::new(Inner {
             type_name: "panic".to_string(),
             message,
             sources: Vec::new(),
             backtrace,
             panic: true,
-        }
+        }))
     }
 
     /// The Rust type name of the original error (e.g.
     /// `core::num::error::ParseIntError`), or `"panic"` for a panic.
     pub fn type_name(&self) -> &str {
-        &self.type_name
+        &self.0.type_name
     }
 
     /// The error's message (its `Display`).
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// Messages of the error's `source()` chain, outermost first.
     pub fn sources(&self) -> &[String] {
-        &self.sources
+        &self.0.sources
     }
 
     /// The backtrace captured where the error was created, if capturing was on.
     pub fn backtrace(&self) -> Option<&str> {
-        self.backtrace.as_deref()
+        self.0.backtrace.as_deref()
     }
 
     /// Whether this error came from a panic in the worker.
     pub fn is_panic(&self) -> bool {
-        self.panic
+        self.0.panic
     }
 }
 
@@ -124,20 +127,20 @@ where
             sources.push(s.to_string());
             cur = s.source();
         }
-        WorkerError {
+        WorkerError(Box::new(Inner {
             type_name: std::any::type_name::<E>().to_string(),
             message: err.to_string(),
             sources,
             backtrace: capture_backtrace(),
             panic: false,
-        }
+        }))
     }
 }
 
 impl fmt::Display for WorkerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.type_name, self.message)?;
-        for s in &self.sources {
+        write!(f, "{}: {}", self.0.type_name, self.0.message)?;
+        for s in &self.0.sources {
             write!(f, ": {s}")?;
         }
         Ok(())
@@ -147,7 +150,7 @@ impl fmt::Display for WorkerError {
 impl fmt::Debug for WorkerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")?;
-        if let Some(bt) = &self.backtrace {
+        if let Some(bt) = &self.0.backtrace {
             write!(f, "\n\nworker backtrace:\n{bt}")?;
         }
         Ok(())

@@ -211,10 +211,7 @@ where
     let mut worker: W = match config.codec.decode(&config.worker) {
         Ok(w) => w,
         Err(e) => {
-            let e = WorkerError::new(
-                "CodecError",
-                format!("cannot decode the worker value: {e}"),
-            );
+            let e = WorkerError::new("CodecError", format!("cannot decode the worker value: {e}"));
             init_failed(&mut writer, &e)?;
             return Ok(());
         }
@@ -247,7 +244,9 @@ where
                 None => eof = true,
                 Some((kind::ITEMS, body)) => {
                     let (batched, items) = frame::parse_items(body)?;
-                    let decoded = items.into_iter().map(|(id, b)| (id, config.codec.decode(b)));
+                    let decoded = items
+                        .into_iter()
+                        .map(|(id, b)| (id, config.codec.decode(b)));
                     if batched {
                         queue.push_back(Unit::Batch(decoded.collect()));
                     } else {
@@ -341,7 +340,7 @@ fn should_retire(config: &ChildConfig, done: u64) -> bool {
     }
     if let Some(limit) = config.recycle_above_rss {
         // Reading /proc costs a few microseconds: check every 16 items.
-        if done % 16 == 0 && resident_bytes().is_some_and(|rss| rss > limit) {
+        if done.is_multiple_of(16) && resident_bytes().is_some_and(|rss| rss > limit) {
             return true;
         }
     }

@@ -105,7 +105,10 @@ impl ChildRegistry {
 
     /// Pids of the worker processes currently running.
     pub fn pids(&self) -> Vec<u32> {
-        self.pids.lock().map(|p| p.iter().copied().collect()).unwrap_or_default()
+        self.pids
+            .lock()
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -225,9 +228,11 @@ where
         let this = *self;
         this.config.validate()?;
         let mut worker_bytes = Vec::new();
-        this.codec.encode_into(&mut worker_bytes, &this.worker).map_err(|e| {
-            StartError::Config(format!("cannot serialize worker {}: {e}", this.config.name))
-        })?;
+        this.codec
+            .encode_into(&mut worker_bytes, &this.worker)
+            .map_err(|e| {
+                StartError::Config(format!("cannot serialize worker {}: {e}", this.config.name))
+            })?;
         let policy = this.config.batch();
         let max_inflight = this.max_inflight.unwrap_or(if policy.batched() {
             (2 * policy.size).max(2)
@@ -267,12 +272,16 @@ where
                 status,
                 abort_rx: ctx.abort_signal(),
             };
-            ctx.spawn(format!("{}#{index}-supervisor", this.config.name), move || {
-                sup.run(ready)
-            })?;
+            ctx.spawn(
+                format!("{}#{index}-supervisor", this.config.name),
+                move || sup.run(ready),
+            )?;
         }
         Ok(Started {
-            input: Arc::new(QueueSink { tx, fail_to: output }),
+            input: Arc::new(QueueSink {
+                tx,
+                fail_to: output,
+            }),
             node,
         })
     }

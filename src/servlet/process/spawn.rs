@@ -83,7 +83,9 @@ pub(crate) fn spawn(entry: Entry, display_name: &str) -> std::io::Result<(Child,
 /// runs the worker and exits; otherwise returns at once.
 pub(crate) fn bootstrap_if_worker() {
     let Ok(var) = std::env::var(ENV) else { return };
-    let Some((ppid, token)) = var.split_once(':') else { return };
+    let Some((ppid, token)) = var.split_once(':') else {
+        return;
+    };
     let (Ok(ppid), Ok(token)) = (ppid.parse::<i32>(), token.parse::<u64>()) else {
         return;
     };

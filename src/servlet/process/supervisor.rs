@@ -306,7 +306,10 @@ where
                 ));
             }
             Ok((k, _)) => {
-                return Err(fail(&mut child, spawn_err(format!("unexpected frame kind {k}"))));
+                return Err(fail(
+                    &mut child,
+                    spawn_err(format!("unexpected frame kind {k}")),
+                ));
             }
             Err(reason) => {
                 self.shared.registry.remove(pid);
@@ -371,21 +374,20 @@ where
             if draining && n_inflight == 0 && retry.is_empty() {
                 return End::Drained;
             }
-            if !retiring && n_inflight == 0 {
-                if let Some(item) = retry.pop_front() {
-                    // Crashed items go one at a time, so a poison item can only
-                    // take itself down.
-                    match self.send_retry(p, item, &mut buf, &mut next_id) {
-                        Ok(n) => n_inflight += n,
-                        Err(end) => return end,
-                    }
-                    continue;
+            // Crashed items go one at a time, so a poison item can only take
+            // itself down.
+            if !retiring
+                && n_inflight == 0
+                && let Some(item) = retry.pop_front()
+            {
+                match self.send_retry(p, item, &mut buf, &mut next_id) {
+                    Ok(n) => n_inflight += n,
+                    Err(end) => return end,
                 }
+                continue;
             }
-            let can_pull = retry.is_empty()
-                && !draining
-                && !retiring
-                && n_inflight < self.shared.max_inflight;
+            let can_pull =
+                retry.is_empty() && !draining && !retiring && n_inflight < self.shared.max_inflight;
             let input = if can_pull { &self.rx } else { &never };
             select! {
                 recv(input) -> msg => match msg {
@@ -448,7 +450,13 @@ where
         };
         if policy.batched() {
             let max = policy.size.min(credit.max(1));
-            batch::fill(&self.rx, &mut items, max, batch::deadline(policy, start), keep);
+            batch::fill(
+                &self.rx,
+                &mut items,
+                max,
+                batch::deadline(policy, start),
+                keep,
+            );
         } else {
             batch::fill(&self.rx, &mut items, credit.max(1), None, keep);
         }
@@ -481,11 +489,24 @@ where
             match buf.put_payload(|v| codec.encode_into(v, &x)) {
                 Ok(()) if buf.len() - mark > half => {
                     buf.truncate(mark);
-                    failed.push((ticket, format!("input exceeds the frame limit of {} bytes", self.shared.max_frame)));
+                    failed.push((
+                        ticket,
+                        format!(
+                            "input exceeds the frame limit of {} bytes",
+                            self.shared.max_frame
+                        ),
+                    ));
                 }
                 Ok(()) => {
                     let bytes = retry.then(|| buf.as_bytes()[mark + 12..].to_vec());
-                    entries.push((id, InFlight { ticket, crashes: 0, bytes }));
+                    entries.push((
+                        id,
+                        InFlight {
+                            ticket,
+                            crashes: 0,
+                            bytes,
+                        },
+                    ));
                     count += 1;
                 }
                 Err(e) => {
@@ -616,7 +637,12 @@ where
         (status, lost)
     }
 
-    fn settle_lost(&self, lost: Vec<InFlight>, crash: WorkerCrashed, retry: &mut VecDeque<InFlight>) {
+    fn settle_lost(
+        &self,
+        lost: Vec<InFlight>,
+        crash: WorkerCrashed,
+        retry: &mut VecDeque<InFlight>,
+    ) {
         let policy = &self.shared.restart;
         for mut item in lost {
             item.crashes += 1;
@@ -710,7 +736,15 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                     for (entry, st, payload) in taken {
                         let Some(entry) = entry else { continue };
                         n += 1;
-                        deliver(&self.out, &self.stats, &self.id, self.codec, entry.ticket, st, payload);
+                        deliver(
+                            &self.out,
+                            &self.stats,
+                            &self.id,
+                            self.codec,
+                            entry.ticket,
+                            st,
+                            payload,
+                        );
                     }
                     self.status.items.fetch_add(n as u64, Relaxed);
                     let _ = self.events.send(Event::Results(n));
@@ -750,7 +784,10 @@ fn deliver<Out: DeserializeOwned + Send + 'static>(
                 worker: id.clone(),
                 error,
             },
-            Err(e) => codec(CodecDirection::DecodeOutput, format!("undecodable worker error: {e}")),
+            Err(e) => codec(
+                CodecDirection::DecodeOutput,
+                format!("undecodable worker error: {e}"),
+            ),
         }),
         _ => {
             let (dir, msg) = payload.split_first().map_or((3, &[][..]), |(d, m)| (*d, m));

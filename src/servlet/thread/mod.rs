@@ -57,8 +57,8 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
         config.validate()?;
         let (tx, rx) = ctx.queue();
         let depth_rx = rx.clone();
-        let mut node =
-            ServletNode::new("thread", config.name.clone()).with_queue_depth(move || depth_rx.len());
+        let mut node = ServletNode::new("thread", config.name.clone())
+            .with_queue_depth(move || depth_rx.len());
         let stats = node.stats().clone();
         let policy = config.batch();
         for (index, cpu) in config.placement.0.iter().enumerate() {
@@ -90,7 +90,10 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
             })?;
         }
         Ok(Started {
-            input: Arc::new(QueueSink { tx, fail_to: output }),
+            input: Arc::new(QueueSink {
+                tx,
+                fail_to: output,
+            }),
             node,
         })
     }
@@ -162,15 +165,21 @@ impl<W: Worker> ThreadWorker<W> {
                 batch.push(first);
             }
             let deadline = batch::deadline(&self.policy, start);
-            let fill = batch::fill(&self.rx, &mut batch, self.policy.size, deadline, |(t, _)| {
-                self.stats.items_in.fetch_add(1, Relaxed);
-                if t.is_cancelled() || self.abort.load(Relaxed) {
-                    self.stats.skipped.fetch_add(1, Relaxed);
-                    false
-                } else {
-                    true
-                }
-            });
+            let fill = batch::fill(
+                &self.rx,
+                &mut batch,
+                self.policy.size,
+                deadline,
+                |(t, _)| {
+                    self.stats.items_in.fetch_add(1, Relaxed);
+                    if t.is_cancelled() || self.abort.load(Relaxed) {
+                        self.stats.skipped.fetch_add(1, Relaxed);
+                        false
+                    } else {
+                        true
+                    }
+                },
+            );
             if !batch.is_empty() {
                 self.run_batch(&mut batch);
             }
@@ -195,7 +204,10 @@ impl<W: Worker> ThreadWorker<W> {
             Ok(results) => {
                 let e = WorkerError::new(
                     "BatchSizeMismatch",
-                    format!("call_batch returned {} results for {n} items", results.len()),
+                    format!(
+                        "call_batch returned {} results for {n} items",
+                        results.len()
+                    ),
                 );
                 for t in tickets {
                     self.deliver(t, Err(e.clone()));

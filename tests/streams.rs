@@ -1,0 +1,154 @@
+//! Streams: order, pairing, errors in place or stopping, early exit, async.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mpserver::Error;
+use mpserver::prelude::*;
+use support::*;
+
+fn wait_for(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn order_is_kept_with_several_processes_and_batching() {
+    let flow = sequential![
+        ProcessServlet::new(Double).workers(3),
+        ProcessServlet::new(SquareBatch).workers(2).batch_size(16),
+    ];
+    let server = Server::start(flow).unwrap();
+    let n = 5000i64;
+    let out: Vec<(i64, usize)> = server.stream(0..n).map(Result::unwrap).collect();
+    assert_eq!(out.len(), n as usize);
+    for (i, (y, b)) in out.iter().enumerate() {
+        let x = 2 * i as i64;
+        assert_eq!(*y, x * x);
+        assert!((1..=16).contains(b));
+    }
+    // Under a stream, batches fill up.
+    let mean = out.iter().map(|(_, b)| *b as f64).sum::<f64>() / out.len() as f64;
+    assert!(mean > 2.0, "mean batch size {mean}");
+}
+
+#[test]
+fn pairs_come_with_their_inputs() {
+    let server = Server::start(ProcessServlet::new(Double).workers(2)).unwrap();
+    let pairs: Vec<(i64, i64)> = server
+        .stream_pairs(vec![5, 1, 9], StreamOptions::default())
+        .map(|(x, r)| (x, r.unwrap()))
+        .collect();
+    assert_eq!(pairs, vec![(5, 10), (1, 2), (9, 18)]);
+}
+
+#[test]
+fn bad_item_in_place_or_stop() {
+    let server = Server::start(ProcessServlet::new(FailOn { bad: 3 }).workers(2)).unwrap();
+    // Errors in place.
+    let out: Vec<Result<i64, Error>> = server
+        .stream_with(0..6, StreamOptions::default().return_exceptions(true))
+        .collect();
+    assert_eq!(out.len(), 6);
+    for (i, r) in out.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(r, Err(Error::Worker { .. })), "{r:?}");
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as i64 + 1);
+        }
+    }
+    // Stop at the first error (the default).
+    let out: Vec<Result<i64, Error>> = server.stream(0..100).collect();
+    assert_eq!(out.len(), 4);
+    assert!(out[3].is_err());
+    wait_for(|| server.backlog() == 0);
+}
+
+#[test]
+fn dropping_a_stream_early_cancels_and_does_not_hang() {
+    let log = temp_path("early");
+    let server = Server::builder(ProcessServlet::new(Slow {
+        ms: 20,
+        log: Some(log.clone()),
+    }))
+    .capacity(16)
+    .start()
+    .unwrap();
+    let t = Instant::now();
+    {
+        let mut s = server.stream(0..1_000_000);
+        assert_eq!(s.next().unwrap().unwrap(), 0);
+        assert_eq!(s.next().unwrap().unwrap(), 1);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2));
+    wait_for(|| server.backlog() == 0);
+    let calls = count_lines(&log);
+    assert!(calls < 40, "{calls} calls after dropping the stream");
+    // The server is still fine.
+    assert_eq!(server.call(5).unwrap(), 5);
+    let _ = std::fs::remove_file(log);
+}
+
+#[test]
+fn infinite_input_is_bounded_by_capacity() {
+    let server = Server::builder(ProcessServlet::new(Double))
+        .capacity(8)
+        .start()
+        .unwrap();
+    let mut s = server.stream(0i64..);
+    for i in 0..1000 {
+        assert_eq!(s.next().unwrap().unwrap(), 2 * i);
+        assert!(server.backlog() <= 8);
+    }
+}
+
+#[test]
+fn async_stream_in_order_with_tokio() {
+    let server = Server::start(ProcessServlet::new(Double).workers(2)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let out: Vec<i64> = rt.block_on(async {
+        server
+            .async_stream(futures::stream::iter(0..2000i64), StreamOptions::default())
+            .map(Result::unwrap)
+            .collect()
+            .await
+    });
+    assert_eq!(out, (0..2000).map(|x| 2 * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn async_stream_errors_in_place_and_early_drop() {
+    let server = Server::builder(ProcessServlet::new(FailOn { bad: 2 }))
+        .capacity(4)
+        .start()
+        .unwrap();
+    let out: Vec<Result<i64, Error>> = futures::executor::block_on(
+        server
+            .async_stream(
+                futures::stream::iter(0..5i64),
+                StreamOptions::default().return_exceptions(true),
+            )
+            .collect(),
+    );
+    assert_eq!(out.len(), 5);
+    assert!(out[2].is_err());
+    assert_eq!(*out[4].as_ref().unwrap(), 5);
+    let firsts: Vec<Result<i64, Error>> = futures::executor::block_on(
+        server
+            .async_stream(
+                futures::stream::iter(10..1_000_000i64),
+                StreamOptions::default(),
+            )
+            .take(3)
+            .collect(),
+    );
+    assert_eq!(firsts.len(), 3);
+    wait_for(|| server.backlog() == 0);
+}

@@ -1,0 +1,206 @@
+//! Workers shared by the integration tests. Each test binary re-executes
+//! itself as the worker process, so these types live in every binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mpserver::{Worker, WorkerContext, WorkerError};
+use serde::{Deserialize, Serialize};
+
+/// Returns `2 * x`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Double;
+
+impl Worker for Double {
+    type Input = i64;
+    type Output = i64;
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        Ok(2 * x)
+    }
+}
+
+/// Sleeps `ms` then returns `x`; appends one line per call to `log` if set.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Slow {
+    pub ms: u64,
+    pub log: Option<PathBuf>,
+}
+
+impl Worker for Slow {
+    type Input = i64;
+    type Output = i64;
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        if let Some(p) = &self.log {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
+            writeln!(f, "{x}")?;
+        }
+        std::thread::sleep(Duration::from_millis(self.ms));
+        Ok(x)
+    }
+}
+
+/// Lines in a call log (0 if it does not exist).
+pub fn count_lines(p: &std::path::Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A unique temporary file path.
+pub fn temp_path(tag: &str) -> PathBuf {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!("mpserver-test-{tag}-{}-{n}", std::process::id()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("value {0} is not allowed")]
+pub struct NotAllowed(pub i64);
+
+/// Fails on `bad`, else returns `x + 1`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct FailOn {
+    pub bad: i64,
+}
+
+impl Worker for FailOn {
+    type Input = i64;
+    type Output = i64;
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        if x == self.bad {
+            return Err(NotAllowed(x).into());
+        }
+        Ok(x + 1)
+    }
+}
+
+/// Returns the CPUs it may run on, its worker index and its pid.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WhereAmI {
+    #[serde(skip)]
+    index: usize,
+}
+
+impl Worker for WhereAmI {
+    type Input = ();
+    type Output = (Vec<usize>, usize, u32);
+    fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
+        self.index = ctx.worker_index();
+        Ok(())
+    }
+    fn call(&mut self, _: ()) -> Result<Self::Output, WorkerError> {
+        Ok((
+            mpserver::affinity::current_cpus(),
+            self.index,
+            std::process::id(),
+        ))
+    }
+}
+
+/// Init fails (or panics) with a message.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BadInit {
+    pub panic: bool,
+}
+
+impl Worker for BadInit {
+    type Input = i64;
+    type Output = i64;
+    fn init(&mut self, _: &WorkerContext) -> Result<(), WorkerError> {
+        if self.panic {
+            panic!("init exploded");
+        }
+        Err(WorkerError::new("ModelNotFound", "no model at /nowhere"))
+    }
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        Ok(x)
+    }
+}
+
+/// Batched: returns, for each item, `(x * x, batch length)`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SquareBatch;
+
+impl Worker for SquareBatch {
+    type Input = i64;
+    type Output = (i64, usize);
+    fn call(&mut self, x: i64) -> Result<(i64, usize), WorkerError> {
+        Ok((x * x, 1))
+    }
+    fn call_batch(&mut self, xs: Vec<i64>) -> Vec<Result<(i64, usize), WorkerError>> {
+        let n = xs.len();
+        xs.into_iter()
+            .map(|x| {
+                if x < 0 {
+                    Err(WorkerError::msg(format!("negative {x}")))
+                } else {
+                    Ok((x * x, n))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Pids of the live (non-zombie) children of this process.
+pub fn live_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // fields after the ")" of the command name: state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().unwrap_or("");
+        let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == me && state != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Any children at all (including zombies) of this process.
+pub fn all_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if ppid == me {
+            out.push(pid);
+        }
+    }
+    out
+}
