@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
         --runs) pass+=(--runs "$2"); shift ;;
         --runs=*) pass+=("$1") ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -46,6 +46,13 @@ fi
 for b in raw_limit report; do
     [ -x "$bin/$b" ] || { echo "run.sh: $bin/$b is missing (build first)" >&2; exit 1; }
 done
+
+# Other work on the machine (builds, tests) skews every figure: warn about it.
+load="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
+    echo "run.sh: WARNING: 1-minute load average is $load; figures will be noisy" \
+        "unless the machine is otherwise idle" >&2
+fi
 
 say "setting up Python venvs"
 bash "$benches/python/setup_venvs.sh"

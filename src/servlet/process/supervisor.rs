@@ -7,7 +7,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,9 +61,28 @@ fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Items a worker process holds, shared by its supervisor (which adds) and
+/// its reader (which subtracts). The reader wakes the supervisor only when
+/// it asked to be woken (`waiting`): a result costs no extra thread wake-up
+/// while the worker still has credit.
+#[derive(Default)]
+struct Credit {
+    count: AtomicUsize,
+    waiting: AtomicBool,
+}
+
+/// The socket's writing side, shared by the supervisor (items) and the reader
+/// (cancellations); the lock keeps frames whole.
+type Writer = Arc<Mutex<UnixStream>>;
+
+fn write_frames(w: &Writer, bytes: &[u8]) -> std::io::Result<()> {
+    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+    g.write_all(bytes)
+}
+
 enum Event {
-    /// The reader delivered this many in-flight items.
-    Results(usize),
+    /// The reader gave credit back (sent only while the supervisor waits).
+    Credit,
     /// The worker asked to be recycled.
     Retiring,
     /// The connection ended: `None` at a clean end of stream, else why.
@@ -74,6 +93,8 @@ struct Proc {
     child: Child,
     pid: u32,
     sock: UnixStream,
+    writer: Writer,
+    credit: Arc<Credit>,
     events: Receiver<Event>,
     inflight: InFlightMap,
     reader: Option<JoinHandle<()>>,
@@ -321,10 +342,17 @@ where
             }
         }
         let inflight: InFlightMap = Arc::default();
+        let credit: Arc<Credit> = Arc::default();
+        let writer: Writer = match sock.try_clone() {
+            Ok(w) => Arc::new(Mutex::new(w)),
+            Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
+        };
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let reader_thread = Reader::<W::Output> {
             reader,
             inflight: inflight.clone(),
+            credit: credit.clone(),
+            writer: writer.clone(),
             out: self.out.clone(),
             stats: self.shared.stats.clone(),
             status: self.status.clone(),
@@ -343,6 +371,8 @@ where
             child,
             pid,
             sock,
+            writer,
+            credit,
             events: ev_rx,
             inflight,
             reader: Some(handle),
@@ -357,62 +387,70 @@ where
     ) -> End {
         let never = crossbeam_channel::never();
         let mut buf = FrameBuf::new();
-        let mut n_inflight: usize = 0;
         let mut draining = false;
         let mut retiring = false;
         let mut next_id: u64 = 0;
-        if let Some(first) = pending.take() {
-            match self.dispatch(p, first, &mut buf, &mut next_id, self.shared.max_inflight) {
-                Ok(n) => n_inflight += n,
-                Err(end) => return end,
-            }
+        let max = self.shared.max_inflight;
+        if let Some(first) = pending.take()
+            && let Err(end) = self.dispatch(p, first, &mut buf, &mut next_id, max)
+        {
+            return end;
         }
         loop {
-            if retiring && n_inflight == 0 {
+            let held = p.credit.count.load(SeqCst);
+            if retiring && held == 0 {
                 return End::Retired;
             }
-            if draining && n_inflight == 0 && retry.is_empty() {
+            if draining && held == 0 && retry.is_empty() {
                 return End::Drained;
             }
             // Crashed items go one at a time, so a poison item can only take
             // itself down.
             if !retiring
-                && n_inflight == 0
+                && held == 0
                 && let Some(item) = retry.pop_front()
             {
-                match self.send_retry(p, item, &mut buf, &mut next_id) {
-                    Ok(n) => n_inflight += n,
-                    Err(end) => return end,
+                if let Err(end) = self.send_retry(p, item, &mut buf, &mut next_id) {
+                    return end;
                 }
                 continue;
             }
-            let can_pull =
-                retry.is_empty() && !draining && !retiring && n_inflight < self.shared.max_inflight;
+            let can_pull = retry.is_empty() && !draining && !retiring && held < max;
+            // Not pulling means waiting for the worker to give items back:
+            // ask the reader to wake us, then re-check (no lost wake-up).
+            let wait_credit = !can_pull;
+            if wait_credit {
+                p.credit.waiting.store(true, SeqCst);
+                if p.credit.count.load(SeqCst) != held {
+                    p.credit.waiting.store(false, SeqCst);
+                    continue;
+                }
+            }
             let input = if can_pull { &self.rx } else { &never };
-            select! {
+            let end = select! {
                 recv(input) -> msg => match msg {
-                    Ok(first) => {
-                        let credit = self.shared.max_inflight - n_inflight;
-                        match self.dispatch(p, first, &mut buf, &mut next_id, credit) {
-                            Ok(n) => n_inflight += n,
-                            Err(end) => return end,
-                        }
+                    Ok(first) => self.dispatch(p, first, &mut buf, &mut next_id, max - held).err(),
+                    Err(_) => {
+                        draining = true;
+                        None
                     }
-                    Err(_) => draining = true,
                 },
                 recv(p.events) -> ev => match ev {
-                    Ok(Event::Results(n)) => {
-                        n_inflight = n_inflight.saturating_sub(n);
-                        match self.cancel_scan(p, &mut buf) {
-                            Ok(c) => n_inflight = n_inflight.saturating_sub(c),
-                            Err(end) => return end,
-                        }
+                    Ok(Event::Credit) => None,
+                    Ok(Event::Retiring) => {
+                        retiring = true;
+                        None
                     }
-                    Ok(Event::Retiring) => retiring = true,
-                    Ok(Event::Dead(reason)) => return End::Crashed(reason),
-                    Err(_) => return End::Crashed(Some("reader stopped".into())),
+                    Ok(Event::Dead(reason)) => Some(End::Crashed(reason)),
+                    Err(_) => Some(End::Crashed(Some("reader stopped".into()))),
                 },
-                recv(self.abort_rx) -> _ => return End::Aborted,
+                recv(self.abort_rx) -> _ => Some(End::Aborted),
+            };
+            if wait_credit {
+                p.credit.waiting.store(false, SeqCst);
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
     }
@@ -547,7 +585,8 @@ where
             stats.batch_sizes.record(n as u64);
         }
         lock(&p.inflight).extend(entries);
-        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
+        p.credit.count.fetch_add(n, SeqCst);
+        if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
             return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
         }
         Ok(n)
@@ -579,46 +618,11 @@ where
         });
         buf.end(s);
         lock(&p.inflight).insert(id, item);
-        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
+        p.credit.count.fetch_add(1, SeqCst);
+        if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
             return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
         }
         Ok(1)
-    }
-
-    /// Tells the worker to skip held items whose requests were cancelled.
-    fn cancel_scan(&self, p: &mut Proc, buf: &mut FrameBuf) -> Result<usize, End> {
-        let dropped: Vec<(u64, InFlight)> = {
-            let mut map = lock(&p.inflight);
-            if map.is_empty() {
-                return Ok(0);
-            }
-            let ids: Vec<u64> = map
-                .iter()
-                .filter(|(_, e)| e.ticket.is_cancelled())
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| map.remove(&id).map(|e| (id, e)))
-                .collect()
-        };
-        if dropped.is_empty() {
-            return Ok(0);
-        }
-        self.shared
-            .stats
-            .skipped
-            .fetch_add(dropped.len() as u64, Relaxed);
-        buf.clear();
-        let s = buf.begin(kind::CANCEL);
-        buf.put_u32(dropped.len() as u32);
-        for (id, _) in &dropped {
-            buf.put_u64(*id);
-        }
-        buf.end(s);
-        if let Err(e) = p.sock.write_all(buf.as_bytes()) {
-            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
-        }
-        Ok(dropped.len())
     }
 
     /// Kills and reaps a crashed worker; returns its status and the items it
@@ -706,6 +710,8 @@ where
 struct Reader<Out> {
     reader: FrameReader<UnixStream>,
     inflight: InFlightMap,
+    credit: Arc<Credit>,
+    writer: Writer,
     out: SinkRef<Out>,
     stats: Arc<ServletStats>,
     status: Arc<WorkerStatus>,
@@ -747,7 +753,14 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                         );
                     }
                     self.status.items.fetch_add(n as u64, Relaxed);
-                    let _ = self.events.send(Event::Results(n));
+                    let cancelled = match self.cancel_held() {
+                        Ok(c) => c,
+                        Err(e) => break Some(format!("write to worker failed: {e}")),
+                    };
+                    self.credit.count.fetch_sub(n + cancelled, SeqCst);
+                    if self.credit.waiting.load(SeqCst) {
+                        let _ = self.events.send(Event::Credit);
+                    }
                 }
                 Ok(Some((kind::RETIRING, _))) => {
                     let _ = self.events.send(Event::Retiring);
@@ -756,6 +769,40 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
             }
         };
         let _ = self.events.send(Event::Dead(end));
+    }
+}
+
+impl<Out> Reader<Out> {
+    /// Tells the worker to skip held items whose requests were cancelled
+    /// (they are dropped here, which is their outcome). Returns how many.
+    fn cancel_held(&self) -> std::io::Result<usize> {
+        let dropped: Vec<(u64, InFlight)> = {
+            let mut map = lock(&self.inflight);
+            if map.is_empty() {
+                return Ok(0);
+            }
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, e)| e.ticket.is_cancelled())
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| map.remove(&id).map(|e| (id, e)))
+                .collect()
+        };
+        if dropped.is_empty() {
+            return Ok(0);
+        }
+        self.stats.skipped.fetch_add(dropped.len() as u64, Relaxed);
+        let mut buf = FrameBuf::new();
+        let s = buf.begin(kind::CANCEL);
+        buf.put_u32(dropped.len() as u32);
+        for (id, _) in &dropped {
+            buf.put_u64(*id);
+        }
+        buf.end(s);
+        write_frames(&self.writer, buf.as_bytes())?;
+        Ok(dropped.len())
     }
 }
 

@@ -1,0 +1,532 @@
+//! Scenarios S1–S10 on mpserver, with the same definitions, CLI and output
+//! as `python/mpservice_bench.py` (see `benches/README.md`).
+
+use std::time::{Duration, Instant};
+
+use mpserver::prelude::*;
+use mpserver::{Codec, CpuAffinity};
+use mpserver_benches::{CommonArgs, Figure, Placement, pin_to_cpu0};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+const CONTENDER: &str = "mpserver";
+
+// ---------------------------------------------------------------- workers
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Double;
+impl Worker for Double {
+    type Input = i64;
+    type Output = i64;
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        Ok(2 * x)
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct SquareBatch;
+impl Worker for SquareBatch {
+    type Input = i64;
+    type Output = (i64, u32);
+    fn call(&mut self, x: i64) -> Result<(i64, u32), WorkerError> {
+        Ok((x * x, 1))
+    }
+    fn call_batch(&mut self, xs: Vec<i64>) -> Vec<Result<(i64, u32), WorkerError>> {
+        let n = xs.len() as u32;
+        xs.into_iter().map(|x| Ok((x * x, n))).collect()
+    }
+}
+
+fn lcg_work(loops: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..loops {
+        x = (x.wrapping_mul(1_103_515_245).wrapping_add(12_345)) & 0x7fff_ffff;
+    }
+    x
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Burn {
+    loops: u64,
+}
+impl Worker for Burn {
+    type Input = u64;
+    type Output = u64;
+    fn call(&mut self, x: u64) -> Result<u64, WorkerError> {
+        Ok(lcg_work(self.loops, x))
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Echo;
+impl Worker for Echo {
+    type Input = serde_bytes::ByteBuf;
+    type Output = serde_bytes::ByteBuf;
+    fn call(&mut self, x: serde_bytes::ByteBuf) -> Result<serde_bytes::ByteBuf, WorkerError> {
+        Ok(x)
+    }
+}
+
+// The seed flow without its sleeps, on dynamic values as in Python.
+fn first(x: &Value) -> Option<Value> {
+    match x {
+        Value::String(s) => s.chars().next().map(|c| json!(c.to_string())),
+        Value::Array(a) => a.first().cloned(),
+        _ => None,
+    }
+}
+fn last(x: &Value) -> Option<Value> {
+    match x {
+        Value::String(s) => s.chars().last().map(|c| json!(c.to_string())),
+        Value::Array(a) => a.last().cloned(),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+enum Seed {
+    Head,
+    Tail,
+    Len,
+    Solute,
+}
+impl Worker for Seed {
+    type Input = Value;
+    type Output = Value;
+    fn call(&mut self, x: Value) -> Result<Value, WorkerError> {
+        let r = match self {
+            Seed::Head => first(&x),
+            Seed::Tail => last(&x),
+            Seed::Len => match &x {
+                Value::String(s) => Some(json!(s.chars().count())),
+                Value::Array(a) => Some(json!(a.len())),
+                _ => None,
+            },
+            Seed::Solute => Some(json!(format!(
+                "Hello, {}!",
+                x.as_str().map_or_else(|| x.to_string(), str::to_string)
+            ))),
+        };
+        r.ok_or_else(|| WorkerError::msg(format!("bad input {x}")))
+    }
+}
+
+fn combine(v: Vec<Value>) -> Result<Value, WorkerError> {
+    let err = || WorkerError::msg("unsupported operands");
+    let sum = match (&v[0], &v[1]) {
+        (Value::String(a), Value::String(b)) => json!(format!("{a}{b}")),
+        (Value::Number(a), Value::Number(b)) => {
+            json!(a.as_i64().ok_or_else(err)? + b.as_i64().ok_or_else(err)?)
+        }
+        _ => return Err(err()),
+    };
+    let n = v[2].as_i64().ok_or_else(err)?;
+    Ok(match sum {
+        Value::String(s) => json!(s.repeat(n as usize)),
+        Value::Number(a) => json!(a.as_i64().ok_or_else(err)? * n),
+        _ => return Err(err()),
+    })
+}
+
+fn seed_server(p: Placement) -> Server<Value, Value> {
+    let pins = |c: Vec<usize>| -> Vec<CpuAffinity> {
+        match p {
+            Placement::Pinned1 => vec![CpuAffinity::cpu(0); c.len().max(1)],
+            Placement::Unpinned => c.into_iter().map(CpuAffinity::cpu).collect(),
+        }
+    };
+    let solute = match p {
+        Placement::Pinned1 => vec![CpuAffinity::cpu(0)],
+        Placement::Unpinned => vec![CpuAffinity::any()],
+    };
+    let mp = Codec::MessagePack;
+    let flow = sequential![
+        ensemble![
+            ProcessServlet::new(Seed::Head)
+                .name("GetHead")
+                .cpus(pins(vec![0]))
+                .codec(mp),
+            ProcessServlet::new(Seed::Tail)
+                .name("GetTail")
+                .cpus(pins(vec![0, 1]))
+                .codec(mp),
+            ProcessServlet::new(Seed::Len)
+                .name("GetLen")
+                .cpus(pins(vec![1]))
+                .codec(mp),
+        ],
+        ThreadServlet::new(try_worker_fn(combine)),
+        ProcessServlet::new(Seed::Solute)
+            .name("Solute")
+            .cpus(solute)
+            .codec(mp),
+    ];
+    Server::start(flow).expect("seed flow starts")
+}
+
+fn worker_cpus(p: Placement, n: usize) -> Vec<CpuAffinity> {
+    match p {
+        Placement::Pinned1 => vec![CpuAffinity::cpu(0); n],
+        Placement::Unpinned => vec![CpuAffinity::any(); n],
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+struct Out {
+    placement: Placement,
+}
+
+impl Out {
+    fn emit(&self, scenario: &str, metric: &str, unit: &str, runs: Vec<f64>) {
+        let f = Figure::new(CONTENDER, scenario, self.placement, metric, unit, runs);
+        println!("{}", f.to_json_line());
+        eprintln!(
+            "  {scenario} {metric} = {:.2} {unit} [{:.2}–{:.2}]",
+            f.median, f.min, f.max
+        );
+    }
+}
+
+// ---------------------------------------------------------------- scenarios
+
+fn s1(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 300 } else { 2000 };
+    let (mut cps, mut p50, mut p99) = (vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        let server =
+            Server::start(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1))).unwrap();
+        for i in 0..200 {
+            assert_eq!(server.call(i).unwrap(), 2 * i);
+        }
+        let mut lat = Vec::with_capacity(n);
+        let t = Instant::now();
+        for i in 0..n as i64 {
+            let s = Instant::now();
+            assert_eq!(server.call(i).unwrap(), 2 * i);
+            lat.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+        cps.push(n as f64 / t.elapsed().as_secs_f64());
+        lat.sort_by(f64::total_cmp);
+        p50.push(percentile(&lat, 0.5));
+        p99.push(percentile(&lat, 0.99));
+    }
+    out.emit("S1_seq_call", "calls_per_s", "1/s", cps);
+    out.emit("S1_seq_call", "p50_us", "us", p50);
+    out.emit("S1_seq_call", "p99_us", "us", p99);
+}
+
+fn stream_doubles(server: &Server<i64, i64>, n: i64) -> f64 {
+    let t = Instant::now();
+    let mut i = 0;
+    for r in server.stream(0..n) {
+        assert_eq!(r.unwrap(), 2 * i);
+        i += 1;
+    }
+    assert_eq!(i, n);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn s2_s3(args: &CommonArgs, out: &Out, procs: usize, scenario: &str) {
+    let n = if args.quick { 5000 } else { 50_000 };
+    let mut runs = vec![];
+    for _ in 0..args.runs {
+        let server =
+            Server::start(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, procs)))
+                .unwrap();
+        stream_doubles(&server, 2000);
+        runs.push(stream_doubles(&server, n));
+    }
+    out.emit(scenario, "items_per_s", "1/s", runs);
+}
+
+fn s4(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 2000 } else { 20_000 };
+    let mut runs = vec![];
+    for _ in 0..args.runs {
+        let server = seed_server(out.placement);
+        assert_eq!(
+            server.call(json!("world")).unwrap(),
+            json!("Hello, wdwdwdwdwd!")
+        );
+        let t = Instant::now();
+        let mut k = 0;
+        for r in server.stream((0..n).map(|i| json!(format!("w{i}")))) {
+            r.unwrap();
+            k += 1;
+        }
+        assert_eq!(k, n);
+        runs.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    out.emit("S4_seed_pipeline", "items_per_s", "1/s", runs);
+}
+
+fn s5(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 10_000 } else { 100_000 };
+    let (mut ips, mut mean) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let server = Server::start(
+            ProcessServlet::new(SquareBatch)
+                .batch_size(64)
+                .cpus(worker_cpus(out.placement, 1)),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let mut calls = 0.0;
+        for (i, r) in (0i64..).zip(server.stream(0..n)) {
+            let (y, b) = r.unwrap();
+            assert_eq!(y, i * i);
+            calls += 1.0 / b as f64;
+        }
+        ips.push(n as f64 / t.elapsed().as_secs_f64());
+        mean.push(n as f64 / calls);
+    }
+    out.emit("S5_batched", "items_per_s", "1/s", ips);
+    out.emit("S5_batched", "mean_batch_size", "items", mean);
+}
+
+fn s6(args: &CommonArgs, out: &Out) {
+    // Calibrate ~2 ms of work.
+    let mut loops = 100_000u64;
+    loop {
+        let t = Instant::now();
+        std::hint::black_box(lcg_work(loops, 1));
+        let e = t.elapsed();
+        if e >= Duration::from_millis(20) {
+            loops = (loops as f64 * 2e-3 / e.as_secs_f64()) as u64;
+            break;
+        }
+        loops *= 2;
+    }
+    let n: u64 = if args.quick { 100 } else { 400 };
+    let (mut one, mut two, mut speed) = (vec![], vec![], vec![]);
+    for _ in 0..args.runs {
+        let mut rate = [0.0; 2];
+        for (k, procs) in [1usize, 2].into_iter().enumerate() {
+            let server = Server::start(ProcessServlet::new(Burn { loops }).workers(procs)).unwrap();
+            server.call(1).unwrap();
+            let t = Instant::now();
+            for (i, r) in server.stream(0..n).enumerate() {
+                assert_eq!(r.unwrap(), lcg_work(loops, i as u64));
+            }
+            rate[k] = n as f64 / t.elapsed().as_secs_f64();
+        }
+        one.push(rate[0]);
+        two.push(rate[1]);
+        speed.push(rate[1] / rate[0]);
+    }
+    out.emit("S6_cpu_scaling", "items_per_s_1proc", "1/s", one);
+    out.emit("S6_cpu_scaling", "items_per_s_2proc", "1/s", two);
+    out.emit("S6_cpu_scaling", "speedup", "x", speed);
+    out.emit(
+        "S6_cpu_scaling",
+        "loop_count",
+        "iterations",
+        vec![loops as f64],
+    );
+}
+
+fn s7(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 500 } else { 2000 };
+    let (mut ips, mut p50, mut p99) = (vec![], vec![], vec![]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for _ in 0..args.runs {
+        let server =
+            Server::builder(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1)))
+                .capacity(4096)
+                .start()
+                .unwrap();
+        let handle = server.handle();
+        let (elapsed, mut lat) = rt.block_on(async move {
+            let t = Instant::now();
+            let tasks: Vec<_> = (0..n as i64)
+                .map(|i| {
+                    let h = handle.clone();
+                    tokio::spawn(async move {
+                        let s = Instant::now();
+                        assert_eq!(h.async_call(i).await.unwrap(), 2 * i);
+                        s.elapsed().as_secs_f64() * 1e6
+                    })
+                })
+                .collect();
+            let mut lat = Vec::with_capacity(n);
+            for t in tasks {
+                lat.push(t.await.unwrap());
+            }
+            (t.elapsed(), lat)
+        });
+        ips.push(n as f64 / elapsed.as_secs_f64());
+        lat.sort_by(f64::total_cmp);
+        p50.push(percentile(&lat, 0.5));
+        p99.push(percentile(&lat, 0.99));
+    }
+    out.emit("S7_concurrent_async", "items_per_s", "1/s", ips);
+    out.emit("S7_concurrent_async", "p50_us", "us", p50);
+    out.emit("S7_concurrent_async", "p99_us", "us", p99);
+}
+
+fn s8(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 40 } else { 200 };
+    let payload = serde_bytes::ByteBuf::from(vec![7u8; 1 << 20]);
+    let mut runs = vec![];
+    for _ in 0..args.runs {
+        let server =
+            Server::start(ProcessServlet::new(Echo).cpus(worker_cpus(out.placement, 1))).unwrap();
+        for _ in 0..5 {
+            server.call(payload.clone()).unwrap();
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            let y = server.call(payload.clone()).unwrap();
+            assert_eq!(y.len(), 1 << 20);
+        }
+        runs.push((n as f64 * (1 << 20) as f64 / 1e6) / t.elapsed().as_secs_f64());
+    }
+    out.emit("S8_payload_1mb", "mb_per_s", "MB/s", runs);
+}
+
+fn s9(args: &CommonArgs, out: &Out) {
+    let (mut up, mut down) = (vec![], vec![]);
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        let server = seed_server(out.placement);
+        assert_eq!(
+            server.call(json!("world")).unwrap(),
+            json!("Hello, wdwdwdwdwd!")
+        );
+        up.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        drop(server);
+        down.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    out.emit("S9_startup", "startup_ms", "ms", up);
+    out.emit("S9_startup", "shutdown_ms", "ms", down);
+}
+
+fn s10(args: &CommonArgs, out: &Out) {
+    let n = if args.quick { 5000 } else { 50_000 };
+    let me = std::process::id();
+    let mut figs: [Vec<f64>; 6] = Default::default();
+    for _ in 0..args.runs {
+        let server =
+            Server::start(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1))).unwrap();
+        server.call(1).unwrap();
+        let w = server.worker_pids()[0];
+        let (s_idle, w_idle) = (rss_mib(me), rss_mib(w));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (s_max, w_max) = std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                let (mut a, mut b) = (0.0f64, 0.0f64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    a = a.max(rss_mib(me));
+                    b = b.max(rss_mib(w));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (a, b)
+            });
+            stream_doubles(&server, n);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sampler.join().unwrap()
+        });
+        for (k, v) in [s_idle, w_idle, s_idle + w_idle, s_max, w_max, s_max + w_max]
+            .into_iter()
+            .enumerate()
+        {
+            figs[k].push(v);
+        }
+    }
+    let names = [
+        "rss_server_idle_mib",
+        "rss_worker0_idle_mib",
+        "rss_total_idle_mib",
+        "rss_server_streaming_mib",
+        "rss_worker0_streaming_mib",
+        "rss_total_streaming_mib",
+    ];
+    for (name, runs) in names.into_iter().zip(figs) {
+        out.emit("S10_memory", name, "MiB", runs);
+    }
+}
+
+fn main() {
+    let args = match CommonArgs::parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mpserver_scenarios: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.placement == Placement::Pinned1
+        && let Err(e) = pin_to_cpu0()
+    {
+        eprintln!("cannot pin to CPU 0: {e}");
+        std::process::exit(1);
+    }
+    let out = Out {
+        placement: args.placement,
+    };
+    // Pinned runs cover the latency scenarios (and start-up), as for the other contenders.
+    let default_set: &[&str] = match args.placement {
+        Placement::Pinned1 => &["S1", "S7", "S9"],
+        Placement::Unpinned => &["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"],
+    };
+    let want = |id: &str| {
+        if args.scenarios.is_some() {
+            args.wants(id)
+        } else {
+            default_set.contains(&id)
+        }
+    };
+    eprintln!("mpserver scenarios, placement {}", args.placement);
+    if want("S1") {
+        s1(&args, &out);
+    }
+    if want("S2") {
+        s2_s3(&args, &out, 1, "S2_stream_1proc");
+    }
+    if want("S3") {
+        s2_s3(&args, &out, 2, "S3_stream_2proc");
+    }
+    if want("S4") {
+        s4(&args, &out);
+    }
+    if want("S5") {
+        s5(&args, &out);
+    }
+    if want("S6") && args.placement == Placement::Unpinned {
+        s6(&args, &out);
+    }
+    if want("S7") {
+        s7(&args, &out);
+    }
+    if want("S8") {
+        s8(&args, &out);
+    }
+    if want("S9") {
+        s9(&args, &out);
+    }
+    if want("S10") {
+        s10(&args, &out);
+    }
+}
