@@ -22,6 +22,17 @@ use crate::servlet::plumbing::{SinkRef, StartContext, Started};
 /// let server = Server::start(flow).unwrap();
 /// assert_eq!(server.call(4).unwrap(), "<50>");
 /// ```
+///
+/// Stages that do not line up are a compile error:
+///
+/// ```compile_fail
+/// use mpserver::{sequential, worker_fn, ThreadServlet};
+///
+/// let flow = sequential![
+///     ThreadServlet::new(worker_fn(|x: i32| x + 1)),
+///     ThreadServlet::new(worker_fn(|s: String| s.len())), // takes String, gets i32
+/// ];
+/// ```
 pub struct SequentialServlet<A, B> {
     first: A,
     second: B,
