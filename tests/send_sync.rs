@@ -17,7 +17,7 @@ fn public_types_cross_threads() {
     send_sync::<WorkerId>();
     send_sync::<DebugInfo>();
     send::<Pending<String>>();
-    send::<ResultStream<i32, String>>();
+    send::<ResultStream<std::vec::IntoIter<i32>, String>>();
     // Errors compose with the usual error plumbing.
     fn boxed(e: Error) -> Box<dyn std::error::Error + Send + Sync> {
         Box::new(e)

@@ -1,11 +1,13 @@
 //! Streaming: an iterator (or async stream) of inputs in, results out in input
 //! order.
 //!
-//! A feeder admits items as capacity allows (waiting, never failing, for room)
-//! and hands their [`Pending`] results, in order, to the consumer; order comes
-//! from that FIFO, so no reorder buffer is needed. Dropping the stream early
-//! drops the pending results, which cancels their requests, and the feeder
-//! stops at its next item: nothing hangs and the backlog drains.
+//! The stream admits items as capacity allows and keeps their [`Pending`]
+//! results in a FIFO; order comes from that FIFO, so no reorder buffer is
+//! needed. The blocking stream pulls its input on the consumer's thread (no
+//! feeder thread: any iterator works, borrowed or not `Send`), refilling the
+//! window each time a result is taken. Dropping a stream early drops the
+//! pending results, which cancels their requests: nothing hangs and the
+//! backlog drains.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,9 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
-use super::{CallOptions, Handle, Pending};
+use super::{Handle, Pending};
 use crate::error::Error;
 
 /// Options of a stream.
@@ -42,91 +42,138 @@ impl StreamOptions {
     }
 }
 
-type Slot<In, Out> = (Option<In>, Result<Pending<Out>, Error>);
-
-struct Ordered<In: Send + 'static, Out: Send + 'static> {
-    rx: Receiver<Slot<In, Out>>,
+/// The ordered window shared by the blocking streams: admitted requests in
+/// input order, refilled from the input whenever the consumer asks for the
+/// next result.
+struct Ordered<I: Iterator, Out: Send + 'static>
+where
+    I::Item: Send + 'static,
+{
+    handle: Handle<I::Item, Out>,
+    input: Option<I>,
+    inflight: VecDeque<(Option<I::Item>, Result<Pending<Out>, Error>)>,
+    keep: fn(&I::Item) -> Option<I::Item>,
+    timeout: Duration,
     return_exceptions: bool,
     done: bool,
 }
 
-impl<In: Send + 'static, Out: Send + 'static> Ordered<In, Out> {
-    fn start<I>(
-        handle: &Handle<In, Out>,
-        iter: I,
+impl<I: Iterator, Out: Send + 'static> Ordered<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    fn new(
+        handle: &Handle<I::Item, Out>,
+        input: I,
         opts: StreamOptions,
-        keep: fn(&In) -> Option<In>,
-    ) -> Self
-    where
-        I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
-    {
-        let (tx, rx) = crossbeam_channel::bounded(handle.capacity());
-        let h = handle.clone();
-        let timeout = opts.timeout.unwrap_or(h.core.timeout);
-        let iter = iter.into_iter();
-        let spawned = std::thread::Builder::new()
-            .name("mpserver-stream".into())
-            .spawn(move || {
-                for x in iter {
-                    let kept = keep(&x);
-                    let r = h.admit_blocking(
-                        x,
-                        Instant::now(),
-                        CallOptions {
-                            timeout,
-                            backpressure: false,
-                        },
-                    );
-                    let stop = matches!(r, Err(Error::Shutdown));
-                    if tx.send((kept, r)).is_err() || stop {
-                        break;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot spawn stream feeder");
-        }
+        keep: fn(&I::Item) -> Option<I::Item>,
+    ) -> Self {
         Ordered {
-            rx,
+            handle: handle.clone(),
+            input: Some(input),
+            inflight: VecDeque::new(),
+            keep,
+            timeout: opts.timeout.unwrap_or(handle.core.timeout),
             return_exceptions: opts.return_exceptions,
             done: false,
         }
     }
 
-    fn next(&mut self) -> Option<(Option<In>, Result<Out, Error>)> {
+    /// Admits inputs while the server has room. Waits for room only when
+    /// nothing of this stream is in flight (otherwise the oldest result is
+    /// what to wait for).
+    fn fill(&mut self) {
+        let cap = self.handle.core.capacity.clone();
+        while self.inflight.len() < cap.max() {
+            let Some(input) = self.input.as_mut() else {
+                return;
+            };
+            let entry = match self.handle.entry() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.input = None;
+                    self.inflight.push_back((None, Err(e)));
+                    return;
+                }
+            };
+            let permit = match cap.try_acquire() {
+                Some(p) => p,
+                None if self.inflight.is_empty() => match cap.acquire_until(None) {
+                    Some(p) => p,
+                    None => return,
+                },
+                None => return,
+            };
+            let Some(x) = input.next() else {
+                self.input = None;
+                return;
+            };
+            let kept = (self.keep)(&x);
+            let r = self
+                .handle
+                .enqueue(&entry, x, permit, Instant::now(), self.timeout);
+            self.inflight.push_back((kept, r));
+        }
+    }
+
+    fn next(&mut self) -> Option<(Option<I::Item>, Result<Out, Error>)> {
         if self.done {
             return None;
         }
-        let (x, r) = self.rx.recv().ok()?;
+        self.fill();
+        let Some((x, r)) = self.inflight.pop_front() else {
+            self.done = true;
+            return None;
+        };
         let r = r.and_then(Pending::wait);
         if r.is_err() && !self.return_exceptions {
             self.done = true;
+            self.input = None;
+            // Dropping the rest cancels them.
+            self.inflight.clear();
         }
         Some((x, r))
     }
 }
 
 /// Results of [`Handle::stream`], in input order.
-pub struct ResultStream<In: Send + 'static, Out: Send + 'static>(Ordered<In, Out>);
+///
+/// The stream pulls its input on the caller's thread as results are taken,
+/// keeping up to the server's capacity in flight; dropping it cancels what
+/// it has in flight.
+pub struct ResultStream<I: Iterator, Out: Send + 'static>(Ordered<I, Out>)
+where
+    I::Item: Send + 'static;
 
 /// `(input, result)` pairs of [`Handle::stream_pairs`], in input order.
-pub struct PairStream<In: Send + 'static, Out: Send + 'static>(Ordered<In, Out>);
+pub struct PairStream<I: Iterator, Out: Send + 'static>(Ordered<I, Out>)
+where
+    I::Item: Send + 'static;
 
-impl<In: Send + 'static, Out: Send + 'static> Iterator for ResultStream<In, Out> {
+impl<I: Iterator, Out: Send + 'static> Iterator for ResultStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
     type Item = Result<Out, Error>;
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next().map(|(_, r)| r)
     }
 }
 
-impl<In: Send + 'static, Out: Send + 'static> Iterator for PairStream<In, Out> {
-    type Item = (In, Result<Out, Error>);
+impl<I: Iterator, Out: Send + 'static> Iterator for PairStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    type Item = (I::Item, Result<Out, Error>);
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let (x, r) = self.0.next()?;
             if let Some(x) = x {
                 return Some((x, r));
+            }
+            // Only a shutdown error has no input to pair with.
+            if r.is_err() {
+                return None;
             }
         }
     }
@@ -151,32 +198,29 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// let squares: Vec<i32> = server.stream(1..=4).map(Result::unwrap).collect();
     /// assert_eq!(squares, vec![1, 4, 9, 16]);
     /// ```
-    pub fn stream<I>(&self, data: I) -> ResultStream<In, Out>
+    pub fn stream<I>(&self, data: I) -> ResultStream<I::IntoIter, Out>
     where
         I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
     {
         self.stream_with(data, StreamOptions::default())
     }
 
     /// [`stream`](Handle::stream) with options.
-    pub fn stream_with<I>(&self, data: I, opts: StreamOptions) -> ResultStream<In, Out>
+    pub fn stream_with<I>(&self, data: I, opts: StreamOptions) -> ResultStream<I::IntoIter, Out>
     where
         I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
     {
-        ResultStream(Ordered::start(self, data, opts, no_keep))
+        ResultStream(Ordered::new(self, data.into_iter(), opts, no_keep))
     }
 
     /// Streams `data`, yielding each input with its result (the seed's
     /// `return_x=True`).
-    pub fn stream_pairs<I>(&self, data: I, opts: StreamOptions) -> PairStream<In, Out>
+    pub fn stream_pairs<I>(&self, data: I, opts: StreamOptions) -> PairStream<I::IntoIter, Out>
     where
         In: Clone,
         I: IntoIterator<Item = In>,
-        I::IntoIter: Send + 'static,
     {
-        PairStream(Ordered::start(self, data, opts, keep_clone::<In>))
+        PairStream(Ordered::new(self, data.into_iter(), opts, keep_clone::<In>))
     }
 
     /// Streams an async stream of inputs; the result is a
