@@ -42,6 +42,11 @@ impl StreamOptions {
     }
 }
 
+/// An admitted item: its input (if kept) and its pending result.
+type Admitted<In, Out> = (Option<In>, Result<Pending<Out>, Error>);
+/// A finished item: its input (if kept) and its result.
+type Finished<In, Out> = (Option<In>, Result<Out, Error>);
+
 /// The ordered window shared by the blocking streams: admitted requests in
 /// input order, refilled from the input whenever the consumer asks for the
 /// next result.
@@ -51,7 +56,7 @@ where
 {
     handle: Handle<I::Item, Out>,
     input: Option<I>,
-    inflight: VecDeque<(Option<I::Item>, Result<Pending<Out>, Error>)>,
+    inflight: VecDeque<Admitted<I::Item, Out>>,
     keep: fn(&I::Item) -> Option<I::Item>,
     timeout: Duration,
     return_exceptions: bool,
@@ -116,7 +121,7 @@ where
         }
     }
 
-    fn next(&mut self) -> Option<(Option<I::Item>, Result<Out, Error>)> {
+    fn next(&mut self) -> Option<Finished<I::Item, Out>> {
         if self.done {
             return None;
         }
