@@ -9,8 +9,8 @@
 use std::thread::sleep;
 use std::time::Duration;
 
-use mpserver::prelude::*;
 use mpserver::Codec;
+use mpserver::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -39,7 +39,10 @@ fn len(x: &Value) -> Result<Value, WorkerError> {
     match x {
         Value::String(s) => Ok(json!(s.chars().count())),
         Value::Array(a) => Ok(json!(a.len())),
-        _ => Err(WorkerError::new("TypeError", format!("object {x} has no len()"))),
+        _ => Err(WorkerError::new(
+            "TypeError",
+            format!("object {x} has no len()"),
+        )),
     }
 }
 
@@ -119,9 +122,15 @@ fn combine(x: Vec<Value>) -> Result<Value, WorkerError> {
 fn main() -> Result<(), mpserver::Error> {
     let servlet = sequential![
         ensemble![
-            ProcessServlet::new(GetHead).cpus([0]).codec(Codec::MessagePack),
-            ProcessServlet::new(GetTail).cpus([0, 1]).codec(Codec::MessagePack),
-            ProcessServlet::new(GetLen).cpus([1]).codec(Codec::MessagePack),
+            ProcessServlet::new(GetHead)
+                .cpus([0])
+                .codec(Codec::MessagePack),
+            ProcessServlet::new(GetTail)
+                .cpus([0, 1])
+                .codec(Codec::MessagePack),
+            ProcessServlet::new(GetLen)
+                .cpus([1])
+                .codec(Codec::MessagePack),
         ],
         ThreadServlet::new(try_worker_fn(combine)),
         ProcessServlet::new(Solute).codec(Codec::MessagePack),

@@ -113,7 +113,7 @@ pub struct CodecError {
 /// With `fail_fast` (the default) this is the first member error; otherwise
 /// it is raised only when every member failed. The member errors sit in their
 /// slots; successful members' values can be recovered with
-/// [`EnsembleError::values`].
+/// [`EnsembleError::take_values`].
 #[derive(thiserror::Error)]
 pub struct EnsembleError {
     pub(crate) errors: Vec<Option<Error>>,

@@ -22,6 +22,16 @@ pub use servlet::{
 };
 pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 
+// The guide and the migration table are compiled and run as doc-tests, so
+// their code cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+mod guide_doctests {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migration.md")]
+mod migration_doctests {}
+
 /// Turns this process into a worker process if the server started it as one;
 /// otherwise returns at once.
 ///

@@ -152,3 +152,23 @@ fn async_stream_errors_in_place_and_early_drop() {
     assert_eq!(firsts.len(), 3);
     wait_for(|| server.backlog() == 0);
 }
+
+#[test]
+fn a_stream_can_leave_room_for_other_callers() {
+    let server = Server::builder(ThreadServlet::new(Slow { ms: 2, log: None }).workers(2))
+        .capacity(64)
+        .start()
+        .unwrap();
+    let s = server.stream_with(0..200, StreamOptions::default().max_inflight(3));
+    let mut n = 0;
+    for r in s {
+        assert_eq!(r.unwrap(), n);
+        assert!(server.backlog() <= 3, "backlog {}", server.backlog());
+        // Another caller still gets in while the stream runs.
+        if n == 100 {
+            assert_eq!(server.call(-1).unwrap(), -1);
+        }
+        n += 1;
+    }
+    assert_eq!(n, 200);
+}

@@ -1,1 +1,16 @@
-//! HTTP front for `mpserver` flows (work in progress).
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod app;
+mod config;
+mod error;
+mod ndjson;
+mod observe;
+mod routes;
+mod serve;
+
+pub use config::HttpConfig;
+pub use error::ServeError;
+pub use routes::{TIMEOUT_HEADER, TIMEOUT_PARAM};
+pub use serve::{Flow, router, router_with, serve, serve_with_shutdown};

@@ -28,9 +28,17 @@ impl Codec {
         value: &T,
     ) -> Result<(), String> {
         match self {
-            Codec::Postcard => postcard::to_io(value, out)
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Codec::Postcard => postcard::to_io(value, out).map(drop).map_err(|e| match e {
+                // postcard drops the message of a custom error; a second,
+                // message-keeping pass (on this failure path only) recovers it.
+                postcard::Error::SerdeSerCustom => {
+                    match rmp_serde::encode::write(&mut std::io::sink(), value) {
+                        Err(rmp_serde::encode::Error::Syntax(msg)) => msg,
+                        _ => e.to_string(),
+                    }
+                }
+                e => e.to_string(),
+            }),
             Codec::MessagePack => rmp_serde::encode::write(out, value).map_err(|e| e.to_string()),
         }
     }
@@ -39,11 +47,16 @@ impl Codec {
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, String> {
         match self {
             Codec::Postcard => postcard::from_bytes(bytes).map_err(|e| {
-                let hint = if matches!(e, postcard::Error::WontImplement) {
-                    " (postcard cannot decode self-describing types such as serde_json::Value; \
-                     use `.codec(Codec::MessagePack)` on the ProcessServlet)"
-                } else {
-                    ""
+                let hint = match e {
+                    postcard::Error::WontImplement => {
+                        " (postcard cannot decode self-describing types such as serde_json::Value; \
+                         use `.codec(Codec::MessagePack)` on the ProcessServlet)"
+                    }
+                    postcard::Error::SerdeDeCustom => {
+                        " (the type's Deserialize impl rejected the value; postcard keeps no \
+                         message, `Codec::MessagePack` does)"
+                    }
+                    _ => "",
                 };
                 format!("{e}{hint}")
             }),

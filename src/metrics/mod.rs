@@ -1,5 +1,5 @@
 //! Observability: per-servlet and per-worker counters, histograms, and the
-//! servlet tree behind [`Server::debug_info`](crate::Server::debug_info).
+//! servlet tree behind [`Handle::debug_info`](crate::Handle::debug_info).
 //!
 //! Everything here only observes: counters are relaxed atomics owned by the
 //! servlet or worker that updates them, so recording costs a few nanoseconds
@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use serde::{Deserialize, Serialize};
 
 use crate::affinity::CpuAffinity;
+
+pub mod prometheus;
 
 const BUCKETS: usize = 40;
 

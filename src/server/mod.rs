@@ -14,11 +14,11 @@
 //! [`Error::Shutdown`] and worker processes are killed and reaped.
 
 mod request;
+#[cfg(feature = "tower")]
+pub mod service;
 mod stats;
 mod stream;
 mod timer;
-#[cfg(feature = "tower")]
-pub mod service;
 
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -407,6 +407,9 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
         if let Some(t) = control.timer_thread.take() {
             let _ = t.join();
         }
+        // Whatever is still pending (held by a thread that did not stop in
+        // time) is answered now: no caller waits past shutdown.
+        self.timer.abandon_all();
         self.state.store(STOPPED, Ordering::SeqCst);
         tracing::info!("server stopped");
     }
@@ -457,7 +460,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         started: Instant,
         opts: CallOptions,
     ) -> Result<Pending<Out>, Error> {
-        let entry = self.entry()?;
+        self.entry()?;
         let permit = match self.core.capacity.try_acquire() {
             Some(p) => p,
             None if opts.backpressure => return Err(self.backlog_full()),
@@ -470,6 +473,9 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
                 None => return Err(self.enqueue_timeout(started, opts.timeout)),
             },
         };
+        // Taken after waiting for room, not before: holding it while waiting
+        // would keep the flow's input open during a shutdown's drain.
+        let entry = self.entry()?;
         self.enqueue(&entry, x, permit, started, opts.timeout)
     }
 
@@ -579,6 +585,11 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         }
     }
 
+    /// The server's default per-request time limit.
+    pub fn default_timeout(&self) -> Duration {
+        self.core.timeout
+    }
+
     /// The server's capacity.
     pub fn capacity(&self) -> usize {
         self.core.capacity.max()
@@ -587,6 +598,11 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// Requests in flight now (admitted and not yet fully out of the flow).
     pub fn backlog(&self) -> usize {
         self.core.capacity.used()
+    }
+
+    /// True when the backlog has reached the capacity (the seed's `full()`).
+    pub fn is_full(&self) -> bool {
+        self.backlog() >= self.capacity()
     }
 
     /// Life-cycle state.

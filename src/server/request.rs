@@ -76,8 +76,11 @@ pub(crate) struct Permit(Arc<Capacity>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
+        use event_listener::IntoNotification;
         self.0.used.fetch_sub(1, Ordering::AcqRel);
-        self.0.event.notify(1);
+        // `additional`: wake one more waiter per freed unit, even if others
+        // were woken and have not run yet.
+        self.0.event.notify(1.additional());
     }
 }
 
@@ -89,12 +92,23 @@ const CANCELLED: u8 = 2;
 /// caller holds only a weak link and the receiving end of its result.
 pub(crate) struct Request<Out> {
     state: AtomicU8,
-    tx: Mutex<Option<oneshot::Sender<Result<Out, Error>>>>,
+    slot: Mutex<Slot<Out>>,
     pub(crate) started: Instant,
     enqueue_nanos: AtomicU64,
     pub(crate) timeout: Duration,
     stats: Arc<ServerStats>,
-    _permit: Permit,
+}
+
+/// The result channel and the capacity unit of a request.
+///
+/// The permit is returned when the flow delivers the request's outcome (the
+/// item has left the flow), *before* the caller is woken, so a caller that
+/// calls again at once finds the room it just freed. A request that timed out
+/// or was cancelled keeps its permit until the flow drops it: capacity keeps
+/// counting work that is still running.
+struct Slot<Out> {
+    tx: Option<oneshot::Sender<Result<Out, Error>>>,
+    permit: Option<Permit>,
 }
 
 impl<Out: Send + 'static> Request<Out> {
@@ -107,12 +121,14 @@ impl<Out: Send + 'static> Request<Out> {
         let (tx, rx) = oneshot::channel();
         let r = Arc::new(Request {
             state: AtomicU8::new(PENDING),
-            tx: Mutex::new(Some(tx)),
+            slot: Mutex::new(Slot {
+                tx: Some(tx),
+                permit: Some(permit),
+            }),
             started,
             enqueue_nanos: AtomicU64::new(0),
             timeout,
             stats,
-            _permit: permit,
         });
         (r, rx)
     }
@@ -122,11 +138,13 @@ impl<Out: Send + 'static> Request<Out> {
             .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
-    fn send(&self, r: Result<Out, Error>) {
-        let tx = match self.tx.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
+    fn send(&self, r: Result<Out, Error>, release: bool) {
+        let (tx, permit) = {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let permit = if release { slot.permit.take() } else { None };
+            (slot.tx.take(), permit)
         };
+        drop(permit);
         if let Some(tx) = tx {
             self.stats.record(&r, self.started.elapsed());
             let _ = tx.send(r);
@@ -140,7 +158,7 @@ impl<Out: Send + 'static> Request<Out> {
             .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.send(r);
+            self.send(r, true);
             true
         } else {
             false
@@ -176,16 +194,40 @@ impl<Out: Send + 'static> Expire for Request<Out> {
             .is_ok()
         {
             let enqueue = Duration::from_nanos(self.enqueue_nanos.load(Ordering::Relaxed));
-            self.send(Err(Error::Timeout(TimeoutError {
-                enqueue,
-                total: self.started.elapsed(),
-                limit: self.timeout,
-                while_enqueuing: false,
-            })));
+            self.send(
+                Err(Error::Timeout(TimeoutError {
+                    enqueue,
+                    total: self.started.elapsed(),
+                    limit: self.timeout,
+                    while_enqueuing: false,
+                })),
+                false,
+            );
         }
     }
     fn pending_since(&self) -> Option<(Instant, Duration)> {
         self.is_pending().then_some((self.started, self.timeout))
+    }
+    /// The server stopped while this request was still somewhere in the flow
+    /// (e.g. queued behind a thread worker stuck in user code): the caller
+    /// gets `Error::Shutdown` now, and the work is skipped if ever reached.
+    /// The permit goes back too (a stopped server counts no work), which
+    /// wakes callers still waiting for room, so they learn of the shutdown.
+    fn abandon(&self) {
+        if self
+            .state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.send(Err(Error::Shutdown), true);
+        } else {
+            // Timed out or cancelled earlier: its permit is still held.
+            let permit = {
+                let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+                slot.permit.take()
+            };
+            drop(permit);
+        }
     }
 }
 
@@ -194,10 +236,9 @@ impl<Out> Drop for Request<Out> {
         // Dropped by the pipeline without an outcome: only a stopping server
         // does that. The caller learns it instead of waiting forever.
         if self.state.load(Ordering::Acquire) == PENDING {
-            let tx = match self.tx.get_mut() {
-                Ok(g) => g.take(),
-                Err(p) => p.into_inner().take(),
-            };
+            let slot = self.slot.get_mut().unwrap_or_else(|p| p.into_inner());
+            drop(slot.permit.take());
+            let tx = slot.tx.take();
             if let Some(tx) = tx {
                 let _ = tx.send(Err(Error::Shutdown));
             }

@@ -23,6 +23,10 @@
 //! The request is submitted when `call` is made, not when the future is first
 //! polled; dropping the future cancels it, as with [`Handle::async_call`].
 //!
+//! [`Handle`] also has an inherent, blocking [`Handle::call`], which method
+//! syntax picks first: call the trait's as `Service::call(&mut svc, x)`, or
+//! let a tower combinator (`ServiceExt::oneshot`, a layer) do it.
+//!
 //! ```
 //! use std::time::Duration;
 //! use mpserver::{worker_fn, CallOptions, Server, ThreadServlet};
@@ -32,11 +36,11 @@
 //! # async fn main() {
 //! let server = Server::start(ThreadServlet::new(worker_fn(|x: u32| x * 10))).unwrap();
 //! let mut svc = server.handle();
-//! assert_eq!(svc.call(4).await.unwrap(), 40);
+//! assert_eq!(Service::call(&mut svc, 4).await.unwrap(), 40);
 //!
 //! // With a per-call time limit and waiting for room when full:
 //! let mut svc = server.service_with(CallOptions::timeout(Duration::from_secs(1)).backpressure(false));
-//! assert_eq!(svc.call(5).await.unwrap(), 50);
+//! assert_eq!(Service::call(&mut svc, 5).await.unwrap(), 50);
 //! # }
 //! ```
 
@@ -207,5 +211,100 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             handle: self.clone(),
             opts,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tower_service::Service;
+
+    use crate::{CallOptions, Error, Server, ThreadServlet, worker_fn};
+
+    fn slow_echo() -> ThreadServlet<impl crate::Worker<Input = u32, Output = u32> + Clone> {
+        ThreadServlet::new(worker_fn(|x: u32| {
+            if x >= 100 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            x
+        }))
+    }
+
+    #[tokio::test]
+    async fn handle_is_a_service_that_sheds_load_when_full() {
+        let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
+        let mut svc = server.handle();
+        poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+        assert_eq!(Service::call(&mut svc, 1).await.unwrap(), 1);
+
+        // The request is submitted by `call`, before the future is polled.
+        let first = Service::call(&mut svc, 100);
+        assert_eq!(server.backlog(), 1);
+        let second = Service::call(&mut svc, 2);
+        assert!(matches!(second.await, Err(Error::BacklogFull(_))));
+        assert_eq!(first.await.unwrap(), 100);
+    }
+
+    #[tokio::test]
+    async fn service_with_waits_for_room_and_keeps_its_timeout() {
+        let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
+        let mut waiting =
+            server.service_with(CallOptions::timeout(Duration::from_secs(5)).backpressure(false));
+        assert!(!waiting.options().backpressure);
+        let first = Service::call(&mut waiting, 100);
+        let second = Service::call(&mut waiting, 3);
+        let (a, b) = futures::join!(first, second);
+        assert_eq!((a.unwrap(), b.unwrap()), (100, 3));
+
+        let mut short = server.service_with(CallOptions::timeout(Duration::from_millis(50)));
+        assert!(matches!(
+            Service::call(&mut short, 200).await,
+            Err(Error::Timeout(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_future_cancels_the_request() {
+        let server = Server::builder(slow_echo()).capacity(2).start().unwrap();
+        let mut svc = server.handle();
+        let busy = Service::call(&mut svc, 100);
+        let dropped = Service::call(&mut svc, 101);
+        drop(dropped);
+        assert_eq!(busy.await.unwrap(), 100);
+        // The cancelled item was skipped or finished; either way its capacity returns.
+        let mut room = false;
+        for _ in 0..100 {
+            if server.backlog() == 0 {
+                room = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(room, "capacity was not returned");
+    }
+
+    #[tokio::test]
+    async fn poll_ready_fails_once_shut_down() {
+        let server = Server::start(slow_echo()).unwrap();
+        let mut svc = server.handle();
+        let mut with = server.service_with(CallOptions::default());
+        tokio::task::spawn_blocking(move || server.shutdown())
+            .await
+            .unwrap();
+        assert!(matches!(
+            poll_fn(|cx| svc.poll_ready(cx)).await,
+            Err(Error::Shutdown)
+        ));
+        assert!(matches!(
+            poll_fn(|cx| with.poll_ready(cx)).await,
+            Err(Error::Shutdown)
+        ));
+        assert!(matches!(
+            Service::call(&mut svc, 1).await,
+            Err(Error::Shutdown)
+        ));
+        assert!(format!("{:?}", Service::call(&mut svc, 1)).contains("failed"));
     }
 }

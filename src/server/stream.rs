@@ -26,6 +26,9 @@ pub struct StreamOptions {
     /// `true`: yield errors in place and go on. `false` (default, as in the
     /// seed): yield the first error, then end the stream, cancelling the rest.
     pub return_exceptions: bool,
+    /// Most items of this stream in flight at once (default: the server's
+    /// capacity). Lower it so one stream leaves room for other callers.
+    pub max_inflight: Option<usize>,
 }
 
 impl StreamOptions {
@@ -38,6 +41,12 @@ impl StreamOptions {
     /// Per-item time limit.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+
+    /// Most items of this stream in flight at once.
+    pub fn max_inflight(mut self, n: usize) -> Self {
+        self.max_inflight = Some(n.max(1));
         self
     }
 }
@@ -60,6 +69,7 @@ where
     keep: fn(&I::Item) -> Option<I::Item>,
     timeout: Duration,
     return_exceptions: bool,
+    window: usize,
     done: bool,
 }
 
@@ -80,6 +90,7 @@ where
             keep,
             timeout: opts.timeout.unwrap_or(handle.core.timeout),
             return_exceptions: opts.return_exceptions,
+            window: opts.max_inflight.unwrap_or(usize::MAX),
             done: false,
         }
     }
@@ -89,7 +100,7 @@ where
     /// what to wait for).
     fn fill(&mut self) {
         let cap = self.handle.core.capacity.clone();
-        while self.inflight.len() < cap.max() {
+        while self.inflight.len() < cap.max().min(self.window) {
             let Some(input) = self.input.as_mut() else {
                 return;
             };
@@ -243,6 +254,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             inflight: VecDeque::new(),
             timeout: opts.timeout.unwrap_or(self.core.timeout),
             return_exceptions: opts.return_exceptions,
+            window: opts.max_inflight.unwrap_or(usize::MAX),
             done: false,
         }
     }
@@ -257,6 +269,7 @@ pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static> {
     inflight: VecDeque<Result<Pending<Out>, Error>>,
     timeout: Duration,
     return_exceptions: bool,
+    window: usize,
     done: bool,
 }
 
@@ -273,7 +286,7 @@ where
     /// Admits inputs while there is room; returns when it must wait.
     fn admit(&mut self, cx: &mut Context<'_>) {
         let cap = self.handle.core.capacity.clone();
-        while self.inflight.len() < cap.max() {
+        while self.inflight.len() < cap.max().min(self.window) {
             let x = match self.waiting.take() {
                 Some(x) => x,
                 None => {
@@ -316,7 +329,13 @@ where
                 .handle
                 .entry()
                 .and_then(|e| self.handle.enqueue(&e, x, permit, started, self.timeout));
+            // As the blocking stream: a shut-down server ends the input.
+            let shut = matches!(r, Err(Error::Shutdown));
             self.inflight.push_back(r);
+            if shut {
+                self.input = None;
+                return;
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) trait Expire: Send + Sync {
     fn pending_since(&self) -> Option<(Instant, Duration)> {
         None
     }
+    /// Called when the server stops with this still registered.
+    fn abandon(&self) {}
 }
 
 struct Entry {
@@ -83,6 +85,15 @@ impl Timer {
     /// Registers `target` to expire at `at`.
     pub(crate) fn add(&self, at: Instant, target: Weak<dyn Expire>) {
         let mut s = self.lock();
+        if s.stopped {
+            // The server has stopped (a caller raced the shutdown): nothing
+            // will ever expire this, so it is abandoned at once.
+            drop(s);
+            if let Some(t) = target.upgrade() {
+                t.abandon();
+            }
+            return;
+        }
         s.seq += 1;
         let seq = s.seq;
         let earliest = s.heap.peek().is_none_or(|e| at < e.at);
@@ -132,6 +143,18 @@ impl Timer {
     pub(crate) fn stop(&self) {
         self.lock().stopped = true;
         self.cv.notify_all();
+    }
+
+    /// Empties the heap, calling [`Expire::abandon`] on every live entry.
+    /// Call after [`Timer::stop`]: entries added later are abandoned by
+    /// [`Timer::add`] itself.
+    pub(crate) fn abandon_all(&self) {
+        let heap = std::mem::take(&mut self.lock().heap);
+        for e in heap {
+            if let Some(t) = e.target.upgrade() {
+                t.abandon();
+            }
+        }
     }
 
     /// Start times and limits of the oldest pending entries.

@@ -13,7 +13,7 @@
 //! * [`Sink::fail`] carries an error straight to the end of the enclosing flow
 //!   (or to the enclosing ensemble), skipping later stages.
 //! * Dropping a ticket that was never completed completes the request with
-//!   [`Error::Shutdown`](crate::Error::Shutdown) (or nothing, if it had been
+//!   [`Error::Shutdown`] (or nothing, if it had been
 //!   cancelled): a request can never be lost silently.
 
 use std::any::Any;

@@ -44,13 +44,20 @@ enum Unit<In> {
 
 const FLUSH_ITEMS: usize = 256;
 const FLUSH_BYTES: usize = 1 << 20;
+/// Longest time a finished result waits for others to share its write.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
+/// Results waiting to be written: one or more RESULTS frames, each within the
+/// frame limit (a frame is closed and a new one opened when the next entry
+/// would not fit).
 struct Results {
     buf: FrameBuf,
-    start: usize,
-    count_at: usize,
+    /// Start and count position of the open frame, if one is open.
+    open: Option<(usize, usize)>,
+    /// Entries in the open frame.
     count: u32,
+    /// Entries in all buffered frames.
+    entries: usize,
     first_at: Option<Instant>,
     max_frame: usize,
     codec: Codec,
@@ -60,33 +67,79 @@ impl Results {
     fn new(max_frame: usize, codec: Codec) -> Self {
         Results {
             buf: FrameBuf::new(),
-            start: 0,
-            count_at: 0,
+            open: None,
             count: 0,
+            entries: 0,
             first_at: None,
             max_frame,
             codec,
         }
     }
 
-    fn open(&mut self) {
-        if self.count == 0 && self.first_at.is_none() {
-            self.start = self.buf.begin(kind::RESULTS);
-            self.count_at = self.buf.reserve_u32();
-            self.first_at = Some(Instant::now());
+    /// Largest single entry: half a frame, so that any entry fits a frame.
+    fn entry_limit(&self) -> usize {
+        self.max_frame / 2
+    }
+
+    fn open_frame(&mut self) {
+        if self.open.is_none() {
+            let start = self.buf.begin(kind::RESULTS);
+            let count_at = self.buf.reserve_u32();
+            self.open = Some((start, count_at));
+            self.count = 0;
+        }
+        self.first_at.get_or_insert_with(Instant::now);
+    }
+
+    fn seal_frame(&mut self) {
+        if let Some((start, count_at)) = self.open.take() {
+            if self.count == 0 {
+                self.buf.truncate(start);
+            } else {
+                self.buf.patch_u32(count_at, self.count);
+                self.buf.end(start);
+            }
+            self.count = 0;
         }
     }
 
-    fn ok<T: Serialize>(&mut self, id: u64, value: &T) {
-        self.open();
+    /// Starts an entry; returns its start for [`Results::end_entry`].
+    fn begin_entry(&mut self, id: u64, status: u8) -> usize {
+        self.open_frame();
         let mark = self.buf.len();
         self.buf.put_u64(id);
-        self.buf.put_u8(frame::STATUS_OK);
+        self.buf.put_u8(status);
+        mark
+    }
+
+    /// Completes the entry started at `mark`, moving it to a new frame if the
+    /// open one would exceed the frame limit.
+    fn end_entry(&mut self, mark: usize) {
+        if let Some((start, _)) = self.open
+            && self.count > 0
+            && self.buf.len() - start - 4 > self.max_frame
+        {
+            let entry = self.buf.as_bytes()[mark..].to_vec();
+            self.buf.truncate(mark);
+            self.seal_frame();
+            self.open_frame();
+            self.buf.put_bytes(&entry);
+        }
+        self.count += 1;
+        self.entries += 1;
+    }
+
+    fn ok<T: Serialize>(&mut self, id: u64, value: &T) {
+        let mark = self.begin_entry(id, frame::STATUS_OK);
         let codec = self.codec;
-        let r = self.buf.put_payload(|v| codec.encode_into(v, value));
-        let too_big = self.buf.len() - mark > self.max_frame / 2;
+        // A panicking `Serialize` fails its item, not the worker.
+        let r = self.buf.put_payload(|v| {
+            panic::catch(|| codec.encode_into(v, value))
+                .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
+        });
+        let too_big = self.buf.len() - mark > self.entry_limit();
         match r {
-            Ok(()) if !too_big => self.count += 1,
+            Ok(()) if !too_big => self.end_entry(mark),
             Ok(()) => {
                 self.buf.truncate(mark);
                 let msg = format!("output exceeds the frame limit of {} bytes", self.max_frame);
@@ -94,18 +147,39 @@ impl Results {
             }
             Err(e) => {
                 self.buf.truncate(mark);
-                self.codec(id, CodecDirection::EncodeOutput, &e.to_string());
+                self.codec(id, CodecDirection::EncodeOutput, &e);
             }
         }
     }
 
     fn err(&mut self, id: u64, error: &WorkerError) {
-        self.open();
-        let mark = self.buf.len();
-        self.buf.put_u64(id);
-        self.buf.put_u8(frame::STATUS_WORKER_ERROR);
-        match self.buf.put_payload(|v| encode_into(v, error)) {
-            Ok(()) => self.count += 1,
+        let mark = self.begin_entry(id, frame::STATUS_WORKER_ERROR);
+        let r = self.buf.put_payload(|v| encode_into(v, error));
+        let too_big = self.buf.len() - mark > self.entry_limit();
+        match r {
+            Ok(()) if !too_big => self.end_entry(mark),
+            Ok(()) => {
+                // Keep the error, shortened to fit (UTF-8 safe).
+                self.buf.truncate(mark);
+                let keep = self.entry_limit() / 4;
+                let mut message: String = error.message().to_string();
+                let mut cut = keep.min(message.len());
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push_str(" [truncated to fit the frame limit]");
+                let short = WorkerError::new(error.type_name(), message);
+                let mark = self.begin_entry(id, frame::STATUS_WORKER_ERROR);
+                match self.buf.put_payload(|v| encode_into(v, &short)) {
+                    Ok(()) if self.buf.len() - mark <= self.entry_limit() => self.end_entry(mark),
+                    _ => {
+                        self.buf.truncate(mark);
+                        let msg = "worker error exceeds the frame limit";
+                        self.codec(id, CodecDirection::EncodeOutput, msg);
+                    }
+                }
+            }
             Err(e) => {
                 self.buf.truncate(mark);
                 self.codec(id, CodecDirection::EncodeOutput, &e.to_string());
@@ -114,33 +188,41 @@ impl Results {
     }
 
     fn codec(&mut self, id: u64, dir: CodecDirection, msg: &str) {
-        self.open();
-        self.buf.put_u64(id);
-        self.buf.put_u8(frame::STATUS_CODEC_ERROR);
+        let mark = self.begin_entry(id, frame::STATUS_CODEC_ERROR);
+        let mut cut = msg.len().min(self.entry_limit() / 2);
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
         let _ = self.buf.put_payload(|v| {
             v.push(dir as u8);
-            v.extend_from_slice(msg.as_bytes());
+            v.extend_from_slice(&msg.as_bytes()[..cut]);
             Ok::<_, ()>(())
         });
-        self.count += 1;
+        self.end_entry(mark);
     }
 
-    fn due(&self, queue_empty: bool) -> bool {
-        self.count > 0
+    /// Whether to write now: when the worker has nothing else queued, when a
+    /// lot is buffered, or when holding the results through one more call
+    /// (assumed to take as long as the last one) would delay them by more
+    /// than [`FLUSH_AFTER`]. Coalescing thus helps small, fast items and
+    /// never holds a result behind a slow call.
+    fn due(&self, queue_empty: bool, last_call: Duration) -> bool {
+        self.entries > 0
             && (queue_empty
-                || self.count as usize >= FLUSH_ITEMS
+                || self.entries >= FLUSH_ITEMS
                 || self.buf.len() >= FLUSH_BYTES
-                || self.first_at.is_some_and(|t| t.elapsed() >= FLUSH_AFTER))
+                || self
+                    .first_at
+                    .is_some_and(|t| t.elapsed() + last_call >= FLUSH_AFTER))
     }
 
     fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
-        if self.count > 0 {
-            self.buf.patch_u32(self.count_at, self.count);
-            self.buf.end(self.start);
+        self.seal_frame();
+        if self.entries > 0 {
             w.write_all(self.buf.as_bytes())?;
         }
         self.buf.clear();
-        self.count = 0;
+        self.entries = 0;
         self.first_at = None;
         Ok(())
     }
@@ -230,23 +312,39 @@ where
 
     let mut queue: VecDeque<Unit<W::Input>> = VecDeque::new();
     let mut cancelled: HashSet<u64> = HashSet::new();
+    // Ids grow in the order the server sends items: the largest seen so far
+    // tells which cancellations are for items already done.
+    let mut max_seen: Option<u64> = None;
     let mut results = Results::new(config.max_frame, config.codec);
     let mut eof = false;
     let mut done: u64 = 0;
+    let mut retire = RetireCheck::default();
     let mut retiring = false;
+    // A panicking `Deserialize` fails its item, not the worker.
+    let decode = |b: &[u8]| {
+        panic::catch(|| config.codec.decode::<W::Input>(b))
+            .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
+    };
     loop {
         // Take in frames: block only when there is nothing to do.
         while !eof && (queue.is_empty() || readable(&reader)) {
             if queue.is_empty() {
                 results.flush(&mut writer)?;
+                // Every item received so far is done: ids still listed as
+                // cancelled were finished before their cancel arrived (keep
+                // only those for items yet to come).
+                if !cancelled.is_empty() {
+                    cancelled.retain(|id| max_seen.is_none_or(|m| *id > m));
+                }
             }
             match reader.read_frame()? {
                 None => eof = true,
                 Some((kind::ITEMS, body)) => {
                     let (batched, items) = frame::parse_items(body)?;
-                    let decoded = items
-                        .into_iter()
-                        .map(|(id, b)| (id, config.codec.decode(b)));
+                    if let Some(top) = items.iter().map(|(id, _)| *id).max() {
+                        max_seen = Some(max_seen.map_or(top, |m| m.max(top)));
+                    }
+                    let decoded = items.into_iter().map(|(id, b)| (id, decode(b)));
                     if batched {
                         queue.push_back(Unit::Batch(decoded.collect()));
                     } else {
@@ -262,6 +360,7 @@ where
             results.flush(&mut writer)?;
             break;
         };
+        let began = Instant::now();
         match unit {
             Unit::Single(id, x) => {
                 if cancelled.remove(&id) {
@@ -321,10 +420,10 @@ where
                 }
             }
         }
-        if results.due(queue.is_empty()) {
+        if results.due(queue.is_empty(), began.elapsed()) {
             results.flush(&mut writer)?;
         }
-        if !retiring && should_retire(&config, done) {
+        if !retiring && retire.due(&config, done) {
             retiring = true;
             results.flush(&mut writer)?;
             send_frame(&mut writer, kind::RETIRING, b"recycle")?;
@@ -334,15 +433,34 @@ where
     Ok(())
 }
 
-fn should_retire(config: &ChildConfig, done: u64) -> bool {
-    if config.recycle_after_items.is_some_and(|n| done >= n) {
-        return true;
-    }
-    if let Some(limit) = config.recycle_above_rss {
-        // Reading /proc costs a few microseconds: check every 16 items.
-        if done.is_multiple_of(16) && resident_bytes().is_some_and(|rss| rss > limit) {
+/// When to ask for recycling.
+#[derive(Default)]
+struct RetireCheck {
+    rss_checked_items: u64,
+    rss_checked_at: Option<Instant>,
+}
+
+/// Reading /proc costs a few microseconds: memory is checked every 16 items,
+/// or every 10 ms when items are slower than that.
+const RSS_CHECK_ITEMS: u64 = 16;
+const RSS_CHECK_EVERY: Duration = Duration::from_millis(10);
+
+impl RetireCheck {
+    fn due(&mut self, config: &ChildConfig, done: u64) -> bool {
+        if config.recycle_after_items.is_some_and(|n| done >= n) {
             return true;
         }
+        if let Some(limit) = config.recycle_above_rss {
+            let items = done.saturating_sub(self.rss_checked_items) >= RSS_CHECK_ITEMS;
+            let time = self
+                .rss_checked_at
+                .is_none_or(|t| t.elapsed() >= RSS_CHECK_EVERY);
+            if items || time {
+                self.rss_checked_items = done;
+                self.rss_checked_at = Some(Instant::now());
+                return resident_bytes().is_some_and(|rss| rss > limit);
+            }
+        }
+        false
     }
-    false
 }

@@ -10,7 +10,7 @@
 //!
 //! A process servlet requires the worker, its input and its output to be
 //! `Serialize + DeserializeOwned`; the worker value is its configuration, and
-//! heavy state belongs in [`Worker::init`](crate::Worker::init).
+//! heavy state belongs in [`Worker::init`].
 
 pub(crate) mod child;
 pub(crate) mod spawn;
@@ -40,7 +40,12 @@ use crate::worker::{self, Worker};
 /// were part of `poison_threshold` crashes). The worker is restarted after a
 /// back-off that doubles from `backoff` up to `max_backoff`; after more than
 /// `max_restarts` crashes within `window` it is marked unhealthy (readiness
-/// fails) and restarted only every `max_backoff`.
+/// fails) and restarted only every `max_backoff`; once it has run for a whole
+/// `window` without crashing it is healthy again. A process killed by the
+/// server's own forced shutdown is not a crash: what it held ends with
+/// [`Error::Shutdown`](crate::Error::Shutdown). Items written to a process
+/// that had already died (nothing of the write got out) never reached it:
+/// they go to the next process and count neither as crashed nor as attempts.
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     /// First back-off after a crash.
@@ -197,14 +202,17 @@ where
     }
 
     /// Restarts a worker process after it handled `n` items, without failing
-    /// any request.
+    /// any request: each process is sent at most `n` items, and is replaced
+    /// once it has answered them.
     pub fn recycle_after(mut self, n: u64) -> Self {
         self.recycle_after_items = Some(n.max(1));
         self
     }
 
     /// Restarts a worker process once its resident memory exceeds `bytes`,
-    /// without failing any request.
+    /// without failing any request. The worker checks its memory every 16
+    /// items or 10 ms, whichever comes first; items it already holds are
+    /// finished before it is replaced.
     pub fn recycle_above_memory(mut self, bytes: u64) -> Self {
         self.recycle_above_rss = Some(bytes);
         self

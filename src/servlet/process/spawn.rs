@@ -16,7 +16,6 @@
 //! between two functions of one image is fixed. This is the only `unsafe` in
 //! the crate; it is covered by every test that starts a process worker.
 
-use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -58,7 +57,7 @@ fn random_token() -> u64 {
 /// Spawns a worker process whose entry is `entry`; returns the child and the
 /// server's end of its socket, with the HELLO frame already written.
 pub(crate) fn spawn(entry: Entry, display_name: &str) -> std::io::Result<(Child, UnixStream)> {
-    let (mut ours, theirs) = UnixStream::pair()?;
+    let (ours, theirs) = UnixStream::pair()?;
     let token = random_token();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(display_name)
@@ -68,14 +67,19 @@ pub(crate) fn spawn(entry: Entry, display_name: &str) -> std::io::Result<(Child,
         .stderr(Stdio::inherit())
         // Keep terminal signals (Ctrl-C) for the server to coordinate.
         .process_group(0);
-    let child = cmd.spawn()?;
+    let mut child = cmd.spawn()?;
     let mut hello = FrameBuf::new();
     let s = hello.begin(kind::HELLO);
     hello.put_u64(MAGIC);
     hello.put_u64(token);
     hello.put_u64(entry_offset(entry));
     hello.end(s);
-    ours.write_all(hello.as_bytes())?;
+    if let Err(e) = super::supervisor::send_all(&ours, hello.as_bytes()) {
+        // Never leave a process (or a zombie) behind.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.error);
+    }
     Ok((child, ours))
 }
 

@@ -1,9 +1,10 @@
 //! Server-side management of one worker process: feed, read, restart, reap.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
+use std::io;
 use std::marker::PhantomData;
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -27,7 +28,7 @@ use crate::ipc::Codec;
 use crate::ipc::frame::{self, FrameBuf, FrameReader, kind};
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{SinkRef, TicketRef};
-use crate::worker::{Worker, WorkerError};
+use crate::worker::{Worker, WorkerError, panic};
 
 /// Settings and counters shared by the supervisors of one servlet.
 pub(crate) struct Shared<W> {
@@ -75,9 +76,65 @@ struct Credit {
 /// (cancellations); the lock keeps frames whole.
 type Writer = Arc<Mutex<UnixStream>>;
 
-fn write_frames(w: &Writer, bytes: &[u8]) -> std::io::Result<()> {
-    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
-    g.write_all(bytes)
+/// A failed write, with how many bytes got out before it failed.
+pub(super) struct WriteError {
+    written: usize,
+    pub(super) error: io::Error,
+}
+
+impl WriteError {
+    /// Why the worker counts as crashed.
+    fn reason(&self) -> String {
+        format!("write to worker failed: {}", self.error)
+    }
+}
+
+/// Writes whole frames (see [`send_all`]).
+fn write_frames(w: &Writer, bytes: &[u8]) -> Result<(), WriteError> {
+    let g = w.lock().unwrap_or_else(|p| p.into_inner());
+    send_all(&g, bytes)
+}
+
+/// Writes all of `bytes` with `send(MSG_NOSIGNAL)`: a worker that died makes
+/// the write fail with `EPIPE` instead of raising `SIGPIPE`, which would kill
+/// a server whose binary does not ignore that signal.
+pub(super) fn send_all(sock: &UnixStream, bytes: &[u8]) -> Result<(), WriteError> {
+    use nix::sys::socket::{MsgFlags, send};
+    let mut written = 0;
+    while written < bytes.len() {
+        match send(sock.as_raw_fd(), &bytes[written..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => {
+                let error = io::ErrorKind::WriteZero.into();
+                return Err(WriteError { written, error });
+            }
+            Ok(n) => written += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                let error = io::Error::from(e);
+                return Err(WriteError { written, error });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Items that never reached a worker: the write failed before a single byte
+/// went out, because the worker had already died. They go, as they are, to
+/// the next process, and count neither as crashed nor as attempts.
+struct Unsent {
+    frames: Vec<u8>,
+    entries: Vec<(u64, InFlight)>,
+}
+
+/// How often the supervisor looks for cancelled items held by its worker
+/// while the worker is busy (the reader also looks after every result).
+const CANCEL_SCAN: Duration = Duration::from_millis(10);
+
+/// Crash history of one worker slot: back-off and health.
+struct Health {
+    crash_times: VecDeque<Instant>,
+    backoff: Duration,
+    unhealthy: bool,
 }
 
 enum Event {
@@ -155,10 +212,13 @@ where
     pub(crate) fn run(self, ready: Sender<Result<(), StartError>>) {
         let mut ready = Some(ready);
         let mut retry: VecDeque<InFlight> = VecDeque::new();
-        let mut crash_times: VecDeque<Instant> = VecDeque::new();
-        let mut backoff = self.shared.restart.backoff;
+        let mut health = Health {
+            crash_times: VecDeque::new(),
+            backoff: self.shared.restart.backoff,
+            unhealthy: false,
+        };
         let mut pending: Option<(TicketRef, W::Input)> = None;
-        let mut unhealthy = false;
+        let mut unsent: Option<Unsent> = None;
         loop {
             let mut p = match self.launch() {
                 Ok(p) => p,
@@ -168,7 +228,8 @@ where
                         return;
                     }
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
-                    if !self.pause(&mut crash_times, &mut backoff, &mut unhealthy) {
+                    let wait = self.note_crash(&mut health);
+                    if !self.back_off(wait) {
                         return;
                     }
                     continue;
@@ -180,7 +241,7 @@ where
             self.status.pid.store(p.pid, Relaxed);
             self.status.alive.store(true, Relaxed);
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
-            let end = self.feed(&mut p, &mut retry, &mut pending);
+            let end = self.feed(&mut p, &mut retry, &mut pending, &mut unsent, &mut health);
             self.status.alive.store(false, Relaxed);
             match end {
                 End::Drained => {
@@ -200,15 +261,24 @@ where
                 End::Crashed(reason) => {
                     let pid = p.pid;
                     let (status, lost) = self.reap_crashed(p, reason.is_some());
+                    if self.aborted() {
+                        // The server's forced shutdown killed it: what it
+                        // held ends with a shutdown error (dropping it does
+                        // that), not as a crash.
+                        return;
+                    }
                     let how = describe(status, reason.as_deref());
                     tracing::warn!(worker = %self.worker_id(Some(pid)), %how, lost = lost.len(), "worker process crashed");
                     self.shared.stats.crashes.fetch_add(1, Relaxed);
+                    // Health first, so that whoever hears of the crash sees
+                    // its effect on readiness.
+                    let wait = self.note_crash(&mut health);
                     let crash = WorkerCrashed {
                         worker: self.worker_id(Some(pid)),
                         how,
                     };
                     self.settle_lost(lost, crash, &mut retry);
-                    if !self.pause(&mut crash_times, &mut backoff, &mut unhealthy) {
+                    if !self.back_off(wait) {
                         return;
                     }
                     self.status.restarts.fetch_add(1, Relaxed);
@@ -217,50 +287,68 @@ where
             }
             // Before restarting: if the servlet is shutting down and nothing is
             // left, stop here instead of starting a process only to stop it.
-            if retry.is_empty() && pending.is_none() {
+            if retry.is_empty() && pending.is_none() && unsent.is_none() {
                 match self.rx.try_recv() {
                     Ok(item) => pending = Some(item),
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => {}
                 }
             }
         }
     }
 
-    /// Back-off after a crash; false if the server aborted meanwhile.
-    fn pause(
-        &self,
-        crash_times: &mut VecDeque<Instant>,
-        backoff: &mut Duration,
-        unhealthy: &mut bool,
-    ) -> bool {
+    /// True once the server has started a forced shutdown.
+    fn aborted(&self) -> bool {
+        matches!(self.abort_rx.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Records a crash (or a failed restart): updates the worker's health and
+    /// returns how long to wait before the next start. Back-off doubles from
+    /// `backoff` up to `max_backoff`; more than `max_restarts` crashes within
+    /// `window` mark the worker unhealthy and restart it only every
+    /// `max_backoff`.
+    fn note_crash(&self, h: &mut Health) -> Duration {
         let policy = &self.shared.restart;
         let now = Instant::now();
-        crash_times.push_back(now);
-        while crash_times
+        h.crash_times.push_back(now);
+        while h
+            .crash_times
             .front()
             .is_some_and(|t| now.duration_since(*t) > policy.window)
         {
-            crash_times.pop_front();
+            h.crash_times.pop_front();
         }
-        if crash_times.len() == 1 {
-            *backoff = policy.backoff;
+        if h.crash_times.len() == 1 {
+            h.backoff = policy.backoff;
         }
-        if crash_times.len() > policy.max_restarts {
-            if !*unhealthy {
-                *unhealthy = true;
+        if h.crash_times.len() > policy.max_restarts {
+            if !h.unhealthy {
+                h.unhealthy = true;
                 self.status.healthy.store(false, Relaxed);
                 self.shared.healthy_workers.fetch_sub(1, Relaxed);
                 tracing::error!(worker = %self.worker_id(None), "worker crashes too often; marked unhealthy");
             }
-            *backoff = policy.max_backoff;
-        } else if *unhealthy {
-            *unhealthy = false;
+            h.backoff = policy.max_backoff;
+        } else {
+            self.recovered(h);
+        }
+        let wait = h.backoff;
+        h.backoff = (h.backoff * 2).min(policy.max_backoff);
+        wait
+    }
+
+    /// Marks an unhealthy worker healthy again.
+    fn recovered(&self, h: &mut Health) {
+        if h.unhealthy {
+            h.unhealthy = false;
             self.status.healthy.store(true, Relaxed);
             self.shared.healthy_workers.fetch_add(1, Relaxed);
+            tracing::info!(worker = %self.worker_id(None), "worker healthy again");
         }
-        let wait = *backoff;
-        *backoff = (*backoff * 2).min(policy.max_backoff);
+    }
+
+    /// Waits out a back-off; false if the server aborted meanwhile.
+    fn back_off(&self, wait: Duration) -> bool {
         !matches!(
             self.abort_rx.recv_timeout(wait),
             Ok(()) | Err(RecvTimeoutError::Disconnected)
@@ -273,7 +361,7 @@ where
             message,
         };
         let display = format!("{}#{} [mpserver worker]", self.shared.name, self.index);
-        let (mut child, mut sock) =
+        let (mut child, sock) =
             spawn::spawn(child_entry::<W>, &display).map_err(|e| spawn_err(e.to_string()))?;
         let pid = child.id();
         self.shared.registry.add(pid);
@@ -299,8 +387,11 @@ where
         };
         let mut frame_bytes = FrameBuf::new();
         frame_bytes.frame(kind::CONFIG, &body);
-        if let Err(e) = sock.write_all(frame_bytes.as_bytes()) {
-            return Err(fail(&mut child, spawn_err(format!("handshake: {e}"))));
+        if let Err(e) = send_all(&sock, frame_bytes.as_bytes()) {
+            return Err(fail(
+                &mut child,
+                spawn_err(format!("handshake: {}", e.error)),
+            ));
         }
         let read_half = match sock.try_clone() {
             Ok(r) => r,
@@ -384,6 +475,8 @@ where
         p: &mut Proc,
         retry: &mut VecDeque<InFlight>,
         pending: &mut Option<(TicketRef, W::Input)>,
+        unsent: &mut Option<Unsent>,
+        health: &mut Health,
     ) -> End {
         let never = crossbeam_channel::never();
         let mut buf = FrameBuf::new();
@@ -391,13 +484,47 @@ where
         let mut retiring = false;
         let mut next_id: u64 = 0;
         let max = self.shared.max_inflight;
-        if let Some(first) = pending.take()
-            && let Err(end) = self.dispatch(p, first, &mut buf, &mut next_id, max)
-        {
-            return end;
+        // With `recycle_after(n)`, a process is sent at most n items (ids
+        // count every item sent), then retired once it has answered them.
+        let quota = self.shared.recycle_after_items.unwrap_or(u64::MAX);
+        // Items that never reached the previous process go first, as they are.
+        if let Some(u) = unsent.take() {
+            next_id = u.entries.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+            if let Err(end) = self.send_unsent(p, u, unsent) {
+                return end;
+            }
         }
+        if let Some(first) = pending.take() {
+            let credit = quota.saturating_sub(next_id).min(max as u64) as usize;
+            if let Err(end) = self.dispatch(p, first, &mut buf, &mut next_id, credit, unsent) {
+                return end;
+            }
+        }
+        // An unhealthy worker that stays up for a whole window is healthy again.
+        let mut recovery = match health.crash_times.back() {
+            Some(t) if health.unhealthy => crossbeam_channel::at(*t + self.shared.restart.window),
+            _ => crossbeam_channel::never(),
+        };
+        let scan_tick = crossbeam_channel::tick(CANCEL_SCAN);
+        let no_scan = crossbeam_channel::never();
         loop {
+            // Events first: a worker that died must not be sent more items.
+            match p.events.try_recv() {
+                Ok(ev) => {
+                    if let Some(end) = self.on_event(Ok(ev), &mut retiring) {
+                        return end;
+                    }
+                    continue;
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    return End::Crashed(Some("reader stopped".into()));
+                }
+            }
             let held = p.credit.count.load(SeqCst);
+            if next_id >= quota {
+                retiring = true;
+            }
             if retiring && held == 0 {
                 return End::Retired;
             }
@@ -410,7 +537,7 @@ where
                 && held == 0
                 && let Some(item) = retry.pop_front()
             {
-                if let Err(end) = self.send_retry(p, item, &mut buf, &mut next_id) {
+                if let Err(end) = self.send_retry(p, item, &mut buf, &mut next_id, retry) {
                     return end;
                 }
                 continue;
@@ -427,22 +554,36 @@ where
                 }
             }
             let input = if can_pull { &self.rx } else { &never };
+            // While the worker holds items, look for cancelled ones now and
+            // then: the worker may be busy with a long item, and the reader
+            // looks only when results come.
+            let scan = if held > 0 { &scan_tick } else { &no_scan };
             let end = select! {
                 recv(input) -> msg => match msg {
-                    Ok(first) => self.dispatch(p, first, &mut buf, &mut next_id, max - held).err(),
+                    Ok(first) => {
+                        let credit = (max - held).min(quota.saturating_sub(next_id) as usize);
+                        self.dispatch(p, first, &mut buf, &mut next_id, credit, unsent)
+                            .err()
+                    }
                     Err(_) => {
                         draining = true;
                         None
                     }
                 },
-                recv(p.events) -> ev => match ev {
-                    Ok(Event::Credit) => None,
-                    Ok(Event::Retiring) => {
-                        retiring = true;
-                        None
+                recv(p.events) -> ev => self.on_event(ev.map_err(drop), &mut retiring),
+                recv(scan) -> _ => {
+                    match cancel_held(&p.inflight, &self.shared.stats, &p.writer) {
+                        Ok(c) => {
+                            p.credit.count.fetch_sub(c, SeqCst);
+                            None
+                        }
+                        Err(e) => Some(End::Crashed(Some(e.reason()))),
                     }
-                    Ok(Event::Dead(reason)) => Some(End::Crashed(reason)),
-                    Err(_) => Some(End::Crashed(Some("reader stopped".into()))),
+                },
+                recv(recovery) -> _ => {
+                    self.recovered(health);
+                    recovery = crossbeam_channel::never();
+                    None
                 },
                 recv(self.abort_rx) -> _ => Some(End::Aborted),
             };
@@ -453,6 +594,58 @@ where
                 return end;
             }
         }
+    }
+
+    fn on_event(&self, ev: Result<Event, ()>, retiring: &mut bool) -> Option<End> {
+        match ev {
+            Ok(Event::Credit) => None,
+            Ok(Event::Retiring) => {
+                *retiring = true;
+                None
+            }
+            Ok(Event::Dead(reason)) => Some(End::Crashed(reason)),
+            Err(()) => Some(End::Crashed(Some("reader stopped".into()))),
+        }
+    }
+
+    /// Sends items that never reached the previous process.
+    fn send_unsent(&self, p: &mut Proc, u: Unsent, unsent: &mut Option<Unsent>) -> Result<(), End> {
+        let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
+        let n = u.entries.len();
+        lock(&p.inflight).extend(u.entries);
+        p.credit.count.fetch_add(n, SeqCst);
+        match write_frames(&p.writer, &u.frames) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_failed(p, e, u.frames, &ids, unsent)),
+        }
+    }
+
+    /// A write to the worker failed. If nothing went out, the items of the
+    /// write never reached it: they are taken back and kept for the next
+    /// process. Either way the worker counts as crashed.
+    fn write_failed(
+        &self,
+        p: &mut Proc,
+        e: WriteError,
+        frames: Vec<u8>,
+        ids: &[u64],
+        unsent: &mut Option<Unsent>,
+    ) -> End {
+        if e.written == 0 {
+            let entries: Vec<(u64, InFlight)> = {
+                let mut map = lock(&p.inflight);
+                ids.iter()
+                    .filter_map(|id| map.remove(id).map(|x| (*id, x)))
+                    .collect()
+            };
+            p.credit.count.fetch_sub(entries.len(), SeqCst);
+            // Entries taken meanwhile were cancelled: the next worker may
+            // compute them, and their results are ignored.
+            if !entries.is_empty() {
+                *unsent = Some(Unsent { frames, entries });
+            }
+        }
+        End::Crashed(Some(e.reason()))
     }
 
     fn live(&self, ticket: &TicketRef) -> bool {
@@ -473,6 +666,7 @@ where
         buf: &mut FrameBuf,
         next_id: &mut u64,
         credit: usize,
+        unsent: &mut Option<Unsent>,
     ) -> Result<usize, End> {
         let stats = &self.shared.stats;
         let policy = &self.shared.policy;
@@ -524,7 +718,12 @@ where
             let mark = buf.len();
             buf.put_u64(id);
             let codec = self.shared.codec;
-            match buf.put_payload(|v| codec.encode_into(v, &x)) {
+            // A panicking `Serialize` fails its item, not this thread.
+            let encoded = buf.put_payload(|v| {
+                panic::catch(|| codec.encode_into(v, &x))
+                    .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
+            });
+            match encoded {
                 Ok(()) if buf.len() - mark > half => {
                     buf.truncate(mark);
                     failed.push((
@@ -584,10 +783,11 @@ where
             stats.batches.fetch_add(1, Relaxed);
             stats.batch_sizes.record(n as u64);
         }
+        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
         lock(&p.inflight).extend(entries);
         p.credit.count.fetch_add(n, SeqCst);
         if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
-            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
+            return Err(self.write_failed(p, e, buf.as_bytes().to_vec(), &ids, unsent));
         }
         Ok(n)
     }
@@ -598,6 +798,7 @@ where
         item: InFlight,
         buf: &mut FrameBuf,
         next_id: &mut u64,
+        retry: &mut VecDeque<InFlight>,
     ) -> Result<usize, End> {
         if !self.live(&item.ticket) {
             return Ok(0);
@@ -620,7 +821,14 @@ where
         lock(&p.inflight).insert(id, item);
         p.credit.count.fetch_add(1, SeqCst);
         if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
-            return Err(End::Crashed(Some(format!("write to worker failed: {e}"))));
+            if e.written == 0 {
+                // It never reached the worker: not an attempt.
+                if let Some(item) = lock(&p.inflight).remove(&id) {
+                    p.credit.count.fetch_sub(1, SeqCst);
+                    retry.push_front(item);
+                }
+            }
+            return Err(End::Crashed(Some(e.reason())));
         }
         Ok(1)
     }
@@ -725,6 +933,11 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
         let end = loop {
             match self.reader.read_frame() {
                 Ok(None) => break None,
+                // The worker died with bytes unread on its side: that is an
+                // end of the connection too, not a protocol error.
+                Err(frame::FrameError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    break None;
+                }
                 Err(e) => break Some(format!("bad frame from worker: {e}")),
                 Ok(Some((kind::RESULTS, body))) => {
                     let parsed = match frame::parse_results(body) {
@@ -753,9 +966,9 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                         );
                     }
                     self.status.items.fetch_add(n as u64, Relaxed);
-                    let cancelled = match self.cancel_held() {
+                    let cancelled = match cancel_held(&self.inflight, &self.stats, &self.writer) {
                         Ok(c) => c,
-                        Err(e) => break Some(format!("write to worker failed: {e}")),
+                        Err(e) => break Some(e.reason()),
                     };
                     self.credit.count.fetch_sub(n + cancelled, SeqCst);
                     if self.credit.waiting.load(SeqCst) {
@@ -772,38 +985,40 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
     }
 }
 
-impl<Out> Reader<Out> {
-    /// Tells the worker to skip held items whose requests were cancelled
-    /// (they are dropped here, which is their outcome). Returns how many.
-    fn cancel_held(&self) -> std::io::Result<usize> {
-        let dropped: Vec<(u64, InFlight)> = {
-            let mut map = lock(&self.inflight);
-            if map.is_empty() {
-                return Ok(0);
-            }
-            let ids: Vec<u64> = map
-                .iter()
-                .filter(|(_, e)| e.ticket.is_cancelled())
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| map.remove(&id).map(|e| (id, e)))
-                .collect()
-        };
-        if dropped.is_empty() {
+/// Tells the worker to skip held items whose requests were cancelled (they
+/// are dropped here, which is their outcome). Returns how many.
+fn cancel_held(
+    inflight: &InFlightMap,
+    stats: &ServletStats,
+    writer: &Writer,
+) -> Result<usize, WriteError> {
+    let dropped: Vec<(u64, InFlight)> = {
+        let mut map = lock(inflight);
+        if map.is_empty() {
             return Ok(0);
         }
-        self.stats.skipped.fetch_add(dropped.len() as u64, Relaxed);
-        let mut buf = FrameBuf::new();
-        let s = buf.begin(kind::CANCEL);
-        buf.put_u32(dropped.len() as u32);
-        for (id, _) in &dropped {
-            buf.put_u64(*id);
-        }
-        buf.end(s);
-        write_frames(&self.writer, buf.as_bytes())?;
-        Ok(dropped.len())
+        let ids: Vec<u64> = map
+            .iter()
+            .filter(|(_, e)| e.ticket.is_cancelled())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| map.remove(&id).map(|e| (id, e)))
+            .collect()
+    };
+    if dropped.is_empty() {
+        return Ok(0);
     }
+    stats.skipped.fetch_add(dropped.len() as u64, Relaxed);
+    let mut buf = FrameBuf::new();
+    let s = buf.begin(kind::CANCEL);
+    buf.put_u32(dropped.len() as u32);
+    for (id, _) in &dropped {
+        buf.put_u64(*id);
+    }
+    buf.end(s);
+    write_frames(writer, buf.as_bytes())?;
+    Ok(dropped.len())
 }
 
 fn deliver<Out: DeserializeOwned + Send + 'static>(
@@ -823,8 +1038,9 @@ fn deliver<Out: DeserializeOwned + Send + 'static>(
         })
     };
     let result = match status {
-        frame::STATUS_OK => value_codec
-            .decode::<Out>(payload)
+        // A panicking `Deserialize` fails its item, not this thread.
+        frame::STATUS_OK => panic::catch(|| value_codec.decode::<Out>(payload))
+            .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
             .map_err(|e| codec(CodecDirection::DecodeOutput, e)),
         frame::STATUS_WORKER_ERROR => Err(match postcard::from_bytes::<WorkerError>(payload) {
             Ok(error) => Error::Worker {

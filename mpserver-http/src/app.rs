@@ -1,0 +1,216 @@
+//! The shared state of the HTTP front and its router.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+use mpserver::Handle;
+use mpserver::server::ServerState;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::config::HttpConfig;
+use crate::error::ApiError;
+use crate::observe::{HttpMetrics, observe};
+use crate::routes;
+
+/// The front's own life cycle, which covers the flow's start-up (before a
+/// [`Handle`] exists) and the drain after a shutdown signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    Starting = 0,
+    Running = 1,
+    Draining = 2,
+    Stopped = 3,
+    Failed = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            0 => Phase::Starting,
+            1 => Phase::Running,
+            2 => Phase::Draining,
+            3 => Phase::Stopped,
+            _ => Phase::Failed,
+        }
+    }
+}
+
+/// State shared by the handlers.
+pub(crate) struct AppState<In: Send + 'static, Out: Send + 'static> {
+    phase: AtomicU8,
+    handle: OnceLock<Handle<In, Out>>,
+    failure: OnceLock<String>,
+    /// Turns true once the flow has shut down: work still waiting then
+    /// (e.g. held by a worker thread stuck in user code) is answered with
+    /// 503 `shutdown` instead of holding its connection open.
+    stopped: watch::Sender<bool>,
+    pub(crate) config: HttpConfig,
+    pub(crate) metrics: Arc<HttpMetrics>,
+}
+
+impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
+    /// State of a front whose flow is still starting.
+    pub(crate) fn starting(config: HttpConfig) -> Arc<Self> {
+        Arc::new(AppState {
+            phase: AtomicU8::new(Phase::Starting as u8),
+            handle: OnceLock::new(),
+            failure: OnceLock::new(),
+            stopped: watch::channel(false).0,
+            config,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// State of a front over a running flow.
+    pub(crate) fn running(handle: Handle<In, Out>, config: HttpConfig) -> Arc<Self> {
+        let app = Self::starting(config);
+        app.set_running(handle);
+        app
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::SeqCst))
+    }
+
+    /// The flow started: swap its handle in.
+    pub(crate) fn set_running(&self, handle: Handle<In, Out>) {
+        let _ = self.handle.set(handle);
+        let _ = self.phase.compare_exchange(
+            Phase::Starting as u8,
+            Phase::Running as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The flow could not start.
+    pub(crate) fn set_failed(&self, why: String) {
+        let _ = self.failure.set(why);
+        self.phase.store(Phase::Failed as u8, Ordering::SeqCst);
+    }
+
+    /// A shutdown began: readiness fails and new work is refused.
+    pub(crate) fn begin_drain(&self) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                (p != Phase::Stopped as u8 && p != Phase::Failed as u8)
+                    .then_some(Phase::Draining as u8)
+            });
+    }
+
+    /// The flow has shut down.
+    pub(crate) fn set_stopped(&self) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                (p != Phase::Failed as u8).then_some(Phase::Stopped as u8)
+            });
+        self.stopped.send_replace(true);
+    }
+
+    /// Completes once the flow has shut down (see `stopped`).
+    pub(crate) fn flow_stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopped.subscribe();
+        async move {
+            // An error means the state is gone: stopped as well.
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// The handle, once the flow has started.
+    pub(crate) fn handle(&self) -> Option<&Handle<In, Out>> {
+        self.handle.get()
+    }
+
+    /// A handle to do work with, or the answer for why not now.
+    pub(crate) fn work_handle(&self) -> Result<Handle<In, Out>, ApiError> {
+        let retry = self.config.retry_after_secs();
+        let unavailable = |kind: &'static str, msg: String| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, kind, msg)
+        };
+        match self.phase() {
+            Phase::Running => {}
+            Phase::Starting => {
+                return Err(
+                    unavailable("starting", "the flow is starting".into()).retry_after(retry)
+                );
+            }
+            Phase::Draining | Phase::Stopped => {
+                return Err(
+                    unavailable("shutdown", "the server is shutting down".into())
+                        .retry_after(retry),
+                );
+            }
+            Phase::Failed => {
+                return Err(unavailable("start", self.failure_message()));
+            }
+        }
+        match self.handle.get() {
+            Some(h) => Ok(h.clone()),
+            None => Err(unavailable("starting", "the flow is starting".into()).retry_after(retry)),
+        }
+    }
+
+    pub(crate) fn failure_message(&self) -> String {
+        self.failure
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the flow could not start".into())
+    }
+
+    /// `Ok` when ready for traffic, or the reason why not.
+    pub(crate) fn readiness(&self) -> Result<(), String> {
+        match self.phase() {
+            Phase::Running => {}
+            Phase::Starting => return Err("starting".into()),
+            Phase::Draining => return Err("draining".into()),
+            Phase::Stopped => return Err("stopped".into()),
+            Phase::Failed => return Err(format!("failed: {}", self.failure_message())),
+        }
+        let Some(h) = self.handle.get() else {
+            return Err("starting".into());
+        };
+        match h.state() {
+            ServerState::Running => {}
+            ServerState::Starting => return Err("starting".into()),
+            ServerState::Draining => return Err("draining".into()),
+            ServerState::Stopped => return Err("stopped".into()),
+        }
+        if h.is_ready() {
+            Ok(())
+        } else {
+            Err("unhealthy: a worker was given up on after repeated crashes".into())
+        }
+    }
+}
+
+/// Builds the router over `app`.
+pub(crate) fn build<In, Out>(app: Arc<AppState<In, Out>>) -> Router
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    let metrics = app.metrics.clone();
+    let limit = app.config.max_body_bytes;
+    Router::new()
+        .route("/call", post(routes::call::<In, Out>))
+        .route("/stream", post(routes::stream::<In, Out>))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz::<In, Out>))
+        .route("/metrics", get(routes::metrics::<In, Out>))
+        .route("/debug", get(routes::debug::<In, Out>))
+        .fallback(routes::not_found)
+        .with_state(app)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+}

@@ -1,0 +1,314 @@
+//! The handlers.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mpserver::metrics::prometheus;
+use mpserver::{CallOptions, StreamOptions};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use tower_service::Service;
+
+use crate::app::{AppState, Phase};
+use crate::config::HttpConfig;
+use crate::error::ApiError;
+use crate::ndjson;
+
+/// The header that sets a request's time limit, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
+/// The query parameter that sets a request's time limit, in milliseconds.
+pub const TIMEOUT_PARAM: &str = "timeout_ms";
+
+type App<In, Out> = State<Arc<AppState<In, Out>>>;
+
+/// `POST /call`: one JSON value in, one JSON value out.
+pub(crate) async fn call<In, Out>(
+    State(app): App<In, Out>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    match call_inner(&app, &headers, query.as_deref(), body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn call_inner<In, Out>(
+    app: &AppState<In, Out>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError>
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    let handle = app.work_handle()?;
+    let timeout = requested_timeout(headers, query, &app.config)?;
+    let body = body.map_err(|r| ApiError::new(r.status(), "bad_request", r.body_text()))?;
+    let x: In = parse_json(&body).map_err(|e| e.into_api_error("the body"))?;
+    let retry = app.config.retry_after_secs();
+    // Through the flow's `tower::Service`: ready unless shutting down.
+    let call = async {
+        match timeout {
+            Some(t) => {
+                let mut svc = handle.service_with(CallOptions::timeout(t));
+                poll_fn(|cx| svc.poll_ready(cx)).await?;
+                Service::call(&mut svc, x).await
+            }
+            None => {
+                let mut svc = handle;
+                poll_fn(|cx| svc.poll_ready(cx)).await?;
+                Service::call(&mut svc, x).await
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = call => r,
+        // The flow shut down and this request is still not answered.
+        () = app.flow_stopped() => Err(mpserver::Error::Shutdown),
+    };
+    match result {
+        Ok(y) => {
+            let body = serde_json::to_vec(&y).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "serialize",
+                    format!("cannot encode the result as JSON: {e}"),
+                )
+            })?;
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Err(e) => {
+            tracing::debug!(kind = e.kind(), error = %e, "call failed");
+            Err(ApiError::from_error(&e, retry))
+        }
+    }
+}
+
+/// `POST /stream`: NDJSON in, NDJSON out in input order, as results arrive.
+pub(crate) async fn stream<In, Out>(
+    State(app): App<In, Out>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Response
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    let prepared = app
+        .work_handle()
+        .and_then(|h| requested_timeout(&headers, query.as_deref(), &app.config).map(|t| (h, t)));
+    let (handle, timeout) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let mut opts = StreamOptions::default().return_exceptions(true);
+    if let Some(t) = timeout {
+        opts = opts.timeout(t);
+    }
+    let stopped = Box::pin(app.flow_stopped());
+    let lines = ndjson::respond(handle, body, opts, app.config.max_line_bytes, stopped);
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: 200 only when the flow runs with every worker healthy.
+pub(crate) async fn readyz<In, Out>(State(app): App<In, Out>) -> Response
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    match app.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics<In, Out>(State(app): App<In, Out>) -> Response
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    let mut out = String::with_capacity(16 * 1024);
+    match app.handle() {
+        Some(h) => prometheus::render_into(&mut out, &h.debug_info()),
+        None => {
+            let current = match app.phase() {
+                Phase::Failed => "stopped",
+                Phase::Starting | Phase::Running => "starting",
+                Phase::Draining => "draining",
+                Phase::Stopped => "stopped",
+            };
+            prometheus::header(
+                &mut out,
+                "mpserver_server_state",
+                "gauge",
+                "Life-cycle state of the server (1 for the current one).",
+            );
+            for state in ["starting", "running", "draining", "stopped"] {
+                let v = if state == current { 1.0 } else { 0.0 };
+                prometheus::sample(&mut out, "mpserver_server_state", &[("state", state)], v);
+            }
+            prometheus::header(
+                &mut out,
+                "mpserver_server_ready",
+                "gauge",
+                "1 when the server runs and no worker was given up on.",
+            );
+            prometheus::sample(&mut out, "mpserver_server_ready", &[], 0.0);
+        }
+    }
+    app.metrics.render_into(&mut out);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// `GET /debug`: the server's `DebugInfo` as JSON.
+pub(crate) async fn debug<In, Out>(State(app): App<In, Out>) -> Response
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    let (status, body) = match app.handle() {
+        Some(h) => (StatusCode::OK, serde_json::to_vec_pretty(&h.debug_info())),
+        None => {
+            let v = match app.phase() {
+                Phase::Failed => serde_json::json!({
+                    "state": "failed",
+                    "error": app.failure_message(),
+                }),
+                _ => serde_json::json!({ "state": "starting" }),
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::to_vec_pretty(&v),
+            )
+        }
+    };
+    match body {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serialize",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> Response {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+/// Why a JSON text could not become an input.
+pub(crate) enum ParseError {
+    /// Not JSON at all (400).
+    Syntax(serde_json::Error),
+    /// JSON, but not of the input type (422).
+    Type(serde_json::Error),
+}
+
+impl ParseError {
+    /// The answer, naming `what` was parsed ("the body", "line 3").
+    pub(crate) fn into_api_error(self, what: &str) -> ApiError {
+        let status = match self {
+            ParseError::Syntax(_) => StatusCode::BAD_REQUEST,
+            ParseError::Type(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError {
+            status,
+            retry_after: None,
+            body: Box::new(self.into_body(what)),
+        }
+    }
+
+    pub(crate) fn into_body(self, what: &str) -> crate::error::ErrorBody {
+        match self {
+            ParseError::Syntax(e) => crate::error::ErrorBody::new(
+                "invalid_json",
+                format!("{what} is not valid JSON: {e}"),
+            ),
+            ParseError::Type(e) => crate::error::ErrorBody::new(
+                "invalid_input",
+                format!("{what} is JSON but not a valid input: {e}"),
+            ),
+        }
+    }
+}
+
+/// Parses one JSON text into an input, telling bad JSON from a wrong type.
+pub(crate) fn parse_json<In: DeserializeOwned>(text: &[u8]) -> Result<In, ParseError> {
+    // Syntax first, so `5 garbage` is "not JSON" even for a string input.
+    serde_json::from_slice::<IgnoredAny>(text).map_err(ParseError::Syntax)?;
+    serde_json::from_slice::<In>(text).map_err(ParseError::Type)
+}
+
+/// The time limit a request asks for (header first, then query), cut to the
+/// configured maximum; the configured default when it asks for none.
+fn requested_timeout(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    config: &HttpConfig,
+) -> Result<Option<Duration>, ApiError> {
+    let raw: Option<String> = match headers.get(TIMEOUT_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| invalid_timeout("the x-timeout-ms header is not text"))?
+                .to_string(),
+        ),
+        None => query.and_then(|q| {
+            q.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k == TIMEOUT_PARAM).then(|| v.to_string())
+            })
+        }),
+    };
+    let asked = match raw {
+        Some(s) => {
+            let ms: u64 = s.trim().parse().map_err(|_| {
+                invalid_timeout(&format!(
+                    "timeout must be a whole number of milliseconds, got {s:?}"
+                ))
+            })?;
+            if ms == 0 {
+                return Err(invalid_timeout("timeout must be at least 1 ms"));
+            }
+            Some(Duration::from_millis(ms))
+        }
+        None => config.default_timeout,
+    };
+    Ok(asked.map(|t| t.min(config.max_timeout)))
+}
+
+fn invalid_timeout(msg: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_timeout", msg)
+}

@@ -1,0 +1,236 @@
+//! Promise 8 (cancellation and deadlines) and the sibling half of promise 10.
+//!
+//! A timed-out request is never delivered late to another caller; cancelled
+//! and expired items are skipped by workers (thread and process) that have not
+//! started them; a stream dropped early leaves the backlog at zero shortly
+//! after; with a fail-fast ensemble, one member's failure cancels the other
+//! members' pending work for that item.
+
+mod reliability_support;
+
+use std::time::Duration;
+
+use mpserver::{BoxServlet, CallOptions, Error, ProcessServlet, Server, ThreadServlet, ensemble};
+use reliability_support::*;
+
+fn process_or_thread(process: bool, w: Chaos) -> BoxServlet<Op, Out> {
+    if process {
+        Box::new(ProcessServlet::new(w).name("cancel"))
+    } else {
+        Box::new(ThreadServlet::new(w).name("cancel"))
+    }
+}
+
+/// Many threads call with deadlines that race the results (timeouts between
+/// 1 and 12 ms, items taking 0 to 8 ms). Every value a caller receives is
+/// the one for its own input; every failure is a timeout; nothing leaks.
+#[test]
+fn timed_out_results_never_reach_another_caller() {
+    for process in [true, false] {
+        let servlet: BoxServlet<Op, Out> = if process {
+            Box::new(ProcessServlet::new(Chaos::new()).workers(2).max_inflight(8))
+        } else {
+            Box::new(ThreadServlet::new(Chaos::new()).workers(2))
+        };
+        let server = Server::builder(servlet).capacity(64).start().unwrap();
+        let callers: Vec<_> = (0..8i64)
+            .map(|t| {
+                let h = server.handle();
+                std::thread::spawn(move || {
+                    let (mut ok, mut late) = (0, 0);
+                    for i in 0..150i64 {
+                        let x = t * 10_000 + i;
+                        let ms = ((x * 7919) % 9) as u64;
+                        let timeout = Duration::from_millis(1 + ((x * 104_729) % 12) as u64);
+                        let opts = CallOptions::timeout(timeout).backpressure(false);
+                        match h.call_with(Op::Sleep(x, ms), opts) {
+                            Ok((y, _)) => {
+                                assert_eq!(y, 2 * x, "caller {t} got someone else's result");
+                                ok += 1;
+                            }
+                            Err(Error::Timeout(_)) => late += 1,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                    }
+                    (ok, late)
+                })
+            })
+            .collect();
+        let (mut ok, mut late) = (0, 0);
+        for c in callers {
+            let (o, l) = c.join().unwrap();
+            ok += o;
+            late += l;
+        }
+        assert!(ok > 0 && late > 0, "ok {ok}, timed out {late}");
+        assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+        // The server still answers correctly afterwards.
+        for x in 0..20 {
+            assert_eq!(server.call(Op::Echo(x)).unwrap().0, 2 * x);
+        }
+    }
+}
+
+/// One worker is busy with a long item; twenty more wait behind it (in the
+/// queue, and for a process worker also inside the worker process) and time
+/// out. When the long item ends, the worker skips all twenty: its call log
+/// has the long item only.
+#[test]
+fn expired_items_are_skipped_by_workers_that_have_not_started_them() {
+    for process in [true, false] {
+        let log = temp_path("skip-log");
+        let gate = temp_path("skip-gate");
+        let server = Server::start(process_or_thread(process, Chaos::new().log(&log))).unwrap();
+        let long = CallOptions::timeout(Duration::from_secs(30));
+        let first = server.submit(Op::Gate(-1, gate.clone()), long).unwrap();
+        assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
+        let short = CallOptions::timeout(Duration::from_millis(50));
+        let pending: Vec<_> = (0..20)
+            .map(|i| server.submit(Op::Echo(i), short).unwrap())
+            .collect();
+        for p in pending {
+            assert!(matches!(p.wait(), Err(Error::Timeout(_))));
+        }
+        if process {
+            // The process supervisor tells the worker to skip them (counted
+            // as skipped as soon as the cancel message is sent).
+            assert!(wait_until(Duration::from_secs(5), || server
+                .servlets()
+                .skipped
+                == 20));
+        }
+        std::fs::write(&gate, b"open").unwrap();
+        assert_eq!(first.wait().unwrap().0, -2);
+        assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+        assert_eq!(server.call(Op::Echo(5)).unwrap().0, 10);
+        assert_eq!(
+            logged(&log),
+            vec![-1, 5],
+            "process {process}: skipped items did not run"
+        );
+        assert_eq!(server.servlets().skipped, 20);
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&gate);
+    }
+}
+
+/// Dropping a `Pending` cancels it like a timeout does.
+#[test]
+fn dropped_pending_is_skipped() {
+    let log = temp_path("drop-log");
+    let gate = temp_path("drop-gate");
+    let server = Server::start(ProcessServlet::new(Chaos::new().log(&log))).unwrap();
+    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let first = server.submit(Op::Gate(-1, gate.clone()), opts).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
+    let dropped: Vec<_> = (0..10)
+        .map(|i| server.submit(Op::Echo(i), opts).unwrap())
+        .collect();
+    drop(dropped);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .servlets()
+        .skipped
+        == 10));
+    std::fs::write(&gate, b"open").unwrap();
+    assert_eq!(first.wait().unwrap().0, -2);
+    assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+    assert_eq!(count_lines(&log), 1);
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&gate);
+}
+
+/// A stream dropped after a few results: its in-flight requests are cancelled
+/// and the backlog drains to zero soon after; most items never run.
+#[test]
+fn dropped_stream_leaves_backlog_at_zero() {
+    for process in [true, false] {
+        let log = temp_path("stream-log");
+        let w = Chaos::new().sleep_us(2000).log(&log);
+        let server = Server::builder(process_or_thread(process, w))
+            .capacity(32)
+            .start()
+            .unwrap();
+        let mut s = server.stream((0..100_000).map(Op::Echo));
+        for i in 0..5 {
+            assert_eq!(s.next().unwrap().unwrap().0, 2 * i);
+        }
+        assert!(server.backlog() > 0);
+        drop(s);
+        assert!(
+            wait_until(Duration::from_secs(5), || server.backlog() == 0),
+            "backlog stuck at {}",
+            server.backlog()
+        );
+        let calls = count_lines(&log);
+        assert!(calls < 100, "{calls} items ran after a 5-item read");
+        assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+        let _ = std::fs::remove_file(&log);
+    }
+}
+
+/// Fail-fast ensemble: member 0 fails every item at once; member 1 is busy
+/// with an earlier item (waiting for a gate) while the rest queue behind it.
+/// Every item fails as an ensemble error at once, and member 1 then skips
+/// every item it had not started: its log has the first item only.
+#[test]
+fn fail_fast_ensemble_cancels_sibling_work() {
+    for process in [true, false] {
+        let log = temp_path("ens-log");
+        let gate = temp_path("ens-gate");
+        let failing = Chaos {
+            fail: true,
+            ..Chaos::new()
+        };
+        let flow = ensemble![
+            process_or_thread(process, failing),
+            process_or_thread(process, Chaos::new().log(&log)),
+        ];
+        let server = Server::builder(flow).capacity(32).start().unwrap();
+        let opts = CallOptions::timeout(Duration::from_secs(30));
+        // Member 0 passes the gate item at once; member 1 starts it and waits.
+        let first = server.submit(Op::Gate(-1, gate.clone()), opts).unwrap();
+        assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
+        let pending: Vec<_> = (0..20)
+            .map(|i| server.submit(Op::Echo(i), opts).unwrap())
+            .collect();
+        for p in pending {
+            match p.wait() {
+                Err(Error::Ensemble(e)) => {
+                    let (member, err) = e.first().unwrap();
+                    assert_eq!(member, 0);
+                    assert_eq!(err.worker_error().unwrap().message(), "refused");
+                }
+                other => panic!("expected an ensemble error, got {other:?}"),
+            }
+        }
+        let member1 = |s: &mpserver::metrics::ServletSnapshot| s.members[1].skipped;
+        if process {
+            // The supervisor tells the busy worker process to skip them.
+            let told = wait_until(Duration::from_secs(5), || member1(&server.servlets()) == 20);
+            assert!(told);
+        }
+        std::fs::write(&gate, b"open").unwrap();
+        let both: Vec<i64> = first.wait().unwrap().into_iter().map(|(y, _)| y).collect();
+        assert_eq!(both, vec![-2, -2]);
+        // (The failed requests' capacity was returned when they failed; the
+        // sibling's copies are counted as skipped when it reaches them.)
+        let skipped = wait_until(Duration::from_secs(5), || member1(&server.servlets()) == 20);
+        assert!(skipped, "skipped {}", member1(&server.servlets()));
+        assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+        // Member 1 still serves: the next item is the only other one it runs.
+        let next: Vec<i64> = server
+            .call(Op::Gate(3, gate.clone()))
+            .unwrap()
+            .into_iter()
+            .map(|(y, _)| y)
+            .collect();
+        assert_eq!(next, vec![6, 6]);
+        assert_eq!(
+            logged(&log),
+            vec![-1, 3],
+            "process {process}: sibling work was cancelled"
+        );
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&gate);
+    }
+}
