@@ -148,8 +148,9 @@ fn drop_under_load_cancels_after_grace() {
 }
 
 /// A thread worker stuck in user code cannot be killed: shutdown gives up on
-/// it after a bounded wait, and every request still queued behind it is
-/// answered with `Error::Shutdown` instead of waiting forever.
+/// it after a bounded wait, and every request still queued behind it, and a
+/// caller still waiting for room, is answered with `Error::Shutdown` at once
+/// instead of waiting for its time limit.
 #[test]
 fn shutdown_with_a_stuck_thread_worker_answers_everyone() {
     let release = Arc::new(AtomicBool::new(false));
@@ -161,7 +162,7 @@ fn shutdown_with_a_stuck_thread_worker_answers_everyone() {
         x
     }));
     let server = Server::builder(stuck)
-        .capacity(16)
+        .capacity(9)
         .shutdown_grace(Duration::from_millis(100))
         .start()
         .unwrap();
@@ -169,6 +170,11 @@ fn shutdown_with_a_stuck_thread_worker_answers_everyone() {
     let pending: Vec<_> = (0..8).map(|i| server.submit(i, opts).unwrap()).collect();
     let h = server.handle();
     let caller = std::thread::spawn(move || h.call_with(100, opts));
+    // The server is now full: this one waits for room (for up to 30 s).
+    assert!(wait_until(Duration::from_secs(5), || server.backlog() == 9));
+    let h = server.handle();
+    let wait_opts = CallOptions::timeout(Duration::from_secs(30)).backpressure(false);
+    let waiter = std::thread::spawn(move || h.call_with(101, wait_opts));
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
     server.shutdown();
@@ -182,6 +188,7 @@ fn shutdown_with_a_stuck_thread_worker_answers_everyone() {
         assert!(matches!(p.wait(), Err(Error::Shutdown)));
     }
     assert!(matches!(caller.join().unwrap(), Err(Error::Shutdown)));
+    assert!(matches!(waiter.join().unwrap(), Err(Error::Shutdown)));
     assert!(
         t.elapsed() < Duration::from_secs(2),
         "callers answered promptly"

@@ -37,6 +37,9 @@ pub mod kind {
     pub const RESULTS: u8 = 12;
     /// Child → parent: the worker asks to be recycled (body: reason text).
     pub const RETIRING: u8 = 13;
+    /// Child → parent: time spent in worker calls since the last TIMING
+    /// frame (`busy_ns:u64 items:u32`), to size the worker's credit.
+    pub const TIMING: u8 = 14;
 }
 
 /// Result status byte: the payload is the output value.

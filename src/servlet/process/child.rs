@@ -61,6 +61,10 @@ struct Results {
     first_at: Option<Instant>,
     max_frame: usize,
     codec: Codec,
+    /// Time spent in worker calls, and items handled, since the last flush
+    /// (reported in a TIMING frame so the server can size this worker's credit).
+    busy: Duration,
+    busy_items: u32,
 }
 
 impl Results {
@@ -73,6 +77,8 @@ impl Results {
             first_at: None,
             max_frame,
             codec,
+            busy: Duration::ZERO,
+            busy_items: 0,
         }
     }
 
@@ -216,8 +222,24 @@ impl Results {
                     .is_some_and(|t| t.elapsed() + last_call >= FLUSH_AFTER))
     }
 
+    fn note_work(&mut self, spent: Duration, items: u64) {
+        if items > 0 {
+            self.busy += spent;
+            self.busy_items = self.busy_items.saturating_add(items as u32);
+        }
+    }
+
     fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
         self.seal_frame();
+        if self.entries > 0 && self.busy_items > 0 {
+            let t = self.buf.begin(kind::TIMING);
+            self.buf
+                .put_u64(self.busy.as_nanos().min(u64::MAX as u128) as u64);
+            self.buf.put_u32(self.busy_items);
+            self.buf.end(t);
+            self.busy = Duration::ZERO;
+            self.busy_items = 0;
+        }
         if self.entries > 0 {
             w.write_all(self.buf.as_bytes())?;
         }
@@ -361,6 +383,7 @@ where
             break;
         };
         let began = Instant::now();
+        let done_before = done;
         match unit {
             Unit::Single(id, x) => {
                 if cancelled.remove(&id) {
@@ -420,6 +443,7 @@ where
                 }
             }
         }
+        results.note_work(began.elapsed(), done - done_before);
         if results.due(queue.is_empty(), began.elapsed()) {
             results.flush(&mut writer)?;
         }

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -66,10 +66,45 @@ fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
 /// its reader (which subtracts). The reader wakes the supervisor only when
 /// it asked to be woken (`waiting`): a result costs no extra thread wake-up
 /// while the worker still has credit.
+///
+/// The reader also measures how long the worker takes per item
+/// (`service_ns`, a moving average over intervals in which the worker stayed
+/// busy), so the supervisor can size the worker's credit to about
+/// [`QUEUED_WORK`] of work: fast items get deep pipelining, slow items are
+/// handed out one or two at a time so that no worker hoards a backlog while
+/// another one idles.
 #[derive(Default)]
 struct Credit {
     count: AtomicUsize,
     waiting: AtomicBool,
+    service_ns: AtomicU64,
+}
+
+/// How much work (in time) a worker process may hold beyond the item it is on.
+const QUEUED_WORK: Duration = Duration::from_millis(2);
+/// Credit before the first measurement of a worker's speed.
+const INITIAL_CREDIT: usize = 4;
+
+impl Credit {
+    /// The credit for a worker: at most `max`, at least `min`.
+    fn limit(&self, min: usize, max: usize) -> usize {
+        let s = self.service_ns.load(Relaxed);
+        let want = (QUEUED_WORK.as_nanos() as u64)
+            .checked_div(s)
+            .map_or(INITIAL_CREDIT, |n| n as usize + 1);
+        want.clamp(min.min(max), max)
+    }
+
+    fn observe(&self, per_item: Duration) {
+        let sample = (per_item.as_nanos() as u64).max(1);
+        let old = self.service_ns.load(Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.service_ns.store(new, Relaxed);
+    }
 }
 
 /// The socket's writing side, shared by the supervisor (items) and the reader
@@ -483,7 +518,12 @@ where
         let mut draining = false;
         let mut retiring = false;
         let mut next_id: u64 = 0;
-        let max = self.shared.max_inflight;
+        let min_credit = if self.shared.policy.batched() {
+            self.shared.policy.size.max(2)
+        } else {
+            2
+        };
+        let mut max = p.credit.limit(min_credit, self.shared.max_inflight);
         // With `recycle_after(n)`, a process is sent at most n items (ids
         // count every item sent), then retired once it has answered them.
         let quota = self.shared.recycle_after_items.unwrap_or(u64::MAX);
@@ -522,6 +562,7 @@ where
                 }
             }
             let held = p.credit.count.load(SeqCst);
+            max = p.credit.limit(min_credit, self.shared.max_inflight);
             if next_id >= quota {
                 retiring = true;
             }
@@ -561,7 +602,7 @@ where
             let end = select! {
                 recv(input) -> msg => match msg {
                     Ok(first) => {
-                        let credit = (max - held).min(quota.saturating_sub(next_id) as usize);
+                        let credit = max.saturating_sub(held).min(quota.saturating_sub(next_id) as usize);
                         self.dispatch(p, first, &mut buf, &mut next_id, credit, unsent)
                             .err()
                     }
@@ -973,6 +1014,16 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                     self.credit.count.fetch_sub(n + cancelled, SeqCst);
                     if self.credit.waiting.load(SeqCst) {
                         let _ = self.events.send(Event::Credit);
+                    }
+                }
+                Ok(Some((kind::TIMING, body))) => {
+                    let mut c = frame::Cursor::new(body);
+                    match (c.u64(), c.u32()) {
+                        (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
+                            self.credit
+                                .observe(Duration::from_nanos(busy / u64::from(items)));
+                        }
+                        _ => break Some("bad frame from worker: malformed TIMING".into()),
                     }
                 }
                 Ok(Some((kind::RETIRING, _))) => {
