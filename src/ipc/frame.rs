@@ -237,16 +237,20 @@ impl<R: Read> FrameReader<R> {
         if len > self.max {
             return Err(FrameError::Oversized(len));
         }
-        self.body.clear();
-        self.body.resize(len, 0);
-        self.inner.read_exact(&mut self.body).map_err(|e| {
+        // The buffer only grows (zero-filling just the growth); the read
+        // overwrites the part in use, so large frames cost no memset each.
+        if self.body.len() < len {
+            self.body.resize(len, 0);
+        }
+        let body = &mut self.body[..len];
+        self.inner.read_exact(body).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 FrameError::Truncated
             } else {
                 FrameError::Io(e)
             }
         })?;
-        Ok(Some((self.body[0], &self.body[1..])))
+        Ok(Some((body[0], &body[1..])))
     }
 }
 
