@@ -75,6 +75,8 @@ where
         }
     };
     let result = tokio::select! {
+        // Biased: a result that is already there wins over the stop signal.
+        biased;
         r = call => r,
         // The flow shut down and this request is still not answered.
         () = app.flow_stopped() => Err(mpserver::Error::Shutdown),

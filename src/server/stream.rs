@@ -104,14 +104,8 @@ where
             let Some(input) = self.input.as_mut() else {
                 return;
             };
-            let entry = match self.handle.entry() {
-                Ok(e) => e,
-                Err(e) => {
-                    self.input = None;
-                    self.inflight.push_back((None, Err(e)));
-                    return;
-                }
-            };
+            // Room first, then the flow's input: a stream waiting for room
+            // must not hold the input open while the server drains.
             let permit = match cap.try_acquire() {
                 Some(p) => p,
                 None if self.inflight.is_empty() => match cap.acquire_until(None) {
@@ -119,6 +113,14 @@ where
                     None => return,
                 },
                 None => return,
+            };
+            let entry = match self.handle.entry() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.input = None;
+                    self.inflight.push_back((None, Err(e)));
+                    return;
+                }
             };
             let Some(x) = input.next() else {
                 self.input = None;
