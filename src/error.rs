@@ -252,18 +252,38 @@ pub enum Error {
 impl Error {
     /// A stable short name for the kind of error (`"timeout"`, `"worker"`, ...).
     pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    /// Every value [`Error::kind`] can return, in a fixed order.
+    pub const KINDS: [&'static str; 11] = [
+        "backlog_full",
+        "timeout",
+        "worker",
+        "worker_crashed",
+        "poison_item",
+        "ensemble",
+        "codec",
+        "route",
+        "cancelled",
+        "shutdown",
+        "start",
+    ];
+
+    /// Position of this error's kind in [`Error::KINDS`].
+    pub(crate) fn kind_index(&self) -> usize {
         match self {
-            Error::BacklogFull(_) => "backlog_full",
-            Error::Timeout(_) => "timeout",
-            Error::Worker { .. } => "worker",
-            Error::WorkerCrashed(_) => "worker_crashed",
-            Error::PoisonItem(_) => "poison_item",
-            Error::Ensemble(_) => "ensemble",
-            Error::Codec(_) => "codec",
-            Error::Route { .. } => "route",
-            Error::Cancelled => "cancelled",
-            Error::Shutdown => "shutdown",
-            Error::Start(_) => "start",
+            Error::BacklogFull(_) => 0,
+            Error::Timeout(_) => 1,
+            Error::Worker { .. } => 2,
+            Error::WorkerCrashed(_) => 3,
+            Error::PoisonItem(_) => 4,
+            Error::Ensemble(_) => 5,
+            Error::Codec(_) => 6,
+            Error::Route { .. } => 7,
+            Error::Cancelled => 8,
+            Error::Shutdown => 9,
+            Error::Start(_) => 10,
         }
     }
 

@@ -104,14 +104,6 @@ fn backpressure_with_small_capacity() {
     wait_for(|| server.backlog() == 0);
 }
 
-fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 10 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn concurrent_calls_from_ten_threads() {
     let server = Server::start(ProcessServlet::new(Double).workers(2)).unwrap();

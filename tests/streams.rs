@@ -9,14 +9,6 @@ use mpserver::Error;
 use mpserver::prelude::*;
 use support::*;
 
-fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in 10 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn order_is_kept_with_several_processes_and_batching() {
     let flow = sequential![

@@ -238,16 +238,7 @@ async fn backlog_full_is_503_with_retry_after() {
     .await;
     app.wait_ready().await;
 
-    let client = app.client.clone();
-    let url = app.url("/call");
-    let first = tokio::spawn(async move { client.post(url).body("7").send().await.unwrap() });
-    assert!(
-        poll_until(Duration::from_secs(10), || async {
-            app.backlog().await == 1
-        })
-        .await,
-        "the first call never got in"
-    );
+    let first = app.call_in_flight("7").await;
 
     let r = app.post("/call", "8").await;
     assert_eq!(r.status(), 503);
@@ -257,7 +248,7 @@ async fn backlog_full_is_503_with_retry_after() {
     // Full is not unready.
     assert_eq!(app.get("/readyz").await.status(), 200);
 
-    let r = first.await.unwrap();
+    let r = first.await.unwrap().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<u64>().await.unwrap(), 7);
     let text = app.get("/metrics").await.text().await.unwrap();
@@ -483,16 +474,7 @@ async fn drains_on_shutdown_with_readiness_503() {
     let mut app = start(Server::builder(slow(1200)), config).await;
     app.wait_ready().await;
 
-    let client = app.client.clone();
-    let url = app.url("/call");
-    let in_flight = tokio::spawn(async move { client.post(url).body("5").send().await.unwrap() });
-    assert!(
-        poll_until(Duration::from_secs(10), || async {
-            app.backlog().await == 1
-        })
-        .await,
-        "the call never got in"
-    );
+    let in_flight = app.call_in_flight("5").await;
 
     app.trigger_stop();
     let draining = poll_until(Duration::from_secs(5), || async {
@@ -510,7 +492,7 @@ async fn drains_on_shutdown_with_readiness_503() {
         assert_eq!(error_body(r).await["error"], "shutdown");
     }
 
-    let r = in_flight.await.unwrap();
+    let r = in_flight.await.unwrap().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<u64>().await.unwrap(), 5);
     app.join().await.unwrap();
@@ -521,15 +503,7 @@ async fn grace_over_fails_in_flight_work_with_503() {
     let config = HttpConfig::default().shutdown_grace(Duration::from_millis(200));
     let mut app = start(Server::builder(slow(3000)), config).await;
     app.wait_ready().await;
-    let client = app.client.clone();
-    let url = app.url("/call");
-    let in_flight = tokio::spawn(async move { client.post(url).body("5").send().await });
-    assert!(
-        poll_until(Duration::from_secs(10), || async {
-            app.backlog().await == 1
-        })
-        .await
-    );
+    let in_flight = app.call_in_flight("5").await;
     // A stream whose lines queue behind the stuck item, with a bad line.
     let stream = app.post("/stream", "6\n7\nnope\n8\n").await;
     assert_eq!(stream.status(), 200);

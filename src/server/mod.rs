@@ -442,14 +442,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
         if !entry.push_until(req as TicketRef, x, deadline) {
-            let e = Error::Timeout(TimeoutError {
-                enqueue: started.elapsed(),
-                total: started.elapsed(),
-                limit: timeout,
-                while_enqueuing: true,
-            });
-            core.stats.error(&e);
-            return Err(e);
+            return Err(self.enqueue_timeout(started, timeout));
         }
         Ok(pending)
     }

@@ -9,19 +9,7 @@ use crate::error::Error;
 use crate::metrics::{Histogram, HistogramSnapshot};
 
 /// Error kinds counted separately (see [`Error::kind`]).
-pub const ERROR_KINDS: [&str; 11] = [
-    "backlog_full",
-    "timeout",
-    "worker",
-    "worker_crashed",
-    "poison_item",
-    "ensemble",
-    "codec",
-    "route",
-    "cancelled",
-    "shutdown",
-    "start",
-];
+pub const ERROR_KINDS: [&str; 11] = Error::KINDS;
 
 #[derive(Default)]
 pub(crate) struct ServerStats {
@@ -43,10 +31,7 @@ impl ServerStats {
     }
 
     pub(crate) fn error(&self, e: &Error) {
-        let k = e.kind();
-        if let Some(i) = ERROR_KINDS.iter().position(|n| *n == k) {
-            self.errors[i].fetch_add(1, Relaxed);
-        }
+        self.errors[e.kind_index()].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> RequestStats {

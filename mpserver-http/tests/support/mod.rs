@@ -82,6 +82,25 @@ impl App {
         v["backlog"].as_u64().unwrap_or(0)
     }
 
+    /// Sends `POST /call` with `body` in the background and returns once the
+    /// flow holds it (backlog 1).
+    pub async fn call_in_flight(
+        &self,
+        body: &'static str,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let client = self.client.clone();
+        let url = self.url("/call");
+        let call = tokio::spawn(async move { client.post(url).body(body).send().await });
+        assert!(
+            poll_until(Duration::from_secs(10), || async {
+                self.backlog().await == 1
+            })
+            .await,
+            "the call never got in"
+        );
+        call
+    }
+
     /// Asks the front to shut down (as a signal would).
     pub fn trigger_stop(&mut self) {
         if let Some(tx) = self.stop.take() {

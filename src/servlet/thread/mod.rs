@@ -134,7 +134,9 @@ impl<W: Worker> ThreadWorker<W> {
         tracing::debug!(worker = %self.id, "thread worker stopped");
     }
 
-    fn live(&self, ticket: &TicketRef) -> bool {
+    /// Counts an item taken from the queue; false if it is to be skipped.
+    fn admit(&self, ticket: &TicketRef) -> bool {
+        self.stats.items_in.fetch_add(1, Relaxed);
         if ticket.is_cancelled() || self.abort.load(Relaxed) {
             self.stats.skipped.fetch_add(1, Relaxed);
             false
@@ -145,8 +147,7 @@ impl<W: Worker> ThreadWorker<W> {
 
     fn serve_single(&mut self) {
         while let Ok((ticket, x)) = self.rx.recv() {
-            self.stats.items_in.fetch_add(1, Relaxed);
-            if !self.live(&ticket) {
+            if !self.admit(&ticket) {
                 continue;
             }
             let r = panic::catch(|| self.worker.call(x)).and_then(|r| r);
@@ -160,8 +161,7 @@ impl<W: Worker> ThreadWorker<W> {
         loop {
             let Ok(first) = self.rx.recv() else { return };
             let start = Instant::now();
-            self.stats.items_in.fetch_add(1, Relaxed);
-            if self.live(&first.0) {
+            if self.admit(&first.0) {
                 batch.push(first);
             }
             let deadline = batch::deadline(&self.policy, start);
@@ -170,15 +170,7 @@ impl<W: Worker> ThreadWorker<W> {
                 &mut batch,
                 self.policy.size,
                 deadline,
-                |(t, _)| {
-                    self.stats.items_in.fetch_add(1, Relaxed);
-                    if t.is_cancelled() || self.abort.load(Relaxed) {
-                        self.stats.skipped.fetch_add(1, Relaxed);
-                        false
-                    } else {
-                        true
-                    }
-                },
+                |(t, _)| self.admit(t),
             );
             if !batch.is_empty() {
                 self.run_batch(&mut batch);
