@@ -58,7 +58,8 @@ fn one_round(i: usize) {
             drop(server);
             // Every request ends: the slow one and the stream's with a
             // shutdown error (or a result that beat the shutdown).
-            assert!(matches!(slow.wait(), Err(mpserver::Error::Shutdown)));
+            let r = slow.wait();
+            assert!(matches!(r, Err(mpserver::Error::Shutdown)), "{r:?}");
             for _ in s.by_ref() {}
         }
         _ => {

@@ -431,6 +431,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         permit: Permit,
         started: Instant,
         timeout: Duration,
+        single: bool,
     ) -> Result<Pending<Out>, Error> {
         let core = &self.core;
         let (req, rx) = Request::<Out>::new(started, timeout, permit, core.stats.clone());
@@ -441,7 +442,14 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        if !entry.push_until(req as TicketRef, x, deadline) {
+        let pushed = if single {
+            crate::servlet::plumbing::as_single_call(|| {
+                entry.push_until(req as TicketRef, x, deadline)
+            })
+        } else {
+            entry.push_until(req as TicketRef, x, deadline)
+        };
+        if !pushed {
             return Err(self.enqueue_timeout(started, timeout));
         }
         Ok(pending)
@@ -469,7 +477,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         // Taken after waiting for room, not before: holding it while waiting
         // would keep the flow's input open during a shutdown's drain.
         let entry = self.entry()?;
-        self.enqueue(&entry, x, permit, started, opts.timeout)
+        self.enqueue(&entry, x, permit, started, opts.timeout, true)
     }
 
     fn backlog_full(&self) -> Error {
@@ -552,7 +560,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
                 .await
                 .ok_or_else(|| self.enqueue_timeout(started, opts.timeout))?,
         };
-        self.enqueue(&entry, x, permit, started, opts.timeout)?
+        self.enqueue(&entry, x, permit, started, opts.timeout, true)?
             .await
     }
 

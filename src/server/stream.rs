@@ -129,7 +129,7 @@ where
             let kept = (self.keep)(&x);
             let r = self
                 .handle
-                .enqueue(&entry, x, permit, Instant::now(), self.timeout);
+                .enqueue(&entry, x, permit, Instant::now(), self.timeout, false);
             self.inflight.push_back((kept, r));
         }
     }
@@ -327,10 +327,10 @@ where
             };
             self.listener = None;
             let started = Instant::now();
-            let r = self
-                .handle
-                .entry()
-                .and_then(|e| self.handle.enqueue(&e, x, permit, started, self.timeout));
+            let r = self.handle.entry().and_then(|e| {
+                self.handle
+                    .enqueue(&e, x, permit, started, self.timeout, false)
+            });
             // As the blocking stream: a shut-down server ends the input.
             let shut = matches!(r, Err(Error::Shutdown));
             self.inflight.push_back(r);

@@ -81,6 +81,34 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
     }
 }
 
+thread_local! {
+    static SINGLE_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a push into a flow) marked as a caller's single call, as opposed
+/// to an item of a stream or an item moving between stages on a server
+/// thread. Stages may serve a single call with less latency at some cost in
+/// throughput (see [`is_single_call`]).
+pub(crate) fn as_single_call<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SINGLE_CALL.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(SINGLE_CALL.with(|c| c.replace(true)));
+    f()
+}
+
+/// True while a caller's single call is being pushed on this thread: process
+/// servlets then hand the item straight to an idle worker process instead of
+/// queueing it for the worker's supervisor thread. Stream items and items
+/// between stages take the queue, where the supervisor coalesces whatever
+/// has accumulated into one frame.
+pub(crate) fn is_single_call() -> bool {
+    SINGLE_CALL.with(|c| c.get())
+}
+
 /// What a started servlet hands back: the sink for its input and its node in
 /// the debug/metrics tree.
 pub struct Started<In> {

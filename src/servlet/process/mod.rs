@@ -13,6 +13,7 @@
 //! heavy state belongs in [`Worker::init`].
 
 pub(crate) mod child;
+mod handoff;
 pub(crate) mod spawn;
 mod supervisor;
 
@@ -28,7 +29,7 @@ use crate::error::StartError;
 use crate::ipc::Codec;
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::metrics::{ServletNode, WorkerStatus};
-use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started};
+use crate::servlet::plumbing::{SinkRef, StartContext, Started};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
 use crate::worker::{self, Worker};
 
@@ -267,7 +268,16 @@ where
             registry: ctx.shared.clone(),
             _worker: std::marker::PhantomData,
         });
+        let mut doors = Vec::new();
         for (index, cpu) in this.config.placement.0.iter().enumerate() {
+            let door = Arc::new(handoff::Door::default());
+            // Direct hand-off needs room for the supervisor beside the
+            // handed item: a supervisor that took an item from the queue just
+            // as a caller handed its worker one would otherwise hold it back
+            // while another worker could run it.
+            if !policy.batched() && max_inflight >= 2 {
+                doors.push(door.clone());
+            }
             let status = WorkerStatus::new(index, cpu.clone());
             node = node.with_worker(status.clone());
             let ready = ctx.expect_ready();
@@ -279,6 +289,7 @@ where
                 out: output.clone(),
                 status,
                 abort_rx: ctx.abort_signal(),
+                door,
             };
             ctx.spawn(
                 format!("{}#{index}-supervisor", this.config.name),
@@ -286,9 +297,15 @@ where
             )?;
         }
         Ok(Started {
-            input: Arc::new(QueueSink {
+            input: Arc::new(handoff::ProcessSink {
                 tx,
                 fail_to: output,
+                doors,
+                codec: shared.codec,
+                max_frame: shared.max_frame,
+                keep_bytes: shared.restart.retry_crashed,
+                stats: shared.stats.clone(),
+                next: AtomicUsize::new(0),
             }),
             node,
         })

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::child::{ChildConfig, child_entry};
+use super::handoff::{Door, Port};
 use super::{ChildRegistry, RestartPolicy, spawn};
 use crate::affinity::CpuAffinity;
 use crate::batch::{self, BatchPolicy};
@@ -49,16 +50,16 @@ pub(crate) struct Shared<W> {
 }
 
 /// An item held by a worker process.
-struct InFlight {
-    ticket: TicketRef,
-    crashes: u32,
+pub(super) struct InFlight {
+    pub(super) ticket: TicketRef,
+    pub(super) crashes: u32,
     /// The encoded input, kept only when crashed items are retried.
-    bytes: Option<Vec<u8>>,
+    pub(super) bytes: Option<Vec<u8>>,
 }
 
-type InFlightMap = Arc<Mutex<HashMap<u64, InFlight>>>;
+pub(super) type InFlightMap = Arc<Mutex<HashMap<u64, InFlight>>>;
 
-fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
+pub(super) fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -74,8 +75,8 @@ fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
 /// handed out one or two at a time so that no worker hoards a backlog while
 /// another one idles.
 #[derive(Default)]
-struct Credit {
-    count: AtomicUsize,
+pub(super) struct Credit {
+    pub(super) count: AtomicUsize,
     waiting: AtomicBool,
     service_ns: AtomicU64,
 }
@@ -107,13 +108,36 @@ impl Credit {
     }
 }
 
-/// The socket's writing side, shared by the supervisor (items) and the reader
-/// (cancellations); the lock keeps frames whole.
-type Writer = Arc<Mutex<UnixStream>>;
+/// The sending side of one worker process's socket. Whoever sends items
+/// holds its lock for the whole send (the supervisor, or a caller handing an
+/// item straight to an idle worker, see `handoff.rs`), so item ids grow in
+/// the order frames go out, the recycling quota is exact, and frames stay
+/// whole. The reader sends cancellations through it too, but only when the
+/// lock is free: it must never wait behind a long write, or a worker blocked
+/// writing results to it could deadlock with a sender blocked writing items.
+pub(super) struct SendSide {
+    pub(super) sock: UnixStream,
+    /// The id of the next item sent to this process.
+    pub(super) next_id: u64,
+    /// Items this process may be sent in all (`recycle_after`), else `u64::MAX`.
+    pub(super) quota: u64,
+    /// Whether callers may hand items straight to this process (off for
+    /// batching servlets, while crashed items are retried, and once the
+    /// process is retiring or stopping).
+    pub(super) direct: bool,
+    /// Frame buffer for direct hand-offs.
+    pub(super) buf: FrameBuf,
+}
+
+pub(super) type Writer = Arc<Mutex<SendSide>>;
+
+pub(super) fn lock_side(w: &Writer) -> MutexGuard<'_, SendSide> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A failed write, with how many bytes got out before it failed.
 pub(super) struct WriteError {
-    written: usize,
+    pub(super) written: usize,
     pub(super) error: io::Error,
 }
 
@@ -122,12 +146,6 @@ impl WriteError {
     fn reason(&self) -> String {
         format!("write to worker failed: {}", self.error)
     }
-}
-
-/// Writes whole frames (see [`send_all`]).
-fn write_frames(w: &Writer, bytes: &[u8]) -> Result<(), WriteError> {
-    let g = w.lock().unwrap_or_else(|p| p.into_inner());
-    send_all(&g, bytes)
 }
 
 /// Writes all of `bytes` with `send(MSG_NOSIGNAL)`: a worker that died makes
@@ -192,6 +210,16 @@ struct Proc {
     reader: Option<JoinHandle<()>>,
 }
 
+impl Proc {
+    fn port(&self) -> Arc<Port> {
+        Arc::new(Port {
+            writer: self.writer.clone(),
+            inflight: self.inflight.clone(),
+            credit: self.credit.clone(),
+        })
+    }
+}
+
 enum End {
     Drained,
     Aborted,
@@ -208,6 +236,8 @@ pub(crate) struct Supervisor<W: Worker> {
     pub(crate) out: SinkRef<W::Output>,
     pub(crate) status: Arc<WorkerStatus>,
     pub(crate) abort_rx: Receiver<()>,
+    /// Where callers find this slot's process for direct hand-off.
+    pub(crate) door: Arc<Door>,
 }
 
 fn describe(status: Option<ExitStatus>, reason: Option<&str>) -> String {
@@ -277,6 +307,7 @@ where
             self.status.alive.store(true, Relaxed);
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
             let end = self.feed(&mut p, &mut retry, &mut pending, &mut unsent, &mut health);
+            self.door.close(&p.writer);
             self.status.alive.store(false, Relaxed);
             match end {
                 End::Drained => {
@@ -470,7 +501,13 @@ where
         let inflight: InFlightMap = Arc::default();
         let credit: Arc<Credit> = Arc::default();
         let writer: Writer = match sock.try_clone() {
-            Ok(w) => Arc::new(Mutex::new(w)),
+            Ok(sock) => Arc::new(Mutex::new(SendSide {
+                sock,
+                next_id: 0,
+                quota: self.shared.recycle_after_items.unwrap_or(u64::MAX),
+                direct: false,
+                buf: FrameBuf::new(),
+            })),
             Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
         };
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
@@ -517,29 +554,26 @@ where
         let mut buf = FrameBuf::new();
         let mut draining = false;
         let mut retiring = false;
-        let mut next_id: u64 = 0;
         let min_credit = if self.shared.policy.batched() {
             self.shared.policy.size.max(2)
         } else {
             2
         };
-        let mut max = p.credit.limit(min_credit, self.shared.max_inflight);
         // With `recycle_after(n)`, a process is sent at most n items (ids
         // count every item sent), then retired once it has answered them.
         let quota = self.shared.recycle_after_items.unwrap_or(u64::MAX);
         // Items that never reached the previous process go first, as they are.
         if let Some(u) = unsent.take() {
-            next_id = u.entries.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+            lock_side(&p.writer).next_id =
+                u.entries.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
             if let Err(end) = self.send_unsent(p, u, unsent) {
                 return end;
             }
         }
-        if let Some(first) = pending.take() {
-            let credit = quota.saturating_sub(next_id).min(max as u64) as usize;
-            if let Err(end) = self.dispatch(p, first, &mut buf, &mut next_id, credit, unsent) {
-                return end;
-            }
-        }
+        // Callers may hand items straight to this process (see `handoff.rs`).
+        self.door.open(p.port());
+        let handoff = !self.shared.policy.batched();
+        let mut direct = false;
         // An unhealthy worker that stays up for a whole window is healthy again.
         let mut recovery = match health.crash_times.back() {
             Some(t) if health.unhealthy => crossbeam_channel::at(*t + self.shared.restart.window),
@@ -561,15 +595,26 @@ where
                     return End::Crashed(Some("reader stopped".into()));
                 }
             }
-            let held = p.credit.count.load(SeqCst);
-            max = p.credit.limit(min_credit, self.shared.max_inflight);
-            if next_id >= quota {
-                retiring = true;
+            let max = p.credit.limit(min_credit, self.shared.max_inflight);
+            {
+                let mut side = lock_side(&p.writer);
+                if side.next_id >= quota {
+                    retiring = true;
+                }
+                // Direct hand-off only while this worker takes new items one
+                // by one as they come: not while crashed items are retried
+                // (one at a time, alone), nor once it retires or drains.
+                let want = handoff && !retiring && !draining && retry.is_empty();
+                if want != direct {
+                    side.direct = want;
+                    direct = want;
+                }
             }
+            let held = p.credit.count.load(SeqCst);
             if retiring && held == 0 {
                 return End::Retired;
             }
-            if draining && held == 0 && retry.is_empty() {
+            if draining && held == 0 && retry.is_empty() && pending.is_none() {
                 return End::Drained;
             }
             // Crashed items go one at a time, so a poison item can only take
@@ -578,12 +623,24 @@ where
                 && held == 0
                 && let Some(item) = retry.pop_front()
             {
-                if let Err(end) = self.send_retry(p, item, &mut buf, &mut next_id, retry) {
+                if let Err(end) = self.send_retry(p, item, &mut buf, retry) {
                     return end;
                 }
                 continue;
             }
             let can_pull = retry.is_empty() && !draining && !retiring && held < max;
+            // An item taken earlier that found no room (or that waited for a
+            // restart) goes first.
+            if can_pull && let Some(first) = pending.take() {
+                match self.dispatch(p, first, &mut buf, max, unsent) {
+                    Ok(back) => *pending = back,
+                    Err(end) => return end,
+                }
+                if pending.is_none() {
+                    continue;
+                }
+            }
+            let can_pull = can_pull && pending.is_none();
             // Not pulling means waiting for the worker to give items back:
             // ask the reader to wake us, then re-check (no lost wake-up).
             let wait_credit = !can_pull;
@@ -601,11 +658,13 @@ where
             let scan = if held > 0 { &scan_tick } else { &no_scan };
             let end = select! {
                 recv(input) -> msg => match msg {
-                    Ok(first) => {
-                        let credit = max.saturating_sub(held).min(quota.saturating_sub(next_id) as usize);
-                        self.dispatch(p, first, &mut buf, &mut next_id, credit, unsent)
-                            .err()
-                    }
+                    Ok(first) => match self.dispatch(p, first, &mut buf, max, unsent) {
+                        Ok(back) => {
+                            *pending = back;
+                            None
+                        }
+                        Err(end) => Some(end),
+                    },
                     Err(_) => {
                         draining = true;
                         None
@@ -613,7 +672,7 @@ where
                 },
                 recv(p.events) -> ev => self.on_event(ev.map_err(drop), &mut retiring),
                 recv(scan) -> _ => {
-                    match cancel_held(&p.inflight, &self.shared.stats, &p.writer) {
+                    match cancel_held(&p.inflight, &self.shared.stats, &p.writer, true) {
                         Ok(c) => {
                             p.credit.count.fetch_sub(c, SeqCst);
                             None
@@ -653,9 +712,12 @@ where
     fn send_unsent(&self, p: &mut Proc, u: Unsent, unsent: &mut Option<Unsent>) -> Result<(), End> {
         let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
         let n = u.entries.len();
+        let side = lock_side(&p.writer);
         lock(&p.inflight).extend(u.entries);
         p.credit.count.fetch_add(n, SeqCst);
-        match write_frames(&p.writer, &u.frames) {
+        let written = send_all(&side.sock, &u.frames);
+        drop(side);
+        match written {
             Ok(()) => Ok(()),
             Err(e) => Err(self.write_failed(p, e, u.frames, &ids, unsent)),
         }
@@ -705,13 +767,24 @@ where
         p: &mut Proc,
         first: (TicketRef, W::Input),
         buf: &mut FrameBuf,
-        next_id: &mut u64,
-        credit: usize,
+        max: usize,
         unsent: &mut Option<Unsent>,
-    ) -> Result<usize, End> {
+    ) -> Result<Option<(TicketRef, W::Input)>, End> {
         let stats = &self.shared.stats;
         let policy = &self.shared.policy;
         let start = Instant::now();
+        // Ids are taken, and the frame written, under the send lock; the
+        // credit is counted under it too, since callers may have handed the
+        // worker an item since the supervisor last looked.
+        let mut side = lock_side(&p.writer);
+        let credit = max.saturating_sub(p.credit.count.load(SeqCst)).min(
+            side.quota
+                .saturating_sub(side.next_id)
+                .min(usize::MAX as u64) as usize,
+        );
+        if credit == 0 {
+            return Ok(Some(first));
+        }
         let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
         stats.items_in.fetch_add(1, Relaxed);
         if self.live(&first.0) {
@@ -734,10 +807,11 @@ where
             batch::fill(&self.rx, &mut items, credit.max(1), None, keep);
         }
         if items.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let retry = self.shared.restart.retry_crashed;
         let half = self.shared.max_frame / 2;
+        let mut next_id = side.next_id;
         buf.clear();
         let mut entries = Vec::with_capacity(items.len());
         let mut frame_start = buf.begin(kind::ITEMS);
@@ -754,8 +828,8 @@ where
                 count_at = buf.reserve_u32();
                 count = 0;
             }
-            let id = *next_id;
-            *next_id += 1;
+            let id = next_id;
+            next_id += 1;
             let mark = buf.len();
             buf.put_u64(id);
             let codec = self.shared.codec;
@@ -799,6 +873,33 @@ where
             }
             count = 0;
         }
+        side.next_id = next_id;
+        if count == 0 && entries.is_empty() {
+            buf.truncate(frame_start);
+        } else {
+            buf.patch_u32(count_at, count);
+            buf.end(frame_start);
+        }
+        let n = entries.len();
+        let mut outcome = Ok(None);
+        if n > 0 {
+            if policy.batched() {
+                stats.batches.fetch_add(1, Relaxed);
+                stats.batch_sizes.record(n as u64);
+            }
+            let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+            lock(&p.inflight).extend(entries);
+            p.credit.count.fetch_add(n, SeqCst);
+            let written = send_all(&side.sock, buf.as_bytes());
+            drop(side);
+            if let Err(e) = written {
+                outcome = Err(self.write_failed(p, e, buf.as_bytes().to_vec(), &ids, unsent));
+            }
+        } else {
+            drop(side);
+        }
+        // Failures are reported after the write, outside the send lock (the
+        // next stage's sink runs here).
         for (ticket, message) in failed {
             stats.items_err.fetch_add(1, Relaxed);
             self.out.fail(
@@ -810,27 +911,7 @@ where
                 }),
             );
         }
-        if count == 0 && entries.is_empty() {
-            buf.truncate(frame_start);
-        } else {
-            buf.patch_u32(count_at, count);
-            buf.end(frame_start);
-        }
-        let n = entries.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        if policy.batched() {
-            stats.batches.fetch_add(1, Relaxed);
-            stats.batch_sizes.record(n as u64);
-        }
-        let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
-        lock(&p.inflight).extend(entries);
-        p.credit.count.fetch_add(n, SeqCst);
-        if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
-            return Err(self.write_failed(p, e, buf.as_bytes().to_vec(), &ids, unsent));
-        }
-        Ok(n)
+        outcome
     }
 
     fn send_retry(
@@ -838,7 +919,6 @@ where
         p: &mut Proc,
         item: InFlight,
         buf: &mut FrameBuf,
-        next_id: &mut u64,
         retry: &mut VecDeque<InFlight>,
     ) -> Result<usize, End> {
         if !self.live(&item.ticket) {
@@ -847,8 +927,9 @@ where
         let Some(bytes) = item.bytes.as_deref() else {
             return Ok(0);
         };
-        let id = *next_id;
-        *next_id += 1;
+        let mut side = lock_side(&p.writer);
+        let id = side.next_id;
+        side.next_id += 1;
         buf.clear();
         let s = buf.begin(kind::ITEMS);
         buf.put_u8(self.shared.policy.batched() as u8);
@@ -861,7 +942,9 @@ where
         buf.end(s);
         lock(&p.inflight).insert(id, item);
         p.credit.count.fetch_add(1, SeqCst);
-        if let Err(e) = write_frames(&p.writer, buf.as_bytes()) {
+        let written = send_all(&side.sock, buf.as_bytes());
+        drop(side);
+        if let Err(e) = written {
             if e.written == 0 {
                 // It never reached the worker: not an attempt.
                 if let Some(item) = lock(&p.inflight).remove(&id) {
@@ -992,10 +1075,16 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                             .map(|(id, st, payload)| (map.remove(&id), st, payload))
                             .collect()
                     };
-                    let mut n = 0;
+                    // Credit goes back before the results are delivered: a
+                    // caller woken by its result and calling again at once
+                    // finds the worker idle (and may hand it the next item).
+                    let n = taken.iter().filter(|(e, _, _)| e.is_some()).count();
+                    self.credit.count.fetch_sub(n, SeqCst);
+                    if self.credit.waiting.load(SeqCst) {
+                        let _ = self.events.send(Event::Credit);
+                    }
                     for (entry, st, payload) in taken {
                         let Some(entry) = entry else { continue };
-                        n += 1;
                         deliver(
                             &self.out,
                             &self.stats,
@@ -1007,13 +1096,16 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
                         );
                     }
                     self.status.items.fetch_add(n as u64, Relaxed);
-                    let cancelled = match cancel_held(&self.inflight, &self.stats, &self.writer) {
-                        Ok(c) => c,
-                        Err(e) => break Some(e.reason()),
-                    };
-                    self.credit.count.fetch_sub(n + cancelled, SeqCst);
-                    if self.credit.waiting.load(SeqCst) {
-                        let _ = self.events.send(Event::Credit);
+                    let cancelled =
+                        match cancel_held(&self.inflight, &self.stats, &self.writer, false) {
+                            Ok(c) => c,
+                            Err(e) => break Some(e.reason()),
+                        };
+                    if cancelled > 0 {
+                        self.credit.count.fetch_sub(cancelled, SeqCst);
+                        if self.credit.waiting.load(SeqCst) {
+                            let _ = self.events.send(Event::Credit);
+                        }
                     }
                 }
                 Ok(Some((kind::TIMING, body))) => {
@@ -1038,16 +1130,30 @@ impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
 
 /// Tells the worker to skip held items whose requests were cancelled (they
 /// are dropped here, which is their outcome). Returns how many.
+///
+/// The reader passes `wait = false`: if an item is being sent (the send lock
+/// is taken), it leaves the cancellations for later rather than wait behind a
+/// write that may itself wait for the reader (see [`SendSide`]).
 fn cancel_held(
     inflight: &InFlightMap,
     stats: &ServletStats,
     writer: &Writer,
+    wait: bool,
 ) -> Result<usize, WriteError> {
+    if lock(inflight).is_empty() {
+        return Ok(0);
+    }
+    let side = if wait {
+        lock_side(writer)
+    } else {
+        match writer.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(0),
+        }
+    };
     let dropped: Vec<(u64, InFlight)> = {
         let mut map = lock(inflight);
-        if map.is_empty() {
-            return Ok(0);
-        }
         let ids: Vec<u64> = map
             .iter()
             .filter(|(_, e)| e.ticket.is_cancelled())
@@ -1068,8 +1174,12 @@ fn cancel_held(
         buf.put_u64(*id);
     }
     buf.end(s);
-    write_frames(writer, buf.as_bytes())?;
-    Ok(dropped.len())
+    let n = dropped.len();
+    send_all(&side.sock, buf.as_bytes())?;
+    drop(side);
+    // Dropping the tickets (outside the locks) is their outcome.
+    drop(dropped);
+    Ok(n)
 }
 
 fn deliver<Out: DeserializeOwned + Send + 'static>(
