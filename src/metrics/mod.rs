@@ -98,6 +98,9 @@ pub struct ServletStats {
     pub items_err: AtomicU64,
     /// Items skipped because their request was cancelled.
     pub skipped: AtomicU64,
+    /// Items a caller handed straight to an idle worker process, without
+    /// the queue (process servlets; see the servlet design notes).
+    pub handoffs: AtomicU64,
     /// Worker calls made in batch form.
     pub batches: AtomicU64,
     /// Sizes of the batches handed to workers.
@@ -213,6 +216,7 @@ impl ServletNode {
             items_ok: s.items_ok.load(Relaxed),
             items_err: s.items_err.load(Relaxed),
             skipped: s.skipped.load(Relaxed),
+            handoffs: s.handoffs.load(Relaxed),
             batches: s.batches.load(Relaxed),
             batch_sizes: s.batch_sizes.snapshot(),
             crashes: s.crashes.load(Relaxed),
@@ -249,6 +253,8 @@ pub struct ServletSnapshot {
     pub items_err: u64,
     /// Items skipped as cancelled.
     pub skipped: u64,
+    /// Items handed straight to an idle worker process.
+    pub handoffs: u64,
     /// Batch calls.
     pub batches: u64,
     /// Batch sizes.

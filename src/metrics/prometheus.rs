@@ -24,7 +24,8 @@
 //! Servlets, labelled `servlet` (the node's path in the tree: `/` is the
 //! root, `/0/2` its first member's third member), `kind` and `name`:
 //! `mpserver_servlet_items_in_total`, `_items_ok_total`, `_items_err_total`,
-//! `_skipped_total` (cancelled items skipped), `_batches_total`,
+//! `_skipped_total` (cancelled items skipped), `_handoffs_total` (items
+//! handed straight to an idle worker process), `_batches_total`,
 //! `_crashes_total`, `_restarts_total`, the gauge
 //! `mpserver_servlet_queue_depth` (servlets with an input queue) and the
 //! histogram `mpserver_servlet_batch_size` (process and thread servlets).
@@ -185,7 +186,7 @@ pub fn render_into(out: &mut String, info: &DebugInfo) {
 
 fn render_servlets(out: &mut String, nodes: &[(String, &ServletSnapshot)]) {
     type Field = fn(&ServletSnapshot) -> u64;
-    let counters: [(&str, &str, Field); 7] = [
+    let counters: [(&str, &str, Field); 8] = [
         (
             "mpserver_servlet_items_in_total",
             "Items that entered the servlet.",
@@ -205,6 +206,11 @@ fn render_servlets(out: &mut String, nodes: &[(String, &ServletSnapshot)]) {
             "mpserver_servlet_skipped_total",
             "Items skipped because their request was cancelled or expired.",
             |s| s.skipped,
+        ),
+        (
+            "mpserver_servlet_handoffs_total",
+            "Items a caller handed straight to an idle worker process (no queue).",
+            |s| s.handoffs,
         ),
         (
             "mpserver_servlet_batches_total",
@@ -485,6 +491,7 @@ mod tests {
             items_ok: 0,
             items_err: 0,
             skipped: 0,
+            handoffs: 0,
             batches: 0,
             batch_sizes: hist(&[0; 4]),
             crashes: 0,

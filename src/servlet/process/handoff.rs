@@ -155,7 +155,10 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
         );
         port.credit.count.fetch_add(1, SeqCst);
         match send_all(&side.sock, buf.as_bytes()) {
-            Ok(()) => None,
+            Ok(()) => {
+                self.stats.handoffs.fetch_add(1, Relaxed);
+                None
+            }
             Err(e) => {
                 // The worker is dead or dying; its supervisor will hear of it
                 // from the reader. Meanwhile, no more hand-offs to it.

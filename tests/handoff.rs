@@ -1,0 +1,122 @@
+//! Direct hand-off: a caller's single call goes straight to an idle worker
+//! process; stream items, batches and busy workers take the queue; the
+//! hand-off keeps the recycling quota and loses nothing to a dead worker.
+
+mod reliability_support;
+
+use std::time::Duration;
+
+use mpserver::prelude::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reliability_support::*;
+
+#[test]
+fn single_calls_go_straight_to_idle_workers_of_both_processes() {
+    let server = Server::start(ProcessServlet::new(Chaos::new()).workers(2)).unwrap();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..60 {
+        let (y, pid) = server.call(Op::Echo(i)).unwrap();
+        assert_eq!(y, 2 * i);
+        pids.insert(pid);
+    }
+    let snap = server.servlets();
+    assert_eq!(snap.items_ok, 60);
+    // The first call may race the supervisors publishing their processes;
+    // after that every call finds an idle worker.
+    assert!(snap.handoffs >= 58, "handoffs: {}", snap.handoffs);
+    assert_eq!(pids.len(), 2, "hand-offs are spread over the workers");
+    assert_eq!(snap.queue_depth, Some(0));
+}
+
+#[test]
+fn stream_items_and_batches_take_the_queue() {
+    let server = Server::start(ProcessServlet::new(Chaos::new()).workers(2)).unwrap();
+    let n = server
+        .stream((0..300).map(Op::Echo))
+        .map(|r| r.unwrap())
+        .count();
+    assert_eq!(n, 300);
+    assert_eq!(server.servlets().handoffs, 0);
+
+    let batched = Server::start(ProcessServlet::new(Chaos::new()).batch_size(4)).unwrap();
+    for i in 0..20 {
+        assert_eq!(batched.call(Op::Echo(i)).unwrap().0, 2 * i);
+    }
+    let snap = batched.servlets();
+    assert_eq!(snap.handoffs, 0);
+    assert_eq!(snap.batches, 20);
+}
+
+#[test]
+fn a_worker_credit_of_one_item_takes_the_queue() {
+    let server = Server::start(ProcessServlet::new(Chaos::new()).max_inflight(1)).unwrap();
+    for i in 0..10 {
+        assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+    }
+    assert_eq!(server.servlets().handoffs, 0);
+}
+
+#[test]
+fn handed_items_count_against_the_recycling_quota() {
+    let server = Server::start(ProcessServlet::new(Chaos::new()).recycle_after(3)).unwrap();
+    let mut pids = Vec::new();
+    for i in 0..20 {
+        let (y, pid) = server.call(Op::Echo(i)).unwrap();
+        assert_eq!(y, 2 * i);
+        pids.push(pid);
+    }
+    // Each process served at most three items, in one run.
+    let mut runs: Vec<(u32, usize)> = Vec::new();
+    for p in pids {
+        match runs.last_mut() {
+            Some((q, n)) if *q == p => *n += 1,
+            _ => runs.push((p, 1)),
+        }
+    }
+    assert!(runs.iter().all(|(_, n)| *n <= 3), "{runs:?}");
+    let distinct: std::collections::HashSet<u32> = runs.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        distinct.len(),
+        runs.len(),
+        "a retired process never returns"
+    );
+    assert!(server.servlets().handoffs > 0);
+}
+
+/// An idle worker is killed and a call follows as soon as it is dead, many
+/// times over. The call may find the dead process still published (its write then fails
+/// before a byte goes out and the item takes the queue) or already withdrawn:
+/// either way it is served by the restarted process, never failed.
+#[test]
+fn a_call_racing_the_death_of_an_idle_worker_is_not_lost() {
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .name("racer")
+            .restart_policy(eager_restarts()),
+    )
+    .unwrap();
+    for round in 0..20 {
+        let before = server.worker_pids();
+        assert_eq!(before.len(), 1);
+        kill(Pid::from_raw(before[0] as i32), Signal::SIGKILL).unwrap();
+        // Dead (a zombie or reaped), so its socket is closed: what the call
+        // writes cannot reach it. (A call sent while it is still dying would
+        // be one of its in-flight items, failed as crashed.)
+        assert!(wait_until(Duration::from_secs(5), || !matches!(
+            proc_state(before[0]),
+            Some((s, _)) if s != 'Z'
+        )));
+        let (y, pid) = server
+            .call_with(
+                Op::Echo(round),
+                CallOptions::timeout(Duration::from_secs(10)),
+            )
+            .unwrap();
+        assert_eq!(y, 2 * round);
+        assert_ne!(pid, before[0], "served by the restarted process");
+    }
+    let snap = server.servlets();
+    assert_eq!(snap.crashes, 20);
+    assert_eq!(snap.items_err, 0);
+}
