@@ -32,11 +32,9 @@ fn single_calls_go_straight_to_idle_workers_of_both_processes() {
 #[test]
 fn stream_items_and_batches_take_the_queue() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).workers(2)).unwrap();
-    let n = server
-        .stream((0..300).map(Op::Echo))
-        .map(|r| r.unwrap())
-        .count();
-    assert_eq!(n, 300);
+    for (i, r) in (0..300).zip(server.stream((0..300).map(Op::Echo))) {
+        assert_eq!(r.unwrap().0, 2 * i);
+    }
     assert_eq!(server.servlets().handoffs, 0);
 
     let batched = Server::start(ProcessServlet::new(Chaos::new()).batch_size(4)).unwrap();
