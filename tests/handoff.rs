@@ -118,3 +118,78 @@ fn a_call_racing_the_death_of_an_idle_worker_is_not_lost() {
     assert_eq!(snap.crashes, 20);
     assert_eq!(snap.items_err, 0);
 }
+
+/// A call read by its own caller (the worker idle, nobody else reading) whose
+/// worker dies under it: that call fails as crashed, naming the worker, and
+/// the restarted worker serves the next calls, read by their callers again.
+#[test]
+fn a_crash_under_a_call_read_by_its_caller_fails_only_that_call() {
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .name("reader")
+            .restart_policy(eager_restarts()),
+    )
+    .unwrap();
+    for i in 0..5 {
+        assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+    }
+    let pid = server.worker_pids()[0];
+    for op in [Op::Abort, Op::Exit(3)] {
+        let err = server
+            .call_with(op, CallOptions::timeout(Duration::from_secs(10)))
+            .unwrap_err();
+        let mpserver::Error::WorkerCrashed(c) = &err else {
+            panic!("expected a crash, got {err:?}")
+        };
+        assert_eq!(c.worker.name, "reader");
+        for i in 0..5 {
+            assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+        }
+    }
+    assert_ne!(server.worker_pids()[0], pid);
+    let snap = server.servlets();
+    assert_eq!(snap.crashes, 2);
+    assert_eq!(snap.items_err, 2);
+    assert!(snap.handoffs >= 15, "handoffs: {}", snap.handoffs);
+}
+
+/// A caller reading its own result times out: it gets the timeout at its
+/// deadline, the reader thread takes over, and the late result is dropped
+/// without disturbing the next calls.
+#[test]
+fn a_caller_reading_its_result_times_out_at_its_deadline() {
+    let server = Server::start(ProcessServlet::new(Chaos::new())).unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let t = std::time::Instant::now();
+    let err = server
+        .call_with(
+            Op::Sleep(5, 400),
+            CallOptions::timeout(Duration::from_millis(100)),
+        )
+        .unwrap_err();
+    assert!(matches!(err, mpserver::Error::Timeout(_)), "{err:?}");
+    assert!(t.elapsed() < Duration::from_millis(350));
+    // The worker is still busy with the late item: this call queues behind
+    // it, and is read by the reader thread.
+    assert_eq!(server.call(Op::Echo(2)).unwrap().0, 4);
+    for i in 0..10 {
+        assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+    }
+}
+
+/// Shutting down while a caller reads its own result: the worker finishes
+/// the item (the caller gets it) and the shutdown completes promptly.
+#[test]
+fn shutdown_while_a_caller_reads_its_result() {
+    let server = Server::start(ProcessServlet::new(Chaos::new())).unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let handle = server.handle();
+    let caller = std::thread::spawn(move || handle.call(Op::Sleep(7, 300)));
+    // Let the call reach the worker, then stop the server.
+    assert!(wait_until(Duration::from_secs(5), || server.backlog() == 1));
+    std::thread::sleep(Duration::from_millis(50));
+    let t = std::time::Instant::now();
+    server.shutdown();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(caller.join().unwrap().unwrap().0, 14);
+}

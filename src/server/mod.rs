@@ -33,7 +33,7 @@ use crate::affinity::CpuAffinity;
 use crate::error::{Error, ServerBacklogFull, StartError, TimeoutError};
 use crate::metrics::{ServletNode, ServletSnapshot};
 use crate::servlet::Servlet;
-use crate::servlet::plumbing::{SinkRef, StartContext, TicketRef};
+use crate::servlet::plumbing::{Claim, SinkRef, StartContext, TicketRef, as_single_call};
 use crate::servlet::process::ChildRegistry;
 
 pub use request::Pending;
@@ -415,6 +415,17 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
     }
 }
 
+/// How an item enters the flow (see [`as_single_call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// An item of a stream.
+    Stream,
+    /// A single call (submit, async).
+    Single,
+    /// A single blocking call: the caller waits for the result right after.
+    Waiting,
+}
+
 impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     fn entry(&self) -> Result<SinkRef<In>, Error> {
         let e = match self.core.entry.read() {
@@ -431,8 +442,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         permit: Permit,
         started: Instant,
         timeout: Duration,
-        single: bool,
-    ) -> Result<Pending<Out>, Error> {
+        push: Push,
+    ) -> Result<(Pending<Out>, Option<Claim>), Error> {
         let core = &self.core;
         let (req, rx) = Request::<Out>::new(started, timeout, permit, core.stats.clone());
         core.stats.submitted.fetch_add(1, Ordering::Relaxed);
@@ -442,17 +453,16 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        let pushed = if single {
-            crate::servlet::plumbing::as_single_call(|| {
+        let (pushed, claim) = match push {
+            Push::Stream => (entry.push_until(req as TicketRef, x, deadline), None),
+            Push::Single | Push::Waiting => as_single_call(push == Push::Waiting, || {
                 entry.push_until(req as TicketRef, x, deadline)
-            })
-        } else {
-            entry.push_until(req as TicketRef, x, deadline)
+            }),
         };
         if !pushed {
             return Err(self.enqueue_timeout(started, timeout));
         }
-        Ok(pending)
+        Ok((pending, claim))
     }
 
     fn admit_blocking(
@@ -460,7 +470,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         x: In,
         started: Instant,
         opts: CallOptions,
-    ) -> Result<Pending<Out>, Error> {
+        push: Push,
+    ) -> Result<(Pending<Out>, Option<Claim>), Error> {
         self.entry()?;
         let permit = match self.core.capacity.try_acquire() {
             Some(p) => p,
@@ -477,7 +488,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         // Taken after waiting for room, not before: holding it while waiting
         // would keep the flow's input open during a shutdown's drain.
         let entry = self.entry()?;
-        self.enqueue(&entry, x, permit, started, opts.timeout, true)
+        self.enqueue(&entry, x, permit, started, opts.timeout, push)
     }
 
     fn backlog_full(&self) -> Error {
@@ -523,14 +534,22 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// ```
     pub fn call_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {
         let started = Instant::now();
-        self.admit_blocking(x, started, opts)?.wait()
+        let (pending, claim) = self.admit_blocking(x, started, opts, Push::Waiting)?;
+        // Handed straight to an idle worker process that nobody reads: read
+        // the result here rather than be woken by the reader thread (see
+        // `servlet/process/reader.rs`). Dropping the claim gives it back.
+        if let Some(claim) = claim {
+            claim.read_until(started + opts.timeout);
+        }
+        pending.wait()
     }
 
     /// Submits `x` and returns at once with a [`Pending`] result, to
     /// [`wait`](Pending::wait) for or `.await`. Dropping the `Pending` cancels
     /// the request.
     pub fn submit(&self, x: In, opts: CallOptions) -> Result<Pending<Out>, Error> {
-        self.admit_blocking(x, Instant::now(), opts)
+        self.admit_blocking(x, Instant::now(), opts, Push::Single)
+            .map(|(pending, _)| pending)
     }
 
     /// Calls the flow from async code, with the server's default timeout and
@@ -560,7 +579,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
                 .await
                 .ok_or_else(|| self.enqueue_timeout(started, opts.timeout))?,
         };
-        self.enqueue(&entry, x, permit, started, opts.timeout, true)?
+        self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single)?
+            .0
             .await
     }
 

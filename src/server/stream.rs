@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::{Handle, Pending};
+use super::{Handle, Pending, Push};
 use crate::error::Error;
 
 /// Options of a stream.
@@ -129,7 +129,15 @@ where
             let kept = (self.keep)(&x);
             let r = self
                 .handle
-                .enqueue(&entry, x, permit, Instant::now(), self.timeout, false);
+                .enqueue(
+                    &entry,
+                    x,
+                    permit,
+                    Instant::now(),
+                    self.timeout,
+                    Push::Stream,
+                )
+                .map(|(p, _)| p);
             self.inflight.push_back((kept, r));
         }
     }
@@ -329,7 +337,8 @@ where
             let started = Instant::now();
             let r = self.handle.entry().and_then(|e| {
                 self.handle
-                    .enqueue(&e, x, permit, started, self.timeout, false)
+                    .enqueue(&e, x, permit, started, self.timeout, Push::Stream)
+                    .map(|(p, _)| p)
             });
             // As the blocking stream: a shut-down server ends the input.
             let shut = matches!(r, Err(Error::Shutdown));

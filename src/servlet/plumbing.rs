@@ -81,23 +81,65 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
     }
 }
 
+/// A caller's claim to read its own result where a stage's worker will
+/// deliver it (process servlets: see `servlet/process/reader.rs`). Reading
+/// stops when the item has its result, at the deadline, or at the end of the
+/// worker's connection; dropping the claim gives the reading back.
+pub(crate) trait ReadClaim: Send {
+    /// Reads (and delivers) the worker's results until the claimed item's
+    /// result is in, or until `deadline`.
+    fn read_until(&self, deadline: Instant);
+}
+
+/// A claim, type-erased.
+pub(crate) type Claim = Box<dyn ReadClaim>;
+
+/// What the push under way on this thread is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// A stream item, or an item passed between stages.
+    Other,
+    /// A caller's single call.
+    Single,
+    /// A caller's single call, and the caller waits for the result right
+    /// after the push (it may read the result itself).
+    SingleWaiting,
+}
+
 thread_local! {
-    static SINGLE_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CALL: std::cell::Cell<CallKind> = const { std::cell::Cell::new(CallKind::Other) };
+    static CLAIM: std::cell::RefCell<Option<Claim>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` (a push into a flow) marked as a caller's single call, as opposed
 /// to an item of a stream or an item moving between stages on a server
 /// thread. Stages may serve a single call with less latency at some cost in
-/// throughput (see [`is_single_call`]).
-pub(crate) fn as_single_call<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset(bool);
-    impl Drop for Reset {
+/// throughput (see [`is_single_call`]). With `waiting`, the caller waits for
+/// the result right after: a stage may then hand it a claim to read the
+/// result itself, returned here (at most one per call).
+pub(crate) fn as_single_call<R>(waiting: bool, f: impl FnOnce() -> R) -> (R, Option<Claim>) {
+    /// Restores the outer state, also if `f` panics (a claim it left is
+    /// dropped, which gives the reading back).
+    struct Restore(CallKind, Option<Claim>);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            SINGLE_CALL.with(|c| c.set(self.0));
+            CALL.with(|c| c.set(self.0));
+            let stray = CLAIM.with(|c| c.replace(self.1.take()));
+            drop(stray);
         }
     }
-    let _reset = Reset(SINGLE_CALL.with(|c| c.replace(true)));
-    f()
+    let kind = if waiting {
+        CallKind::SingleWaiting
+    } else {
+        CallKind::Single
+    };
+    let _restore = Restore(
+        CALL.with(|c| c.replace(kind)),
+        CLAIM.with(|c| c.borrow_mut().take()),
+    );
+    let r = f();
+    let claim = CLAIM.with(|c| c.borrow_mut().take());
+    (r, claim)
 }
 
 /// True while a caller's single call is being pushed on this thread: process
@@ -106,7 +148,18 @@ pub(crate) fn as_single_call<R>(f: impl FnOnce() -> R) -> R {
 /// between stages take the queue, where the supervisor coalesces whatever
 /// has accumulated into one frame.
 pub(crate) fn is_single_call() -> bool {
-    SINGLE_CALL.with(|c| c.get())
+    CALL.with(|c| c.get() != CallKind::Other)
+}
+
+/// True if the push under way may hand its caller a read claim: a single
+/// call whose caller waits right after, and no claim taken yet.
+pub(crate) fn wants_claim() -> bool {
+    CALL.with(|c| c.get() == CallKind::SingleWaiting) && CLAIM.with(|c| c.borrow().is_none())
+}
+
+/// Hands the caller of the push under way a read claim (see [`wants_claim`]).
+pub(crate) fn put_claim(claim: Claim) {
+    CLAIM.with(|c| *c.borrow_mut() = Some(claim));
 }
 
 /// What a started servlet hands back: the sink for its input and its node in

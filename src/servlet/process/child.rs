@@ -230,6 +230,17 @@ impl Results {
     }
 
     fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
+        self.flush_with(w, None)
+    }
+
+    /// Writes the results held (with their timing) and then the frame
+    /// `extra`, in one write: whoever reads the results finds `extra` with
+    /// them, even if it then stops reading because the worker is idle.
+    fn flush_with(
+        &mut self,
+        w: &mut UnixStream,
+        extra: Option<(u8, &[u8])>,
+    ) -> std::io::Result<()> {
         self.seal_frame();
         if self.entries > 0 && self.busy_items > 0 {
             let t = self.buf.begin(kind::TIMING);
@@ -240,7 +251,10 @@ impl Results {
             self.busy = Duration::ZERO;
             self.busy_items = 0;
         }
-        if self.entries > 0 {
+        if let Some((k, body)) = extra {
+            self.buf.frame(k, body);
+        }
+        if self.entries > 0 || extra.is_some() {
             w.write_all(self.buf.as_bytes())?;
         }
         self.buf.clear();
@@ -449,8 +463,7 @@ where
         }
         if !retiring && retire.due(&config, done) {
             retiring = true;
-            results.flush(&mut writer)?;
-            send_frame(&mut writer, kind::RETIRING, b"recycle")?;
+            results.flush_with(&mut writer, Some((kind::RETIRING, b"recycle")))?;
         }
     }
     let _ = panic::catch(|| worker.cleanup());

@@ -26,12 +26,13 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
+use super::reader::Readers;
 use super::supervisor::{Credit, InFlight, InFlightMap, Writer, lock, lock_side, send_all};
 use crate::error::Error;
 use crate::ipc::Codec;
 use crate::ipc::frame::kind;
 use crate::metrics::ServletStats;
-use crate::servlet::plumbing::{Sink, SinkRef, TicketRef, is_single_call};
+use crate::servlet::plumbing::{Sink, SinkRef, TicketRef, is_single_call, put_claim, wants_claim};
 use crate::worker::panic;
 
 /// One running worker process, as seen by callers.
@@ -39,6 +40,7 @@ pub(super) struct Port {
     pub(super) writer: Writer,
     pub(super) inflight: InFlightMap,
     pub(super) credit: Arc<Credit>,
+    pub(super) read: Arc<dyn Readers>,
 }
 
 /// A worker slot's current process, if it takes direct hand-offs.
@@ -112,17 +114,17 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
     /// Sends one item to `port`'s process if it is still idle and its send
     /// lock is free; else gives the item back.
     fn send(&self, port: &Port, ticket: TicketRef, x: In) -> Option<(TicketRef, In)> {
-        let mut side = match port.writer.try_lock() {
+        let mut guard = match port.writer.try_lock() {
             Ok(g) => g,
             Err(TryLockError::WouldBlock) => return Some((ticket, x)),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
         // Checked again under the lock: the supervisor may have sent items.
-        if !side.direct || side.next_id >= side.quota || port.credit.count.load(SeqCst) != 0 {
+        if !guard.direct || guard.next_id >= guard.quota || port.credit.count.load(SeqCst) != 0 {
             return Some((ticket, x));
         }
-        let id = side.next_id;
-        let side = &mut *side;
+        let id = guard.next_id;
+        let side = &mut *guard;
         let buf = &mut side.buf;
         buf.clear();
         let start = buf.begin(kind::ITEMS);
@@ -156,7 +158,17 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
         port.credit.count.fetch_add(1, SeqCst);
         match send_all(&side.sock, buf.as_bytes()) {
             Ok(()) => {
+                drop(guard);
                 self.stats.handoffs.fetch_add(1, Relaxed);
+                // A caller about to wait reads its result itself if nobody
+                // reads now; else someone must.
+                if wants_claim()
+                    && let Some(claim) = port.read.claim(id)
+                {
+                    put_claim(claim);
+                } else {
+                    port.read.ensure_reader();
+                }
                 None
             }
             Err(e) => {

@@ -14,6 +14,7 @@
 
 pub(crate) mod child;
 mod handoff;
+mod reader;
 pub(crate) mod spawn;
 mod supervisor;
 

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use super::child::{ChildConfig, child_entry};
 use super::handoff::{Door, Port};
+use super::reader::{ReadPort, ReadSide, Readers};
 use super::{ChildRegistry, RestartPolicy, spawn};
 use crate::affinity::CpuAffinity;
 use crate::batch::{self, BatchPolicy};
@@ -26,7 +27,7 @@ use crate::error::{
     CodecDirection, CodecError, Error, PoisonItem, StartError, WorkerCrashed, WorkerId,
 };
 use crate::ipc::Codec;
-use crate::ipc::frame::{self, FrameBuf, FrameReader, kind};
+use crate::ipc::frame::{FrameBuf, FrameReader, kind};
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{SinkRef, TicketRef};
 use crate::worker::{Worker, WorkerError, panic};
@@ -77,7 +78,7 @@ pub(super) fn lock(m: &InFlightMap) -> MutexGuard<'_, HashMap<u64, InFlight>> {
 #[derive(Default)]
 pub(super) struct Credit {
     pub(super) count: AtomicUsize,
-    waiting: AtomicBool,
+    pub(super) waiting: AtomicBool,
     service_ns: AtomicU64,
 }
 
@@ -96,7 +97,7 @@ impl Credit {
         want.clamp(min.min(max), max)
     }
 
-    fn observe(&self, per_item: Duration) {
+    pub(super) fn observe(&self, per_item: Duration) {
         let sample = (per_item.as_nanos() as u64).max(1);
         let old = self.service_ns.load(Relaxed);
         let new = if old == 0 {
@@ -143,7 +144,7 @@ pub(super) struct WriteError {
 
 impl WriteError {
     /// Why the worker counts as crashed.
-    fn reason(&self) -> String {
+    pub(super) fn reason(&self) -> String {
         format!("write to worker failed: {}", self.error)
     }
 }
@@ -190,7 +191,7 @@ struct Health {
     unhealthy: bool,
 }
 
-enum Event {
+pub(super) enum Event {
     /// The reader gave credit back (sent only while the supervisor waits).
     Credit,
     /// The worker asked to be recycled.
@@ -207,6 +208,8 @@ struct Proc {
     credit: Arc<Credit>,
     events: Receiver<Event>,
     inflight: InFlightMap,
+    /// Who reads its results (see `reader.rs`).
+    read: Arc<dyn Readers>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -216,6 +219,7 @@ impl Proc {
             writer: self.writer.clone(),
             inflight: self.inflight.clone(),
             credit: self.credit.clone(),
+            read: self.read.clone(),
         })
     }
 }
@@ -511,7 +515,7 @@ where
             Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
         };
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
-        let reader_thread = Reader::<W::Output> {
+        let side = ReadSide::<W::Output> {
             reader,
             inflight: inflight.clone(),
             credit: credit.clone(),
@@ -521,11 +525,19 @@ where
             status: self.status.clone(),
             id: self.worker_id(Some(pid)),
             codec: self.shared.codec,
-            events: ev_tx,
+            events: ev_tx.clone(),
         };
+        let read = match ReadPort::new(side) {
+            Ok(r) => r,
+            Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
+        };
+        let thread_read = read.clone();
         let handle = std::thread::Builder::new()
             .name(format!("{}#{}-reader", self.shared.name, self.index))
-            .spawn(move || reader_thread.run());
+            .spawn(move || {
+                let end = thread_read.run_thread();
+                let _ = ev_tx.send(Event::Dead(end));
+            });
         let handle = match handle {
             Ok(h) => h,
             Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
@@ -538,6 +550,7 @@ where
             credit,
             events: ev_rx,
             inflight,
+            read: Arc::new(read),
             reader: Some(handle),
         })
     }
@@ -717,6 +730,7 @@ where
         p.credit.count.fetch_add(n, SeqCst);
         let written = send_all(&side.sock, &u.frames);
         drop(side);
+        p.read.ensure_reader();
         match written {
             Ok(()) => Ok(()),
             Err(e) => Err(self.write_failed(p, e, u.frames, &ids, unsent)),
@@ -892,6 +906,7 @@ where
             p.credit.count.fetch_add(n, SeqCst);
             let written = send_all(&side.sock, buf.as_bytes());
             drop(side);
+            p.read.ensure_reader();
             if let Err(e) = written {
                 outcome = Err(self.write_failed(p, e, buf.as_bytes().to_vec(), &ids, unsent));
             }
@@ -944,6 +959,7 @@ where
         p.credit.count.fetch_add(1, SeqCst);
         let written = send_all(&side.sock, buf.as_bytes());
         drop(side);
+        p.read.ensure_reader();
         if let Err(e) = written {
             if e.written == 0 {
                 // It never reached the worker: not an attempt.
@@ -1038,103 +1054,13 @@ where
     }
 }
 
-/// Reads results from one worker process and delivers them.
-struct Reader<Out> {
-    reader: FrameReader<UnixStream>,
-    inflight: InFlightMap,
-    credit: Arc<Credit>,
-    writer: Writer,
-    out: SinkRef<Out>,
-    stats: Arc<ServletStats>,
-    status: Arc<WorkerStatus>,
-    id: WorkerId,
-    codec: Codec,
-    events: Sender<Event>,
-}
-
-impl<Out: DeserializeOwned + Send + 'static> Reader<Out> {
-    fn run(mut self) {
-        let end = loop {
-            match self.reader.read_frame() {
-                Ok(None) => break None,
-                // The worker died with bytes unread on its side: that is an
-                // end of the connection too, not a protocol error.
-                Err(frame::FrameError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    break None;
-                }
-                Err(e) => break Some(format!("bad frame from worker: {e}")),
-                Ok(Some((kind::RESULTS, body))) => {
-                    let parsed = match frame::parse_results(body) {
-                        Ok(p) => p,
-                        Err(e) => break Some(format!("bad frame from worker: {e}")),
-                    };
-                    let taken: Vec<(Option<InFlight>, u8, &[u8])> = {
-                        let mut map = lock(&self.inflight);
-                        parsed
-                            .into_iter()
-                            .map(|(id, st, payload)| (map.remove(&id), st, payload))
-                            .collect()
-                    };
-                    // Credit goes back before the results are delivered: a
-                    // caller woken by its result and calling again at once
-                    // finds the worker idle (and may hand it the next item).
-                    let n = taken.iter().filter(|(e, _, _)| e.is_some()).count();
-                    self.credit.count.fetch_sub(n, SeqCst);
-                    if self.credit.waiting.load(SeqCst) {
-                        let _ = self.events.send(Event::Credit);
-                    }
-                    for (entry, st, payload) in taken {
-                        let Some(entry) = entry else { continue };
-                        deliver(
-                            &self.out,
-                            &self.stats,
-                            &self.id,
-                            self.codec,
-                            entry.ticket,
-                            st,
-                            payload,
-                        );
-                    }
-                    self.status.items.fetch_add(n as u64, Relaxed);
-                    let cancelled =
-                        match cancel_held(&self.inflight, &self.stats, &self.writer, false) {
-                            Ok(c) => c,
-                            Err(e) => break Some(e.reason()),
-                        };
-                    if cancelled > 0 {
-                        self.credit.count.fetch_sub(cancelled, SeqCst);
-                        if self.credit.waiting.load(SeqCst) {
-                            let _ = self.events.send(Event::Credit);
-                        }
-                    }
-                }
-                Ok(Some((kind::TIMING, body))) => {
-                    let mut c = frame::Cursor::new(body);
-                    match (c.u64(), c.u32()) {
-                        (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
-                            self.credit
-                                .observe(Duration::from_nanos(busy / u64::from(items)));
-                        }
-                        _ => break Some("bad frame from worker: malformed TIMING".into()),
-                    }
-                }
-                Ok(Some((kind::RETIRING, _))) => {
-                    let _ = self.events.send(Event::Retiring);
-                }
-                Ok(Some((k, _))) => break Some(format!("unexpected frame kind {k} from worker")),
-            }
-        };
-        let _ = self.events.send(Event::Dead(end));
-    }
-}
-
 /// Tells the worker to skip held items whose requests were cancelled (they
 /// are dropped here, which is their outcome). Returns how many.
 ///
 /// The reader passes `wait = false`: if an item is being sent (the send lock
 /// is taken), it leaves the cancellations for later rather than wait behind a
 /// write that may itself wait for the reader (see [`SendSide`]).
-fn cancel_held(
+pub(super) fn cancel_held(
     inflight: &InFlightMap,
     stats: &ServletStats,
     writer: &Writer,
@@ -1180,58 +1106,4 @@ fn cancel_held(
     // Dropping the tickets (outside the locks) is their outcome.
     drop(dropped);
     Ok(n)
-}
-
-fn deliver<Out: DeserializeOwned + Send + 'static>(
-    out: &SinkRef<Out>,
-    stats: &ServletStats,
-    id: &WorkerId,
-    value_codec: Codec,
-    ticket: TicketRef,
-    status: u8,
-    payload: &[u8],
-) {
-    let codec = |direction, message: String| {
-        Error::Codec(CodecError {
-            worker: id.clone(),
-            direction,
-            message,
-        })
-    };
-    let result = match status {
-        // A panicking `Deserialize` fails its item, not this thread.
-        frame::STATUS_OK => panic::catch(|| value_codec.decode::<Out>(payload))
-            .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
-            .map_err(|e| codec(CodecDirection::DecodeOutput, e)),
-        frame::STATUS_WORKER_ERROR => Err(match postcard::from_bytes::<WorkerError>(payload) {
-            Ok(error) => Error::Worker {
-                worker: id.clone(),
-                error,
-            },
-            Err(e) => codec(
-                CodecDirection::DecodeOutput,
-                format!("undecodable worker error: {e}"),
-            ),
-        }),
-        _ => {
-            let (dir, msg) = payload.split_first().map_or((3, &[][..]), |(d, m)| (*d, m));
-            let direction = match dir {
-                0 => CodecDirection::EncodeInput,
-                1 => CodecDirection::DecodeInput,
-                2 => CodecDirection::EncodeOutput,
-                _ => CodecDirection::DecodeOutput,
-            };
-            Err(codec(direction, String::from_utf8_lossy(msg).into_owned()))
-        }
-    };
-    match result {
-        Ok(y) => {
-            stats.items_ok.fetch_add(1, Relaxed);
-            out.push(ticket, y);
-        }
-        Err(e) => {
-            stats.items_err.fetch_add(1, Relaxed);
-            out.fail(ticket, e);
-        }
-    }
 }
