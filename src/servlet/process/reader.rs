@@ -299,8 +299,8 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         }
     }
 
-    /// Claims the reading for the item `id` just sent, if nobody reads; else
-    /// makes sure someone does.
+    /// Claims the reading for the item `id` just sent, if nobody reads (the
+    /// caller then calls [`ensure_reader`](Self::ensure_reader) itself).
     pub(super) fn claim(self: &Arc<Self>, id: u64) -> Option<Claim> {
         let mut h = self.lock_holder();
         match *h {
