@@ -237,6 +237,34 @@ impl CommonArgs {
     }
 }
 
+/// Runs of S6 (and of its raw counterpart R4) at least: a speedup is a ratio
+/// of two noisy rates.
+pub const S6_MIN_RUNS: usize = 5;
+
+/// S6's unit of pure CPU work: `loops` steps of a linear congruential
+/// generator (the Python contenders run the same recurrence).
+pub fn lcg_work(loops: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for _ in 0..loops {
+        x = (x.wrapping_mul(1_103_515_245).wrapping_add(12_345)) & 0x7fff_ffff;
+    }
+    x
+}
+
+/// The number of [`lcg_work`] steps that take about 2 ms on this CPU.
+pub fn loops_for_2ms() -> u64 {
+    let mut loops = 100_000u64;
+    loop {
+        let t = std::time::Instant::now();
+        std::hint::black_box(lcg_work(loops, 1));
+        let e = t.elapsed();
+        if e >= std::time::Duration::from_millis(20) {
+            return (loops as f64 * 2e-3 / e.as_secs_f64()) as u64;
+        }
+        loops *= 2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,8 @@
 //! malformed frame is an [`FrameError`], after which the server treats the
 //! worker as crashed.
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Frame kinds.
 pub mod kind {
@@ -189,18 +190,62 @@ pub fn encode_into<T: serde::Serialize + ?Sized>(
     postcard::to_io(value, out).map(drop)
 }
 
+/// The transport under a [`FrameReader`]: remembers whether its last read
+/// got everything that was waiting, and (for sockets) can read without
+/// waiting.
+struct Probe<R> {
+    inner: R,
+    /// The socket, for reads that must not wait.
+    fd: Option<RawFd>,
+    nowait: bool,
+    drained: bool,
+}
+
+impl<R: Read> Read for Probe<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.fd {
+            Some(fd) if self.nowait => {
+                use nix::sys::socket::{MsgFlags, recv};
+                recv(fd, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?
+            }
+            _ => self.inner.read(buf)?,
+        };
+        self.drained = n < buf.len();
+        Ok(n)
+    }
+}
+
 /// Reads frames from a byte stream.
 pub struct FrameReader<R> {
-    inner: BufReader<R>,
+    inner: BufReader<Probe<R>>,
     body: Vec<u8>,
     max: usize,
+}
+
+impl<R: Read + AsRawFd> FrameReader<R> {
+    /// A reader of a socket, which can also look for input without waiting
+    /// ([`FrameReader::fill_nowait`]).
+    pub fn socket(inner: R, max: usize) -> Self {
+        let fd = inner.as_raw_fd();
+        let mut r = FrameReader::new(inner, max);
+        r.inner.get_mut().fd = Some(fd);
+        r
+    }
 }
 
 impl<R: Read> FrameReader<R> {
     /// A reader accepting frames of at most `max` bytes.
     pub fn new(inner: R, max: usize) -> Self {
         FrameReader {
-            inner: BufReader::with_capacity(64 * 1024, inner),
+            inner: BufReader::with_capacity(
+                64 * 1024,
+                Probe {
+                    inner,
+                    fd: None,
+                    nowait: false,
+                    drained: false,
+                },
+            ),
             body: Vec::new(),
             max,
         }
@@ -211,9 +256,33 @@ impl<R: Read> FrameReader<R> {
         self.inner.buffer().len()
     }
 
+    /// True if the last read from the transport got less than it asked for:
+    /// nothing more was waiting at that moment (a hint, to skip a system
+    /// call that would look for more).
+    pub fn drained(&self) -> bool {
+        self.inner.get_ref().drained
+    }
+
+    /// Reads whatever input is waiting into the buffer, without waiting for
+    /// more (sockets made with [`FrameReader::socket`]; other transports
+    /// read as usual). Returns the bytes buffered; `Ok(0)` if none were
+    /// waiting or at the end of the stream.
+    pub fn fill_nowait(&mut self) -> io::Result<usize> {
+        if self.buffered() > 0 {
+            return Ok(self.buffered());
+        }
+        self.inner.get_mut().nowait = true;
+        let r = self.inner.fill_buf().map(|b| b.len());
+        self.inner.get_mut().nowait = false;
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
+    }
+
     /// The underlying transport.
     pub fn get_ref(&self) -> &R {
-        self.inner.get_ref()
+        &self.inner.get_ref().inner
     }
 
     /// Reads the next frame: `Ok(None)` on a clean end of stream (between
@@ -384,6 +453,31 @@ pub fn parse_cancel(body: &[u8]) -> Result<Vec<u64>, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_reader_looks_without_waiting_and_knows_when_it_drained() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::socket(a, DEFAULT_MAX_FRAME);
+        // Nothing waiting: no wait, nothing buffered.
+        assert_eq!(r.fill_nowait().unwrap(), 0);
+        let mut f = FrameBuf::new();
+        f.frame(kind::RETIRING, b"x");
+        f.frame(kind::RETIRING, b"yz");
+        b.write_all(f.as_bytes()).unwrap();
+        let n = r.fill_nowait().unwrap();
+        assert_eq!(n, f.len());
+        assert!(r.drained(), "a short read got all that was waiting");
+        assert_eq!(r.read_frame().unwrap(), Some((kind::RETIRING, &b"x"[..])));
+        assert!(r.buffered() > 0);
+        assert_eq!(r.read_frame().unwrap(), Some((kind::RETIRING, &b"yz"[..])));
+        assert_eq!(r.buffered(), 0);
+        drop(b);
+        // At the end of the stream: nothing buffered, and a clean end.
+        assert_eq!(r.fill_nowait().unwrap(), 0);
+        assert_eq!(r.read_frame().unwrap(), None);
+    }
 
     fn items_frame(items: &[(u64, &[u8])], batched: bool) -> Vec<u8> {
         let mut b = FrameBuf::new();

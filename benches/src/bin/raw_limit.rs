@@ -17,10 +17,13 @@
 //!   reader thread collects the echoes (pipelined); `items_per_s`.
 //! * `R3_echo_1mb`: 200 sequential round trips of a 1 MiB payload; `mb_per_s`
 //!   = bytes sent one way / total time (MB = 10^6 bytes).
+//! * `R4_cpu_scaling` (unpinned only): S6's ~2 ms units of CPU work, 400 of
+//!   them on one bare thread, then shared by two; `speedup` is what this
+//!   machine's two vCPUs give with nothing else running (the ceiling for S6).
 //!
 //! Flags: `--placement pinned1|unpinned` (pinned1 puts parent and child on
 //! CPU 0; unpinned leaves the affinity alone), `--runs N` (default 3),
-//! `--scenarios R1,R2,R3`, `--quick` (smaller counts).
+//! `--scenarios R1,R2,R3,R4`, `--quick` (smaller counts).
 
 use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,7 +31,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mpserver_benches::{CommonArgs, Figure, Placement, current_cpus, pin_to_cpu0};
+use mpserver_benches::{
+    CommonArgs, Figure, Placement, current_cpus, lcg_work, loops_for_2ms, pin_to_cpu0,
+};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 
@@ -250,7 +255,45 @@ fn run_scenarios(args: &CommonArgs, stream: &UnixStream) -> io::Result<()> {
         }
         emit("R3_echo_1mb", "mb_per_s", "MB/s", rate)?;
     }
+
+    // CPU scaling needs two CPUs: only unpinned, as S6.
+    if args.wants("R4_cpu_scaling") && args.placement == Placement::Unpinned {
+        let items = if args.quick { 100 } else { 400 };
+        eprintln!("R4_cpu_scaling: {items} x ~2 ms of CPU work, 1 vs 2 bare threads");
+        let loops = loops_for_2ms();
+        let (mut one, mut two, mut speedup) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..args.runs.max(mpserver_benches::S6_MIN_RUNS) {
+            let a = cpu_rate(loops, items, 1);
+            let b = cpu_rate(loops, items, 2);
+            eprintln!(
+                "  run {run}: {a:.0} items/s on 1, {b:.0} on 2, x{:.3}",
+                b / a
+            );
+            one.push(a);
+            two.push(b);
+            speedup.push(b / a);
+        }
+        emit("R4_cpu_scaling", "items_per_s_1thread", "1/s", one)?;
+        emit("R4_cpu_scaling", "items_per_s_2threads", "1/s", two)?;
+        emit("R4_cpu_scaling", "speedup", "x", speedup)?;
+    }
     Ok(())
+}
+
+/// Items per second when `threads` bare threads share `items` units of
+/// [`lcg_work`] (S6's work, with nothing around it).
+fn cpu_rate(loops: u64, items: u64, threads: u64) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for k in 0..threads {
+            s.spawn(move || {
+                for i in (k..items).step_by(threads as usize) {
+                    std::hint::black_box(lcg_work(loops, i));
+                }
+            });
+        }
+    });
+    items as f64 / t.elapsed().as_secs_f64()
 }
 
 /// One run of R1; returns `(calls_per_s, p50_us, p99_us)`.

@@ -36,11 +36,12 @@ const RAW: &str = "raw";
 const KNOWN_CONTENDERS: [&str; 3] = [MPSERVER, "mpservice-0.12.9", "mpservice-0.16.8"];
 
 /// Raw-limit counterparts: `(scenario, metric) -> (raw scenario, raw metric)`.
-const RAW_COUNTERPARTS: [(&str, &str, &str, &str); 5] = [
+const RAW_COUNTERPARTS: [(&str, &str, &str, &str); 6] = [
     ("S1_seq_call", "p50_us", "R1_roundtrip", "p50_us"),
     ("S1_seq_call", "p99_us", "R1_roundtrip", "p99_us"),
     ("S1_seq_call", "calls_per_s", "R1_roundtrip", "calls_per_s"),
     ("S2_stream_1proc", "items_per_s", "R2_stream", "items_per_s"),
+    ("S6_cpu_scaling", "speedup", "R4_cpu_scaling", "speedup"),
     ("S8_payload_1mb", "mb_per_s", "R3_echo_1mb", "mb_per_s"),
 ];
 

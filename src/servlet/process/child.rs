@@ -293,9 +293,15 @@ fn init_failed(w: &mut UnixStream, e: &WorkerError) -> std::io::Result<()> {
     send_frame(w, kind::INIT_FAILED, &body)
 }
 
-fn readable(reader: &FrameReader<UnixStream>) -> bool {
+/// Whether more input is waiting. `fresh`: nothing was done since the last
+/// read, so if that read got everything that was waiting, nothing is (a
+/// frame that arrived in between is read after the item at hand).
+fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
     if reader.buffered() > 0 {
         return true;
+    }
+    if fresh && reader.drained() {
+        return false;
     }
     let fd = reader.get_ref().as_fd();
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -363,7 +369,9 @@ where
     };
     loop {
         // Take in frames: block only when there is nothing to do.
-        while !eof && (queue.is_empty() || readable(&reader)) {
+        let mut fresh = false;
+        while !eof && (queue.is_empty() || readable(&reader, fresh)) {
+            fresh = true;
             if queue.is_empty() {
                 results.flush(&mut writer)?;
                 // Every item received so far is done: ids still listed as

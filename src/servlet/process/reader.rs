@@ -355,6 +355,11 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                 if !lock(&port.inflight).contains_key(&self.id) {
                     return;
                 }
+                // The result may be in already (the worker ran while this
+                // thread was writing): look without waiting first.
+                if matches!(side.reader.fill_nowait(), Ok(n) if n > 0) {
+                    continue;
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return;

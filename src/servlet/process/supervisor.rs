@@ -467,7 +467,7 @@ where
             Ok(r) => r,
             Err(e) => return Err(fail(&mut child, spawn_err(e.to_string()))),
         };
-        let mut reader = FrameReader::new(read_half, self.shared.max_frame);
+        let mut reader = FrameReader::socket(read_half, self.shared.max_frame);
         let first = match reader.read_frame() {
             Ok(Some((k, body))) => Ok((k, body.to_vec())),
             Ok(None) => Err(None),
