@@ -17,6 +17,9 @@
 //!   reader thread collects the echoes (pipelined); `items_per_s`.
 //! * `R3_echo_1mb`: 200 sequential round trips of a 1 MiB payload; `mb_per_s`
 //!   = bytes sent one way / total time (MB = 10^6 bytes).
+//! * `R3b_echo_1mb_4mib_buffers`: R3 over a second socket pair whose buffers
+//!   are 4 MiB (capped by `net.core.wmem_max`/`rmem_max`), as mpserver asks
+//!   for its worker sockets: the minimal program plus that one option.
 //! * `R4_cpu_scaling` (unpinned only): S6's ~2 ms units of CPU work, 400 of
 //!   them on one bare thread, then shared by two; `speedup` is what this
 //!   machine's two vCPUs give with nothing else running (the ceiling for S6).
@@ -117,6 +120,14 @@ fn run(args: &CommonArgs) -> io::Result<()> {
     );
 
     let (parent_end, child_end) = UnixStream::pair()?;
+    // A second pair with the 4 MiB socket buffers mpserver asks for (capped
+    // by the kernel's limits), for R3's tuned variant.
+    let (parent_big, child_big) = UnixStream::pair()?;
+    for end in [&parent_big, &child_big] {
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(end, sockopt::SndBuf, &(4usize << 20)).map_err(io::Error::from)?;
+        setsockopt(end, sockopt::RcvBuf, &(4usize << 20)).map_err(io::Error::from)?;
+    }
     // Fork is only sound while this process has a single thread (nothing has
     // spawned one yet: no runtime, no logger). Check rather than assume.
     let threads = std::fs::read_dir("/proc/self/task")?.count();
@@ -131,7 +142,8 @@ fn run(args: &CommonArgs) -> io::Result<()> {
     match unsafe { fork() }.map_err(io::Error::from)? {
         ForkResult::Child => {
             drop(parent_end);
-            let code = match echo_loop(&child_end) {
+            drop(parent_big);
+            let code = match echo_loop(&child_end).and_then(|()| echo_loop(&child_big)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("raw_limit child: {e}");
@@ -142,9 +154,13 @@ fn run(args: &CommonArgs) -> io::Result<()> {
         }
         ForkResult::Parent { child } => {
             drop(child_end);
+            drop(child_big);
             let result = run_scenarios(args, &parent_end);
-            // Closing our end makes the child see end-of-file and exit.
+            // Closing our end makes the child see end-of-file and move on
+            // to the second pair.
             drop(parent_end);
+            let result = result.and_then(|()| run_tuned(args, &parent_big));
+            drop(parent_big);
             match waitpid(child, None).map_err(io::Error::from)? {
                 WaitStatus::Exited(_, 0) => {}
                 other => eprintln!("raw_limit: echo child ended with {other:?}"),
@@ -294,6 +310,36 @@ fn cpu_rate(loops: u64, items: u64, threads: u64) -> f64 {
         }
     });
     items as f64 / t.elapsed().as_secs_f64()
+}
+
+/// R3 again over socket buffers of 4 MiB (as mpserver asks for): the same
+/// program with one socket option, to show what the tuning is worth here.
+fn run_tuned(args: &CommonArgs, stream: &UnixStream) -> io::Result<()> {
+    if !args.wants("R3b_echo_1mb_4mib_buffers") {
+        return Ok(());
+    }
+    let sizes = Sizes::new(args.quick);
+    eprintln!(
+        "R3b_echo_1mb_4mib_buffers: {} x 1 MiB round trips",
+        sizes.r3_calls
+    );
+    let mut rate = Vec::new();
+    for run in 0..args.runs {
+        let r = r3_echo(stream, &sizes)?;
+        eprintln!("  run {run}: {r:.1} MB/s one way");
+        rate.push(r);
+    }
+    let f = Figure::new(
+        CONTENDER,
+        "R3b_echo_1mb_4mib_buffers",
+        args.placement,
+        "mb_per_s",
+        "MB/s",
+        rate,
+    );
+    let mut out = io::stdout().lock();
+    writeln!(out, "{}", f.to_json_line())?;
+    out.flush()
 }
 
 /// One run of R1; returns `(calls_per_s, p50_us, p99_us)`.

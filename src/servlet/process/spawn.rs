@@ -54,10 +54,26 @@ fn random_token() -> u64 {
     h.finish()
 }
 
+/// Socket buffer size asked for (the kernel caps it at `net.core.wmem_max` /
+/// `rmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for large socket buffers, so a large item or result crosses in one
+/// go instead of a few hundred kilobytes per wake-up of the other side. Best
+/// effort: with the system's default limits the call changes little, and a
+/// failure changes nothing.
+fn widen_buffers(sock: &UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(sock, sockopt::SndBuf, &SOCKET_BUFFER);
+    let _ = setsockopt(sock, sockopt::RcvBuf, &SOCKET_BUFFER);
+}
+
 /// Spawns a worker process whose entry is `entry`; returns the child and the
 /// server's end of its socket, with the HELLO frame already written.
 pub(crate) fn spawn(entry: Entry, display_name: &str) -> std::io::Result<(Child, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
+    widen_buffers(&ours);
+    widen_buffers(&theirs);
     let token = random_token();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(display_name)
