@@ -193,3 +193,84 @@ fn shutdown_while_a_caller_reads_its_result() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(caller.join().unwrap().unwrap().0, 14);
 }
+
+/// Blocking callers (who may read their own results), submitters, async
+/// callers and a stream, all at once on two worker processes, with some
+/// items slow enough to overlap: whoever reads a worker's socket delivers
+/// every result to its own caller, and no result is left unread (each
+/// thread would hang past its timeout otherwise).
+#[test]
+fn every_kind_of_caller_at_once_gets_its_own_results() {
+    use std::sync::Arc;
+    let server = Arc::new(
+        Server::builder(ProcessServlet::new(Chaos::new()).workers(2))
+            .capacity(256)
+            .start()
+            .unwrap(),
+    );
+    // Without back-pressure: callers wait for room the stream leaves.
+    let opts = CallOptions::timeout(Duration::from_secs(20)).backpressure(false);
+    let mut threads = Vec::new();
+    for t in 0..4i64 {
+        let s = server.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..300 {
+                let x = t * 1_000_000 + i;
+                let op = if i % 50 == 7 {
+                    Op::Sleep(x, 2)
+                } else {
+                    Op::Echo(x)
+                };
+                assert_eq!(s.call_with(op, opts).unwrap().0, 2 * x);
+            }
+        }));
+    }
+    for t in 4..6i64 {
+        let s = server.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..100 {
+                let xs: Vec<i64> = (0..3).map(|k| t * 1_000_000 + i * 3 + k).collect();
+                let pending: Vec<_> = xs
+                    .iter()
+                    .map(|&x| s.submit(Op::Echo(x), opts).unwrap())
+                    .collect();
+                for (x, p) in xs.into_iter().zip(pending) {
+                    assert_eq!(p.wait().unwrap().0, 2 * x);
+                }
+            }
+        }));
+    }
+    {
+        let s = server.clone();
+        threads.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for i in 0..300i64 {
+                    let x = 6_000_000 + i;
+                    let y = s.async_call_with(Op::Echo(x), opts).await.unwrap();
+                    assert_eq!(y.0, 2 * x);
+                }
+            });
+        }));
+    }
+    {
+        let s = server.clone();
+        threads.push(std::thread::spawn(move || {
+            let xs = (0..2000i64).map(|i| 7_000_000 + i);
+            for (x, r) in xs.clone().zip(s.stream(xs.map(Op::Echo))) {
+                assert_eq!(r.unwrap().0, 2 * x);
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let snap = server.servlets();
+    assert_eq!(snap.items_ok, 4 * 300 + 2 * 300 + 300 + 2000);
+    assert_eq!(snap.items_err, 0);
+    eprintln!("hand-offs: {} of {}", snap.handoffs, snap.items_in);
+    assert!(snap.handoffs > 0, "the direct path was taken too");
+    assert_eq!(server.backlog(), 0);
+}
