@@ -6,7 +6,10 @@
 //! shared queue only while the worker has credit, forming batches here so a
 //! batch crosses as one frame), and a *reader* thread that delivers results.
 //! The supervisor also restarts the worker after a crash (with back-off and a
-//! ceiling), recycles it on request, and reaps it: no zombies.
+//! ceiling), recycles it on request, and reaps it: no zombies. A caller's
+//! single call that finds a worker idle skips both threads: the caller
+//! writes the item itself (`handoff.rs`) and, for a blocking call, reads its
+//! own result while the reader thread is parked (`reader.rs`).
 //!
 //! A process servlet requires the worker, its input and its output to be
 //! `Serialize + DeserializeOwned`; the worker value is its configuration, and
