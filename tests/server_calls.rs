@@ -361,3 +361,56 @@ fn worker_errors_carry_type_message_and_worker() {
     assert!(err.to_string().contains("Checker#0"), "{err}");
     assert_eq!(server.call(1).unwrap(), 2);
 }
+
+/// Streams keep the server full and refill their windows the moment room
+/// frees; callers waiting for room (back-pressure off) still get it in turn,
+/// long before the streams end, blocking and async alike.
+#[test]
+fn waiting_callers_get_room_ahead_of_refilling_streams() {
+    use std::sync::atomic::AtomicBool;
+    let server = Server::builder(
+        ThreadServlet::new(worker_fn(|x: u64| {
+            std::thread::sleep(Duration::from_micros(300));
+            x
+        }))
+        .workers(2),
+    )
+    .capacity(4)
+    .start()
+    .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let streamed = Arc::new(AtomicUsize::new(0));
+    let streams: Vec<_> = (0..3)
+        .map(|_| {
+            let h = server.handle();
+            let (done, streamed) = (done.clone(), streamed.clone());
+            std::thread::spawn(move || {
+                for r in h.stream(0..3000u64) {
+                    r.unwrap();
+                    streamed.fetch_add(1, Ordering::Relaxed);
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    wait_for(|| streamed.load(Ordering::Relaxed) > 100);
+    let opts = CallOptions::timeout(Duration::from_secs(60)).backpressure(false);
+    for i in 0..5u64 {
+        assert_eq!(server.call_with(1000 + i, opts).unwrap(), 1000 + i);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    for i in 0..5u64 {
+        let y = rt.block_on(server.async_call_with(2000 + i, opts)).unwrap();
+        assert_eq!(y, 2000 + i);
+    }
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the calls were served while the streams still ran ({} of 9000 streamed)",
+        streamed.load(Ordering::Relaxed)
+    );
+    for s in streams {
+        s.join().unwrap();
+    }
+}

@@ -591,12 +591,13 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             deadline,
             Arc::downgrade(&alarm) as std::sync::Weak<dyn Expire>,
         );
+        let _line = cap.wait_in_line();
         loop {
-            if let Some(p) = cap.try_acquire() {
+            if let Some(p) = cap.take() {
                 return Some(p);
             }
             let listener = cap.event.listen();
-            if let Some(p) = cap.try_acquire() {
+            if let Some(p) = cap.take() {
                 return Some(p);
             }
             if Instant::now() >= deadline {

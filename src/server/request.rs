@@ -19,7 +19,22 @@ use crate::servlet::plumbing::{Sink, Ticket, TicketRef};
 pub(crate) struct Capacity {
     max: usize,
     used: AtomicUsize,
+    /// Callers waiting for room. While there are any, newcomers do not take
+    /// freed room ahead of them (a stream refilling its window would
+    /// otherwise take every freed unit before a waiting caller wakes up).
+    waiting: AtomicUsize,
     pub(crate) event: Event,
+}
+
+/// Counts a caller among those waiting for room while it lives. Everyone who
+/// listens for room is in line (a listener that could not take the room it
+/// was woken for would swallow the wake-up meant for one that can).
+pub(crate) struct Waiting(Arc<Capacity>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Capacity {
@@ -27,6 +42,7 @@ impl Capacity {
         Arc::new(Capacity {
             max,
             used: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             event: Event::new(),
         })
     }
@@ -39,7 +55,23 @@ impl Capacity {
         self.used.load(Ordering::Acquire)
     }
 
+    /// Takes a unit of room if there is one and nobody is waiting for room.
     pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.take()
+    }
+
+    /// Joins the callers waiting for room (see [`Capacity::take`]).
+    pub(crate) fn wait_in_line(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting(self.clone())
+    }
+
+    /// Takes a unit of room if there is one, whoever waits: for callers in
+    /// line (their [`Waiting`] alive).
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Permit> {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
                 (u < self.max).then_some(u + 1)
@@ -51,18 +83,22 @@ impl Capacity {
     /// Waits for room until `deadline` (blocking).
     pub(crate) fn acquire_until(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Permit> {
         use event_listener::Listener;
+        if let Some(p) = self.try_acquire() {
+            return Some(p);
+        }
+        let _line = self.wait_in_line();
         loop {
-            if let Some(p) = self.try_acquire() {
+            if let Some(p) = self.take() {
                 return Some(p);
             }
             let listener = self.event.listen();
-            if let Some(p) = self.try_acquire() {
+            if let Some(p) = self.take() {
                 return Some(p);
             }
             match deadline {
                 Some(d) => {
                     if listener.wait_deadline(d).is_none() && Instant::now() >= d {
-                        return self.try_acquire();
+                        return self.take();
                     }
                 }
                 None => listener.wait(),

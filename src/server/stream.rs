@@ -261,6 +261,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             input: Some(data),
             waiting: None,
             listener: None,
+            in_line: None,
             inflight: VecDeque::new(),
             timeout: opts.timeout.unwrap_or(self.core.timeout),
             return_exceptions: opts.return_exceptions,
@@ -276,6 +277,8 @@ pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static> {
     input: Option<S>,
     waiting: Option<In>,
     listener: Option<event_listener::EventListener>,
+    /// In line for room (see `Capacity::wait_in_line`).
+    in_line: Option<super::request::Waiting>,
     inflight: VecDeque<Result<Pending<Out>, Error>>,
     timeout: Duration,
     return_exceptions: bool,
@@ -313,11 +316,19 @@ where
                     }
                 }
             };
-            let permit = match cap.try_acquire() {
+            let permit = match self
+                .in_line
+                .as_ref()
+                .map_or_else(|| cap.try_acquire(), |_| cap.take())
+            {
                 Some(p) => p,
                 None => {
+                    // Wait in line: room freed goes to those waiting first.
+                    if self.in_line.is_none() {
+                        self.in_line = Some(cap.wait_in_line());
+                    }
                     let listener = self.listener.get_or_insert_with(|| cap.event.listen());
-                    match cap.try_acquire() {
+                    match cap.take() {
                         Some(p) => {
                             self.listener = None;
                             p
@@ -334,6 +345,7 @@ where
                 }
             };
             self.listener = None;
+            self.in_line = None;
             let started = Instant::now();
             let r = self.handle.entry().and_then(|e| {
                 self.handle
