@@ -33,7 +33,7 @@ use crate::affinity::CpuAffinity;
 use crate::error::{Error, ServerBacklogFull, StartError, TimeoutError};
 use crate::metrics::{ServletNode, ServletSnapshot};
 use crate::servlet::Servlet;
-use crate::servlet::plumbing::{Claim, SinkRef, StartContext, TicketRef, as_single_call};
+use crate::servlet::plumbing::{Claim, Push, SinkRef, StartContext, TicketRef, push_as};
 use crate::servlet::process::ChildRegistry;
 
 pub use request::Pending;
@@ -415,17 +415,6 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
     }
 }
 
-/// How an item enters the flow (see [`as_single_call`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Push {
-    /// An item of a stream.
-    Stream,
-    /// A single call (submit, async).
-    Single,
-    /// A single blocking call: the caller waits for the result right after.
-    Waiting,
-}
-
 impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     fn entry(&self) -> Result<SinkRef<In>, Error> {
         let e = match self.core.entry.read() {
@@ -453,12 +442,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        let (pushed, claim) = match push {
-            Push::Stream => (entry.push_until(req as TicketRef, x, deadline), None),
-            Push::Single | Push::Waiting => as_single_call(push == Push::Waiting, || {
-                entry.push_until(req as TicketRef, x, deadline)
-            }),
-        };
+        let (pushed, claim) = push_as(push, || entry.push_until(req as TicketRef, x, deadline));
         if !pushed {
             return Err(self.enqueue_timeout(started, timeout));
         }
@@ -593,13 +577,10 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         );
         let _line = cap.wait_in_line();
         loop {
-            if let Some(p) = cap.take() {
-                return Some(p);
-            }
-            let listener = cap.event.listen();
-            if let Some(p) = cap.take() {
-                return Some(p);
-            }
+            let listener = match cap.take_or_listen() {
+                Ok(p) => return Some(p),
+                Err(l) => l,
+            };
             if Instant::now() >= deadline {
                 return None;
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use event_listener::Event;
+use event_listener::{Event, EventListener};
 
 use super::stats::ServerStats;
 use super::timer::Expire;
@@ -80,6 +80,17 @@ impl Capacity {
             .map(|_| Permit(self.clone()))
     }
 
+    /// For a caller in line: takes room, or returns a listener to wait on
+    /// for the next release (registered before a second look, so a release
+    /// in between is not missed).
+    pub(crate) fn take_or_listen(self: &Arc<Self>) -> Result<Permit, EventListener> {
+        if let Some(p) = self.take() {
+            return Ok(p);
+        }
+        let listener = self.event.listen();
+        self.take().ok_or(listener)
+    }
+
     /// Waits for room until `deadline` (blocking).
     pub(crate) fn acquire_until(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Permit> {
         use event_listener::Listener;
@@ -88,13 +99,10 @@ impl Capacity {
         }
         let _line = self.wait_in_line();
         loop {
-            if let Some(p) = self.take() {
-                return Some(p);
-            }
-            let listener = self.event.listen();
-            if let Some(p) = self.take() {
-                return Some(p);
-            }
+            let listener = match self.take_or_listen() {
+                Ok(p) => return Some(p),
+                Err(l) => l,
+            };
             match deadline {
                 Some(d) => {
                     if listener.wait_deadline(d).is_none() && Instant::now() >= d {

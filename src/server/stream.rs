@@ -15,8 +15,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use super::{Handle, Pending, Push};
+use super::{Handle, Pending};
 use crate::error::Error;
+use crate::servlet::plumbing::Push;
 
 /// Options of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

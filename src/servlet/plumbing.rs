@@ -94,33 +94,35 @@ pub(crate) trait ReadClaim: Send {
 /// A claim, type-erased.
 pub(crate) type Claim = Box<dyn ReadClaim>;
 
-/// What the push under way on this thread is.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CallKind {
-    /// A stream item, or an item passed between stages.
-    Other,
-    /// A caller's single call.
+/// How an item enters a flow: what the push under way on this thread is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// A stream item, or an item passed between stages by a server thread.
+    Stream,
+    /// A caller's single call (submit, async).
     Single,
-    /// A caller's single call, and the caller waits for the result right
-    /// after the push (it may read the result itself).
-    SingleWaiting,
+    /// A caller's single blocking call: the caller waits for the result
+    /// right after the push (it may read the result itself).
+    Waiting,
 }
 
 thread_local! {
-    static CALL: std::cell::Cell<CallKind> = const { std::cell::Cell::new(CallKind::Other) };
+    static CALL: std::cell::Cell<Push> = const { std::cell::Cell::new(Push::Stream) };
     static CLAIM: std::cell::RefCell<Option<Claim>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` (a push into a flow) marked as a caller's single call, as opposed
-/// to an item of a stream or an item moving between stages on a server
-/// thread. Stages may serve a single call with less latency at some cost in
-/// throughput (see [`is_single_call`]). With `waiting`, the caller waits for
-/// the result right after: a stage may then hand it a claim to read the
-/// result itself, returned here (at most one per call).
-pub(crate) fn as_single_call<R>(waiting: bool, f: impl FnOnce() -> R) -> (R, Option<Claim>) {
+/// Runs `f` (a push into a flow) marked as `push`. Stages may serve a single
+/// call with less latency at some cost in throughput (see
+/// [`is_single_call`]). For [`Push::Waiting`], a stage may hand the caller a
+/// claim to read the result itself, returned here (at most one per call).
+pub(crate) fn push_as<R>(push: Push, f: impl FnOnce() -> R) -> (R, Option<Claim>) {
+    if push == Push::Stream {
+        // What every server thread's pushes are: nothing to mark.
+        return (f(), None);
+    }
     /// Restores the outer state, also if `f` panics (a claim it left is
     /// dropped, which gives the reading back).
-    struct Restore(CallKind, Option<Claim>);
+    struct Restore(Push, Option<Claim>);
     impl Drop for Restore {
         fn drop(&mut self) {
             CALL.with(|c| c.set(self.0));
@@ -128,13 +130,8 @@ pub(crate) fn as_single_call<R>(waiting: bool, f: impl FnOnce() -> R) -> (R, Opt
             drop(stray);
         }
     }
-    let kind = if waiting {
-        CallKind::SingleWaiting
-    } else {
-        CallKind::Single
-    };
     let _restore = Restore(
-        CALL.with(|c| c.replace(kind)),
+        CALL.with(|c| c.replace(push)),
         CLAIM.with(|c| c.borrow_mut().take()),
     );
     let r = f();
@@ -148,13 +145,13 @@ pub(crate) fn as_single_call<R>(waiting: bool, f: impl FnOnce() -> R) -> (R, Opt
 /// between stages take the queue, where the supervisor coalesces whatever
 /// has accumulated into one frame.
 pub(crate) fn is_single_call() -> bool {
-    CALL.with(|c| c.get() != CallKind::Other)
+    CALL.with(|c| c.get() != Push::Stream)
 }
 
 /// True if the push under way may hand its caller a read claim: a single
 /// call whose caller waits right after, and no claim taken yet.
 pub(crate) fn wants_claim() -> bool {
-    CALL.with(|c| c.get() == CallKind::SingleWaiting) && CLAIM.with(|c| c.borrow().is_none())
+    CALL.with(|c| c.get() == Push::Waiting) && CLAIM.with(|c| c.borrow().is_none())
 }
 
 /// Hands the caller of the push under way a read claim (see [`wants_claim`]).

@@ -27,12 +27,11 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use super::reader::Readers;
-use super::supervisor::{Credit, InFlight, InFlightMap, Writer, lock, lock_side, send_all};
+use super::supervisor::{Credit, InFlight, InFlightMap, Shared, Writer, lock, lock_side, send_all};
 use crate::error::Error;
-use crate::ipc::Codec;
 use crate::ipc::frame::kind;
-use crate::metrics::ServletStats;
 use crate::servlet::plumbing::{Sink, SinkRef, TicketRef, is_single_call, put_claim, wants_claim};
+use crate::worker::Worker;
 use crate::worker::panic;
 
 /// One running worker process, as seen by callers.
@@ -69,23 +68,25 @@ impl Door {
 
 /// The input of a process servlet: direct hand-off when a worker is idle,
 /// else the servlet's queue.
-pub(crate) struct ProcessSink<In, Out> {
-    pub(super) tx: Sender<(TicketRef, In)>,
-    pub(super) fail_to: SinkRef<Out>,
+pub(crate) struct ProcessSink<W: Worker> {
+    pub(super) tx: Sender<(TicketRef, W::Input)>,
+    pub(super) fail_to: SinkRef<W::Output>,
     /// The worker slots' doors (empty when items are batched: batches are
     /// formed from the queue).
     pub(super) doors: Vec<Arc<Door>>,
-    pub(super) codec: Codec,
-    pub(super) max_frame: usize,
-    pub(super) keep_bytes: bool,
-    pub(super) stats: Arc<ServletStats>,
+    /// The servlet's settings and counters, as its supervisors see them.
+    pub(super) shared: Arc<Shared<W>>,
     /// Where the next look for an idle worker starts (spreads hand-offs).
     pub(super) next: AtomicUsize,
 }
 
-impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
+impl<W> ProcessSink<W>
+where
+    W: Worker,
+    W::Input: Serialize,
+{
     /// Hands the item to an idle worker, or gives it back.
-    fn try_direct(&self, ticket: TicketRef, x: In) -> Option<(TicketRef, In)> {
+    fn try_direct(&self, ticket: TicketRef, x: W::Input) -> Option<(TicketRef, W::Input)> {
         if self.doors.is_empty()
             || !is_single_call()
             || !self.tx.is_empty()
@@ -113,7 +114,7 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
 
     /// Sends one item to `port`'s process if it is still idle and its send
     /// lock is free; else gives the item back.
-    fn send(&self, port: &Port, ticket: TicketRef, x: In) -> Option<(TicketRef, In)> {
+    fn send(&self, port: &Port, ticket: TicketRef, x: W::Input) -> Option<(TicketRef, W::Input)> {
         let mut guard = match port.writer.try_lock() {
             Ok(g) => g,
             Err(TryLockError::WouldBlock) => return Some((ticket, x)),
@@ -132,21 +133,23 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
         buf.put_u32(1);
         let mark = buf.len();
         buf.put_u64(id);
-        let codec = self.codec;
+        let codec = self.shared.codec;
         // A failure here (including a panicking `Serialize`) is the
         // supervisor's to report, with its usual error: give the item back.
         let encoded = buf.put_payload(|v| {
             panic::catch(|| codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
         });
-        if encoded.is_err() || buf.len() - mark > self.max_frame / 2 {
+        if encoded.is_err() || buf.len() - mark > self.shared.max_frame / 2 {
             return Some((ticket, x));
         }
         buf.end(start);
         side.next_id += 1;
         let bytes = self
-            .keep_bytes
+            .shared
+            .restart
+            .retry_crashed
             .then(|| buf.as_bytes()[mark + 12..].to_vec());
-        self.stats.items_in.fetch_add(1, Relaxed);
+        self.shared.stats.items_in.fetch_add(1, Relaxed);
         lock(&port.inflight).insert(
             id,
             InFlight {
@@ -159,7 +162,7 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
         match send_all(&side.sock, buf.as_bytes()) {
             Ok(()) => {
                 drop(guard);
-                self.stats.handoffs.fetch_add(1, Relaxed);
+                self.shared.stats.handoffs.fetch_add(1, Relaxed);
                 // A caller about to wait reads its result itself if nobody
                 // reads now; else someone must.
                 if wants_claim()
@@ -178,7 +181,7 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
                 if e.written == 0 && lock(&port.inflight).remove(&id).is_some() {
                     // Nothing reached it: the item takes the queue instead.
                     port.credit.count.fetch_sub(1, SeqCst);
-                    self.stats.items_in.fetch_sub(1, Relaxed);
+                    self.shared.stats.items_in.fetch_sub(1, Relaxed);
                     return Some((ticket, x));
                 }
                 // Partly written: the worker may have started it; it is
@@ -189,8 +192,12 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> ProcessSink<In, Out> {
     }
 }
 
-impl<In: Serialize + Send + 'static, Out: Send + 'static> Sink<In> for ProcessSink<In, Out> {
-    fn push(&self, ticket: TicketRef, value: In) {
+impl<W> Sink<W::Input> for ProcessSink<W>
+where
+    W: Worker,
+    W::Input: Serialize,
+{
+    fn push(&self, ticket: TicketRef, value: W::Input) {
         if let Some(item) = self.try_direct(ticket, value) {
             // A send error means the stage has stopped; dropping the item
             // completes its request with a shutdown error.
@@ -198,7 +205,7 @@ impl<In: Serialize + Send + 'static, Out: Send + 'static> Sink<In> for ProcessSi
         }
     }
 
-    fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
+    fn push_until(&self, ticket: TicketRef, value: W::Input, deadline: Instant) -> bool {
         let Some(item) = self.try_direct(ticket, value) else {
             return true;
         };

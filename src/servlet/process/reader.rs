@@ -224,10 +224,12 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         loop {
             {
                 let mut side = self.lock_side();
+                // Only a caller holding the read lock sets `ended`: it can
+                // have changed only while this thread was parked.
+                if let Some(end) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return end;
+                }
                 loop {
-                    if let Some(end) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        return end;
-                    }
                     if self.idle(&side) {
                         let mut h = self.lock_holder();
                         if self.credit.count.load(SeqCst) == 0 {
@@ -345,10 +347,12 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
     fn read_until(&self, deadline: Instant) {
         let port = &*self.port;
         let mut side = port.lock_side();
+        // Only a holder of the read lock sets `ended`: looked at once here,
+        // then set by this loop itself (which then returns).
+        if port.ended.lock().map_or(true, |e| e.is_some()) {
+            return;
+        }
         loop {
-            if port.ended.lock().map_or(true, |e| e.is_some()) {
-                return;
-            }
             if side.reader.buffered() == 0 {
                 // Done once the item's result is in and what was read with
                 // it (the worker's timing, say) is dealt with.
