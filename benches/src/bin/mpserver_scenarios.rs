@@ -59,21 +59,13 @@ impl Worker for Echo {
     }
 }
 
-// The seed flow without its sleeps, on dynamic values as in Python.
-fn first(x: &Value) -> Option<Value> {
-    match x {
-        Value::String(s) => s.chars().next().map(|c| json!(c.to_string())),
-        Value::Array(a) => a.first().cloned(),
-        _ => None,
-    }
-}
-fn last(x: &Value) -> Option<Value> {
-    match x {
-        Value::String(s) => s.chars().last().map(|c| json!(c.to_string())),
-        Value::Array(a) => a.last().cloned(),
-        _ => None,
-    }
-}
+// The seed flow without its sleeps: the seed's own value functions (defined
+// once, with the seed example), called by one worker type. Its sleeping
+// workers are not used here.
+#[allow(dead_code)]
+#[path = "../../../examples/shared/seed_workers.rs"]
+mod seed_workers;
+use seed_workers::combine;
 
 #[derive(Clone, Serialize, Deserialize)]
 enum Seed {
@@ -86,38 +78,13 @@ impl Worker for Seed {
     type Input = Value;
     type Output = Value;
     fn call(&mut self, x: Value) -> Result<Value, WorkerError> {
-        let r = match self {
-            Seed::Head => first(&x),
-            Seed::Tail => last(&x),
-            Seed::Len => match &x {
-                Value::String(s) => Some(json!(s.chars().count())),
-                Value::Array(a) => Some(json!(a.len())),
-                _ => None,
-            },
-            Seed::Solute => Some(json!(format!(
-                "Hello, {}!",
-                x.as_str().map_or_else(|| x.to_string(), str::to_string)
-            ))),
-        };
-        r.ok_or_else(|| WorkerError::msg(format!("bad input {x}")))
-    }
-}
-
-fn combine(v: Vec<Value>) -> Result<Value, WorkerError> {
-    let err = || WorkerError::msg("unsupported operands");
-    let sum = match (&v[0], &v[1]) {
-        (Value::String(a), Value::String(b)) => json!(format!("{a}{b}")),
-        (Value::Number(a), Value::Number(b)) => {
-            json!(a.as_i64().ok_or_else(err)? + b.as_i64().ok_or_else(err)?)
+        match self {
+            Seed::Head => seed_workers::head(&x),
+            Seed::Tail => seed_workers::tail(&x),
+            Seed::Len => seed_workers::len(&x),
+            Seed::Solute => seed_workers::Solute.call(x),
         }
-        _ => return Err(err()),
-    };
-    let n = v[2].as_i64().ok_or_else(err)?;
-    Ok(match sum {
-        Value::String(s) => json!(s.repeat(n as usize)),
-        Value::Number(a) => json!(a.as_i64().ok_or_else(err)? * n),
-        _ => return Err(err()),
-    })
+    }
 }
 
 fn seed_server(p: Placement) -> Server<Value, Value> {
