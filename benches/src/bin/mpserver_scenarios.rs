@@ -132,6 +132,27 @@ fn worker_cpus(p: Placement, n: usize) -> Vec<CpuAffinity> {
 
 // ---------------------------------------------------------------- helpers
 
+/// Per-run p50 and p99 of latencies, in microseconds.
+#[derive(Default)]
+struct Latencies {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl Latencies {
+    /// Adds one run's latencies.
+    fn add(&mut self, mut lat: Vec<f64>) {
+        lat.sort_by(f64::total_cmp);
+        self.p50.push(percentile(&lat, 0.5));
+        self.p99.push(percentile(&lat, 0.99));
+    }
+
+    fn emit(self, out: &Out, scenario: &str) {
+        out.emit(scenario, "p50_us", "us", self.p50);
+        out.emit(scenario, "p99_us", "us", self.p99);
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -170,7 +191,7 @@ impl Out {
 
 fn s1(args: &CommonArgs, out: &Out) {
     let n = if args.quick { 300 } else { 2000 };
-    let (mut cps, mut p50, mut p99) = (vec![], vec![], vec![]);
+    let (mut cps, mut lats) = (vec![], Latencies::default());
     for _ in 0..args.runs {
         let server =
             Server::start(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1))).unwrap();
@@ -185,13 +206,10 @@ fn s1(args: &CommonArgs, out: &Out) {
             lat.push(s.elapsed().as_secs_f64() * 1e6);
         }
         cps.push(n as f64 / t.elapsed().as_secs_f64());
-        lat.sort_by(f64::total_cmp);
-        p50.push(percentile(&lat, 0.5));
-        p99.push(percentile(&lat, 0.99));
+        lats.add(lat);
     }
     out.emit("S1_seq_call", "calls_per_s", "1/s", cps);
-    out.emit("S1_seq_call", "p50_us", "us", p50);
-    out.emit("S1_seq_call", "p99_us", "us", p99);
+    lats.emit(out, "S1_seq_call");
 }
 
 fn stream_doubles(server: &Server<i64, i64>, n: i64) -> f64 {
@@ -304,7 +322,7 @@ fn s6(args: &CommonArgs, out: &Out) {
 
 fn s7(args: &CommonArgs, out: &Out) {
     let n = if args.quick { 500 } else { 2000 };
-    let (mut ips, mut p50, mut p99) = (vec![], vec![], vec![]);
+    let (mut ips, mut lats) = (vec![], Latencies::default());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -315,7 +333,7 @@ fn s7(args: &CommonArgs, out: &Out) {
                 .start()
                 .unwrap();
         let handle = server.handle();
-        let (elapsed, mut lat) = rt.block_on(async move {
+        let (elapsed, lat) = rt.block_on(async move {
             let t = Instant::now();
             let tasks: Vec<_> = (0..n as i64)
                 .map(|i| {
@@ -334,13 +352,10 @@ fn s7(args: &CommonArgs, out: &Out) {
             (t.elapsed(), lat)
         });
         ips.push(n as f64 / elapsed.as_secs_f64());
-        lat.sort_by(f64::total_cmp);
-        p50.push(percentile(&lat, 0.5));
-        p99.push(percentile(&lat, 0.99));
+        lats.add(lat);
     }
     out.emit("S7_concurrent_async", "items_per_s", "1/s", ips);
-    out.emit("S7_concurrent_async", "p50_us", "us", p50);
-    out.emit("S7_concurrent_async", "p99_us", "us", p99);
+    lats.emit(out, "S7_concurrent_async");
 }
 
 fn s8(args: &CommonArgs, out: &Out) {
