@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod prelude;
 pub mod server;
 pub mod servlet;
+mod sync;
 pub mod worker;
 
 pub use affinity::CpuAffinity;
