@@ -48,7 +48,8 @@ mod migration_doctests {}
 /// }
 /// ```
 pub fn init() {
-    servlet::process::spawn::bootstrap_if_worker();
+    servlet::process::bootstrap_if_worker();
+    affinity::process_cpus();
 }
 
 // SAFETY: runs before `main`. It only reads the environment and, in a worker
