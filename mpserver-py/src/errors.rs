@@ -43,6 +43,11 @@ pub enum Carry {
 /// Turns a Python exception raised by worker code into a [`WorkerError`].
 pub fn worker_error(py: Python<'_>, err: PyErr, carry: Carry) -> WorkerError {
     let exc = err.value(py);
+    // Keep the worker-side traceback on the exception itself (Python 3.11
+    // keeps it beside a raised exception, not always on it).
+    if let Some(tb) = err.traceback(py) {
+        let _ = exc.setattr("__traceback__", tb);
+    }
     let ty = exc.get_type();
     let module = ty
         .module()

@@ -28,6 +28,7 @@ fn _mpserver(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyo3_async_runtimes::tokio::init(rt);
     m.add_class::<server::Core>()?;
     m.add_class::<server::Stream>()?;
+    m.add_function(wrap_pyfunction!(process::_worker_main, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

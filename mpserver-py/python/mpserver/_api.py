@@ -20,6 +20,9 @@ from typing import Any, Callable
 from . import _mpserver
 from ._errors import ServerBacklogFull
 
+# The folder holding the package: worker interpreters import it from there.
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 __all__ = [
     'Worker',
     'make_worker',
@@ -252,10 +255,46 @@ class ProcessServlet(Servlet):
         self._init_kwargs = init_kwargs
         self._options = {}
 
+    def configure(
+        self,
+        *,
+        recycle_after: int | None = None,
+        recycle_above_memory: int | None = None,
+        retry_crashed: bool | None = None,
+        poison_threshold: int | None = None,
+        max_inflight: int | None = None,
+    ) -> ProcessServlet:
+        """Engine options beyond the seed (all optional; returns ``self``).
+
+        recycle_after
+            Replace a worker process after it handled this many items.
+        recycle_above_memory
+            Replace a worker process whose resident memory exceeds this many bytes.
+        retry_crashed
+            Retry items held by a crashed worker process (off by default: work
+            may have side effects); an item in ``poison_threshold`` crashes
+            fails with :class:`PoisonItem`.
+        max_inflight
+            Items a worker process may hold at once.
+        """
+        for k, v in dict(
+            recycle_after=recycle_after,
+            recycle_above_memory=recycle_above_memory,
+            retry_crashed=retry_crashed,
+            poison_threshold=poison_threshold,
+            max_inflight=max_inflight,
+        ).items():
+            if v is not None:
+                self._options[k] = v
+        return self
+
     def _spec(self):
+        # What multiprocessing's spawn start method sends a child: sys.path,
+        # the working directory, and the main script, which the worker
+        # re-imports as `__mp_main__` (so classes defined there unpickle).
         prep = multiprocessing.spawn.get_preparation_data(self._name)
-        # The main module is re-imported in the worker only if it is a file
-        # (as with multiprocessing; an interactive session has none).
+        if 'authkey' in prep:
+            prep['authkey'] = bytes(prep['authkey'])
         prep = pickle.dumps(prep, protocol=5)
         payload = pickle.dumps((self._worker_cls, self._init_kwargs), protocol=5)
         return (
@@ -266,7 +305,7 @@ class ProcessServlet(Servlet):
             self._name,
             self._batch[0],
             self._batch[1],
-            dict(self._options),
+            dict(self._options, pkg_root=_PKG_ROOT),
         )
 
 
