@@ -78,6 +78,21 @@ impl PyValue {
         }))
     }
 
+    /// Wraps a Python object about to enter a process stage: its pickle is
+    /// made now, while the caller holds the GIL, so the engine's threads need
+    /// not take it. An object that does not pickle is kept as is (its stage
+    /// then fails it as a codec error).
+    pub fn from_obj_pickled(obj: Bound<'_, PyAny>) -> Self {
+        let pickle = OnceLock::new();
+        if let Ok(b) = pickle_dumps(&obj) {
+            let _ = pickle.set(Arc::new(b));
+        }
+        PyValue::Obj(Arc::new(Live {
+            obj: obj.unbind(),
+            pickle,
+        }))
+    }
+
     /// The Python object this value stands for (unpickling if needed).
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self {
