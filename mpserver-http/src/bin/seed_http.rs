@@ -28,7 +28,7 @@ use mpserver_http::{Flow, HttpConfig, serve};
 use serde_json::Value;
 
 // The seed's workers, defined once with the seed example.
-#[path = "../../../examples/shared/seed_workers.rs"]
+#[path = "../seed_workers.rs"]
 mod seed_workers;
 use seed_workers::{GetHead, GetLen, GetTail, Solute, combine};
 
