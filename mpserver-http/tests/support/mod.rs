@@ -154,3 +154,9 @@ pub async fn error_body(r: reqwest::Response) -> serde_json::Value {
     );
     r.json().await.unwrap()
 }
+
+/// The settings tests use: the defaults without the drain delay, so that
+/// stopping is quick (tests of the delay set it themselves).
+pub fn config() -> HttpConfig {
+    HttpConfig::default().drain_delay(Duration::ZERO)
+}
