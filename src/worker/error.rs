@@ -71,8 +71,20 @@ impl WorkerError {
     /// let e: WorkerError = "x".parse::<i32>().map_err(WorkerError::from).unwrap_err();
     /// assert!(e.into_invalid_input().is_invalid_input());
     /// ```
+    ///
+    /// No backtrace is captured for it, even with `RUST_BACKTRACE` set: the
+    /// input is at fault, not the code, and a client must not be able to make
+    /// the server resolve backtraces (which loads the binary's debug
+    /// information: tens of MiB) at will.
     pub fn invalid_input(type_name: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(type_name, message).into_invalid_input()
+        WorkerError(Box::new(Inner {
+            type_name: type_name.into(),
+            message: message.into(),
+            sources: Vec::new(),
+            backtrace: None,
+            panic: false,
+            invalid_input: true,
+        }))
     }
 
     /// This error, marked as caused by invalid input (see
