@@ -22,7 +22,7 @@ def test_many_concurrent_async_calls(kind):
 
 
 def test_async_call_does_not_block_the_event_loop():
-    with Server(ThreadServlet(Slow, delay=0.5)) as s:
+    with Server(ThreadServlet(Slow, delay=1.0)) as s:
 
         async def main():
             ticks = 0
@@ -39,11 +39,11 @@ def test_async_call_does_not_block_the_event_loop():
             return y, ticks
 
         y, ticks = asyncio.run(main())
-        assert y == 'x' and ticks > 10
+        assert y == 'x' and ticks > 5
 
 
 def test_async_errors_timeouts_and_backpressure():
-    with Server(ThreadServlet(Slow, delay=0.5), capacity=1) as s:
+    with Server(ThreadServlet(Slow, delay=3.0), capacity=1) as s:
 
         async def main():
             first = asyncio.ensure_future(s.async_call(1))
@@ -53,7 +53,7 @@ def test_async_errors_timeouts_and_backpressure():
             t0 = time.monotonic()
             with pytest.raises(ServerBacklogFull):
                 await s.async_call(2)
-            assert time.monotonic() - t0 < 0.3
+            assert time.monotonic() - t0 < 2  # at once, not after the 3 s call
             # Off: waits for room.
             second = await s.async_call(3, backpressure=False, timeout=10)
             assert second == 3 and await first == 1
