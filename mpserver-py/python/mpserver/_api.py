@@ -6,8 +6,6 @@ description to the Rust engine when it starts (``with server:``).
 
 from __future__ import annotations
 
-import asyncio
-import json
 import multiprocessing
 import multiprocessing.spawn
 import os
@@ -16,7 +14,11 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # asyncio and typing are imported only when used: worker
+    # processes import this module and should start fast.
+    from typing import Any, Callable
 
 from . import _mpserver
 from ._errors import ServerBacklogFull
@@ -534,6 +536,8 @@ class Server:
         oldest pending requests."""
         if self._core is None:
             return {'state': 'stopped', 'capacity': self._capacity, 'backlog': 0}
+        import json
+
         return json.loads(self._core.debug_info_json())
 
     def _worker_pids(self) -> list[int]:
@@ -559,6 +563,8 @@ class Server:
         core = self._core
         if core is None:
             raise _not_started()
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         call = core.submit_async(_bridge(loop), fut, x, float(timeout), bool(backpressure))
@@ -606,6 +612,8 @@ class Server:
         core = self._core
         if core is None:
             raise _not_started()
+        import asyncio
+
         timeout = float(timeout)
         window = asyncio.Queue(maxsize=self._capacity)
         end = object()
