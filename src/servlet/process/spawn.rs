@@ -423,13 +423,18 @@ pub(crate) fn refuse_if_unbooted_worker() {
     if BOOTED.load(Ordering::SeqCst) {
         return;
     }
-    let Some(WorkerVar { ppid, .. }) = started_as_worker() else {
+    let Some(WorkerVar { ppid, re_exec, .. }) = started_as_worker() else {
         return;
+    };
+    let what = if re_exec {
+        "with the `auto-init` feature off, call `mpserver::init()` as the first line of `main`"
+    } else {
+        "a launcher program must call `mpserver::servlet::process::serve_worker` before \
+         anything else"
     };
     let msg = format!(
         "this process was started as a worker process by the mpserver server (pid {ppid}) \
-         but did not bootstrap: with the `auto-init` feature off, call `mpserver::init()` \
-         as the first line of `main`"
+         but did not bootstrap: {what}"
     );
     eprintln!("mpserver: {msg}; exiting instead of starting another server");
     // Tell the parent, if stdin is still its socket (the parent checks the
@@ -533,6 +538,17 @@ pub(crate) fn spawn(
         };
         Find::Named { image }
     };
+    start(launcher, find, target.type_name, who, registry)
+}
+
+/// Spawns the process and completes the HELLO / HELLO_ACK exchange.
+fn start(
+    launcher: &Launcher,
+    find: Find,
+    type_name: &str,
+    who: &WorkerSpawn,
+    registry: &ChildRegistry,
+) -> io::Result<(Child, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
@@ -561,7 +577,7 @@ pub(crate) fn spawn(
     registry.add(child.id());
     let hello = Hello {
         token,
-        type_name: target.type_name.to_string(),
+        type_name: type_name.to_string(),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus: crate::affinity::process_cpus().to_vec(),
         find,
@@ -659,5 +675,87 @@ fn describe_early_exit(
             Some(sig) => format!("the worker process was killed by signal {sig} during start-up"),
             None => format!("the worker process {detail} during start-up"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Echo;
+
+    impl crate::Worker for Echo {
+        type Input = u8;
+        type Output = u8;
+        fn call(&mut self, x: u8) -> Result<u8, crate::WorkerError> {
+            Ok(x)
+        }
+    }
+
+    fn who() -> WorkerSpawn {
+        WorkerSpawn {
+            index: 0,
+            name: "echo".into(),
+            cpus: CpuAffinity::any(),
+        }
+    }
+
+    /// A re-executed child given the offset of its entry in another image
+    /// refuses to jump, and says why.
+    #[test]
+    fn a_child_refuses_an_offset_for_another_image() {
+        let target = Target::of::<Echo>(None);
+        let launcher = Launcher::default();
+        let mut image = image::check_in_main_executable(&[]).unwrap();
+        image.mtime_ns -= 1_000_000_000;
+        let find = Find::Offset {
+            entry: image::offset_of(target.entry),
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(&launcher, find, target.type_name, &who(), &registry).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("another executable image"), "{msg}");
+        assert!(registry.pids().is_empty());
+    }
+
+    /// An offset that points outside the executable is refused too.
+    #[test]
+    fn a_child_refuses_an_offset_outside_its_executable() {
+        let target = Target::of::<Echo>(None);
+        let image = image::check_in_main_executable(&[]).unwrap();
+        let find = Find::Offset {
+            entry: 1 << 60,
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(
+            &Launcher::default(),
+            find,
+            target.type_name,
+            &who(),
+            &registry,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not in an executable mapping"),
+            "{err}"
+        );
+    }
+
+    /// The untampered HELLO is accepted (the child then waits for CONFIG).
+    #[test]
+    fn a_child_accepts_its_own_image() {
+        let target = Target::of::<Echo>(None);
+        let registry = ChildRegistry::default();
+        let (mut child, sock) = spawn(&Launcher::default(), &target, &who(), &registry).unwrap();
+        assert_eq!(registry.pids(), vec![child.id()]);
+        drop(sock);
+        // End of connection before CONFIG: the child exits on its own.
+        let status = child.wait().unwrap();
+        assert!(status.code().is_some(), "{status:?}");
     }
 }
