@@ -177,7 +177,7 @@ impl Results {
                 }
                 message.truncate(cut);
                 message.push_str(" [truncated to fit the frame limit]");
-                let short = WorkerError::new(error.type_name(), message);
+                let short = error.with_message(message);
                 let mark = self.begin_entry(id, frame::STATUS_WORKER_ERROR);
                 match self.buf.put_payload(|v| encode_into(v, &short)) {
                     Ok(()) if self.buf.len() - mark <= self.entry_limit() => self.end_entry(mark),
