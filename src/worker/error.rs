@@ -4,13 +4,17 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::panic::capture_backtrace;
+
 /// An error raised by a worker's `init` or `call`, with the context needed to
 /// understand it far from where it happened.
 ///
 /// `WorkerError` is built from any [`std::error::Error`] with `?` or `.into()`:
 /// it records the error's *type name* (as Python records the exception class),
 /// its message, the chain of `source()` messages, and a backtrace when one was
-/// captured (set `RUST_BACKTRACE=1` or `RUST_LIB_BACKTRACE=1`). Panics inside a
+/// captured: only on the thread of a worker whose servlet asked for backtraces
+/// (`.backtraces(true)`), and only when `RUST_BACKTRACE=1` or
+/// `RUST_LIB_BACKTRACE=1` enable them, so that ordinary errors stay cheap. Panics inside a
 /// worker become a `WorkerError` too, with [`WorkerError::is_panic`] true.
 ///
 /// Like `anyhow::Error`, it deliberately does not implement
@@ -165,14 +169,6 @@ impl WorkerError {
     /// Whether this error came from a panic in the worker.
     pub fn is_panic(&self) -> bool {
         self.0.panic
-    }
-}
-
-fn capture_backtrace() -> Option<String> {
-    let bt = std::backtrace::Backtrace::capture();
-    match bt.status() {
-        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
-        _ => None,
     }
 }
 

@@ -5,6 +5,12 @@
 //! backtrace if enabled) in a thread-local instead of printing it: the panic is
 //! reported to the caller as an error, not to the terminal. Outside worker calls
 //! the previous hook runs unchanged.
+//!
+//! Backtraces (of panics, and of [`WorkerError`]s created on a worker's
+//! thread) are captured only on the threads of workers whose servlet asked
+//! for them (`.backtraces(true)`): the setting belongs to the thread that
+//! runs the worker (a worker thread, or a worker process's serving thread),
+//! which serves that one worker for its whole life.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
@@ -15,6 +21,26 @@ use super::WorkerError;
 thread_local! {
     static IN_WORKER: Cell<bool> = const { Cell::new(false) };
     static LAST: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
+    static BACKTRACES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether worker errors and panics on this thread capture backtraces (set
+/// once by the thread that runs a worker, from its servlet's option).
+pub(crate) fn set_backtraces(on: bool) {
+    BACKTRACES.with(|b| b.set(on));
+}
+
+/// A backtrace of the caller, if this thread's worker asked for them and the
+/// environment enables them.
+pub(crate) fn capture_backtrace() -> Option<String> {
+    if !BACKTRACES.with(Cell::get) {
+        return None;
+    }
+    let bt = std::backtrace::Backtrace::capture();
+    match bt.status() {
+        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
+        _ => None,
+    }
 }
 
 static HOOK: Once = Once::new();
@@ -25,11 +51,7 @@ fn install_hook() {
         panic::set_hook(Box::new(move |info| {
             if IN_WORKER.with(Cell::get) {
                 let location = info.location().map(|l| l.to_string());
-                let bt = std::backtrace::Backtrace::capture();
-                let bt = match bt.status() {
-                    std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
-                    _ => None,
-                };
+                let bt = capture_backtrace();
                 LAST.with(|last| *last.borrow_mut() = (location, bt));
             } else {
                 previous(info);

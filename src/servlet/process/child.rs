@@ -18,7 +18,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::boot;
-use super::image::StartHook;
 use super::spawn::{Boot, Entry, Target};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
@@ -268,7 +267,7 @@ impl Results {
 
 impl Target {
     /// The worker process entry for worker type `W`.
-    pub(crate) fn of<W>(start_hook: Option<StartHook>) -> Self
+    pub(crate) fn of<W>() -> Self
     where
         W: Worker + DeserializeOwned,
         W::Input: DeserializeOwned,
@@ -277,7 +276,6 @@ impl Target {
         Target {
             entry: child_entry::<W> as Entry,
             type_name: std::any::type_name::<W>(),
-            start_hook,
         }
     }
 }
@@ -345,8 +343,10 @@ where
         mut reader,
         mut writer,
         start_hook,
+        backtraces,
         ..
     } = boot;
+    panic::set_backtraces(backtraces);
     let config: ChildConfig = match reader.read_frame()? {
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
         _ => return Err("expected a CONFIG frame".into()),

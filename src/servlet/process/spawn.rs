@@ -81,6 +81,8 @@ pub(crate) struct Boot {
     pub(crate) type_name: String,
     /// The hook to run before the worker's init, if any.
     pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
 }
 
 /// The type of a worker entry function.
@@ -109,6 +111,8 @@ pub(crate) struct Hello {
     pub(crate) crate_version: String,
     /// The CPUs the server process may use (empty: unknown, leave as is).
     pub(crate) cpus: Vec<usize>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
     pub(crate) find: Find,
 }
 
@@ -124,7 +128,16 @@ pub(crate) struct Ack {
 pub(crate) struct Target {
     pub(crate) entry: Entry,
     pub(crate) type_name: &'static str,
+}
+
+/// A process servlet's settings for starting its worker processes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpawnOptions {
+    pub(crate) launcher: Launcher,
+    /// Run in each worker process before the worker's `init`.
     pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
 }
 
 /// Which worker process is being spawned; given to [`Launcher::command_hook`].
@@ -336,7 +349,7 @@ impl<W> super::ProcessServlet<W> {
     /// How worker processes are started (default: the running binary
     /// re-executed; see [`Launcher`]).
     pub fn launcher(mut self, launcher: Launcher) -> Self {
-        self.launcher = launcher;
+        self.spawn.launcher = launcher;
         self
     }
 }
@@ -507,25 +520,26 @@ fn discard(child: &mut Child, registry: &ChildRegistry) -> Option<std::process::
 /// child, already listed in `registry`, and the server's end of its socket.
 /// On failure no process is left behind.
 pub(crate) fn spawn(
-    launcher: &Launcher,
+    opts: &SpawnOptions,
     target: &Target,
     who: &WorkerSpawn,
     registry: &ChildRegistry,
 ) -> io::Result<(Child, UnixStream)> {
     refuse_if_unbooted_worker();
+    let launcher = &opts.launcher;
     let find = if launcher.is_re_exec() {
         let mut fns = vec![("the worker entry", target.entry as usize)];
-        if let Some(h) = target.start_hook {
+        if let Some(h) = opts.start_hook {
             fns.push(("the worker start hook", h as usize));
         }
         let image = image::check_in_main_executable(&fns).map_err(io::Error::other)?;
         Find::Offset {
             entry: image::offset_of(target.entry),
-            start_hook: target.start_hook.map(image::offset_of),
+            start_hook: opts.start_hook.map(image::offset_of),
             image,
         }
     } else {
-        if target.start_hook.is_some() {
+        if opts.start_hook.is_some() {
             return Err(io::Error::other(
                 "a worker start hook (a function found by its address) needs the re-exec \
                  launcher; with `Launcher::program`, run such set-up in the program itself",
@@ -538,17 +552,18 @@ pub(crate) fn spawn(
         };
         Find::Named { image }
     };
-    start(launcher, find, target.type_name, who, registry)
+    start(opts, find, target.type_name, who, registry)
 }
 
 /// Spawns the process and completes the HELLO / HELLO_ACK exchange.
 fn start(
-    launcher: &Launcher,
+    opts: &SpawnOptions,
     find: Find,
     type_name: &str,
     who: &WorkerSpawn,
     registry: &ChildRegistry,
 ) -> io::Result<(Child, UnixStream)> {
+    let launcher = &opts.launcher;
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
@@ -580,6 +595,7 @@ fn start(
         type_name: type_name.to_string(),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus: crate::affinity::process_cpus().to_vec(),
+        backtraces: opts.backtraces,
         find,
     };
     let mut frame = FrameBuf::new();
@@ -705,8 +721,8 @@ mod tests {
     /// refuses to jump, and says why.
     #[test]
     fn a_child_refuses_an_offset_for_another_image() {
-        let target = Target::of::<Echo>(None);
-        let launcher = Launcher::default();
+        let target = Target::of::<Echo>();
+        let opts = SpawnOptions::default();
         let mut image = image::check_in_main_executable(&[]).unwrap();
         image.mtime_ns -= 1_000_000_000;
         let find = Find::Offset {
@@ -715,7 +731,7 @@ mod tests {
             image,
         };
         let registry = ChildRegistry::default();
-        let err = start(&launcher, find, target.type_name, &who(), &registry).unwrap_err();
+        let err = start(&opts, find, target.type_name, &who(), &registry).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("another executable image"), "{msg}");
         assert!(registry.pids().is_empty());
@@ -724,7 +740,7 @@ mod tests {
     /// An offset that points outside the executable is refused too.
     #[test]
     fn a_child_refuses_an_offset_outside_its_executable() {
-        let target = Target::of::<Echo>(None);
+        let target = Target::of::<Echo>();
         let image = image::check_in_main_executable(&[]).unwrap();
         let find = Find::Offset {
             entry: 1 << 60,
@@ -733,7 +749,7 @@ mod tests {
         };
         let registry = ChildRegistry::default();
         let err = start(
-            &Launcher::default(),
+            &SpawnOptions::default(),
             find,
             target.type_name,
             &who(),
@@ -749,9 +765,10 @@ mod tests {
     /// The untampered HELLO is accepted (the child then waits for CONFIG).
     #[test]
     fn a_child_accepts_its_own_image() {
-        let target = Target::of::<Echo>(None);
+        let target = Target::of::<Echo>();
         let registry = ChildRegistry::default();
-        let (mut child, sock) = spawn(&Launcher::default(), &target, &who(), &registry).unwrap();
+        let (mut child, sock) =
+            spawn(&SpawnOptions::default(), &target, &who(), &registry).unwrap();
         assert_eq!(registry.pids(), vec![child.id()]);
         drop(sock);
         // End of connection before CONFIG: the child exits on its own.
