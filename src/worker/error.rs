@@ -131,6 +131,15 @@ impl WorkerError {
             "panic with a non-string payload".to_string()
         };
         let (location, backtrace) = crate::worker::panic::take_last_panic();
+        Self::panicked(message, location, backtrace)
+    }
+
+    /// The error a panic with `message` at `location` becomes.
+    pub(crate) fn panicked(
+        message: String,
+        location: Option<String>,
+        backtrace: Option<String>,
+    ) -> Self {
         let message = match location {
             Some(loc) => format!("{message} (at {loc})"),
             None => message,
