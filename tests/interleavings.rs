@@ -118,7 +118,6 @@ fn only_items_that_never_ran_count_as_skipped() {
 /// calling style, also when the caller would read a process member's result
 /// itself.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn fail_fast_reaches_every_calling_style_at_once() {
     let flow = ensemble![
         ThreadServlet::new(Chaos {
