@@ -38,6 +38,9 @@ struct Inner {
     sources: Vec<String>,
     backtrace: Option<String>,
     panic: bool,
+    /// The worker said the input is at fault ([`WorkerError::invalid_input`]).
+    #[serde(default)]
+    invalid_input: bool,
 }
 
 impl WorkerError {
@@ -50,6 +53,62 @@ impl WorkerError {
             sources: Vec::new(),
             backtrace: capture_backtrace(),
             panic: false,
+            invalid_input: false,
+        }))
+    }
+
+    /// An error that blames the input (a wrong type, a value out of range):
+    /// its [`Error::class`](crate::Error::class) is
+    /// [`ErrorClass::InvalidInput`](crate::error::ErrorClass::InvalidInput),
+    /// which the HTTP front answers with 422. The mark crosses process
+    /// boundaries with the error.
+    ///
+    /// ```
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::invalid_input("TypeError", "'int' object is not subscriptable");
+    /// assert!(e.is_invalid_input());
+    /// let e: WorkerError = "x".parse::<i32>().map_err(WorkerError::from).unwrap_err();
+    /// assert!(e.into_invalid_input().is_invalid_input());
+    /// ```
+    ///
+    /// No backtrace is captured for it, even with `RUST_BACKTRACE` set: the
+    /// input is at fault, not the code, and a client must not be able to make
+    /// the server resolve backtraces (which loads the binary's debug
+    /// information: tens of MiB) at will.
+    pub fn invalid_input(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        WorkerError(Box::new(Inner {
+            type_name: type_name.into(),
+            message: message.into(),
+            sources: Vec::new(),
+            backtrace: None,
+            panic: false,
+            invalid_input: true,
+        }))
+    }
+
+    /// This error, marked as caused by invalid input (see
+    /// [`WorkerError::invalid_input`]).
+    pub fn into_invalid_input(mut self) -> Self {
+        self.0.invalid_input = true;
+        self
+    }
+
+    /// Whether the worker marked this error as caused by invalid input.
+    pub fn is_invalid_input(&self) -> bool {
+        self.0.invalid_input
+    }
+
+    /// The same error (type name, marks) with another message and no
+    /// sources or backtrace, e.g. shortened to fit a frame.
+    pub(crate) fn with_message(&self, message: String) -> Self {
+        WorkerError(Box::new(Inner {
+            type_name: self.0.type_name.clone(),
+            message,
+            sources: Vec::new(),
+            backtrace: None,
+            panic: self.0.panic,
+            invalid_input: self.0.invalid_input,
         }))
     }
 
@@ -78,6 +137,7 @@ impl WorkerError {
             sources: Vec::new(),
             backtrace,
             panic: true,
+            invalid_input: false,
         }))
     }
 
@@ -133,6 +193,7 @@ where
             sources,
             backtrace: capture_backtrace(),
             panic: false,
+            invalid_input: false,
         }))
     }
 }
@@ -181,5 +242,16 @@ mod tests {
         let bytes = postcard::to_stdvec(&e).unwrap();
         let back: WorkerError = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn invalid_input_mark_round_trips() {
+        let e = WorkerError::invalid_input("TypeError", "bad");
+        let back: WorkerError = postcard::from_bytes(&postcard::to_stdvec(&e).unwrap()).unwrap();
+        assert!(back.is_invalid_input());
+        let back: WorkerError = rmp_serde::from_slice(&rmp_serde::to_vec(&e).unwrap()).unwrap();
+        assert!(back.is_invalid_input());
+        assert!(!WorkerError::msg("x").is_invalid_input());
+        assert!(e.with_message("short".into()).is_invalid_input());
     }
 }
