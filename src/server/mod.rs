@@ -33,7 +33,7 @@ use crate::affinity::CpuAffinity;
 use crate::error::{Error, ServerBacklogFull, StartError, TimeoutError};
 use crate::metrics::{ServletNode, ServletSnapshot};
 use crate::servlet::Servlet;
-use crate::servlet::plumbing::{Claim, Push, SinkRef, StartContext, TicketRef, push_as};
+use crate::servlet::plumbing::{Claim, Push, Pushed, SinkRef, StartContext, TicketRef};
 use crate::servlet::process::ChildRegistry;
 
 pub use request::Pending;
@@ -443,11 +443,11 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        let (pushed, claim) = push_as(push, || entry.push_until(req as TicketRef, x, deadline));
-        if !pushed {
-            return Err(self.enqueue_timeout(started, timeout));
+        match entry.push_call(req as TicketRef, x, deadline, push) {
+            Pushed::Delivered => Ok((pending, None)),
+            Pushed::Claimed(claim) => Ok((pending, Some(claim))),
+            Pushed::TimedOut => Err(self.enqueue_timeout(started, timeout)),
         }
-        Ok((pending, claim))
     }
 
     fn admit_blocking(
@@ -523,8 +523,12 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         // Handed straight to an idle worker process that nobody reads: read
         // the result here rather than be woken by the reader thread (see
         // `servlet/process/reader.rs`). Dropping the claim gives it back.
+        // The claim's reading ends early when the request completes by
+        // another route (a fail-fast ensemble sibling, its deadline, a
+        // shutdown): the request calls the claim's interrupter then.
         if let Some(claim) = claim {
-            claim.read_until(started + opts.timeout);
+            pending.on_complete(claim.interrupter());
+            claim.read_until(started + opts.timeout, &|| pending.is_done());
         }
         pending.wait()
     }
