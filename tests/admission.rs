@@ -61,7 +61,6 @@ fn gated(
 /// back-pressure calls keep being admitted into the room that is free. At
 /// its deadline the unit it was handed comes back.
 #[test]
-#[ignore = "fails until admission is rewritten (issue 10 item 7)"]
 fn a_parked_async_waiter_does_not_block_admission() {
     let server = Server::builder(ThreadServlet::new(Slow { ms: 200, log: None }).workers(2))
         .capacity(2)
@@ -93,7 +92,6 @@ fn a_parked_async_waiter_does_not_block_admission() {
 /// The same for an async stream waiting for room whose consumer stopped
 /// pulling.
 #[test]
-#[ignore = "fails until admission is rewritten (issue 10 item 7)"]
 fn a_parked_async_stream_does_not_block_admission() {
     let server = Server::builder(ThreadServlet::new(Slow { ms: 200, log: None }).workers(2))
         .capacity(2)
@@ -120,7 +118,6 @@ fn a_parked_async_stream_does_not_block_admission() {
 /// are served beside it: here the stream's items all wait on a gate, and a
 /// call still gets in.
 #[test]
-#[ignore = "fails until admission is rewritten (issue 10 item 7)"]
 fn a_stream_leaves_room_for_calls_by_default() {
     static GATE: AtomicBool = AtomicBool::new(false);
     let server = Server::builder(gated(&GATE, 4))
@@ -160,7 +157,6 @@ fn a_stream_may_be_given_all_of_the_capacity() {
 /// server takes no new requests once it drains): it gets `Error::Shutdown`
 /// at once, and the drain completes the work in flight.
 #[test]
-#[ignore = "fails until admission is rewritten (issue 10 item 9)"]
 fn an_async_call_waiting_for_room_does_not_hold_the_drain_open() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -191,7 +187,6 @@ fn an_async_call_waiting_for_room_does_not_hold_the_drain_open() {
 /// The same with a waiter that was polled once and then parked: it cannot
 /// turn the drain into an abort (which would cancel the work in flight).
 #[test]
-#[ignore = "fails until admission is rewritten (issue 10 item 9)"]
 fn a_parked_async_call_does_not_turn_the_drain_into_an_abort() {
     let server = Server::builder(ThreadServlet::new(Slow { ms: 300, log: None }))
         .capacity(1)
