@@ -39,7 +39,7 @@ use crate::servlet::process::ChildRegistry;
 
 pub use request::Pending;
 pub use stats::{ERROR_KINDS, RequestStats};
-pub use stream::{AsyncResultStream, PairStream, ResultStream, StreamOptions};
+pub use stream::{AsyncPairStream, AsyncResultStream, PairStream, ResultStream, StreamOptions};
 
 use admission::{Admission, Expirer, Missed, Permit, Refused, Waiter};
 use request::{CompletionSink, Request};
@@ -482,7 +482,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
                 .join()
                 .wait(Some(started + opts.timeout))
                 .map_err(|m| self.missed(m, started)),
-            Err(r) => Err(self.refused(r, started)),
+            Err(r) => Err(self.refused(r)),
         }
     }
 
@@ -494,7 +494,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
                 .wait_for_room(started + opts.timeout)
                 .await
                 .map_err(|m| self.missed(m, started)),
-            Err(r) => Err(self.refused(r, started)),
+            Err(r) => Err(self.refused(r)),
         }
     }
 
@@ -529,9 +529,9 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     }
 
     /// The error of a caller refused without waiting.
-    fn refused(&self, r: Refused, started: Instant) -> Error {
+    fn refused(&self, r: Refused) -> Error {
         match r {
-            Refused::Full => self.backlog_full(started),
+            Refused::Full => self.backlog_full(Duration::ZERO),
             Refused::Closed => Error::Shutdown,
         }
     }
@@ -539,15 +539,15 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// The error of a caller that waited for room in vain.
     fn missed(&self, m: Missed, started: Instant) -> Error {
         match m {
-            Missed::Expired => self.backlog_full(started),
+            Missed::Expired => self.backlog_full(started.elapsed()),
             Missed::Closed => Error::Shutdown,
         }
     }
 
-    fn backlog_full(&self, started: Instant) -> Error {
+    fn backlog_full(&self, waited: Duration) -> Error {
         let e = Error::BacklogFull(ServerBacklogFull {
             capacity: self.core.admission.max(),
-            waited: started.elapsed(),
+            waited,
         });
         self.core.stats.error(&e);
         e

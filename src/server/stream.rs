@@ -127,7 +127,7 @@ where
                     .join()
                     .wait(Some(started + self.timeout))
                     .map_err(|m| self.handle.missed(m, started)),
-                Err(r) => Err(self.handle.refused(r, started)),
+                Err(r) => Err(self.handle.refused(r)),
             };
             // Room first, then the flow's input: a stream waiting for room
             // must not hold the input open while the server drains.
@@ -273,53 +273,113 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// [`futures_core::Stream`] of results in input order. Any stream will
     /// do (it is pinned inside, so `futures::stream::unfold` or an
     /// `async_stream!` block need no boxing). Needs no particular runtime;
-    /// waiting for capacity never blocks the executor.
+    /// waiting for capacity never blocks the executor. Dropping the result
+    /// stream cancels what it has in flight.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use mpserver::{worker_fn, Server, StreamOptions, ThreadServlet};
+    ///
+    /// let server = Server::start(ThreadServlet::new(worker_fn(|x: u64| x + 1))).unwrap();
+    /// // An `unfold` stream is not `Unpin`; it needs no boxing.
+    /// let input = futures::stream::unfold(0u64, |n| async move { (n < 3).then_some((n, n + 1)) });
+    /// let out: Vec<u64> = futures::executor::block_on(
+    ///     server.async_stream(input, StreamOptions::default()).map(Result::unwrap).collect(),
+    /// );
+    /// assert_eq!(out, vec![1, 2, 3]);
+    /// ```
     pub fn async_stream<S>(&self, data: S, opts: StreamOptions) -> AsyncResultStream<S, In, Out>
     where
         S: futures_core::Stream<Item = In>,
     {
-        AsyncResultStream {
-            handle: self.clone(),
-            input: Some(Box::pin(data)),
-            next: None,
-            room: None,
-            inflight: VecDeque::new(),
-            timeout: opts.timeout.unwrap_or(self.core.timeout),
-            return_exceptions: opts.return_exceptions,
-            window: opts.window(self.core.admission.max()),
-            done: false,
-        }
+        AsyncResultStream(AsyncOrdered::new(self, data, opts, no_keep))
+    }
+
+    /// Streams an async stream of inputs, yielding each input with its
+    /// result, in input order: the async counterpart of
+    /// [`stream_pairs`](Handle::stream_pairs) (the seed's `async_stream(...,
+    /// return_x=True)`), with the same options. Dropping the result stream
+    /// cancels what it has in flight.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use mpserver::{worker_fn, Server, StreamOptions, ThreadServlet};
+    ///
+    /// let server = Server::start(ThreadServlet::new(worker_fn(|s: String| s.len()))).unwrap();
+    /// let words = futures::stream::iter(["a", "bb", "ccc"].map(String::from));
+    /// let pairs: Vec<(String, usize)> = futures::executor::block_on(
+    ///     server
+    ///         .async_stream_pairs(words, StreamOptions::default())
+    ///         .map(|(x, r)| (x, r.unwrap()))
+    ///         .collect(),
+    /// );
+    /// assert_eq!(pairs, vec![("a".into(), 1), ("bb".into(), 2), ("ccc".into(), 3)]);
+    /// ```
+    pub fn async_stream_pairs<S>(&self, data: S, opts: StreamOptions) -> AsyncPairStream<S, In, Out>
+    where
+        In: Clone,
+        S: futures_core::Stream<Item = In>,
+    {
+        AsyncPairStream(AsyncOrdered::new(self, data, opts, keep_clone::<In>))
     }
 }
 
-/// Results of [`Handle::async_stream`], in input order. Dropping it cancels
-/// what it has in flight.
-pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static> {
+/// The ordered window shared by the async streams: admitted requests in
+/// input order, refilled from the source whenever the consumer polls.
+struct AsyncOrdered<S, In: Send + 'static, Out: Send + 'static> {
     handle: Handle<In, Out>,
     input: Option<Pin<Box<S>>>,
     /// An input taken from the source, waiting for room.
     next: Option<In>,
     /// In line for room since the instant given.
     room: Option<(WaitForRoom, Instant)>,
-    inflight: VecDeque<Result<Pending<Out>, Error>>,
+    inflight: VecDeque<Admitted<In, Out>>,
+    keep: fn(&In) -> Option<In>,
     timeout: Duration,
     return_exceptions: bool,
     window: usize,
     done: bool,
 }
 
-// Nothing of the stream is pinned in place: the source is boxed, the rest
-// is moved freely.
-impl<S, In: Send + 'static, Out: Send + 'static> Unpin for AsyncResultStream<S, In, Out> {}
+/// Results of [`Handle::async_stream`], in input order.
+pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static>(AsyncOrdered<S, In, Out>);
 
-impl<S, In, Out> AsyncResultStream<S, In, Out>
+/// `(input, result)` pairs of [`Handle::async_stream_pairs`], in input order.
+pub struct AsyncPairStream<S, In: Send + 'static, Out: Send + 'static>(AsyncOrdered<S, In, Out>);
+
+// Nothing of the streams is pinned in place: the source is boxed, the rest
+// is moved freely.
+impl<S, In: Send + 'static, Out: Send + 'static> Unpin for AsyncOrdered<S, In, Out> {}
+
+impl<S, In, Out> AsyncOrdered<S, In, Out>
 where
     S: futures_core::Stream<Item = In>,
     In: Send + 'static,
     Out: Send + 'static,
 {
+    fn new(
+        handle: &Handle<In, Out>,
+        data: S,
+        opts: StreamOptions,
+        keep: fn(&In) -> Option<In>,
+    ) -> Self {
+        AsyncOrdered {
+            handle: handle.clone(),
+            input: Some(Box::pin(data)),
+            next: None,
+            room: None,
+            inflight: VecDeque::new(),
+            keep,
+            timeout: opts.timeout.unwrap_or(handle.core.timeout),
+            return_exceptions: opts.return_exceptions,
+            window: opts.window(handle.core.admission.max()),
+            done: false,
+        }
+    }
+
     /// Admits inputs while there is room; returns when it must wait (for
-    /// the source, for room, or for its oldest result).
+    /// the source, for room, or for its oldest result). Waits in line for
+    /// room only when nothing of this stream is in flight.
     fn admit(&mut self, cx: &mut Context<'_>) {
         let adm = self.handle.core.admission.clone();
         while self.inflight.len() < self.window {
@@ -365,10 +425,11 @@ where
                             }
                             return;
                         }
-                        Err(r) => (Err(self.handle.refused(r, started)), started),
+                        Err(r) => (Err(self.handle.refused(r)), started),
                     }
                 }
             };
+            let kept = (self.keep)(&x);
             let r = permit.and_then(|permit| {
                 let e = self.handle.entry()?;
                 self.handle
@@ -377,12 +438,51 @@ where
             });
             // As the blocking stream: a shut-down server ends the input.
             let shut = matches!(r, Err(Error::Shutdown));
-            self.inflight.push_back(r);
+            self.inflight.push_back((kept, r));
             if shut {
                 self.input = None;
                 return;
             }
         }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished<In, Out>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        self.admit(cx);
+        let r = match self.inflight.front_mut() {
+            None => {
+                if self.input.is_none() && self.next.is_none() {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                return Poll::Pending;
+            }
+            Some((_, Err(_))) => match self.inflight.pop_front() {
+                Some((x, Err(e))) => (x, Err(e)),
+                _ => return Poll::Pending,
+            },
+            Some((_, Ok(p))) => match Pin::new(p).poll(cx) {
+                Poll::Ready(r) => match self.inflight.pop_front() {
+                    Some((x, _)) => (x, r),
+                    None => return Poll::Pending,
+                },
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if r.1.is_err() && !self.return_exceptions {
+            // Stop: drop the source and cancel what is in flight.
+            self.done = true;
+            self.input = None;
+            self.next = None;
+            self.inflight.clear();
+            self.room = None;
+        } else {
+            // A slot freed up: admit more before the caller polls again.
+            self.admit(cx);
+        }
+        Poll::Ready(Some(r))
     }
 }
 
@@ -395,42 +495,46 @@ where
     type Item = Result<Out, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        this.admit(cx);
-        let r = match this.inflight.front_mut() {
-            None => {
-                if this.input.is_none() && this.next.is_none() {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                return Poll::Pending;
-            }
-            Some(Err(_)) => match this.inflight.pop_front() {
-                Some(Err(e)) => Err(e),
-                _ => return Poll::Pending,
-            },
-            Some(Ok(p)) => match Pin::new(p).poll(cx) {
-                Poll::Ready(r) => {
-                    this.inflight.pop_front();
-                    r
-                }
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        if r.is_err() && !this.return_exceptions {
-            // Stop: drop the source and cancel what is in flight.
-            this.done = true;
-            this.input = None;
-            this.next = None;
-            this.inflight.clear();
-            this.room = None;
-        } else {
-            // A slot freed up: admit more before the caller polls again.
-            this.admit(cx);
-        }
-        Poll::Ready(Some(r))
+        self.get_mut().0.poll_next(cx).map(|o| o.map(|(_, r)| r))
+    }
+}
+
+impl<S, In, Out> futures_core::Stream for AsyncPairStream<S, In, Out>
+where
+    S: futures_core::Stream<Item = In>,
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    type Item = (In, Result<Out, Error>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Every item is kept (`keep_clone`), so each result has its input.
+        self.get_mut()
+            .0
+            .poll_next(cx)
+            .map(|o| o.and_then(|(x, r)| Some((x?, r))))
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> std::fmt::Debug for AsyncResultStream<S, In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("AsyncResultStream", f)
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> std::fmt::Debug for AsyncPairStream<S, In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("AsyncPairStream", f)
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> AsyncOrdered<S, In, Out> {
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("in_flight", &self.inflight.len())
+            .field("window", &self.window)
+            .field("waiting_for_room", &self.room.is_some())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }
