@@ -12,6 +12,8 @@ use mpserver::Codec;
 use mpserver::prelude::*;
 use serde_json::json;
 
+// Not every item is used by every includer.
+#[allow(dead_code)]
 #[path = "shared/seed_workers.rs"]
 mod seed_workers;
 use seed_workers::{GetHead, GetLen, GetTail, Solute, combine};

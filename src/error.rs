@@ -313,5 +313,136 @@ impl Error {
     }
 }
 
+/// What kind of failure an [`Error`] is, as a caller decides what to do
+/// about it: fix the input, report a bug, retry, back off, or go elsewhere.
+///
+/// The class survives composition: a sequence passes a stage's error on
+/// unchanged; a switch's routing error is [`Worker`](ErrorClass::Worker)
+/// unless its picker marked the error as invalid input; an ensemble error
+/// takes the class of its members' errors (see [`EnsembleError::class`]).
+/// A worker marks an error as the client's fault with
+/// [`WorkerError::invalid_input`], also across a process boundary.
+///
+/// The HTTP front maps classes to status codes (422, 500, 503 with
+/// `Retry-After`, 503, 504, 503) and the server counts failed requests by
+/// class ([`RequestStats::error_classes`](crate::server::RequestStats::error_classes)).
+///
+/// ```
+/// use mpserver::error::{Error, ErrorClass};
+/// use mpserver::WorkerError;
+///
+/// let e = Error::Worker {
+///     worker: mpserver::error::WorkerId { name: "Parse".into(), index: 0, pid: None },
+///     error: WorkerError::invalid_input("TypeError", "expected a list"),
+/// };
+/// assert_eq!(e.class(), ErrorClass::InvalidInput);
+/// assert!(!e.class().is_retryable());
+/// assert!(ErrorClass::Crashed.is_retryable());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The input is at fault (a worker said so with
+    /// [`WorkerError::invalid_input`]): retrying the same input fails again.
+    InvalidInput,
+    /// A worker failed (error, panic, codec or routing failure, poison
+    /// item): a bug or an unusable value; retrying is not expected to help.
+    Worker,
+    /// A worker process died while holding the item: retrying may succeed.
+    Crashed,
+    /// Too many requests (the server's capacity was full).
+    Overload,
+    /// The request's time limit passed.
+    Timeout,
+    /// The server is shutting down, was shut down, did not start, or dropped
+    /// the request.
+    Shutdown,
+}
+
+impl ErrorClass {
+    /// Every class, in a fixed order (the order of [`ErrorClass::as_str`]
+    /// in metrics).
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::InvalidInput,
+        ErrorClass::Worker,
+        ErrorClass::Crashed,
+        ErrorClass::Overload,
+        ErrorClass::Timeout,
+        ErrorClass::Shutdown,
+    ];
+
+    /// A stable short name: `"invalid_input"`, `"worker"`, `"crashed"`,
+    /// `"overload"`, `"timeout"`, `"shutdown"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::InvalidInput => "invalid_input",
+            ErrorClass::Worker => "worker",
+            ErrorClass::Crashed => "crashed",
+            ErrorClass::Overload => "overload",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again later (crash,
+    /// overload, shutdown). A timed-out request is not marked retryable: it
+    /// may be too slow every time.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Crashed | ErrorClass::Overload | ErrorClass::Shutdown
+        )
+    }
+
+    /// Position in [`ErrorClass::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EnsembleError {
+    /// The class of this ensemble error, from its members' errors.
+    ///
+    /// With `fail_fast` only the error that failed the item is present, so
+    /// the ensemble error has that error's class (a crash stays a crash).
+    /// Without `fail_fast` every member failed; the class is the *least
+    /// retryable* of their classes, in the order of [`ErrorClass`]
+    /// (invalid input, then worker, crashed, overload, timeout, shutdown):
+    /// if one member found the input invalid, sending it again cannot
+    /// succeed; the item is retryable only when every member's failure is.
+    pub fn class(&self) -> ErrorClass {
+        self.errors
+            .iter()
+            .flatten()
+            .map(Error::class)
+            .min()
+            .unwrap_or(ErrorClass::Worker)
+    }
+}
+
+impl Error {
+    /// The class of this error (see [`ErrorClass`]): how a caller should
+    /// react, preserved through sequences, ensembles and switches.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::BacklogFull(_) => ErrorClass::Overload,
+            Error::Timeout(_) => ErrorClass::Timeout,
+            Error::Worker { error, .. } if error.is_invalid_input() => ErrorClass::InvalidInput,
+            Error::Worker { .. } => ErrorClass::Worker,
+            Error::WorkerCrashed(_) => ErrorClass::Crashed,
+            Error::PoisonItem(_) | Error::Codec(_) | Error::Route { .. } => ErrorClass::Worker,
+            Error::Ensemble(e) => e.class(),
+            Error::Cancelled | Error::Shutdown | Error::Start(_) => ErrorClass::Shutdown,
+        }
+    }
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -52,7 +52,8 @@ pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 /// }
 /// ```
 pub fn init() {
-    servlet::process::spawn::bootstrap_if_worker();
+    servlet::process::bootstrap_if_worker();
+    affinity::process_cpus();
 }
 
 // SAFETY: runs before `main`. It only reads the environment and, in a worker

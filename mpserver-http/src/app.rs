@@ -10,13 +10,14 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
 use mpserver::Handle;
+use mpserver::error::ErrorClass;
 use mpserver::server::ServerState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::config::HttpConfig;
-use crate::error::ApiError;
+use crate::error::ErrorResponse;
 use crate::observe::{HttpMetrics, observe};
 use crate::routes;
 
@@ -133,10 +134,11 @@ impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
     }
 
     /// A handle to do work with, or the answer for why not now.
-    pub(crate) fn work_handle(&self) -> Result<Handle<In, Out>, ApiError> {
+    pub(crate) fn work_handle(&self) -> Result<Handle<In, Out>, ErrorResponse> {
         let retry = self.config.retry_after_secs();
         let unavailable = |kind: &'static str, msg: String| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, kind, msg)
+            ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, kind, msg)
+                .class(ErrorClass::Shutdown)
         };
         match self.phase() {
             Phase::Running => {}

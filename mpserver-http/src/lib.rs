@@ -11,6 +11,6 @@ mod routes;
 mod serve;
 
 pub use config::HttpConfig;
-pub use error::ServeError;
+pub use error::{ErrorBody, ErrorResponse, ServeError, status_of};
 pub use routes::{TIMEOUT_HEADER, TIMEOUT_PARAM};
 pub use serve::{Flow, router, router_with, serve, serve_with_shutdown};

@@ -9,6 +9,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mpserver::error::ErrorClass;
 use mpserver::metrics::prometheus;
 use mpserver::{CallOptions, StreamOptions};
 use serde::Serialize;
@@ -17,7 +18,7 @@ use tower_service::Service;
 
 use crate::app::{AppState, Phase};
 use crate::config::HttpConfig;
-use crate::error::ApiError;
+use crate::error::ErrorResponse;
 use crate::ndjson;
 
 /// The header that sets a request's time limit, in milliseconds.
@@ -49,14 +50,14 @@ async fn call_inner<In, Out>(
     headers: &HeaderMap,
     query: Option<&str>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError>
+) -> Result<Response, ErrorResponse>
 where
     In: DeserializeOwned + Send + 'static,
     Out: Serialize + Send + 'static,
 {
     let handle = app.work_handle()?;
     let timeout = requested_timeout(headers, query, &app.config)?;
-    let body = body.map_err(|r| ApiError::new(r.status(), "bad_request", r.body_text()))?;
+    let body = body.map_err(|r| ErrorResponse::new(r.status(), "bad_request", r.body_text()))?;
     let x: In = parse_json(&body).map_err(|e| e.into_api_error("the body"))?;
     let retry = app.config.retry_after_secs();
     // Through the flow's `tower::Service`: ready unless shutting down.
@@ -84,7 +85,7 @@ where
     match result {
         Ok(y) => {
             let body = serde_json::to_vec(&y).map_err(|e| {
-                ApiError::new(
+                ErrorResponse::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "serialize",
                     format!("cannot encode the result as JSON: {e}"),
@@ -94,7 +95,7 @@ where
         }
         Err(e) => {
             tracing::debug!(kind = e.kind(), error = %e, "call failed");
-            Err(ApiError::from_error(&e, retry))
+            Err(ErrorResponse::from_error_secs(&e, retry))
         }
     }
 }
@@ -217,7 +218,7 @@ where
     };
     match body {
         Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => ApiError::new(
+        Err(e) => ErrorResponse::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "serialize",
             e.to_string(),
@@ -228,7 +229,7 @@ where
 
 /// Any other path.
 pub(crate) async fn not_found() -> Response {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+    ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
 /// Why a JSON text could not become an input.
@@ -241,15 +242,16 @@ pub(crate) enum ParseError {
 
 impl ParseError {
     /// The answer, naming `what` was parsed ("the body", "line 3").
-    pub(crate) fn into_api_error(self, what: &str) -> ApiError {
+    pub(crate) fn into_api_error(self, what: &str) -> ErrorResponse {
         let status = match self {
             ParseError::Syntax(_) => StatusCode::BAD_REQUEST,
             ParseError::Type(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError {
+        ErrorResponse {
             status,
             retry_after: None,
             body: Box::new(self.into_body(what)),
+            close: false,
         }
     }
 
@@ -258,11 +260,13 @@ impl ParseError {
             ParseError::Syntax(e) => crate::error::ErrorBody::new(
                 "invalid_json",
                 format!("{what} is not valid JSON: {e}"),
-            ),
+            )
+            .with_class(ErrorClass::InvalidInput),
             ParseError::Type(e) => crate::error::ErrorBody::new(
                 "invalid_input",
                 format!("{what} is JSON but not a valid input: {e}"),
-            ),
+            )
+            .with_class(ErrorClass::InvalidInput),
         }
     }
 }
@@ -280,7 +284,7 @@ fn requested_timeout(
     headers: &HeaderMap,
     query: Option<&str>,
     config: &HttpConfig,
-) -> Result<Option<Duration>, ApiError> {
+) -> Result<Option<Duration>, ErrorResponse> {
     let raw: Option<String> = match headers.get(TIMEOUT_HEADER) {
         Some(v) => Some(
             v.to_str()
@@ -311,6 +315,6 @@ fn requested_timeout(
     Ok(asked.map(|t| t.min(config.max_timeout)))
 }
 
-fn invalid_timeout(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_timeout", msg)
+fn invalid_timeout(msg: &str) -> ErrorResponse {
+    ErrorResponse::new(StatusCode::BAD_REQUEST, "invalid_timeout", msg)
 }

@@ -189,7 +189,7 @@ impl Worker for Crasher {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_crash_is_500_and_readiness_fails_once_given_up() {
+async fn worker_crash_is_503_and_readiness_fails_once_given_up() {
     // Short back-offs keep shutdown quick (it waits out a back-off).
     let policy = RestartPolicy {
         max_restarts: 0,
@@ -203,9 +203,11 @@ async fn worker_crash_is_500_and_readiness_fails_once_given_up() {
     assert_eq!(r.status(), 200);
 
     let r = app.post("/call", r#""crash""#).await;
-    assert_eq!(r.status(), 500);
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
     let e = error_body(r).await;
     assert_eq!(e["error"], "worker_crashed");
+    assert_eq!(e["class"], "crashed");
     assert_eq!(e["worker"]["name"], "Crasher");
     assert!(e["worker"]["pid"].as_u64().is_some(), "{e}");
 

@@ -3,101 +3,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::poll_until;
+use support::seed::Seed;
 
 const HELLO: &str = "Hello, wdwdwdwdwd!";
-
-/// A running `seed_http`; killed if a test fails before it exits.
-struct Seed {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Seed {
-    fn spawn(args: &[&str]) -> Seed {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seed_http"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start seed_http");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("no address line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Seed {
-            child,
-            base: format!("http://{addr}"),
-            client: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    async fn wait_ready(&self) {
-        let ok = poll_until(Duration::from_secs(30), || async {
-            matches!(self.client.get(self.url("/readyz")).send().await, Ok(r) if r.status() == 200)
-        })
-        .await;
-        assert!(ok, "seed_http did not become ready");
-    }
-
-    async fn backlog(&self) -> u64 {
-        match self.client.get(self.url("/debug")).send().await {
-            Ok(r) => r
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v["backlog"].as_u64())
-                .unwrap_or(0),
-            Err(_) => 0,
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), sig).expect("kill");
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "seed_http did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Seed {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Classifies one NDJSON line of the seed's answers.
 fn is_hello(line: &str) -> bool {

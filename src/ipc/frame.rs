@@ -22,7 +22,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 /// Frame kinds.
 pub mod kind {
-    /// Parent → child: bootstrap handshake (magic, token, entry).
+    /// Parent → child: bootstrap handshake (magic, protocol, then the
+    /// token, the worker type and how to find it; see the process servlet's
+    /// `spawn.rs`).
     pub const HELLO: u8 = 1;
     /// Parent → child: the worker's configuration.
     pub const CONFIG: u8 = 2;
@@ -41,6 +43,9 @@ pub mod kind {
     /// Child → parent: time spent in worker calls since the last TIMING
     /// frame (`busy_ns:u64 items:u32`), to size the worker's credit.
     pub const TIMING: u8 = 14;
+    /// Child → parent: the answer to HELLO, sent at once (the child's pid,
+    /// and why it refuses to serve, if it does).
+    pub const HELLO_ACK: u8 = 15;
 }
 
 /// Result status byte: the payload is the output value.

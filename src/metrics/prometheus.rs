@@ -19,6 +19,7 @@
 //! | `mpserver_oldest_request_age_seconds` | gauge | age of the oldest pending request (0 if none) |
 //! | `mpserver_requests_submitted_total` | counter | requests admitted |
 //! | `mpserver_requests_total{outcome}` | counter | finished or refused requests: `outcome="ok"` or an [`Error::kind`](crate::Error::kind) |
+//! | `mpserver_request_errors_total{class}` | counter | failed requests by [`ErrorClass`](crate::error::ErrorClass) (`invalid_input`, `worker`, `crashed`, `overload`, `timeout`, `shutdown`) |
 //! | `mpserver_request_duration_seconds` | histogram | end-to-end latency of finished requests |
 //!
 //! Servlets, labelled `servlet` (the node's path in the tree: `/` is the
@@ -162,6 +163,26 @@ pub fn render_into(out: &mut String, info: &DebugInfo) {
         if !ERROR_KINDS.contains(&k.as_str()) {
             sample(out, "mpserver_requests_total", &[("outcome", k)], *n as f64);
         }
+    }
+    header(
+        out,
+        "mpserver_request_errors_total",
+        "counter",
+        "Requests that failed, by error class.",
+    );
+    for class in crate::error::ErrorClass::ALL {
+        let n = req
+            .error_classes
+            .iter()
+            .filter(|(c, _)| *c == class)
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        sample(
+            out,
+            "mpserver_request_errors_total",
+            &[("class", class.as_str())],
+            n as f64,
+        );
     }
     header(
         out,

@@ -252,6 +252,7 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
     where
         S: Servlet<Input = In, Output = Out>,
     {
+        crate::servlet::process::spawn::on_server_start();
         b.main_cpu.validate()?;
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorClass};
 use crate::metrics::{Histogram, HistogramSnapshot};
 
 /// Error kinds counted separately (see [`Error::kind`]).
@@ -16,6 +16,7 @@ pub(crate) struct ServerStats {
     pub(crate) submitted: AtomicU64,
     pub(crate) ok: AtomicU64,
     pub(crate) errors: [AtomicU64; ERROR_KINDS.len()],
+    pub(crate) classes: [AtomicU64; ErrorClass::ALL.len()],
     pub(crate) latency_us: Histogram,
 }
 
@@ -32,6 +33,7 @@ impl ServerStats {
 
     pub(crate) fn error(&self, e: &Error) {
         self.errors[e.kind_index()].fetch_add(1, Relaxed);
+        self.classes[e.class().index()].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> RequestStats {
@@ -42,6 +44,12 @@ impl ServerStats {
                 .iter()
                 .zip(&self.errors)
                 .map(|(k, c)| (k.to_string(), c.load(Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .collect(),
+            error_classes: ErrorClass::ALL
+                .iter()
+                .zip(&self.classes)
+                .map(|(k, c)| (*k, c.load(Relaxed)))
                 .filter(|(_, c)| *c > 0)
                 .collect(),
             latency_us: self.latency_us.snapshot(),
@@ -58,6 +66,10 @@ pub struct RequestStats {
     pub ok: u64,
     /// Failed requests by error kind (only kinds seen).
     pub errors: Vec<(String, u64)>,
+    /// Failed requests by [`ErrorClass`] (only classes seen): a crash inside
+    /// an ensemble counts as `crashed` here, though its kind is `ensemble`.
+    #[serde(default)]
+    pub error_classes: Vec<(ErrorClass, u64)>,
     /// End-to-end latency of finished requests, microseconds.
     pub latency_us: HistogramSnapshot,
 }

@@ -31,14 +31,47 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerError(Box<Inner>);
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Inner {
     type_name: String,
     message: String,
     sources: Vec<String>,
     backtrace: Option<String>,
     panic: bool,
+    /// The worker said the input is at fault ([`WorkerError::invalid_input`]).
+    #[serde(default)]
+    invalid_input: bool,
+    /// Opaque bytes attached by a foreign worker (e.g. a pickled Python
+    /// exception); they cross process boundaries with the error.
+    #[serde(default)]
+    detail: Option<Vec<u8>>,
+    /// An in-process attachment (e.g. the Python exception object of a thread
+    /// worker); it does not cross process boundaries.
+    #[serde(skip)]
+    local: Option<Local>,
 }
+
+/// An in-process attachment of a [`WorkerError`].
+type Local = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_name == other.type_name
+            && self.message == other.message
+            && self.sources == other.sources
+            && self.backtrace == other.backtrace
+            && self.panic == other.panic
+            && self.invalid_input == other.invalid_input
+            && self.detail == other.detail
+            && match (&self.local, &other.local) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Inner {}
 
 impl WorkerError {
     /// An error with a given type name and message (for errors that are not
@@ -50,6 +83,68 @@ impl WorkerError {
             sources: Vec::new(),
             backtrace: capture_backtrace(),
             panic: false,
+            invalid_input: false,
+            detail: None,
+            local: None,
+        }))
+    }
+
+    /// An error that blames the input (a wrong type, a value out of range):
+    /// its [`Error::class`](crate::Error::class) is
+    /// [`ErrorClass::InvalidInput`](crate::error::ErrorClass::InvalidInput),
+    /// which the HTTP front answers with 422. The mark crosses process
+    /// boundaries with the error.
+    ///
+    /// ```
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::invalid_input("TypeError", "'int' object is not subscriptable");
+    /// assert!(e.is_invalid_input());
+    /// let e: WorkerError = "x".parse::<i32>().map_err(WorkerError::from).unwrap_err();
+    /// assert!(e.into_invalid_input().is_invalid_input());
+    /// ```
+    ///
+    /// No backtrace is captured for it, even with `RUST_BACKTRACE` set: the
+    /// input is at fault, not the code, and a client must not be able to make
+    /// the server resolve backtraces (which loads the binary's debug
+    /// information: tens of MiB) at will.
+    pub fn invalid_input(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        WorkerError(Box::new(Inner {
+            type_name: type_name.into(),
+            message: message.into(),
+            sources: Vec::new(),
+            backtrace: None,
+            panic: false,
+            invalid_input: true,
+            detail: None,
+            local: None,
+        }))
+    }
+
+    /// This error, marked as caused by invalid input (see
+    /// [`WorkerError::invalid_input`]).
+    pub fn into_invalid_input(mut self) -> Self {
+        self.0.invalid_input = true;
+        self
+    }
+
+    /// Whether the worker marked this error as caused by invalid input.
+    pub fn is_invalid_input(&self) -> bool {
+        self.0.invalid_input
+    }
+
+    /// The same error (type name, marks) with another message and no
+    /// sources or backtrace, e.g. shortened to fit a frame.
+    pub(crate) fn with_message(&self, message: String) -> Self {
+        WorkerError(Box::new(Inner {
+            type_name: self.0.type_name.clone(),
+            message,
+            sources: Vec::new(),
+            backtrace: None,
+            panic: self.0.panic,
+            invalid_input: self.0.invalid_input,
+            detail: self.0.detail.clone(),
+            local: self.0.local.clone(),
         }))
     }
 
@@ -78,6 +173,9 @@ impl WorkerError {
             sources: Vec::new(),
             backtrace,
             panic: true,
+            invalid_input: false,
+            detail: None,
+            local: None,
         }))
     }
 
@@ -106,6 +204,47 @@ impl WorkerError {
     pub fn is_panic(&self) -> bool {
         self.0.panic
     }
+
+    /// Attaches opaque bytes that travel with the error, also from a worker
+    /// process to the server (the Python package puts the pickled exception
+    /// here, so the caller can re-raise the worker's own exception).
+    ///
+    /// ```
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::new("ValueError", "bad").with_detail(vec![1, 2, 3]);
+    /// assert_eq!(e.detail(), Some(&[1u8, 2, 3][..]));
+    /// ```
+    pub fn with_detail(mut self, bytes: Vec<u8>) -> Self {
+        self.0.detail = Some(bytes);
+        self
+    }
+
+    /// The bytes attached with [`with_detail`](WorkerError::with_detail).
+    pub fn detail(&self) -> Option<&[u8]> {
+        self.0.detail.as_deref()
+    }
+
+    /// Attaches an in-process value (e.g. a thread worker's original exception
+    /// object). Unlike [`with_detail`](WorkerError::with_detail) it is not
+    /// serialized: it is dropped when the error crosses a process boundary.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::msg("bad").with_local(Arc::new(42u32));
+    /// assert_eq!(e.local().and_then(|a| a.downcast_ref::<u32>()), Some(&42));
+    /// ```
+    pub fn with_local(mut self, value: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.0.local = Some(value);
+        self
+    }
+
+    /// The value attached with [`with_local`](WorkerError::with_local).
+    pub fn local(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.0.local.as_deref()
+    }
 }
 
 fn capture_backtrace() -> Option<String> {
@@ -133,6 +272,9 @@ where
             sources,
             backtrace: capture_backtrace(),
             panic: false,
+            invalid_input: false,
+            detail: None,
+            local: None,
         }))
     }
 }
@@ -176,10 +318,33 @@ mod tests {
     }
 
     #[test]
+    fn detail_crosses_serialization_and_local_stays_behind() {
+        let e = WorkerError::msg("boom")
+            .with_detail(vec![7, 8])
+            .with_local(std::sync::Arc::new(5u8));
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        let back: WorkerError = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.detail(), Some(&[7u8, 8][..]));
+        assert!(back.local().is_none());
+        assert_eq!(e.local().and_then(|a| a.downcast_ref::<u8>()), Some(&5));
+    }
+
+    #[test]
     fn round_trips_through_postcard() {
         let e = WorkerError::msg("boom");
         let bytes = postcard::to_stdvec(&e).unwrap();
         let back: WorkerError = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn invalid_input_mark_round_trips() {
+        let e = WorkerError::invalid_input("TypeError", "bad");
+        let back: WorkerError = postcard::from_bytes(&postcard::to_stdvec(&e).unwrap()).unwrap();
+        assert!(back.is_invalid_input());
+        let back: WorkerError = rmp_serde::from_slice(&rmp_serde::to_vec(&e).unwrap()).unwrap();
+        assert!(back.is_invalid_input());
+        assert!(!WorkerError::msg("x").is_invalid_input());
+        assert!(e.with_message("short".into()).is_invalid_input());
     }
 }

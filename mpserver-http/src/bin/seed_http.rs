@@ -5,124 +5,123 @@
 //! in a process. Values are dynamic JSON.
 //!
 //! ```text
-//! seed_http [--addr 127.0.0.1:8080] [--capacity 256] [--timeout-ms 60000]
-//!           [--max-timeout-ms 60000] [--grace-ms 30000] [--drain-delay-ms 0]
-//!           [--flow seed|echo]
+//! seed_http --help
 //! curl -s -X POST localhost:8080/call -d '"world"'    # "Hello, wdwdwdwdwd!"
 //! ```
 //!
-//! Every flag also reads from the environment: `MPSERVER_HTTP_ADDR`,
-//! `MPSERVER_HTTP_CAPACITY`, `MPSERVER_HTTP_TIMEOUT_MS`,
-//! `MPSERVER_HTTP_MAX_TIMEOUT_MS`, `MPSERVER_HTTP_GRACE_MS`,
-//! `MPSERVER_HTTP_DRAIN_DELAY_MS`, `MPSERVER_HTTP_FLOW` (flags win). `--flow
-//! echo` serves a trivial thread flow instead, to measure the HTTP front's
-//! own cost. The bound address is printed on stdout (`listening on ADDR`),
-//! useful with port 0. Logs go to stderr (`RUST_LOG`, default `info`).
+//! Every flag also reads from an environment variable (shown by `--help`;
+//! flags win). `--flow echo` serves a trivial thread flow instead, to
+//! measure the HTTP front's own cost. The bound address is printed on stdout
+//! (`listening on ADDR`), useful with port 0. Logs go to stderr (`RUST_LOG`,
+//! default `info`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Arg, ArgMatches, Command, value_parser};
 use mpserver::Codec;
 use mpserver::prelude::*;
 use mpserver_http::{Flow, HttpConfig, serve};
 use serde_json::Value;
 
 // The seed's workers, defined once with the seed example.
+// Not every item is used by every includer.
+#[allow(dead_code)]
 #[path = "../seed_workers.rs"]
 mod seed_workers;
-use seed_workers::{GetHead, GetLen, GetTail, Solute, combine};
+use seed_workers::{GetHead, GetLen, GetTail, Solute, combine_bounded};
 
-struct Options {
-    addr: String,
-    capacity: usize,
-    timeout: Duration,
-    max_timeout: Duration,
-    grace: Duration,
-    drain_delay: Duration,
-    flow: String,
+/// The command line: every flag with its environment variable.
+fn command() -> Command {
+    let num = |name: &'static str, env: &'static str, default: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .env(env)
+            .default_value(default)
+            .value_parser(value_parser!(u64))
+            .help(help)
+    };
+    Command::new("seed_http")
+        .about("Serves the seed documentation's flow over HTTP (mpserver-http).")
+        .arg(
+            Arg::new("addr")
+                .long("addr")
+                .env("MPSERVER_HTTP_ADDR")
+                .default_value("127.0.0.1:8080")
+                .help("Address to listen on (port 0: any free port)."),
+        )
+        .arg(
+            Arg::new("flow")
+                .long("flow")
+                .env("MPSERVER_HTTP_FLOW")
+                .default_value("seed")
+                .value_parser(["seed", "echo"])
+                .help("The flow: the seed's, or a trivial echo (the front's own cost)."),
+        )
+        .arg(num(
+            "capacity",
+            "MPSERVER_HTTP_CAPACITY",
+            "256",
+            "Requests in flight across all stages.",
+        ))
+        .arg(num(
+            "timeout-ms",
+            "MPSERVER_HTTP_TIMEOUT_MS",
+            "60000",
+            "Time limit of a request that asks for none.",
+        ))
+        .arg(num(
+            "max-timeout-ms",
+            "MPSERVER_HTTP_MAX_TIMEOUT_MS",
+            "60000",
+            "Longest time limit a request may ask for (x-timeout-ms).",
+        ))
+        .arg(num(
+            "grace-ms",
+            "MPSERVER_HTTP_GRACE_MS",
+            "30000",
+            "On shutdown, how long work in flight may take to finish.",
+        ))
+        .arg(num(
+            "drain-delay-ms",
+            "MPSERVER_HTTP_DRAIN_DELAY_MS",
+            "0",
+            "On shutdown, how long /readyz answers 503 before intake stops.",
+        ))
+        .arg(num(
+            "max-body-bytes",
+            "MPSERVER_HTTP_MAX_BODY_BYTES",
+            "2097152",
+            "Largest /call body (larger: 413).",
+        ))
+        .arg(num(
+            "max-output-bytes",
+            "MPSERVER_HTTP_MAX_OUTPUT_BYTES",
+            "16777216",
+            "Largest result the combine step makes (larger: 422).",
+        ))
 }
 
-const USAGE: &str = "usage: seed_http [--addr HOST:PORT] [--capacity N] [--timeout-ms MS] \
-[--max-timeout-ms MS] [--grace-ms MS] [--drain-delay-ms MS] [--flow seed|echo]";
+fn ms(m: &ArgMatches, name: &str) -> Duration {
+    Duration::from_millis(m.get_one::<u64>(name).copied().unwrap_or_default())
+}
 
-fn parse_args() -> Result<Options, String> {
-    let env = |k: &str| std::env::var(k).ok();
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "-h" || a == "--help" {
-            return Err(String::new());
-        }
-        let Some(flag) = a.strip_prefix("--") else {
-            return Err(format!("unexpected argument {a:?}"));
-        };
-        let (k, v) = match flag.split_once('=') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => {
-                let v = args
-                    .next()
-                    .ok_or_else(|| format!("--{flag} needs a value"))?;
-                (flag.to_string(), v)
-            }
-        };
-        pairs.push((k, v));
-    }
-    let get = |name: &str, var: &str| -> Option<String> {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| env(var))
-    };
-    for (k, _) in &pairs {
-        let known = [
-            "addr",
-            "capacity",
-            "timeout-ms",
-            "max-timeout-ms",
-            "grace-ms",
-            "drain-delay-ms",
-            "flow",
-        ];
-        if !known.contains(&k.as_str()) {
-            return Err(format!("unknown flag --{k}"));
-        }
-    }
-    let num = |name: &str, var: &str, default: u64| -> Result<u64, String> {
-        match get(name, var) {
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name} must be a whole number, got {v:?}")),
-            None => Ok(default),
-        }
-    };
-    let ms =
-        |name: &str, var: &str, default: u64| num(name, var, default).map(Duration::from_millis);
-    let flow = get("flow", "MPSERVER_HTTP_FLOW").unwrap_or_else(|| "seed".into());
-    if flow != "seed" && flow != "echo" {
-        return Err(format!("--flow must be seed or echo, got {flow:?}"));
-    }
-    Ok(Options {
-        addr: get("addr", "MPSERVER_HTTP_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into()),
-        capacity: num("capacity", "MPSERVER_HTTP_CAPACITY", 256)? as usize,
-        timeout: ms("timeout-ms", "MPSERVER_HTTP_TIMEOUT_MS", 60_000)?,
-        max_timeout: ms("max-timeout-ms", "MPSERVER_HTTP_MAX_TIMEOUT_MS", 60_000)?,
-        grace: ms("grace-ms", "MPSERVER_HTTP_GRACE_MS", 30_000)?,
-        drain_delay: ms("drain-delay-ms", "MPSERVER_HTTP_DRAIN_DELAY_MS", 0)?,
-        flow,
-    })
+fn count(m: &ArgMatches, name: &str) -> usize {
+    usize::try_from(m.get_one::<u64>(name).copied().unwrap_or_default()).unwrap_or(usize::MAX)
 }
 
 /// The seed's flow, or a trivial echo for measuring the front itself.
-fn flow(o: &Options) -> Flow<Value, Value> {
-    if o.flow == "echo" {
+fn flow(m: &ArgMatches) -> Flow<Value, Value> {
+    let capacity = count(m, "capacity");
+    let timeout = ms(m, "timeout-ms");
+    if m.get_one::<String>("flow").map(String::as_str) == Some("echo") {
         let echo = ThreadServlet::new(worker_fn(|x: Value| x)).workers(2);
         return Server::builder(echo)
-            .capacity(o.capacity)
-            .timeout(o.timeout)
+            .capacity(capacity)
+            .timeout(timeout)
             .into();
     }
+    let max_output = count(m, "max-output-bytes");
     let servlet = sequential![
         ensemble![
             ProcessServlet::new(GetHead)
@@ -135,16 +134,19 @@ fn flow(o: &Options) -> Flow<Value, Value> {
                 .cpus([1])
                 .codec(Codec::MessagePack),
         ],
-        ThreadServlet::new(try_worker_fn(combine)),
+        ThreadServlet::new(try_worker_fn(move |x: Vec<Value>| combine_bounded(
+            x, max_output
+        ))),
         ProcessServlet::new(Solute).codec(Codec::MessagePack),
     ];
     Server::builder(servlet)
-        .capacity(o.capacity)
-        .timeout(o.timeout)
+        .capacity(capacity)
+        .timeout(timeout)
         .into()
 }
 
 fn main() -> ExitCode {
+    let m = command().get_matches();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -152,20 +154,6 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let opts = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("seed_http: {e}");
-            }
-            eprintln!("{USAGE}");
-            return if e.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            };
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -177,11 +165,16 @@ fn main() -> ExitCode {
         }
     };
     let config = HttpConfig::default()
-        .max_timeout(opts.max_timeout)
-        .shutdown_grace(opts.grace)
-        .drain_delay(opts.drain_delay);
+        .max_timeout(ms(&m, "max-timeout-ms"))
+        .shutdown_grace(ms(&m, "grace-ms"))
+        .drain_delay(ms(&m, "drain-delay-ms"))
+        .max_body_bytes(count(&m, "max-body-bytes"));
+    let addr = m
+        .get_one::<String>("addr")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&opts.addr).await?;
+        let listener = tokio::net::TcpListener::bind(&addr).await?;
         let addr = listener.local_addr()?;
         {
             use std::io::Write;
@@ -189,7 +182,7 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "listening on {addr}");
             let _ = out.flush();
         }
-        serve(listener, flow(&opts), config).await
+        serve(listener, flow(&m), config).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

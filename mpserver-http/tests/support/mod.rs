@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod seed;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -153,4 +155,10 @@ pub async fn error_body(r: reqwest::Response) -> serde_json::Value {
         Some("application/json")
     );
     r.json().await.unwrap()
+}
+
+/// The settings tests use: the defaults without the drain delay, so that
+/// stopping is quick (tests of the delay set it themselves).
+pub fn config() -> HttpConfig {
+    HttpConfig::default().drain_delay(Duration::ZERO)
 }

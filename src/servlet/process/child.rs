@@ -17,7 +17,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::spawn::Boot;
+use super::boot;
+use super::image::StartHook;
+use super::spawn::{Boot, Entry, Target};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
@@ -175,7 +177,7 @@ impl Results {
                 }
                 message.truncate(cut);
                 message.push_str(" [truncated to fit the frame limit]");
-                let short = WorkerError::new(error.type_name(), message);
+                let short = error.with_message(message);
                 let mark = self.begin_entry(id, frame::STATUS_WORKER_ERROR);
                 match self.buf.put_payload(|v| encode_into(v, &short)) {
                     Ok(()) if self.buf.len() - mark <= self.entry_limit() => self.end_entry(mark),
@@ -264,13 +266,30 @@ impl Results {
     }
 }
 
-/// The entry of a worker process running `W`; never returns.
-pub(crate) fn child_entry<W>(boot: Boot)
+impl Target {
+    /// The worker process entry for worker type `W`.
+    pub(crate) fn of<W>(start_hook: Option<StartHook>) -> Self
+    where
+        W: Worker + DeserializeOwned,
+        W::Input: DeserializeOwned,
+        W::Output: Serialize,
+    {
+        Target {
+            entry: child_entry::<W> as Entry,
+            type_name: std::any::type_name::<W>(),
+            start_hook,
+        }
+    }
+}
+
+/// The entry of a re-executed worker process running `W`; never returns.
+fn child_entry<W>(boot: Boot)
 where
     W: Worker + DeserializeOwned,
     W::Input: DeserializeOwned,
     W::Output: Serialize,
 {
+    boot::accept::<W>(&boot);
     let code = match serve::<W>(boot) {
         Ok(()) => 0,
         Err(e) => {
@@ -314,7 +333,9 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-fn serve<W>(boot: Boot) -> Result<(), Box<dyn std::error::Error>>
+/// The worker process's whole life after the handshake: configuration,
+/// pinning, start hook, init, the serve loop, cleanup.
+pub(crate) fn serve<W>(boot: Boot) -> Result<(), Box<dyn std::error::Error>>
 where
     W: Worker + DeserializeOwned,
     W::Input: DeserializeOwned,
@@ -323,6 +344,8 @@ where
     let Boot {
         mut reader,
         mut writer,
+        start_hook,
+        ..
     } = boot;
     let config: ChildConfig = match reader.read_frame()? {
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
@@ -346,6 +369,12 @@ where
         kind: WorkerKind::Process,
         cpus: config.cpus.cpus().map(<[usize]>::to_vec),
     };
+    if let Some(hook) = start_hook
+        && let Err(e) = panic::catch(|| hook(&ctx)).and_then(|r| r)
+    {
+        init_failed(&mut writer, &e)?;
+        return Ok(());
+    }
     if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
         init_failed(&mut writer, &e)?;
         return Ok(());
