@@ -15,10 +15,14 @@
 # distroless/cc-debian12 provides). The `build` stage is not run here.
 #
 # Checks: the image's user is 65532 and its entry point is seed_http; in a
-# container from it, `/healthz` and `/readyz` answer 200, `POST /call`
-# answers the seed's "Hello, wdwdwdwdwd!", `/metrics` exports every metric
-# the Kubernetes manifests (deploy/k8s) refer to; the server runs as uid
-# 65532; SIGTERM stops it with status 0 and leaves no worker process behind.
+# container from it, run with the Kubernetes Deployment's environment
+# (every MPSERVER_HTTP_* variable it sets is one seed_http reads),
+# `/healthz` and `/readyz` answer 200, `POST /call` answers the seed's
+# "Hello, wdwdwdwdwd!", `/metrics` exports every metric the manifests
+# (deploy/k8s) refer to and the Deployment's capacity; the server runs as uid
+# 65532 with its worker processes; on SIGTERM `/readyz` turns 503 at once,
+# the process exits 0 after the Deployment's drain delay and within its
+# terminationGracePeriodSeconds, and leaves no worker process behind.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -74,10 +78,36 @@ entry="$("${B[@]}" inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' 
 size="$("${B[@]}" images --format '{{.Size}}' localhost/mpserver-seed-http:check)"
 say "image built: user $user, entry point $entry, size $size"
 
-# 3. Run it: a container with the image's user, on the host's loopback.
+# 3. Run it: a container with the image's user and the Deployment's
+#    environment (deploy/k8s/base/deployment.yaml), on the host's loopback
+#    (the flag moves the address to a free port; flags win over variables).
+mapfile -t envs < <(python3 - "$root/deploy/k8s/base/deployment.yaml" <<'EOF'
+import sys
+import yaml
+with open(sys.argv[1]) as f:
+    dep = yaml.safe_load(f)
+(c,) = dep["spec"]["template"]["spec"]["containers"]
+for e in c["env"]:
+    print(f"{e['name']}={e['value']}")
+EOF
+)
+[ "${#envs[@]}" -gt 0 ] || fail "no environment in the Deployment"
+help="$("$bin" --help)"
+env_args=()
+for e in "${envs[@]}"; do
+    name="${e%%=*}"
+    case "$name" in
+        MPSERVER_HTTP_*) grep -q "env: $name=" <<<"$help" || fail "seed_http does not read $name (set in the Deployment)" ;;
+    esac
+    env_args+=(-e "$e")
+done
+env_value() { local e; for e in "${envs[@]}"; do if [ "${e%%=*}" = "$1" ]; then echo "${e#*=}"; fi; done; }
+capacity="$(env_value MPSERVER_HTTP_CAPACITY)"
+drain_ms="$(env_value MPSERVER_HTTP_DRAIN_DELAY_MS)"
+grace_ms="$(env_value MPSERVER_HTTP_GRACE_MS)"
 ctr="$("${B[@]}" from --quiet localhost/mpserver-seed-http:check)"
-setsid "${B[@]}" run --isolation chroot --network host "$ctr" -- \
-    /usr/local/bin/seed_http --addr 127.0.0.1:0 --drain-delay-ms 200 \
+setsid "${B[@]}" run --isolation chroot --network host "${env_args[@]}" "$ctr" -- \
+    /usr/local/bin/seed_http --addr 127.0.0.1:0 \
     >"$work/out.txt" 2>"$work/err.txt" &
 run_pid=$!
 addr=""
@@ -105,13 +135,15 @@ names="$(grep -rhoE 'mpserver_[a-z_]+' "$root/deploy/k8s" | sort -u)"
 for name in $names; do
     grep -q "^$name[ {]" <<<"$metrics" || fail "/metrics does not export $name (used in deploy/k8s)"
 done
-say "served: /healthz, /readyz, POST /call -> $answer, /metrics has $(echo $names)"
+grep -q "^mpserver_server_capacity $capacity\$" <<<"$metrics" \
+    || fail "the capacity is not the Deployment's $capacity: $(grep '^mpserver_server_capacity ' <<<"$metrics")"
+say "served: /healthz, /readyz, POST /call -> $answer, /metrics has $(echo $names), capacity $capacity"
 
 # The server process: the child of buildah's runner that execs seed_http.
 descendants() { local p; for p in $(pgrep -P "$1" || true); do echo "$p"; descendants "$p"; done; }
 server=""
 for p in $(descendants "$run_pid"); do
-    if [ "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)" = "/usr/local/bin/seed_http --addr 127.0.0.1:0 --drain-delay-ms 200 " ]; then
+    if [ "$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)" = "/usr/local/bin/seed_http --addr 127.0.0.1:0 " ]; then
         server="$p"
     fi
 done
@@ -123,10 +155,25 @@ workers="$(echo $worker_pids | wc -w)"
 [ "$workers" -ge 5 ] || fail "expected the seed's 5 worker processes, found $workers"
 say "seed_http (pid $server) runs as uid $uid with $workers worker processes"
 
-# 4. SIGTERM, as the kubelet sends it: drain, stop, exit 0, no worker left.
+# 4. SIGTERM, as the kubelet sends it after the preStop hook: /readyz turns
+#    503 at once while the process keeps answering for the Deployment's
+#    drain delay, then the flow drains and the process exits 0, within the
+#    time the Deployment allows, leaving no worker process.
+limit_s="$(python3 -c "import yaml; print(yaml.safe_load(open('$root/deploy/k8s/base/deployment.yaml'))['spec']['template']['spec']['terminationGracePeriodSeconds'])")"
+t0="$(date +%s%N)"
 kill -TERM "$server"
+code=""
+for _ in $(seq 1 50); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' "$base_url/readyz" || true)"
+    [ "$code" = 503 ] && break
+    sleep 0.1
+done
+[ "$code" = 503 ] || fail "/readyz answered $code, not 503, after SIGTERM"
+timeout "$limit_s" tail --pid="$server" -f /dev/null \
+    || fail "seed_http did not stop within terminationGracePeriodSeconds ($limit_s s) of SIGTERM"
+took_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+[ "$took_ms" -ge "$drain_ms" ] || fail "stopped after $took_ms ms, before the drain delay ($drain_ms ms): the delay was not applied"
 status=0
-timeout 60 tail --pid="$server" -f /dev/null || fail "seed_http did not stop within 60 s of SIGTERM"
 wait "$run_pid" || status=$?
 run_pid=""
 [ "$status" = 0 ] || fail "the container exited with status $status after SIGTERM"
@@ -135,5 +182,5 @@ for p in $worker_pids; do
     if kill -0 "$p" 2>/dev/null; then left="$left $p"; fi
 done
 [ -z "$left" ] || fail "worker processes left behind:$left"
-say "SIGTERM: stopped cleanly (status 0)"
+say "SIGTERM: /readyz 503 at once, exit 0 after $took_ms ms (drain delay $drain_ms ms, grace $grace_ms ms, limit $limit_s s)"
 say "OK"
