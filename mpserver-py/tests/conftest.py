@@ -24,6 +24,23 @@ def pid_alive(pid: int) -> bool:
     return state != 'Z'
 
 
+def children() -> list:
+    """Pids of this process's children, zombies included."""
+    me = os.getpid()
+    out = []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f'/proc/{name}/stat') as f:
+                ppid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if ppid == me:
+            out.append(int(name))
+    return out
+
+
 @pytest.fixture
 def two_cpus():
     if len(os.sched_getaffinity(0)) < 2:

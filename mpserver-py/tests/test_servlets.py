@@ -82,12 +82,15 @@ def test_worker_exception_is_reraised_with_the_worker_traceback(kind):
 
 @pytest.mark.parametrize('kind', KINDS)
 def test_init_failure_fails_the_start_with_the_worker_exception(kind):
+    from conftest import children
+
+    assert children() == []
     server = Server(simple(kind, InitFails))
     with pytest.raises(RuntimeError, match='cannot load the model'):
         with server:
             pass
-    # Nothing left running; the server can be used after a good start.
-    assert server._worker_pids() == []
+    # No worker process left behind, not even a zombie.
+    assert children() == []
 
 
 @pytest.mark.parametrize('kind', KINDS)
@@ -378,9 +381,14 @@ def test_many_threads_call_at_once_and_get_their_own_results():
 
 
 def test_a_server_can_be_entered_again_after_it_exits():
-    server = Server(ProcessServlet(Double))
+    from conftest import children
+
+    server = Server(ProcessServlet(Double, cpus=2))
     with server:
         assert server.call(1) == 2
+        assert len(children()) == 2
+    # Leaving the context stops and reaps every worker process.
+    assert children() == []
     assert server.backlog == 0
     with pytest.raises(RuntimeError, match='not running'):
         server.call(1)
