@@ -352,6 +352,53 @@ impl<W> super::ProcessServlet<W> {
         self.spawn.launcher = launcher;
         self
     }
+
+    /// A function run in every worker process before the worker's
+    /// [`init`](crate::Worker::init), with the worker's context (its index,
+    /// name and CPUs): set per-worker environment (`CUDA_VISIBLE_DEVICES`,
+    /// thread counts of math libraries), install a `tracing` subscriber,
+    /// raise limits. An `Err` (or a panic) fails the worker's start as
+    /// `init` would.
+    ///
+    /// It must be a plain function, not a closure: the worker process finds
+    /// it the way it finds its worker, by its place in the executable, so it
+    /// works with the default re-exec [`Launcher`] only (with
+    /// [`Launcher::program`] the start fails; do such set-up in the program,
+    /// or set environment with [`Launcher::command_hook`]). When the hook
+    /// runs, the worker process has a single thread (unless code run before
+    /// `main` started others), so `std::env::set_var` is sound there.
+    ///
+    /// ```
+    /// use mpserver::{ProcessServlet, Server, WorkerContext, WorkerError};
+    /// # use mpserver::Worker;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Device;
+    /// # impl Worker for Device {
+    /// #     type Input = ();
+    /// #     type Output = Option<String>;
+    /// #     fn call(&mut self, _: ()) -> Result<Option<String>, WorkerError> {
+    /// #         Ok(std::env::var("CUDA_VISIBLE_DEVICES").ok())
+    /// #     }
+    /// # }
+    ///
+    /// fn pick_gpu(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    ///     // SAFETY: the worker process has one thread when the hook runs.
+    ///     unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ctx.worker_index().to_string()) };
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() {
+    /// let server = Server::start(ProcessServlet::new(Device).on_worker_start(pick_gpu)).unwrap();
+    /// assert_eq!(server.call(()).unwrap().as_deref(), Some("0"));
+    /// # }
+    /// ```
+    pub fn on_worker_start(
+        mut self,
+        hook: fn(&crate::WorkerContext) -> Result<(), crate::WorkerError>,
+    ) -> Self {
+        self.spawn.start_hook = Some(hook);
+        self
+    }
 }
 
 fn random_token() -> u64 {
