@@ -83,6 +83,8 @@ pub(crate) struct Boot {
     pub(crate) start_hook: Option<StartHook>,
     /// Capture backtraces of worker errors and panics.
     pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none).
+    pub(crate) log_level: u8,
 }
 
 /// The type of a worker entry function.
@@ -113,6 +115,8 @@ pub(crate) struct Hello {
     pub(crate) cpus: Vec<usize>,
     /// Capture backtraces of worker errors and panics.
     pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none; see `worker_log`).
+    pub(crate) log_level: u8,
     pub(crate) find: Find,
 }
 
@@ -643,6 +647,7 @@ fn start(
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus: crate::affinity::process_cpus().to_vec(),
         backtraces: opts.backtraces,
+        log_level: super::worker_log::server_level(),
         find,
     };
     let mut frame = FrameBuf::new();
