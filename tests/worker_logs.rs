@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use mpserver::{ProcessServlet, Server, Worker, WorkerContext, WorkerError};
+use mpserver::{ProcessServlet, Server, ThreadServlet, Worker, WorkerContext, WorkerError};
 use serde::{Deserialize, Serialize};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::Layer;
@@ -37,11 +37,12 @@ impl tracing::field::Visit for Fields {
 
 impl<S: tracing::Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "mpserver::servlet::process::worker_log" {
+        if !event.metadata().target().starts_with("mpserver::servlet") {
             return;
         }
         let mut f = Fields::default();
         event.record(&mut f);
+        f.0.insert("event_target".into(), event.metadata().target().into());
         seen()
             .lock()
             .unwrap()
@@ -59,7 +60,7 @@ fn install() {
 
 /// Logs around its work; fails on negative input; logs `burst` events in a
 /// call on 1000.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Chatty {
     burst: usize,
 }
@@ -168,4 +169,19 @@ fn a_burst_beyond_the_queue_is_dropped_and_counted() {
         burst,
         "every event is either delivered or counted"
     );
+}
+
+#[test]
+fn thread_worker_errors_are_logged_at_warn() {
+    install();
+    let server = Server::start(ThreadServlet::new(Chatty { burst: 0 }).name("threaded")).unwrap();
+    assert!(server.call(-7).is_err());
+    wait_until("the thread worker's error at warn", |s| {
+        s.iter().any(|e| {
+            e.0 == tracing::Level::WARN
+                && field(e, "event_target") == "mpserver::servlet::thread"
+                && field(e, "worker").starts_with("threaded#0")
+                && field(e, "error").contains("-7 is negative")
+        })
+    });
 }
