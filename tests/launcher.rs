@@ -132,7 +132,7 @@ fn a_worker_that_did_not_bootstrap_refuses_to_start_a_server() {
     // serving: it must exit at once, and the start must say what to do.
     let (msg, spent) =
         start_error(ProcessServlet::new(Triple).launcher(helper("helper_start_a_server_instead")));
-    assert!(msg.contains("mpserver::init()"), "{msg}");
+    assert!(msg.contains("serve_worker"), "{msg}");
     assert!(msg.contains("did not bootstrap"), "{msg}");
     assert!(spent < Duration::from_secs(8), "{spent:?}");
 }
@@ -213,4 +213,33 @@ fn the_command_hook_sets_the_environment_per_worker() {
             seen.insert(index);
         }
     }
+}
+
+#[test]
+fn require_same_image_refuses_a_copy_of_the_program() {
+    let _serial = serial();
+    // A copy of this test binary: the same code, another file.
+    let copy = support::temp_path("worker-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let program = |same: bool| {
+        Launcher::program(&copy)
+            .args(["--exact", "helper_serve_double", "--nocapture"])
+            .require_same_image(same)
+            .command_hook(|cmd, _| {
+                cmd.stdout(Stdio::null());
+            })
+    };
+    // Without the requirement the copy serves.
+    let server = Server::start(ProcessServlet::new(Double).launcher(program(false))).unwrap();
+    assert_eq!(server.call(4).unwrap(), 8);
+    drop(server);
+    wait_for(|| all_children().is_empty());
+    // With it, the start fails and says why.
+    let err = Server::start(ProcessServlet::new(Double).launcher(program(true)))
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("another file than the server's"), "{msg}");
+    assert!(all_children().is_empty(), "{:?}", all_children());
+    let _ = std::fs::remove_file(&copy);
 }

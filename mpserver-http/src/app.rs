@@ -11,6 +11,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use mpserver::Handle;
 use mpserver::error::ErrorClass;
+use mpserver::metrics::ServletSnapshot;
 use mpserver::server::ServerState;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -188,11 +189,40 @@ impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
             ServerState::Draining => return Err("draining".into()),
             ServerState::Stopped => return Err("stopped".into()),
         }
-        if h.is_ready() {
+        let min = self.config.min_live_workers;
+        let mut down = Vec::new();
+        understaffed(&h.servlets(), "/", min, &mut down);
+        if down.is_empty() {
             Ok(())
         } else {
-            Err("unhealthy: a worker was given up on after repeated crashes".into())
+            Err(format!("stage down: {}", down.join("; ")))
         }
+    }
+}
+
+/// Collects the stages (servlets with workers) under `node` that have fewer
+/// live workers than `min` (or than all of their workers, if fewer), named
+/// by their path in the tree as in the metrics (`/` the root, `/0/2` its
+/// first member's third member).
+fn understaffed(node: &ServletSnapshot, path: &str, min: usize, out: &mut Vec<String>) {
+    if !node.workers.is_empty() {
+        let live = node.workers.iter().filter(|w| w.alive).count();
+        let need = min.min(node.workers.len());
+        if live < need {
+            out.push(format!(
+                "{path} ({}): {live} of {} workers alive, {need} needed",
+                node.name,
+                node.workers.len()
+            ));
+        }
+    }
+    for (i, m) in node.members.iter().enumerate() {
+        let p = if path == "/" {
+            format!("/{i}")
+        } else {
+            format!("{path}/{i}")
+        };
+        understaffed(m, &p, min, out);
     }
 }
 

@@ -24,6 +24,7 @@ pub struct HttpConfig {
     pub(crate) max_line_bytes: usize,
     pub(crate) retry_after: Duration,
     pub(crate) handle_signals: bool,
+    pub(crate) min_live_workers: usize,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +39,7 @@ impl Default for HttpConfig {
             max_line_bytes: 1024 * 1024,
             retry_after: Duration::from_secs(1),
             handle_signals: true,
+            min_live_workers: 1,
         }
     }
 }
@@ -106,6 +108,16 @@ impl HttpConfig {
     /// (default `true`).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.handle_signals = on;
+        self
+    }
+
+    /// Readiness: `/readyz` answers 503 while any stage (a process or
+    /// thread servlet) has fewer live workers than this (default 1; a stage
+    /// with fewer workers needs all of them). A worker is live while it
+    /// runs: not while it is dead, starting, or waiting out a restart
+    /// back-off.
+    pub fn min_live_workers(mut self, n: usize) -> Self {
+        self.min_live_workers = n;
         self
     }
 

@@ -189,7 +189,7 @@ impl Worker for Crasher {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_crash_is_503_and_readiness_fails_once_given_up() {
+async fn worker_crash_is_503_with_retry_after() {
     // Short back-offs keep shutdown quick (it waits out a back-off).
     let policy = RestartPolicy {
         max_restarts: 0,
@@ -211,19 +211,7 @@ async fn worker_crash_is_503_and_readiness_fails_once_given_up() {
     assert_eq!(e["worker"]["name"], "Crasher");
     assert!(e["worker"]["pid"].as_u64().is_some(), "{e}");
 
-    // One crash is more than this policy tolerates: readiness fails.
-    let unready = poll_until(Duration::from_secs(10), || async {
-        let r = app.get("/readyz").await;
-        r.status() == 503 && r.text().await.unwrap().starts_with("unhealthy")
-    })
-    .await;
-    assert!(unready, "/readyz did not report the unhealthy worker");
     let text = app.get("/metrics").await.text().await.unwrap();
-    assert!(text.contains("mpserver_server_ready 0\n"), "{text}");
-    assert!(
-        text.contains("mpserver_worker_healthy{servlet=\"/\",name=\"Crasher\",index=\"0\"} 0\n"),
-        "{text}"
-    );
     assert!(
         text.contains("mpserver_requests_total{outcome=\"worker_crashed\"} 1\n"),
         "{text}"

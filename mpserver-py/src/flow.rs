@@ -37,6 +37,44 @@ pub type PyServlet = BoxServlet<PyValue, PyValue>;
 pub struct FlowInfo {
     /// The flow contains process servlets.
     pub has_process: bool,
+    /// Items entering the flow go (also) to a process stage first, so their
+    /// pickle is made on the caller's thread (which holds the GIL anyway).
+    pub entry_pickles: bool,
+}
+
+/// Whether a spec's entry stage pickles its input.
+fn entry_pickles(spec: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let t = spec.cast::<PyTuple>()?;
+    let kind: String = t.get_item(0)?.extract()?;
+    Ok(match kind.as_str() {
+        "process" => true,
+        "sequential" => match t.get_item(1)?.cast::<PyList>()?.iter().next() {
+            Some(first) => entry_pickles(&first)?,
+            None => false,
+        },
+        "ensemble" => any_entry_pickles(&t.get_item(1)?)?,
+        "switch" => any_entry_pickles(&t.get_item(2)?)?,
+        _ => false,
+    })
+}
+
+fn any_entry_pickles(list: &Bound<'_, PyAny>) -> PyResult<bool> {
+    for s in list.cast::<PyList>()?.iter() {
+        if entry_pickles(&s)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Builds the servlet tree of the whole flow.
+pub fn build_flow(spec: &Bound<'_, PyAny>) -> PyResult<(PyServlet, FlowInfo)> {
+    let mut info = FlowInfo {
+        entry_pickles: entry_pickles(spec)?,
+        ..FlowInfo::default()
+    };
+    let servlet = build(spec, &mut info)?;
+    Ok((servlet, info))
 }
 
 /// Builds the servlet tree of a spec.

@@ -6,9 +6,11 @@
 //! [`value`] is the value that flows (a Python object or its pickle),
 //! [`worker`] runs Python worker classes as engine workers, [`flow`] builds
 //! the servlet tree from the Python servlet specs, [`server`] is the server
-//! with the GIL released on every wait, [`errors`] maps exceptions both ways,
+//! with the GIL released on every wait, [`aio`] drives async calls on the
+//! asyncio event loop, [`errors`] maps exceptions both ways,
 //! and [`process`] runs Python workers in worker processes.
 
+pub mod aio;
 pub mod errors;
 pub mod flow;
 pub mod process;
@@ -21,13 +23,10 @@ use pyo3::prelude::*;
 /// The extension module.
 #[pymodule]
 fn _mpserver(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // One engine thread is enough to complete asyncio awaitables: it only
-    // moves finished results to their event loops.
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.worker_threads(1).thread_name("mpserver-asyncio");
-    pyo3_async_runtimes::tokio::init(rt);
     m.add_class::<server::Core>()?;
     m.add_class::<server::Stream>()?;
+    m.add_class::<aio::Bridge>()?;
+    m.add_class::<aio::Call>()?;
     m.add_function(wrap_pyfunction!(process::_worker_main, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -17,6 +17,17 @@ use pyo3::types::{PyIterator, PyTuple};
 
 use crate::errors;
 use crate::flow::{self, FlowInfo};
+
+impl Core {
+    /// An item entering the flow (pickled now if it goes to a process first).
+    fn input(&self, x: Bound<'_, PyAny>) -> PyResult<PyValue> {
+        Ok(if self.info.entry_pickles {
+            PyValue::from_obj_pickled(x)
+        } else {
+            PyValue::from_obj(x)
+        })
+    }
+}
 use crate::value::PyValue;
 
 type PyHandle = Handle<PyValue, PyValue>;
@@ -63,8 +74,7 @@ impl Core {
         if capacity == 0 {
             return Err(PyValueError::new_err("capacity must be positive"));
         }
-        let mut info = FlowInfo::default();
-        let servlet = flow::build(spec, &mut info)?;
+        let (servlet, info) = flow::build_flow(spec)?;
         let main = flow::affinity(main_cpu)?;
         let grace = duration(shutdown_grace)?;
         let r = py.detach(|| {
@@ -101,28 +111,29 @@ impl Core {
         backpressure: bool,
     ) -> PyResult<Py<PyAny>> {
         let opts = CallOptions::timeout(duration(timeout)?).backpressure(backpressure);
-        let v = PyValue::from_obj(x);
+        let v = self.input(x)?;
         let handle = &self.handle;
         let r = py.detach(|| handle.call_with(v, opts));
         finish(py, r)
     }
 
-    /// An awaitable of the flow's result for `x`.
-    #[pyo3(signature = (x, timeout, backpressure))]
-    fn async_call<'py>(
+    /// Starts an async call whose result completes the asyncio future
+    /// `pyfut` through `bridge` (see `aio`).
+    #[pyo3(signature = (bridge, pyfut, x, timeout, backpressure))]
+    fn submit_async(
         &self,
-        py: Python<'py>,
-        x: Bound<'py, PyAny>,
+        py: Python<'_>,
+        bridge: &crate::aio::Bridge,
+        pyfut: Bound<'_, PyAny>,
+        x: Bound<'_, PyAny>,
         timeout: f64,
         backpressure: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<crate::aio::Call> {
         let opts = CallOptions::timeout(duration(timeout)?).backpressure(backpressure);
-        let v = PyValue::from_obj(x);
+        let v = self.input(x)?;
         let handle = self.handle.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let r = handle.async_call_with(v, opts).await;
-            Python::attach(|py| finish(py, r))
-        })
+        let fut = Box::pin(async move { handle.async_call_with(v, opts).await });
+        crate::aio::spawn(py, bridge, pyfut, fut)
     }
 
     /// An ordered stream of results for the items of `data`.
@@ -138,6 +149,7 @@ impl Core {
         let input = PyInput {
             iter: data.try_iter()?.unbind(),
             error: input_error.clone(),
+            pickle: self.info.entry_pickles,
         };
         let opts = StreamOptions::default()
             .timeout(duration(timeout)?)
@@ -204,6 +216,7 @@ fn finish(py: Python<'_>, r: Result<PyValue, Error>) -> PyResult<Py<PyAny>> {
 struct PyInput {
     iter: Py<PyIterator>,
     error: Arc<Mutex<Option<PyErr>>>,
+    pickle: bool,
 }
 
 impl Iterator for PyInput {
@@ -211,6 +224,7 @@ impl Iterator for PyInput {
     fn next(&mut self) -> Option<PyValue> {
         Python::attach(|py| match self.iter.bind(py).clone().next() {
             None => None,
+            Some(Ok(x)) if self.pickle => Some(PyValue::from_obj_pickled(x)),
             Some(Ok(x)) => Some(PyValue::from_obj(x)),
             Some(Err(e)) => {
                 if let Ok(mut g) = self.error.lock() {

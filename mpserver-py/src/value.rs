@@ -12,7 +12,7 @@
 //! bytes.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mpserver::Error;
 use pyo3::prelude::*;
@@ -24,8 +24,9 @@ use serde::ser::{self, Serializer};
 /// A value in a Python flow.
 #[derive(Clone)]
 pub enum PyValue {
-    /// A live Python object.
-    Obj(Arc<Py<PyAny>>),
+    /// A live Python object (with its pickle once made, so that ensemble
+    /// members in processes share one pickling).
+    Obj(Arc<Live>),
     /// A pickle (from a worker process), unpickled when Python needs it.
     Pickled(Arc<Vec<u8>>),
     /// The output of an ensemble: one value per member.
@@ -43,6 +44,12 @@ impl fmt::Debug for PyValue {
             PyValue::Failed(e) => write!(f, "PyValue::Failed({e})"),
         }
     }
+}
+
+/// A Python object and, once made, its pickle.
+pub struct Live {
+    obj: Py<PyAny>,
+    pickle: OnceLock<Arc<Vec<u8>>>,
 }
 
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -65,13 +72,31 @@ pub fn pickle_loads<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, P
 impl PyValue {
     /// Wraps a Python object.
     pub fn from_obj(obj: Bound<'_, PyAny>) -> Self {
-        PyValue::Obj(Arc::new(obj.unbind()))
+        PyValue::Obj(Arc::new(Live {
+            obj: obj.unbind(),
+            pickle: OnceLock::new(),
+        }))
+    }
+
+    /// Wraps a Python object about to enter a process stage: its pickle is
+    /// made now, while the caller holds the GIL, so the engine's threads need
+    /// not take it. An object that does not pickle is kept as is (its stage
+    /// then fails it as a codec error).
+    pub fn from_obj_pickled(obj: Bound<'_, PyAny>) -> Self {
+        let pickle = OnceLock::new();
+        if let Ok(b) = pickle_dumps(&obj) {
+            let _ = pickle.set(Arc::new(b));
+        }
+        PyValue::Obj(Arc::new(Live {
+            obj: obj.unbind(),
+            pickle,
+        }))
     }
 
     /// The Python object this value stands for (unpickling if needed).
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self {
-            PyValue::Obj(o) => Ok(o.bind(py).clone()),
+            PyValue::Obj(o) => Ok(o.obj.bind(py).clone()),
             PyValue::Pickled(b) => pickle_loads(py, b),
             PyValue::List(items) => {
                 let list = PyList::empty(py);
@@ -88,6 +113,13 @@ impl PyValue {
     fn pickled(&self) -> PyResult<Arc<Vec<u8>>> {
         match self {
             PyValue::Pickled(b) => Ok(b.clone()),
+            PyValue::Obj(o) => {
+                if let Some(b) = o.pickle.get() {
+                    return Ok(b.clone());
+                }
+                let b = Python::attach(|py| pickle_dumps(o.obj.bind(py)).map(Arc::new))?;
+                Ok(o.pickle.get_or_init(|| b).clone())
+            }
             other => Python::attach(|py| Ok(Arc::new(pickle_dumps(&other.to_py(py)?)?))),
         }
     }

@@ -363,3 +363,32 @@ def test_seed_names_and_deprecated_aliases():
     assert len([x for x in w if issubclass(x.category, DeprecationWarning)]) == 3
     c = mpserver.CpuAffinity([0])
     assert c.target == [0] and 0 in mpserver.CpuAffinity.get()
+
+
+def test_many_threads_call_at_once_and_get_their_own_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Server(ProcessServlet(Double, cpus=2), capacity=64) as s:
+        with ThreadPoolExecutor(8) as pool:
+            out = list(pool.map(lambda i: s.call(i, timeout=60), range(400)))
+        assert out == [2 * i for i in range(400)]
+        assert s.backlog == 0
+
+
+def test_a_server_can_be_entered_again_after_it_exits():
+    server = Server(ProcessServlet(Double))
+    with server:
+        assert server.call(1) == 2
+    assert server.backlog == 0
+    with pytest.raises(RuntimeError, match='not running'):
+        server.call(1)
+    with server:
+        assert server.call(2) == 4
+
+
+def test_value_between_two_process_stages_is_intact():
+    servlet = SequentialServlet(ProcessServlet(Double), ProcessServlet(Double))
+    with Server(servlet) as s:
+        big = bytes(range(256)) * 4096
+        assert s.call(big) == big * 4
+        assert s.call((1, 'x')) == (1, 'x', 1, 'x', 1, 'x', 1, 'x')

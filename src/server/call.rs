@@ -11,7 +11,7 @@ use super::request::Request;
 use super::timer::Expire;
 use super::{CallOptions, Handle, Pending};
 use crate::error::{Error, ServerBacklogFull, TimeoutError};
-use crate::servlet::plumbing::{Claim, Push, SinkRef, TicketRef, push_as};
+use crate::servlet::plumbing::{Claim, Push, Pushed, SinkRef, TicketRef};
 
 impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// Puts an admitted request (holding `permit`) into the flow: its
@@ -35,11 +35,11 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        let (pushed, claim) = push_as(push, || entry.push_until(req as TicketRef, x, deadline));
-        if !pushed {
-            return Err(self.enqueue_timeout(started, timeout));
+        match entry.push_call(req as TicketRef, x, deadline, push) {
+            Pushed::Delivered => Ok((pending, None)),
+            Pushed::Claimed(claim) => Ok((pending, Some(claim))),
+            Pushed::TimedOut => Err(self.enqueue_timeout(started, timeout)),
         }
-        Ok((pending, claim))
     }
     /// Admits one request: room at once, or (back-pressure off) room
     /// within the request's time limit, waiting in line (blocking).
@@ -132,8 +132,12 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         // Handed straight to an idle worker process that nobody reads: read
         // the result here rather than be woken by the reader thread (see
         // `servlet/process/reader.rs`). Dropping the claim gives it back.
+        // The claim's reading ends early when the request completes by
+        // another route (a fail-fast ensemble sibling, its deadline, a
+        // shutdown): the request calls the claim's interrupter then.
         if let Some(claim) = claim {
-            claim.read_until(started + opts.timeout);
+            pending.on_complete(claim.interrupter());
+            claim.read_until(started + opts.timeout, &|| pending.is_done());
         }
         pending.wait()
     }

@@ -12,7 +12,7 @@ use super::admission::Permit;
 use super::timer::Expire;
 use crate::error::{Error, TimeoutError};
 use crate::metrics::ServerStats;
-use crate::servlet::plumbing::{Sink, Ticket, TicketRef};
+use crate::servlet::plumbing::{Interrupt, Sink, Ticket, TicketRef};
 
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -39,6 +39,9 @@ pub(crate) struct Request<Out> {
 struct Slot<Out> {
     tx: Option<oneshot::Sender<Result<Out, Error>>>,
     permit: Option<Permit>,
+    /// Called once the request completes (its caller may be reading a
+    /// worker's socket for it: see `Pending::on_complete`).
+    on_complete: Option<Interrupt>,
 }
 
 impl<Out: Send + 'static> Request<Out> {
@@ -54,6 +57,7 @@ impl<Out: Send + 'static> Request<Out> {
             slot: Mutex::new(Slot {
                 tx: Some(tx),
                 permit: Some(permit),
+                on_complete: None,
             }),
             started,
             enqueue_nanos: AtomicU64::new(0),
@@ -69,16 +73,31 @@ impl<Out: Send + 'static> Request<Out> {
     }
 
     fn send(&self, r: Result<Out, Error>, release: bool) {
-        let (tx, permit) = {
+        let (tx, permit, wake) = {
             let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
             let permit = if release { slot.permit.take() } else { None };
-            (slot.tx.take(), permit)
+            (slot.tx.take(), permit, slot.on_complete.take())
         };
         drop(permit);
         if let Some(tx) = tx {
             self.stats.record(&r, self.started.elapsed());
             let _ = tx.send(r);
         }
+        if let Some(wake) = wake {
+            wake();
+        }
+    }
+
+    /// Calls `f` once the request completed (at once if it has).
+    pub(crate) fn on_complete(&self, f: Interrupt) {
+        {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            if self.is_pending() {
+                slot.on_complete = Some(f);
+                return;
+            }
+        }
+        f();
     }
 
     /// Completes the request unless it already ended. Returns whether it did.
@@ -168,8 +187,12 @@ impl<Out> Drop for Request<Out> {
             let slot = self.slot.get_mut().unwrap_or_else(|p| p.into_inner());
             drop(slot.permit.take());
             let tx = slot.tx.take();
+            let wake = slot.on_complete.take();
             if let Some(tx) = tx {
                 let _ = tx.send(Err(Error::Shutdown));
+            }
+            if let Some(wake) = wake {
+                wake();
             }
         }
     }
@@ -221,6 +244,20 @@ impl<Out: Send + 'static> Pending<Out> {
             rx: Some(Rx::Blocking(rx)),
             req,
         }
+    }
+
+    /// Calls `f` when the request completes, however it does (at once if it
+    /// has already).
+    pub(crate) fn on_complete(&self, f: Interrupt) {
+        match self.req.upgrade() {
+            Some(r) => r.on_complete(f),
+            None => f(),
+        }
+    }
+
+    /// True once the request has its outcome (or was dropped by the flow).
+    pub(crate) fn is_done(&self) -> bool {
+        self.req.upgrade().is_none_or(|r| !r.is_pending())
     }
 
     /// Blocks until the result (or the request's timeout error) arrives.

@@ -4,13 +4,17 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::panic::capture_backtrace;
+
 /// An error raised by a worker's `init` or `call`, with the context needed to
 /// understand it far from where it happened.
 ///
 /// `WorkerError` is built from any [`std::error::Error`] with `?` or `.into()`:
 /// it records the error's *type name* (as Python records the exception class),
 /// its message, the chain of `source()` messages, and a backtrace when one was
-/// captured (set `RUST_BACKTRACE=1` or `RUST_LIB_BACKTRACE=1`). Panics inside a
+/// captured: only on the thread of a worker whose servlet asked for backtraces
+/// (`.backtraces(true)`), and only when `RUST_BACKTRACE=1` or
+/// `RUST_LIB_BACKTRACE=1` enable them, so that ordinary errors stay cheap. Panics inside a
 /// worker become a `WorkerError` too, with [`WorkerError::is_panic`] true.
 ///
 /// Like `anyhow::Error`, it deliberately does not implement
@@ -163,6 +167,15 @@ impl WorkerError {
             "panic with a non-string payload".to_string()
         };
         let (location, backtrace) = crate::worker::panic::take_last_panic();
+        Self::panicked(message, location, backtrace)
+    }
+
+    /// The error a panic with `message` at `location` becomes.
+    pub(crate) fn panicked(
+        message: String,
+        location: Option<String>,
+        backtrace: Option<String>,
+    ) -> Self {
         let message = match location {
             Some(loc) => format!("{message} (at {loc})"),
             None => message,
@@ -244,14 +257,6 @@ impl WorkerError {
     /// The value attached with [`with_local`](WorkerError::with_local).
     pub fn local(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
         self.0.local.as_deref()
-    }
-}
-
-fn capture_backtrace() -> Option<String> {
-    let bt = std::backtrace::Backtrace::capture();
-    match bt.status() {
-        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
-        _ => None,
     }
 }
 

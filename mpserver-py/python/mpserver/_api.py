@@ -13,6 +13,7 @@ import multiprocessing.spawn
 import os
 import pickle
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Callable
@@ -410,6 +411,37 @@ class SwitchServlet(Servlet):
         return ('switch', self, [s._spec() for s in self._servlets])
 
 
+_BRIDGES = weakref.WeakKeyDictionary()
+
+
+def _bridge(loop):
+    """The engine's bridge to ``loop``: a pipe the engine writes to when it
+    completes a request, whose reader callback (on the loop's thread) sets the
+    results of the awaiting futures."""
+    b = _BRIDGES.get(loop)
+    if b is None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            b = _mpserver.Bridge(w)
+        finally:
+            os.close(w)
+
+        def on_wake(r=r, b=b):
+            try:
+                while os.read(r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            b.drain()
+
+        loop.add_reader(r, on_wake)
+        weakref.finalize(loop, os.close, r)
+        _BRIDGES[loop] = b
+    return b
+
+
 def _not_started():
     return RuntimeError("the server is not running; use it as `with server: ...`")
 
@@ -527,7 +559,14 @@ class Server:
         core = self._core
         if core is None:
             raise _not_started()
-        return await core.async_call(x, float(timeout), bool(backpressure))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        call = core.submit_async(_bridge(loop), fut, x, float(timeout), bool(backpressure))
+        try:
+            return await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                call.cancel()
 
     def stream(
         self,
@@ -575,11 +614,11 @@ class Server:
             try:
                 if isinstance(data_stream, AsyncIterable):
                     async for x in data_stream:
-                        fut = asyncio.ensure_future(core.async_call(x, timeout, False))
+                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
                         await window.put((x, fut))
                 else:
                     for x in data_stream:
-                        fut = asyncio.ensure_future(core.async_call(x, timeout, False))
+                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
                         await window.put((x, fut))
             except Exception as e:
                 await window.put((end, e))

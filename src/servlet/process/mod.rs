@@ -160,7 +160,7 @@ pub struct ProcessServlet<W> {
     recycle_after_items: Option<u64>,
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
-    launcher: spawn::Launcher,
+    spawn: spawn::SpawnOptions,
 }
 
 impl<W> ProcessServlet<W>
@@ -181,7 +181,7 @@ where
             recycle_after_items: None,
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
-            launcher: spawn::Launcher::default(),
+            spawn: spawn::SpawnOptions::default(),
         }
     }
 
@@ -275,7 +275,10 @@ where
             recycle_after_items: this.recycle_after_items,
             recycle_above_rss: this.recycle_above_rss,
             shutdown_grace: this.shutdown_grace,
-            launcher: this.launcher,
+            spawn: spawn::SpawnOptions {
+                backtraces: this.config.backtraces,
+                ..this.spawn
+            },
             stats: node.stats().clone(),
             healthy_workers: AtomicUsize::new(this.config.placement.0.len()),
             registry: ctx.shared.clone(),

@@ -44,7 +44,7 @@ pub(crate) struct Shared<W> {
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) shutdown_grace: Duration,
-    pub(crate) launcher: spawn::Launcher,
+    pub(crate) spawn: spawn::SpawnOptions,
     pub(crate) stats: Arc<ServletStats>,
     pub(crate) healthy_workers: AtomicUsize,
     pub(crate) registry: Arc<ChildRegistry>,
@@ -436,9 +436,9 @@ where
             name: self.shared.name.clone(),
             cpus: self.cpus.clone(),
         };
-        let target = spawn::Target::of::<W>(None);
+        let target = spawn::Target::of::<W>();
         let (mut child, sock) =
-            spawn::spawn(&self.shared.launcher, &target, &who, &self.shared.registry)
+            spawn::spawn(&self.shared.spawn, &target, &who, &self.shared.registry)
                 .map_err(|e| spawn_err(e.to_string()))?;
         let pid = child.id();
         let fail = |child: &mut Child, e: StartError| {
