@@ -149,4 +149,25 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         self.admit_blocking(x, Instant::now(), opts, Push::Single)
             .map(|(pending, _)| pending)
     }
+
+    /// Submits `x` into room reserved earlier (`permit`), e.g. by a tower
+    /// service's `poll_ready`. Its time limit counts from now.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(super) fn submit_reserved(
+        &self,
+        x: In,
+        permit: Permit,
+        opts: CallOptions,
+    ) -> Result<Pending<Out>, Error> {
+        let entry = self.entry()?;
+        self.enqueue(
+            &entry,
+            x,
+            permit,
+            Instant::now(),
+            opts.timeout,
+            Push::Single,
+        )
+        .map(|(pending, _)| pending)
+    }
 }

@@ -67,6 +67,48 @@ impl<S: Servlet> Builder<S> {
     pub fn start(self) -> Result<Server<S::Input, S::Output>, Error> {
         Server::start_with(self)
     }
+
+    /// Starts the flow from async code: the start (spawning workers and
+    /// waiting for their init, which may take long) runs on a thread of its
+    /// own, so the executor is never blocked. Needs no particular runtime.
+    ///
+    /// ```
+    /// use mpserver::{worker_fn, Server, ThreadServlet};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), mpserver::Error> {
+    /// let server = Server::builder(ThreadServlet::new(worker_fn(|x: u32| x * 2)))
+    ///     .capacity(16)
+    ///     .start_async()
+    ///     .await?;
+    /// assert_eq!(server.async_call(21).await?, 42);
+    /// server.shutdown_async().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_async(self) -> Result<Server<S::Input, S::Output>, Error> {
+        match off_thread("mpserver-start", move || Server::start_with(self)).await {
+            Ok(r) => r,
+            Err(()) => Err(StartError::Config("the server's start panicked".into()).into()),
+        }
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for its result without
+/// blocking the executor. `Err(())` if the thread could not be spawned or
+/// `f` panicked.
+async fn off_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ()> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| tracing::error!(error = %e, "cannot spawn {name} thread"))?;
+    rx.await.map_err(drop)
 }
 impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
     /// Starts `servlet` with default settings.
@@ -204,6 +246,27 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
     /// Like [`shutdown`](Server::shutdown) with a specific grace period.
     pub fn shutdown_timeout(self, grace: Duration) {
         self.handle.core.shutdown(grace);
+    }
+
+    /// [`shutdown`](Server::shutdown) from async code: the drain and the
+    /// reaping of worker processes run on a thread of their own, so the
+    /// executor is never blocked. (Dropping a `Server` inside an async task
+    /// shuts it down too, but blocks that task's thread while it drains.)
+    pub async fn shutdown_async(self) {
+        let grace = self.handle.core.shutdown_grace;
+        self.shutdown_timeout_async(grace).await;
+    }
+
+    /// [`shutdown_timeout`](Server::shutdown_timeout) from async code (see
+    /// [`shutdown_async`](Server::shutdown_async)).
+    pub async fn shutdown_timeout_async(self, grace: Duration) {
+        let core = self.handle.core.clone();
+        let r = off_thread("mpserver-shutdown", move || core.shutdown(grace)).await;
+        if r.is_err() {
+            // Could not run it elsewhere: do it here rather than not at all.
+            self.handle.core.shutdown(grace);
+        }
+        // Dropping `self` now finds the server stopped and returns at once.
     }
 }
 
