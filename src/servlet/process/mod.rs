@@ -90,7 +90,7 @@ impl Default for RestartPolicy {
 
 /// Processes spawned by one server, so a forced shutdown can kill them all.
 #[derive(Debug, Default)]
-pub struct ChildRegistry {
+pub(crate) struct ChildRegistry {
     pids: Mutex<HashSet<u32>>,
 }
 
