@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
@@ -233,7 +232,6 @@ where
     Out: Serialize + Send + 'static,
 {
     let metrics = app.metrics.clone();
-    let limit = app.config.max_body_bytes;
     Router::new()
         .route("/call", post(routes::call::<In, Out>))
         .route("/stream", post(routes::stream::<In, Out>))
@@ -243,6 +241,5 @@ where
         .route("/debug", get(routes::debug::<In, Out>))
         .fallback(routes::not_found)
         .with_state(app)
-        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(metrics, observe))
 }

@@ -25,6 +25,12 @@ pub struct HttpConfig {
     pub(crate) retry_after: Duration,
     pub(crate) handle_signals: bool,
     pub(crate) min_live_workers: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_discard_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -40,6 +46,12 @@ impl Default for HttpConfig {
             retry_after: Duration::from_secs(1),
             handle_signals: true,
             min_live_workers: 1,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_discard_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -90,6 +102,15 @@ impl HttpConfig {
         self
     }
 
+    /// How much of a body over [`max_body_bytes`](HttpConfig::max_body_bytes)
+    /// is read and dropped so that the client gets its 413 answer rather
+    /// than a reset connection (default 128 MiB). A larger body (announced
+    /// or sent) is answered 413 with `Connection: close` at once.
+    pub fn max_discard_bytes(mut self, n: usize) -> Self {
+        self.max_discard_bytes = n;
+        self
+    }
+
     /// Longest line accepted by `POST /stream` (default 1 MiB). A longer
     /// line yields an error line and ends the input.
     pub fn max_line_bytes(mut self, n: usize) -> Self {
@@ -118,6 +139,46 @@ impl HttpConfig {
     /// back-off.
     pub fn min_live_workers(mut self, n: usize) -> Self {
         self.min_live_workers = n;
+        self
+    }
+
+    /// Once the first byte of a request has arrived, how long its head
+    /// (request line and headers) may take to arrive in full before the
+    /// connection is closed (default 10 s; [`serve`](crate::serve) only).
+    pub fn header_read_timeout(mut self, t: Duration) -> Self {
+        self.header_read_timeout = t;
+        self
+    }
+
+    /// How long a request body may take to arrive: in full for `POST /call`
+    /// (then 408 and the connection is closed), between two chunks for
+    /// `POST /stream` (then an error line ends the input) (default 30 s).
+    pub fn body_read_timeout(mut self, t: Duration) -> Self {
+        self.body_read_timeout = t;
+        self
+    }
+
+    /// How long a connection with no request in progress stays open without
+    /// receiving a byte (default 60 s; [`serve`](crate::serve) only).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// How long a client may leave written data unread (its receive buffer
+    /// full) before the connection is cut (default 30 s;
+    /// [`serve`](crate::serve) only). A stream cut so is dropped: its items
+    /// still pending are cancelled and their capacity returns.
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// The most connections open at once (default 1024;
+    /// [`serve`](crate::serve) only). One more gets a `503` JSON answer with
+    /// `Retry-After` at once and is closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
         self
     }
 

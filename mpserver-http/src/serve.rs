@@ -1,7 +1,7 @@
 //! Serving a flow: bind first, start the flow in the background, shut down
 //! gracefully on a signal.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::app::{self, AppState};
 use crate::config::HttpConfig;
+use crate::conn;
 use crate::error::ServeError;
 
 type StartFn<In, Out> = Box<dyn FnOnce() -> Result<Server<In, Out>, mpserver::Error> + Send>;
@@ -134,13 +135,15 @@ where
 
     let app = AppState::starting(config.clone());
     let router = app::build(app.clone());
-    let (close_tx, mut close_rx) = watch::channel(false);
+    let (close_tx, close_rx) = watch::channel(false);
     let addr = listener.local_addr()?;
-    let http = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = close_rx.wait_for(|c| *c).await;
-        })
-        .into_future();
+    let http = conn::run(
+        listener,
+        router,
+        config.clone(),
+        app.metrics.clone(),
+        close_rx,
+    );
     let mut http = Some(tokio::spawn(http));
     tracing::info!(%addr, "listening");
 

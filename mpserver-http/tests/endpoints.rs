@@ -135,7 +135,37 @@ async fn body_over_the_limit_is_413() {
     let big = format!("\"{}\"", "a".repeat(100));
     let r = app.post("/call", big).await;
     assert_eq!(r.status(), 413);
-    assert_eq!(error_body(r).await["error"], "bad_request");
+    assert_eq!(error_body(r).await["error"], "payload_too_large");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_body_gets_its_413_not_a_broken_pipe() {
+    let app = start(Server::builder(upper()), support::config()).await;
+    app.wait_ready().await;
+    // Sent in full before the answer is read, as simple clients do.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let n = 100 * 1024 * 1024;
+    s.write_all(
+        format!("POST /call HTTP/1.1\r\nhost: x\r\ncontent-length: {n}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'a'; 1024 * 1024];
+    for _ in 0..100 {
+        s.write_all(&chunk)
+            .await
+            .expect("the server broke the connection while the body was sent");
+    }
+    let mut answer = vec![0u8; 4096];
+    let got = s.read(&mut answer).await.expect("no answer");
+    let text = String::from_utf8_lossy(&answer[..got]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"error\":\"payload_too_large\""), "{text}");
+    // The connection is still good for more.
+    let r = app.post("/call", r#""abc""#).await;
+    assert_eq!(r.status(), 200);
     app.stop().await.unwrap();
 }
 
