@@ -1,9 +1,28 @@
 #![doc = include_str!("../docs/crate.md")]
+// `unsafe` is allowed in one place only: turning a checked function offset
+// into a function pointer in a re-executed worker
+// (`servlet/process/image.rs`, `resolve`). Registering `init` to run before
+// `main` (`auto_init` below) is the `ctor` crate's unsafe, declared there.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+// Linux only, for now: worker processes are spawned from `/proc/self/exe`,
+// die with their server through `PR_SET_PDEATHSIG`, are pinned with
+// `sched_setaffinity` and measured through `/proc/<pid>/statm`, and the
+// reader threads wake on an `eventfd`. Say so in one line instead of a page
+// of unresolved imports.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "mpserver supports Linux only for now (it relies on /proc/self/exe, PR_SET_PDEATHSIG, \
+     sched_setaffinity and eventfd); build for a Linux target, e.g. in a container"
+);
+
 pub mod affinity;
 mod batch;
+// The guide and the migration table, as pages of the API documentation; their
+// code is compiled and run as doc-tests, so it cannot drift from the API.
+pub mod docs;
 pub mod error;
 pub mod ipc;
 pub mod metrics;
@@ -23,16 +42,6 @@ pub use servlet::{
 };
 pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 
-// The guide and the migration table are compiled and run as doc-tests, so
-// their code cannot drift from the API.
-#[cfg(doctest)]
-#[doc = include_str!("../docs/guide.md")]
-mod guide_doctests {}
-
-#[cfg(doctest)]
-#[doc = include_str!("../docs/migration.md")]
-mod migration_doctests {}
-
 /// Turns this process into a worker process if the server started it as one;
 /// otherwise returns at once.
 ///
@@ -48,7 +57,8 @@ mod migration_doctests {}
 /// }
 /// ```
 pub fn init() {
-    servlet::process::spawn::bootstrap_if_worker();
+    servlet::process::bootstrap_if_worker();
+    affinity::process_cpus();
 }
 
 // SAFETY: runs before `main`. It only reads the environment and, in a worker

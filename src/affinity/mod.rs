@@ -132,6 +132,16 @@ pub fn current_cpus() -> Vec<usize> {
     }
 }
 
+/// The CPUs this process may use, as noted the first time it was asked: by
+/// [`crate::init`] (before `main` with the default `auto-init` feature) or
+/// when the first server starts, before any server thread is pinned to
+/// `main_cpu`. Worker processes that are not pinned get this whole set,
+/// whichever thread spawned them. Empty if unknown.
+pub(crate) fn process_cpus() -> &'static [usize] {
+    static CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(current_cpus)
+}
+
 fn allowed_cpus() -> Vec<usize> {
     let cur = current_cpus();
     if cur.is_empty() {

@@ -9,7 +9,7 @@
 //! ```text
 //! frame   := len:u32 kind:u8 body
 //! ITEMS   := batched:u8 count:u32 { id:u64 len:u32 bytes }*
-//! RESULTS := count:u32 { id:u64 status:u8 len:u32 bytes }*   status: 0 ok, 1 worker error, 2 codec error
+//! RESULTS := count:u32 { id:u64 status:u8 len:u32 bytes }*   status: 0 ok, 1 worker error, 2 codec error, 3 skipped
 //! CANCEL  := count:u32 { id:u64 }*
 //! ```
 //!
@@ -22,7 +22,9 @@ use std::os::fd::{AsRawFd, RawFd};
 
 /// Frame kinds.
 pub mod kind {
-    /// Parent → child: bootstrap handshake (magic, token, entry).
+    /// Parent → child: bootstrap handshake (magic, protocol, then the
+    /// token, the worker type and how to find it; see the process servlet's
+    /// `spawn.rs`).
     pub const HELLO: u8 = 1;
     /// Parent → child: the worker's configuration.
     pub const CONFIG: u8 = 2;
@@ -41,6 +43,9 @@ pub mod kind {
     /// Child → parent: time spent in worker calls since the last TIMING
     /// frame (`busy_ns:u64 items:u32`), to size the worker's credit.
     pub const TIMING: u8 = 14;
+    /// Child → parent: the answer to HELLO, sent at once (the child's pid,
+    /// and why it refuses to serve, if it does).
+    pub const HELLO_ACK: u8 = 15;
 }
 
 /// Result status byte: the payload is the output value.
@@ -50,6 +55,10 @@ pub const STATUS_WORKER_ERROR: u8 = 1;
 /// Result status byte: the payload is a UTF-8 codec error message; the
 /// direction is given by the following byte in the payload.
 pub const STATUS_CODEC_ERROR: u8 = 2;
+
+/// Result status byte: the worker skipped the item (cancelled before it
+/// began); empty payload.
+pub const STATUS_SKIPPED: u8 = 3;
 
 /// Default largest frame accepted (256 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
@@ -179,6 +188,159 @@ impl FrameBuf {
     /// Rolls the buffer back to `len` bytes.
     pub fn truncate(&mut self, len: usize) {
         self.buf.truncate(len);
+    }
+}
+
+/// ITEMS frames under construction: the one place they are written, beside
+/// [`parse_items`].
+///
+/// Values are encoded first and their ids given afterwards
+/// ([`ItemFrames::assign_ids`]): the server encodes (user code) without any
+/// lock and takes ids under the worker's send lock only for the write. Items
+/// that are not one batch are split over several frames once a frame grows
+/// past `split_above` bytes, so no frame exceeds the worker's limit.
+#[derive(Debug, Default)]
+pub struct ItemFrames {
+    buf: FrameBuf,
+    batched: bool,
+    split_above: usize,
+    /// Start and count position of the open frame.
+    open: Option<(usize, usize)>,
+    count: u32,
+    /// Where each item's id, and its payload, sit in `buf`.
+    entries: Vec<(usize, usize, usize)>,
+}
+
+impl ItemFrames {
+    /// Empty frames; `batched`: all items are one batch (one frame).
+    pub fn new(batched: bool, split_above: usize) -> Self {
+        ItemFrames {
+            batched,
+            split_above,
+            ..ItemFrames::default()
+        }
+    }
+
+    /// Starts over (keeping the allocation).
+    pub fn reset(&mut self, batched: bool, split_above: usize) {
+        self.buf.clear();
+        self.batched = batched;
+        self.split_above = split_above;
+        self.open = None;
+        self.count = 0;
+        self.entries.clear();
+    }
+
+    fn seal(&mut self) {
+        if let Some((start, count_at)) = self.open.take() {
+            self.buf.patch_u32(count_at, self.count);
+            self.buf.end(start);
+            self.count = 0;
+        }
+    }
+
+    /// Appends an item whose payload `write` appends; returns the size of
+    /// its entry. A failed `write` leaves the frames as they were.
+    pub fn push<E>(
+        &mut self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        if !self.batched
+            && self.count > 0
+            && let Some((start, _)) = self.open
+            && self.buf.len() - start > self.split_above
+        {
+            self.seal();
+        }
+        let opened = self.open.is_none();
+        if opened {
+            let start = self.buf.begin(kind::ITEMS);
+            self.buf.put_u8(self.batched as u8);
+            let count_at = self.buf.reserve_u32();
+            self.open = Some((start, count_at));
+        }
+        let mark = self.buf.len();
+        self.buf.put_u64(0);
+        match self.buf.put_payload(write) {
+            Ok(()) => {
+                self.entries.push((mark, mark + 12, self.buf.len()));
+                self.count += 1;
+                Ok(self.buf.len() - mark)
+            }
+            Err(e) => {
+                let back = if opened {
+                    self.open.take().map_or(mark, |o| o.0)
+                } else {
+                    mark
+                };
+                self.buf.truncate(back);
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends an item whose payload is already encoded.
+    pub fn push_raw(&mut self, payload: &[u8]) -> usize {
+        self.push(|v| {
+            v.extend_from_slice(payload);
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|e| match e {})
+    }
+
+    /// Removes the item appended last (say, one found too large).
+    pub fn pop(&mut self) {
+        if let Some((mark, _, _)) = self.entries.pop() {
+            self.buf.truncate(mark);
+            self.count -= 1;
+            if self.count == 0
+                && let Some((start, _)) = self.open
+                && start + 10 == mark
+            {
+                self.open = None;
+                self.buf.truncate(start);
+            }
+        }
+    }
+
+    /// Items appended.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if no item was appended.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of the frame being filled (for a batch: the whole batch).
+    pub fn open_frame_len(&self) -> usize {
+        self.open.map_or(0, |(start, _)| self.buf.len() - start)
+    }
+
+    /// The encoded payload of item `i` (kept to resend it elsewhere).
+    pub fn payload(&self, i: usize) -> &[u8] {
+        let (_, from, to) = self.entries[i];
+        &self.buf.as_bytes()[from..to]
+    }
+
+    /// Gives item `i` the id `id`.
+    pub fn set_id(&mut self, i: usize, id: u64) {
+        let at = self.entries[i].0;
+        self.buf.buf[at..at + 8].copy_from_slice(&id.to_le_bytes());
+    }
+
+    /// Gives the items the ids `first`, `first + 1`, ... in order.
+    pub fn assign_ids(&mut self, first: u64) {
+        for i in 0..self.entries.len() {
+            self.set_id(i, first + i as u64);
+        }
+    }
+
+    /// The finished frames, ready to write.
+    pub fn bytes(&mut self) -> &[u8] {
+        self.seal();
+        self.buf.as_bytes()
     }
 }
 
@@ -429,7 +591,7 @@ pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
     for _ in 0..n {
         let id = c.u64()?;
         let status = c.u8()?;
-        if status > STATUS_CODEC_ERROR {
+        if status > STATUS_SKIPPED {
             return Err(FrameError::Malformed("bad result status"));
         }
         out.push((id, status, c.payload()?));
@@ -480,20 +642,47 @@ mod tests {
     }
 
     fn items_frame(items: &[(u64, &[u8])], batched: bool) -> Vec<u8> {
-        let mut b = FrameBuf::new();
-        let s = b.begin(kind::ITEMS);
-        b.put_u8(batched as u8);
-        b.put_u32(items.len() as u32);
-        for (id, p) in items {
-            b.put_u64(*id);
-            b.put_payload(|v| {
-                v.extend_from_slice(p);
-                Ok::<_, ()>(())
-            })
-            .unwrap();
+        let mut f = ItemFrames::new(batched, usize::MAX);
+        for (i, (id, p)) in items.iter().enumerate() {
+            f.push_raw(p);
+            f.set_id(i, *id);
         }
-        b.end(s);
-        b.as_bytes().to_vec()
+        f.bytes().to_vec()
+    }
+
+    #[test]
+    fn item_frames_split_assign_ids_and_roll_back() {
+        let mut f = ItemFrames::new(false, 40);
+        for i in 0..6u8 {
+            f.push_raw(&[i; 20]);
+        }
+        // A failing payload leaves nothing behind.
+        assert!(
+            f.push(|v| {
+                v.extend_from_slice(b"partial");
+                Err(())
+            })
+            .is_err()
+        );
+        f.push_raw(b"last");
+        f.pop();
+        assert_eq!(f.len(), 6);
+        assert_eq!(f.payload(2), &[2u8; 20]);
+        f.assign_ids(100);
+        let bytes = f.bytes().to_vec();
+        let mut r = FrameReader::new(&bytes[..], 1 << 20);
+        let mut seen = Vec::new();
+        while let Some((k, body)) = r.read_frame().unwrap() {
+            assert_eq!(k, kind::ITEMS);
+            let (batched, items) = parse_items(body).unwrap();
+            assert!(!batched);
+            assert!(body.len() <= 40 + 33, "split: {}", body.len());
+            seen.extend(items.into_iter().map(|(id, p)| (id, p[0])));
+        }
+        assert_eq!(
+            seen,
+            (0..6u8).map(|i| (100 + i as u64, i)).collect::<Vec<_>>()
+        );
     }
 
     #[test]

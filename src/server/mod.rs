@@ -13,6 +13,7 @@
 //! within the grace period, then anything left is cancelled with
 //! [`Error::Shutdown`] and worker processes are killed and reaped.
 
+mod admission;
 mod request;
 #[cfg(feature = "tower")]
 pub mod service;
@@ -33,14 +34,15 @@ use crate::affinity::CpuAffinity;
 use crate::error::{Error, ServerBacklogFull, StartError, TimeoutError};
 use crate::metrics::{ServletNode, ServletSnapshot};
 use crate::servlet::Servlet;
-use crate::servlet::plumbing::{Claim, Push, SinkRef, StartContext, TicketRef, push_as};
+use crate::servlet::plumbing::{Claim, Push, Pushed, SinkRef, StartContext, TicketRef};
 use crate::servlet::process::ChildRegistry;
 
 pub use request::Pending;
 pub use stats::{ERROR_KINDS, RequestStats};
-pub use stream::{AsyncResultStream, PairStream, ResultStream, StreamOptions};
+pub use stream::{AsyncPairStream, AsyncResultStream, PairStream, ResultStream, StreamOptions};
 
-use request::{Capacity, CompletionSink, Permit, Request};
+use admission::{Admission, Expirer, Missed, Permit, Refused, Waiter};
+use request::{CompletionSink, Request};
 use stats::ServerStats;
 use timer::{Expire, Timer};
 
@@ -161,7 +163,7 @@ struct Control {
 
 pub(crate) struct Core<In, Out> {
     entry: RwLock<Option<SinkRef<In>>>,
-    capacity: Arc<Capacity>,
+    admission: Admission,
     timer: Arc<Timer>,
     stats: Arc<ServerStats>,
     tree: ServletNode,
@@ -215,12 +217,30 @@ impl<In: Send + 'static, Out: Send + 'static> Deref for Server<In, Out> {
     }
 }
 
-struct CapacityAlarm(Arc<Capacity>);
+/// Expires an async caller's place in line at its deadline (see
+/// [`admission`]: room handed to a waiter that is never polled again comes
+/// back then).
+struct WaitAlarm(Expirer);
 
-impl Expire for CapacityAlarm {
+impl Expire for WaitAlarm {
     fn expire(&self) {
-        // Wake every waiter: each re-checks its own deadline.
-        self.0.event.notify(usize::MAX);
+        self.0.expire();
+    }
+}
+
+/// An async caller waiting for room until its deadline.
+struct WaitForRoom {
+    waiter: Waiter,
+    _alarm: Arc<WaitAlarm>,
+}
+
+impl std::future::Future for WaitForRoom {
+    type Output = Result<Permit, Missed>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.waiter.poll(cx)
     }
 }
 
@@ -252,6 +272,7 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
     where
         S: Servlet<Input = In, Output = Out>,
     {
+        crate::servlet::process::spawn::on_server_start();
         b.main_cpu.validate()?;
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);
@@ -321,7 +342,7 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
             .map_err(|e| StartError::Config(format!("cannot spawn timer thread: {e}")))?;
         let core = Arc::new(Core {
             entry: RwLock::new(Some(started.input)),
-            capacity: Capacity::new(b.capacity),
+            admission: Admission::new(b.capacity),
             timer,
             stats: Arc::default(),
             tree: started.node,
@@ -377,6 +398,9 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
             return;
         }
         tracing::info!("server draining");
+        // Callers waiting for room are turned away now (they were never
+        // admitted); the drain waits only for admitted work.
+        self.admission.close();
         // Stop intake: once the last in-progress push finishes, the first
         // stage's queue disconnects and the end of input ripples through.
         let entry = match self.entry.write() {
@@ -442,11 +466,52 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
-        let (pushed, claim) = push_as(push, || entry.push_until(req as TicketRef, x, deadline));
-        if !pushed {
-            return Err(self.enqueue_timeout(started, timeout));
+        match entry.push_call(req as TicketRef, x, deadline, push) {
+            Pushed::Delivered => Ok((pending, None)),
+            Pushed::Claimed(claim) => Ok((pending, Some(claim))),
+            Pushed::TimedOut => Err(self.enqueue_timeout(started, timeout)),
         }
-        Ok((pending, claim))
+    }
+
+    /// Admits one request: room at once, or (back-pressure off) room
+    /// within the request's time limit, waiting in line (blocking).
+    fn admit(&self, started: Instant, opts: CallOptions) -> Result<Permit, Error> {
+        let adm = &self.core.admission;
+        match adm.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(Refused::Full) if !opts.backpressure => adm
+                .join()
+                .wait(Some(started + opts.timeout))
+                .map_err(|m| self.missed(m, started)),
+            Err(r) => Err(self.refused(r)),
+        }
+    }
+
+    /// As [`admit`](Self::admit), waiting without blocking the executor.
+    async fn admit_async(&self, started: Instant, opts: CallOptions) -> Result<Permit, Error> {
+        match self.core.admission.try_acquire() {
+            Ok(p) => Ok(p),
+            Err(Refused::Full) if !opts.backpressure => self
+                .wait_for_room(started + opts.timeout)
+                .await
+                .map_err(|m| self.missed(m, started)),
+            Err(r) => Err(self.refused(r)),
+        }
+    }
+
+    /// Joins the line for room; the server's timer expires the place at
+    /// `deadline` whether or not the caller polls.
+    fn wait_for_room(&self, deadline: Instant) -> WaitForRoom {
+        let waiter = self.core.admission.join();
+        let alarm = Arc::new(WaitAlarm(waiter.expirer()));
+        self.core.timer.add(
+            deadline,
+            Arc::downgrade(&alarm) as std::sync::Weak<dyn Expire>,
+        );
+        WaitForRoom {
+            waiter,
+            _alarm: alarm,
+        }
     }
 
     fn admit_blocking(
@@ -457,27 +522,33 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         push: Push,
     ) -> Result<(Pending<Out>, Option<Claim>), Error> {
         self.entry()?;
-        let permit = match self.core.capacity.try_acquire() {
-            Some(p) => p,
-            None if opts.backpressure => return Err(self.backlog_full()),
-            None => match self
-                .core
-                .capacity
-                .acquire_until(Some(started + opts.timeout))
-            {
-                Some(p) => p,
-                None => return Err(self.enqueue_timeout(started, opts.timeout)),
-            },
-        };
+        let permit = self.admit(started, opts)?;
         // Taken after waiting for room, not before: holding it while waiting
         // would keep the flow's input open during a shutdown's drain.
         let entry = self.entry()?;
         self.enqueue(&entry, x, permit, started, opts.timeout, push)
     }
 
-    fn backlog_full(&self) -> Error {
+    /// The error of a caller refused without waiting.
+    fn refused(&self, r: Refused) -> Error {
+        match r {
+            Refused::Full => self.backlog_full(Duration::ZERO),
+            Refused::Closed => Error::Shutdown,
+        }
+    }
+
+    /// The error of a caller that waited for room in vain.
+    fn missed(&self, m: Missed, started: Instant) -> Error {
+        match m {
+            Missed::Expired => self.backlog_full(started.elapsed()),
+            Missed::Closed => Error::Shutdown,
+        }
+    }
+
+    fn backlog_full(&self, waited: Duration) -> Error {
         let e = Error::BacklogFull(ServerBacklogFull {
-            capacity: self.core.capacity.max(),
+            capacity: self.core.admission.max(),
+            waited,
         });
         self.core.stats.error(&e);
         e
@@ -522,8 +593,12 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         // Handed straight to an idle worker process that nobody reads: read
         // the result here rather than be woken by the reader thread (see
         // `servlet/process/reader.rs`). Dropping the claim gives it back.
+        // The claim's reading ends early when the request completes by
+        // another route (a fail-fast ensemble sibling, its deadline, a
+        // shutdown): the request calls the claim's interrupter then.
         if let Some(claim) = claim {
-            claim.read_until(started + opts.timeout);
+            pending.on_complete(claim.interrupter());
+            claim.read_until(started + opts.timeout, &|| pending.is_done());
         }
         pending.wait()
     }
@@ -554,38 +629,13 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// room does not block the executor.
     pub async fn async_call_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {
         let started = Instant::now();
+        self.entry()?;
+        let permit = self.admit_async(started, opts).await?;
+        // The flow's input is taken once admitted (see `admit_blocking`).
         let entry = self.entry()?;
-        let permit = match self.core.capacity.try_acquire() {
-            Some(p) => p,
-            None if opts.backpressure => return Err(self.backlog_full()),
-            None => self
-                .acquire_async(started + opts.timeout)
-                .await
-                .ok_or_else(|| self.enqueue_timeout(started, opts.timeout))?,
-        };
         self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single)?
             .0
             .await
-    }
-
-    async fn acquire_async(&self, deadline: Instant) -> Option<Permit> {
-        let cap = &self.core.capacity;
-        let alarm = Arc::new(CapacityAlarm(cap.clone()));
-        self.core.timer.add(
-            deadline,
-            Arc::downgrade(&alarm) as std::sync::Weak<dyn Expire>,
-        );
-        let _line = cap.wait_in_line();
-        loop {
-            let listener = match cap.take_or_listen() {
-                Ok(p) => return Some(p),
-                Err(l) => l,
-            };
-            if Instant::now() >= deadline {
-                return None;
-            }
-            listener.await;
-        }
     }
 
     /// The server's default per-request time limit.
@@ -595,12 +645,12 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
 
     /// The server's capacity.
     pub fn capacity(&self) -> usize {
-        self.core.capacity.max()
+        self.core.admission.max()
     }
 
     /// Requests in flight now (admitted and not yet fully out of the flow).
     pub fn backlog(&self) -> usize {
-        self.core.capacity.used()
+        self.core.admission.used()
     }
 
     /// True when the backlog has reached the capacity (the seed's `full()`).

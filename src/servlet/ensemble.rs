@@ -17,7 +17,9 @@ use std::time::Instant;
 
 use crate::error::{EnsembleError, Error, StartError};
 use crate::metrics::ServletNode;
-use crate::servlet::plumbing::{Sink, SinkRef, StartContext, Started, Ticket, TicketRef};
+use crate::servlet::plumbing::{
+    Push, Pushed, Sink, SinkRef, StartContext, Started, Ticket, TicketRef,
+};
 use crate::servlet::{BoxServlet, Servlet};
 
 /// Runs every member on the same input; the output is the members' results in
@@ -212,6 +214,43 @@ impl<In: Clone + Send + 'static, Out: Send + 'static, M: Mode<Out>> Sink<In>
             return false;
         }
         true
+    }
+
+    /// Every member gets the call's kind; at most one claim goes back (the
+    /// first member's to offer one), the others then push as single calls.
+    fn push_call(&self, ticket: TicketRef, value: In, deadline: Instant, kind: Push) -> Pushed {
+        let slot = self.slot(ticket);
+        let Some((last, rest)) = self.members.split_last() else {
+            return Pushed::Delivered;
+        };
+        let mut claim = None;
+        let mut push = |m: &SinkRef<In>, v: In| {
+            let k = if claim.is_some() && kind == Push::Waiting {
+                Push::Single
+            } else {
+                kind
+            };
+            match m.push_call(slot.clone(), v, deadline, k) {
+                Pushed::Delivered => true,
+                Pushed::Claimed(c) => {
+                    claim = Some(c);
+                    true
+                }
+                Pushed::TimedOut => {
+                    slot.failed.store(true, Ordering::Relaxed);
+                    false
+                }
+            }
+        };
+        for m in rest {
+            if !push(m, value.clone()) {
+                return Pushed::TimedOut;
+            }
+        }
+        if !push(last, value) {
+            return Pushed::TimedOut;
+        }
+        claim.map_or(Pushed::Delivered, Pushed::Claimed)
     }
 
     fn fail(&self, ticket: TicketRef, error: Error) {

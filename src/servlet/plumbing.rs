@@ -50,9 +50,90 @@ pub trait Sink<T>: Send + Sync + 'static {
         self.push(ticket, value);
         true
     }
+    /// Delivers an item entering the flow the way `kind` says, waiting for
+    /// room at most until `deadline`.
+    ///
+    /// The server calls this for every item it admits; stages call
+    /// [`push`](Sink::push) between themselves. A stage may serve a caller's
+    /// single call ([`Push::Single`], [`Push::Waiting`]) with less latency at
+    /// some cost in throughput (process servlets hand it straight to an idle
+    /// worker), and for [`Push::Waiting`] may hand the caller a [`Claim`] to
+    /// read the result itself. Compound servlets pass `kind` on to the
+    /// member(s) that take the item, and at most one claim back. The default
+    /// ignores `kind` and is [`push_until`](Sink::push_until).
+    fn push_call(&self, ticket: TicketRef, value: T, deadline: Instant, kind: Push) -> Pushed {
+        let _ = kind;
+        if self.push_until(ticket, value, deadline) {
+            Pushed::Delivered
+        } else {
+            Pushed::TimedOut
+        }
+    }
     /// Delivers a failure: it skips the remaining stages of the flow.
     fn fail(&self, ticket: TicketRef, error: Error);
 }
+
+/// How an item enters a flow (see [`Sink::push_call`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// A stream item, or an item passed between stages.
+    Stream,
+    /// A caller's single call (submitted or async): nobody waits on the
+    /// caller's thread.
+    Single,
+    /// A caller's single blocking call: the caller waits for the result right
+    /// after the push, and may read it itself (a [`Claim`]).
+    Waiting,
+}
+
+impl Push {
+    /// True for a caller's single call (either kind).
+    pub fn is_single(self) -> bool {
+        self != Push::Stream
+    }
+}
+
+/// What [`Sink::push_call`] did with an item.
+pub enum Pushed {
+    /// The item is on its way.
+    Delivered,
+    /// The item is on its way, and the caller is to read its result where
+    /// the stage's worker delivers it (then wait as usual).
+    Claimed(Claim),
+    /// No room before the deadline: the item was dropped.
+    TimedOut,
+}
+
+impl std::fmt::Debug for Pushed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pushed::Delivered => "Delivered",
+            Pushed::Claimed(_) => "Claimed",
+            Pushed::TimedOut => "TimedOut",
+        })
+    }
+}
+
+/// Ends a caller's [`ReadClaim::read_until`] early, from any thread: called
+/// when the caller's request completes by another route (a fail-fast
+/// ensemble sibling, its deadline, a shutdown). Cheap when nobody is reading.
+pub type Interrupt = Arc<dyn Fn() + Send + Sync>;
+
+/// A caller's claim to read its own result where a stage's worker will
+/// deliver it (process servlets: see `servlet/process/reader.rs`). Dropping
+/// the claim gives the reading back.
+pub trait ReadClaim: Send {
+    /// What ends a [`read_until`](ReadClaim::read_until) under way early; the
+    /// caller arranges for it to be called when its request completes.
+    fn interrupter(&self) -> Interrupt;
+    /// Reads (and delivers) the worker's results until the claimed item's
+    /// result is in, until `deadline`, or until `done()` is true (looked at
+    /// whenever the [`interrupter`](ReadClaim::interrupter) was called).
+    fn read_until(&self, deadline: Instant, done: &dyn Fn() -> bool);
+}
+
+/// A claim, type-erased.
+pub type Claim = Box<dyn ReadClaim>;
 
 /// A shared sink.
 pub type SinkRef<T> = Arc<dyn Sink<T>>;
@@ -79,84 +160,6 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
     fn fail(&self, ticket: TicketRef, error: Error) {
         self.fail_to.fail(ticket, error);
     }
-}
-
-/// A caller's claim to read its own result where a stage's worker will
-/// deliver it (process servlets: see `servlet/process/reader.rs`). Reading
-/// stops when the item has its result, at the deadline, or at the end of the
-/// worker's connection; dropping the claim gives the reading back.
-pub(crate) trait ReadClaim: Send {
-    /// Reads (and delivers) the worker's results until the claimed item's
-    /// result is in, or until `deadline`.
-    fn read_until(&self, deadline: Instant);
-}
-
-/// A claim, type-erased.
-pub(crate) type Claim = Box<dyn ReadClaim>;
-
-/// How an item enters a flow: what the push under way on this thread is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Push {
-    /// A stream item, or an item passed between stages by a server thread.
-    Stream,
-    /// A caller's single call (submit, async).
-    Single,
-    /// A caller's single blocking call: the caller waits for the result
-    /// right after the push (it may read the result itself).
-    Waiting,
-}
-
-thread_local! {
-    static CALL: std::cell::Cell<Push> = const { std::cell::Cell::new(Push::Stream) };
-    static CLAIM: std::cell::RefCell<Option<Claim>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` (a push into a flow) marked as `push`. Stages may serve a single
-/// call with less latency at some cost in throughput (see
-/// [`is_single_call`]). For [`Push::Waiting`], a stage may hand the caller a
-/// claim to read the result itself, returned here (at most one per call).
-pub(crate) fn push_as<R>(push: Push, f: impl FnOnce() -> R) -> (R, Option<Claim>) {
-    if push == Push::Stream {
-        // What every server thread's pushes are: nothing to mark.
-        return (f(), None);
-    }
-    /// Restores the outer state, also if `f` panics (a claim it left is
-    /// dropped, which gives the reading back).
-    struct Restore(Push, Option<Claim>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CALL.with(|c| c.set(self.0));
-            let stray = CLAIM.with(|c| c.replace(self.1.take()));
-            drop(stray);
-        }
-    }
-    let _restore = Restore(
-        CALL.with(|c| c.replace(push)),
-        CLAIM.with(|c| c.borrow_mut().take()),
-    );
-    let r = f();
-    let claim = CLAIM.with(|c| c.borrow_mut().take());
-    (r, claim)
-}
-
-/// True while a caller's single call is being pushed on this thread: process
-/// servlets then hand the item straight to an idle worker process instead of
-/// queueing it for the worker's supervisor thread. Stream items and items
-/// between stages take the queue, where the supervisor coalesces whatever
-/// has accumulated into one frame.
-pub(crate) fn is_single_call() -> bool {
-    CALL.with(|c| c.get() != Push::Stream)
-}
-
-/// True if the push under way may hand its caller a read claim: a single
-/// call whose caller waits right after, and no claim taken yet.
-pub(crate) fn wants_claim() -> bool {
-    CALL.with(|c| c.get() == Push::Waiting) && CLAIM.with(|c| c.borrow().is_none())
-}
-
-/// Hands the caller of the push under way a read claim (see [`wants_claim`]).
-pub(crate) fn put_claim(claim: Claim) {
-    CLAIM.with(|c| *c.borrow_mut() = Some(claim));
 }
 
 /// What a started servlet hands back: the sink for its input and its node in

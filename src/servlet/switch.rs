@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::error::{Error, StartError};
 use crate::metrics::ServletNode;
-use crate::servlet::plumbing::{Sink, SinkRef, StartContext, Started, TicketRef};
+use crate::servlet::plumbing::{Push, Pushed, Sink, SinkRef, StartContext, Started, TicketRef};
 use crate::servlet::{BoxServlet, Servlet};
 
 type Picker<In> = Arc<dyn Fn(&In) -> usize + Send + Sync>;
@@ -86,6 +86,15 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for SwitchSink<In, Out> {
             Err(e) => {
                 self.out.fail(ticket, e);
                 true
+            }
+        }
+    }
+    fn push_call(&self, ticket: TicketRef, value: In, deadline: Instant, kind: Push) -> Pushed {
+        match self.pick(&value) {
+            Ok(i) => self.members[i].push_call(ticket, value, deadline, kind),
+            Err(e) => {
+                self.out.fail(ticket, e);
+                Pushed::Delivered
             }
         }
     }

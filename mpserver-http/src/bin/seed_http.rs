@@ -27,7 +27,7 @@ use serde_json::Value;
 // The seed's workers, defined once with the seed example.
 // Not every item is used by every includer.
 #[allow(dead_code)]
-#[path = "../../../examples/shared/seed_workers.rs"]
+#[path = "../seed_workers.rs"]
 mod seed_workers;
 use seed_workers::{GetHead, GetLen, GetTail, Solute, combine_bounded};
 

@@ -11,13 +11,15 @@ use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::spawn::Boot;
+use super::boot;
+use super::spawn::{Boot, Entry, Target};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
@@ -229,7 +231,7 @@ impl Results {
         }
     }
 
-    fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
+    fn flush(&mut self, w: &mut impl Write) -> std::io::Result<()> {
         self.flush_with(w, None)
     }
 
@@ -238,7 +240,7 @@ impl Results {
     /// them, even if it then stops reading because the worker is idle.
     fn flush_with(
         &mut self,
-        w: &mut UnixStream,
+        w: &mut impl Write,
         extra: Option<(u8, &[u8])>,
     ) -> std::io::Result<()> {
         self.seal_frame();
@@ -264,13 +266,29 @@ impl Results {
     }
 }
 
-/// The entry of a worker process running `W`; never returns.
-pub(crate) fn child_entry<W>(boot: Boot)
+impl Target {
+    /// The worker process entry for worker type `W`.
+    pub(crate) fn of<W>() -> Self
+    where
+        W: Worker + DeserializeOwned,
+        W::Input: DeserializeOwned,
+        W::Output: Serialize,
+    {
+        Target {
+            entry: child_entry::<W> as Entry,
+            type_name: std::any::type_name::<W>(),
+        }
+    }
+}
+
+/// The entry of a re-executed worker process running `W`; never returns.
+fn child_entry<W>(boot: Boot)
 where
     W: Worker + DeserializeOwned,
     W::Input: DeserializeOwned,
     W::Output: Serialize,
 {
+    boot::accept::<W>(&boot);
     let code = match serve::<W>(boot) {
         Ok(()) => 0,
         Err(e) => {
@@ -282,15 +300,69 @@ where
     std::process::exit(code);
 }
 
-fn send_frame(w: &mut UnixStream, k: u8, body: &[u8]) -> std::io::Result<()> {
+fn send_frame(w: &mut impl Write, k: u8, body: &[u8]) -> std::io::Result<()> {
     let mut b = FrameBuf::new();
     b.frame(k, body);
     w.write_all(b.as_bytes())
 }
 
-fn init_failed(w: &mut UnixStream, e: &WorkerError) -> std::io::Result<()> {
+fn init_failed(w: &mut impl Write, e: &WorkerError) -> std::io::Result<()> {
     let body = postcard::to_stdvec(e).unwrap_or_default();
     send_frame(w, kind::INIT_FAILED, &body)
+}
+
+/// What the worker process is running, for a panic that aborts the process
+/// (`panic = "abort"`): the hook fails exactly that work before the abort.
+/// Kept only when panics abort.
+enum Running {
+    Nothing,
+    Init,
+    Items(Vec<u64>),
+}
+
+static RUNNING: Mutex<Running> = Mutex::new(Running::Nothing);
+
+fn running(now: Running) {
+    if cfg!(panic = "abort") {
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+}
+
+/// With `panic = "abort"`, registers what a panic does before the abort:
+/// in init, an INIT_FAILED frame (the server's start fails with the panic);
+/// while items run, their RESULTS (each item fails with the panic), written
+/// on `link` (the serving thread is the one panicking, so no other write is
+/// under way on it). Items the process held besides, and results finished
+/// but not yet written, are lost with the process: they fail as crashed.
+fn report_aborts(link: UnixStream, max_frame: usize, codec: Codec) {
+    if !cfg!(panic = "abort") {
+        return;
+    }
+    panic::on_abort(move |error| {
+        // First stop taking input: the server's writes fail from now on, so
+        // an item sent after the caller below got its error (e.g. its next
+        // call, handed straight to this process) goes to the restarted
+        // process instead of being lost with this one.
+        let _ = link.shutdown(std::net::Shutdown::Read);
+        let mut w = &link;
+        let now = std::mem::replace(
+            &mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner()),
+            Running::Nothing,
+        );
+        match now {
+            Running::Nothing => {}
+            Running::Init => {
+                let _ = init_failed(&mut w, error);
+            }
+            Running::Items(ids) => {
+                let mut results = Results::new(max_frame, codec);
+                for id in ids {
+                    results.err(id, error);
+                }
+                let _ = results.flush(&mut w);
+            }
+        }
+    });
 }
 
 /// Whether more input is waiting. `fresh`: nothing was done since the last
@@ -314,7 +386,9 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-fn serve<W>(boot: Boot) -> Result<(), Box<dyn std::error::Error>>
+/// The worker process's whole life after the handshake: configuration,
+/// pinning, start hook, init, the serve loop, cleanup.
+pub(crate) fn serve<W>(boot: Boot) -> Result<(), Box<dyn std::error::Error>>
 where
     W: Worker + DeserializeOwned,
     W::Input: DeserializeOwned,
@@ -323,7 +397,11 @@ where
     let Boot {
         mut reader,
         mut writer,
+        start_hook,
+        backtraces,
+        ..
     } = boot;
+    panic::set_backtraces(backtraces);
     let config: ChildConfig = match reader.read_frame()? {
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
         _ => return Err("expected a CONFIG frame".into()),
@@ -346,10 +424,19 @@ where
         kind: WorkerKind::Process,
         cpus: config.cpus.cpus().map(<[usize]>::to_vec),
     };
+    report_aborts(writer.try_clone()?, config.max_frame, config.codec);
+    running(Running::Init);
+    if let Some(hook) = start_hook
+        && let Err(e) = panic::catch(|| hook(&ctx)).and_then(|r| r)
+    {
+        init_failed(&mut writer, &e)?;
+        return Ok(());
+    }
     if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
+    running(Running::Nothing);
     send_frame(&mut writer, kind::READY, &std::process::id().to_le_bytes())?;
 
     let mut queue: VecDeque<Unit<W::Input>> = VecDeque::new();
@@ -413,10 +500,14 @@ where
                 }
                 match x {
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
-                    Ok(x) => match panic::catch(|| worker.call(x)).and_then(|r| r) {
-                        Ok(y) => results.ok(id, &y),
-                        Err(e) => results.err(id, &e),
-                    },
+                    Ok(x) => {
+                        running(Running::Items(vec![id]));
+                        match panic::catch(|| worker.call(x)).and_then(|r| r) {
+                            Ok(y) => results.ok(id, &y),
+                            Err(e) => results.err(id, &e),
+                        }
+                        running(Running::Nothing);
+                    }
                 }
                 done += 1;
             }
@@ -437,6 +528,7 @@ where
                 }
                 if !values.is_empty() {
                     let n = values.len();
+                    running(Running::Items(ids.clone()));
                     match panic::catch(|| worker.call_batch(values)) {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -461,6 +553,7 @@ where
                             }
                         }
                     }
+                    running(Running::Nothing);
                     done += n as u64;
                 }
             }

@@ -30,7 +30,7 @@ use super::reader::Readers;
 use super::supervisor::{Credit, InFlight, InFlightMap, Shared, Writer, lock, lock_side, send_all};
 use crate::error::Error;
 use crate::ipc::frame::kind;
-use crate::servlet::plumbing::{Sink, SinkRef, TicketRef, is_single_call, put_claim, wants_claim};
+use crate::servlet::plumbing::{Claim, Push, Pushed, Sink, SinkRef, TicketRef};
 use crate::worker::Worker;
 use crate::worker::panic;
 
@@ -85,14 +85,20 @@ where
     W: Worker,
     W::Input: Serialize,
 {
-    /// Hands the item to an idle worker, or gives it back.
-    fn try_direct(&self, ticket: TicketRef, x: W::Input) -> Option<(TicketRef, W::Input)> {
+    /// Hands the item to an idle worker (with a claim to read its result
+    /// for a waiting caller, if nobody reads), or gives it back.
+    fn try_direct(
+        &self,
+        ticket: TicketRef,
+        x: W::Input,
+        kind: Push,
+    ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
         if self.doors.is_empty()
-            || !is_single_call()
+            || !kind.is_single()
             || !self.tx.is_empty()
             || ticket.is_cancelled()
         {
-            return Some((ticket, x));
+            return Err((ticket, x));
         }
         let n = self.doors.len();
         let first = if n > 1 {
@@ -107,22 +113,28 @@ where
             if port.credit.count.load(SeqCst) != 0 {
                 continue;
             }
-            return self.send(&port, ticket, x);
+            return self.send(&port, ticket, x, kind);
         }
-        Some((ticket, x))
+        Err((ticket, x))
     }
 
     /// Sends one item to `port`'s process if it is still idle and its send
     /// lock is free; else gives the item back.
-    fn send(&self, port: &Port, ticket: TicketRef, x: W::Input) -> Option<(TicketRef, W::Input)> {
+    fn send(
+        &self,
+        port: &Port,
+        ticket: TicketRef,
+        x: W::Input,
+        kind: Push,
+    ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
         let mut guard = match port.writer.try_lock() {
             Ok(g) => g,
-            Err(TryLockError::WouldBlock) => return Some((ticket, x)),
+            Err(TryLockError::WouldBlock) => return Err((ticket, x)),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
         // Checked again under the lock: the supervisor may have sent items.
         if !guard.direct || guard.next_id >= guard.quota || port.credit.count.load(SeqCst) != 0 {
-            return Some((ticket, x));
+            return Err((ticket, x));
         }
         let id = guard.next_id;
         let side = &mut *guard;
@@ -140,7 +152,7 @@ where
             panic::catch(|| codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
         });
         if encoded.is_err() || buf.len() - mark > self.shared.max_frame / 2 {
-            return Some((ticket, x));
+            return Err((ticket, x));
         }
         buf.end(start);
         side.next_id += 1;
@@ -165,14 +177,13 @@ where
                 self.shared.stats.handoffs.fetch_add(1, Relaxed);
                 // A caller about to wait reads its result itself if nobody
                 // reads now; else someone must.
-                if wants_claim()
+                if kind == Push::Waiting
                     && let Some(claim) = port.read.claim(id)
                 {
-                    put_claim(claim);
-                } else {
-                    port.read.ensure_reader();
+                    return Ok(Some(claim));
                 }
-                None
+                port.read.ensure_reader();
+                Ok(None)
             }
             Err(e) => {
                 // The worker is dead or dying; its supervisor will hear of it
@@ -182,11 +193,11 @@ where
                     // Nothing reached it: the item takes the queue instead.
                     port.credit.count.fetch_sub(1, SeqCst);
                     self.shared.stats.items_in.fetch_sub(1, Relaxed);
-                    return Some((ticket, x));
+                    return Err((ticket, x));
                 }
                 // Partly written: the worker may have started it; it is
                 // settled as one of the crashed worker's items.
-                None
+                Ok(None)
             }
         }
     }
@@ -198,21 +209,38 @@ where
     W::Input: Serialize,
 {
     fn push(&self, ticket: TicketRef, value: W::Input) {
-        if let Some(item) = self.try_direct(ticket, value) {
-            // A send error means the stage has stopped; dropping the item
-            // completes its request with a shutdown error.
-            let _ = self.tx.send(item);
-        }
+        // A send error means the stage has stopped; dropping the item
+        // completes its request with a shutdown error.
+        let _ = self.tx.send((ticket, value));
     }
 
     fn push_until(&self, ticket: TicketRef, value: W::Input, deadline: Instant) -> bool {
-        let Some(item) = self.try_direct(ticket, value) else {
-            return true;
-        };
-        match self.tx.send_deadline(item, deadline) {
+        match self.tx.send_deadline((ticket, value), deadline) {
             Ok(()) => true,
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,
             Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => true,
+        }
+    }
+
+    /// A caller's single call goes straight to an idle worker if there is one
+    /// (see the module docs); everything else takes the queue.
+    fn push_call(
+        &self,
+        ticket: TicketRef,
+        value: W::Input,
+        deadline: Instant,
+        kind: Push,
+    ) -> Pushed {
+        match self.try_direct(ticket, value, kind) {
+            Ok(Some(claim)) => Pushed::Claimed(claim),
+            Ok(None) => Pushed::Delivered,
+            Err((ticket, value)) => {
+                if self.push_until(ticket, value, deadline) {
+                    Pushed::Delivered
+                } else {
+                    Pushed::TimedOut
+                }
+            }
         }
     }
 

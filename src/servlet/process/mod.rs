@@ -15,11 +15,17 @@
 //! `Serialize + DeserializeOwned`; the worker value is its configuration, and
 //! heavy state belongs in [`Worker::init`].
 
+mod boot;
 pub(crate) mod child;
 mod handoff;
+mod image;
 mod reader;
 pub(crate) mod spawn;
 mod supervisor;
+
+pub(crate) use boot::bootstrap_if_worker;
+pub use boot::{BootError, serve_worker};
+pub use spawn::{Launcher, WorkerSpawn};
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
@@ -154,6 +160,7 @@ pub struct ProcessServlet<W> {
     recycle_after_items: Option<u64>,
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
+    spawn: spawn::SpawnOptions,
 }
 
 impl<W> ProcessServlet<W>
@@ -174,6 +181,7 @@ where
             recycle_after_items: None,
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
+            spawn: spawn::SpawnOptions::default(),
         }
     }
 
@@ -267,6 +275,10 @@ where
             recycle_after_items: this.recycle_after_items,
             recycle_above_rss: this.recycle_above_rss,
             shutdown_grace: this.shutdown_grace,
+            spawn: spawn::SpawnOptions {
+                backtraces: this.config.backtraces,
+                ..this.spawn
+            },
             stats: node.stats().clone(),
             healthy_workers: AtomicUsize::new(this.config.placement.0.len()),
             registry: ctx.shared.clone(),

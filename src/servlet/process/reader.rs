@@ -32,8 +32,8 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, FrameReader, kind};
 use crate::metrics::{ServletStats, WorkerStatus};
-use crate::servlet::plumbing::{Claim, ReadClaim, SinkRef, TicketRef};
+use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
 
 /// Everything needed to read and act on a worker's frames.
@@ -169,6 +169,9 @@ pub(super) struct ReadPort<Out> {
     hung_up: AtomicBool,
     /// Wakes the parked thread.
     wake: EventFd,
+    /// Wakes a caller reading for its item when its request completed by
+    /// another route.
+    caller: Arc<CallerWake>,
     /// The socket, for waiting on it without the read lock.
     sock: UnixStream,
     credit: Arc<Credit>,
@@ -200,6 +203,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             holder: Mutex::new(Holder::Thread),
             hung_up: AtomicBool::new(false),
             wake,
+            caller: Arc::new(CallerWake {
+                fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+                polling: AtomicBool::new(false),
+            }),
             sock,
         }))
     }
@@ -337,6 +344,26 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
     }
 }
 
+/// How a caller reading for its own item is woken when its request
+/// completes by another route: an eventfd, written only while the caller
+/// waits in `poll` (so a call whose own result completes it costs no system
+/// call). The caller sets `polling` before its last look at its request, the
+/// completer sees its request complete before it looks at `polling`, each
+/// with a full fence in between: one of them sees the other.
+struct CallerWake {
+    fd: EventFd,
+    polling: AtomicBool,
+}
+
+impl CallerWake {
+    fn interrupt(&self) {
+        fence(SeqCst);
+        if self.polling.load(SeqCst) {
+            let _ = self.fd.write(1);
+        }
+    }
+}
+
 /// A caller's claim on the reading of one worker (see the module docs).
 struct CallerRead<Out: DeserializeOwned + Send + 'static> {
     port: Arc<ReadPort<Out>>,
@@ -344,7 +371,12 @@ struct CallerRead<Out: DeserializeOwned + Send + 'static> {
 }
 
 impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
-    fn read_until(&self, deadline: Instant) {
+    fn interrupter(&self) -> Interrupt {
+        let wake = self.port.caller.clone();
+        Arc::new(move || wake.interrupt())
+    }
+
+    fn read_until(&self, deadline: Instant, done: &dyn Fn() -> bool) {
         let port = &*self.port;
         let mut side = port.lock_side();
         // Only a holder of the read lock sets `ended`: looked at once here,
@@ -356,7 +388,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
             if side.reader.buffered() == 0 {
                 // Done once the item's result is in and what was read with
                 // it (the worker's timing, say) is dealt with.
-                if !lock(&port.inflight).contains_key(&self.id) {
+                if !lock(&port.inflight).contains_key(&self.id) || done() {
                     return;
                 }
                 // The result may be in already (the worker ran while this
@@ -372,11 +404,29 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                 // after the deadline (the caller's timeout comes from the
                 // server's timer either way).
                 let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                let mut fds = [PollFd::new(port.sock.as_fd(), PollFlags::POLLIN)];
-                match poll(
+                let wake = &port.caller;
+                wake.polling.store(true, SeqCst);
+                fence(SeqCst);
+                if done() {
+                    wake.polling.store(false, SeqCst);
+                    return;
+                }
+                let mut fds = [
+                    PollFd::new(port.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(wake.fd.as_fd(), PollFlags::POLLIN),
+                ];
+                let polled = poll(
                     &mut fds,
                     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                ) {
+                );
+                wake.polling.store(false, SeqCst);
+                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                    // Interrupted (perhaps for an earlier caller's request,
+                    // which is harmless): look at the request again.
+                    let _ = wake.fd.read();
+                    continue;
+                }
+                match polled {
                     Ok(0) => continue,
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,

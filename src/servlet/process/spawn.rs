@@ -1,47 +1,357 @@
-//! Starting worker processes by re-executing the running binary.
+//! Starting worker processes: the [`Launcher`] and the parent's side of the
+//! bootstrap handshake.
 //!
-//! The server spawns `/proc/self/exe` (the very image it runs, even if the file
-//! on disk was replaced) with the worker's end of a Unix socket pair as stdin
-//! and an environment variable `MPSERVER_WORKER=<parent pid>:<token>`. In the
-//! child, [`crate::init`] (run automatically before `main` by the default
-//! `auto-init` feature, or called as the first line of `main`) recognises the
-//! variable, checks that its parent is the server that set it, reads a HELLO
-//! frame carrying the same token and the *offset* of the worker's entry
-//! function from a fixed anchor function, and jumps there. The entry is the
-//! monomorphised `child_entry::<W>`, so the child knows the worker type
-//! without any registry.
+//! # The handshake
 //!
-//! Why an offset: both processes run the same executable image; with address
-//! space randomisation the image loads at different bases, but the distance
-//! between two functions of one image is fixed. This is the only `unsafe` in
-//! the crate; it is covered by every test that starts a process worker.
+//! The server spawns the launcher's program with the worker's end of a Unix
+//! socket pair as stdin and an environment variable
+//! `MPSERVER_WORKER=<parent pid>:<token>`, and writes a HELLO frame:
+//!
+//! ```text
+//! HELLO     := magic:u64 protocol:u32 postcard(Hello)
+//! HELLO_ACK := postcard(Ack)            (child → parent, at once)
+//! CONFIG    := postcard(ChildConfig)    (parent → child)
+//! READY | INIT_FAILED                   (child → parent, after the worker's init)
+//! ```
+//!
+//! `Hello` carries the token, the worker type's name, the CPUs the server
+//! process may use (an unpinned worker gets all of them, not the pin of the
+//! server thread that spawned it), and how the child finds its worker loop:
+//!
+//! * **Re-exec** (the default [`Launcher`]): the child is the running binary
+//!   re-executed. [`crate::init`] (run before `main` by the default
+//!   `auto-init` feature, or called as the first line of `main`) sees the
+//!   variable, checks that its parent is the server that set it, and reads
+//!   the HELLO, which names the worker's entry (the monomorphised
+//!   `child_entry::<W>`) by its offset from a fixed anchor function. The
+//!   child checks that it runs the same executable image as the parent and
+//!   that both functions live in it (`image.rs`), then jumps there. No
+//!   registry, no per-worker boilerplate.
+//! * **Program** ([`Launcher::program`]): any program that calls
+//!   [`serve_worker::<W>()`](super::serve_worker), e.g. a Python interpreter
+//!   whose extension module serves a worker type it defines. The child checks
+//!   that `W` is the type the server expects (by name) and that it speaks the
+//!   same protocol.
+//!
+//! The child answers the HELLO at once with a HELLO_ACK (accepted, or refused
+//! with the reason), before the worker's possibly long `init`; the parent
+//! waits for it at most [`Launcher::handshake_timeout`]. A process that was
+//! started as a worker but did not bootstrap (no `auto-init`, no
+//! `mpserver::init()` in `main`) therefore cannot hang the server's start; and
+//! if it tries to start a server of its own, it exits at once instead (see
+//! `refuse_if_unbooted_worker`), so forgetting `init()` can never start a
+//! chain of processes.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::ipc::frame::{self, FrameBuf, FrameReader, kind};
+use serde::{Deserialize, Serialize};
+
+use super::ChildRegistry;
+use super::image::{self, ImageId, StartHook};
+use crate::affinity::CpuAffinity;
+use crate::ipc::frame::{FrameBuf, FrameReader, kind};
 
 /// Environment variable that marks a worker process.
 pub(crate) const ENV: &str = "MPSERVER_WORKER";
-const MAGIC: u64 = 0x6d70_7365_7276_6572; // "mpserver"
+pub(crate) const MAGIC: u64 = 0x6d70_7365_7276_6572; // "mpserver"
+/// Version of the handshake and of the frames that follow it.
+pub(crate) const PROTOCOL: u32 = 2;
+/// Exit code of a process that was started as a worker but did not
+/// bootstrap (`EX_CONFIG`).
+pub(crate) const EXIT_NOT_BOOTSTRAPPED: i32 = 78;
+/// Exit code of a worker process whose handshake failed.
+pub(crate) const EXIT_HANDSHAKE_FAILED: i32 = 70;
+/// Largest HELLO or HELLO_ACK body accepted.
+pub(crate) const MAX_HELLO: usize = 1 << 20;
 
 /// The transport handed to a worker entry.
 pub(crate) struct Boot {
     pub(crate) reader: FrameReader<UnixStream>,
     pub(crate) writer: UnixStream,
+    /// The worker type the server expects this process to serve.
+    pub(crate) type_name: String,
+    /// The hook to run before the worker's init, if any.
+    pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
 }
 
 /// The type of a worker entry function.
 pub(crate) type Entry = fn(Boot);
 
-#[inline(never)]
-fn anchor(_: Boot) {}
+/// How the child finds its worker loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Find {
+    /// Re-exec: the entry (and start hook) as offsets from the anchor, valid
+    /// in the image `image`.
+    Offset {
+        entry: u64,
+        start_hook: Option<u64>,
+        image: ImageId,
+    },
+    /// A program calling `serve_worker::<W>()`; `image`, if set, must be the
+    /// file that holds the child's mpserver code.
+    Named { image: Option<ImageId> },
+}
 
-/// Offset of `entry` from the anchor, valid in any process running this image.
-pub(crate) fn entry_offset(entry: Entry) -> u64 {
-    (entry as usize).wrapping_sub(anchor as Entry as usize) as u64
+/// The HELLO frame's body (after magic and protocol).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) token: u64,
+    pub(crate) type_name: String,
+    pub(crate) crate_version: String,
+    /// The CPUs the server process may use (empty: unknown, leave as is).
+    pub(crate) cpus: Vec<usize>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+    pub(crate) find: Find,
+}
+
+/// The HELLO_ACK frame's body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Ack {
+    pub(crate) pid: u32,
+    /// Why the child refuses to serve, if it does.
+    pub(crate) refused: Option<String>,
+}
+
+/// What the server starts for one worker: the entry of its worker type.
+pub(crate) struct Target {
+    pub(crate) entry: Entry,
+    pub(crate) type_name: &'static str,
+}
+
+/// A process servlet's settings for starting its worker processes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpawnOptions {
+    pub(crate) launcher: Launcher,
+    /// Run in each worker process before the worker's `init`.
+    pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+}
+
+/// Which worker process is being spawned; given to [`Launcher::command_hook`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerSpawn {
+    /// The worker's index within its servlet.
+    pub index: usize,
+    /// The servlet's worker name.
+    pub name: String,
+    /// The CPUs the worker will be pinned to.
+    pub cpus: CpuAffinity,
+}
+
+type CommandHook = Arc<dyn Fn(&mut Command, &WorkerSpawn) + Send + Sync>;
+
+/// How a [`ProcessServlet`](crate::ProcessServlet) starts its worker
+/// processes.
+///
+/// The default re-executes the running binary, which finds its worker by
+/// itself (see [`crate::init`]). [`Launcher::program`] starts another program
+/// instead, which must call [`serve_worker::<W>()`](super::serve_worker) for
+/// the servlet's worker type `W`: for example a Python interpreter whose
+/// extension module defines the worker type, or a separate worker binary.
+/// Either way the worker's stdin is its connection to the server, and its
+/// stdout and stderr are the server's.
+///
+/// Arguments, `argv[0]`, environment and a hook that edits the
+/// [`Command`] of each worker (e.g. per-index environment) apply to both.
+///
+/// ```
+/// use mpserver::servlet::process::Launcher;
+///
+/// // The default, with an extra variable and a per-worker one.
+/// let launcher = Launcher::default()
+///     .env("OMP_NUM_THREADS", "1")
+///     .command_hook(|cmd, w| {
+///         cmd.env("CUDA_VISIBLE_DEVICES", w.index.to_string());
+///     });
+/// # let _ = launcher;
+///
+/// // A Python interpreter that serves the worker type of an extension module.
+/// let python = Launcher::program("python3")
+///     .args(["-c", "import mypkg._native as m; m._worker_main()"]);
+/// # let _ = python;
+/// ```
+#[derive(Clone)]
+pub struct Launcher {
+    program: Option<OsString>,
+    args: Vec<OsString>,
+    arg0: Option<OsString>,
+    env: Vec<(OsString, Option<OsString>)>,
+    same_image: bool,
+    handshake_timeout: Duration,
+    hooks: Vec<CommandHook>,
+}
+
+impl Default for Launcher {
+    fn default() -> Self {
+        Launcher {
+            program: None,
+            args: Vec::new(),
+            arg0: None,
+            env: Vec::new(),
+            same_image: false,
+            handshake_timeout: Duration::from_secs(10),
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launcher")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("arg0", &self.arg0)
+            .field("env", &self.env)
+            .field("same_image", &self.same_image)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("command_hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
+impl Launcher {
+    /// The default: re-execute the running binary (`/proc/self/exe`, the
+    /// very image the server runs even if the file was replaced), named
+    /// `"<name>#<index> [mpserver worker]"` in `ps`.
+    pub fn re_exec() -> Self {
+        Launcher::default()
+    }
+
+    /// Start `program` (looked up in `PATH` if it has no `/`), which must call
+    /// [`serve_worker::<W>()`](super::serve_worker) for the servlet's worker
+    /// type, directly in the spawned process (a wrapper must `exec` it: the
+    /// worker checks that its parent is the server).
+    pub fn program(program: impl AsRef<OsStr>) -> Self {
+        Launcher {
+            program: Some(program.as_ref().to_owned()),
+            ..Launcher::default()
+        }
+    }
+
+    /// Whether this launcher re-executes the running binary.
+    pub fn is_re_exec(&self) -> bool {
+        self.program.is_none()
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets `argv[0]` (default: the worker's display name for re-exec, the
+    /// program for [`Launcher::program`]).
+    pub fn arg0(mut self, arg0: impl AsRef<OsStr>) -> Self {
+        self.arg0 = Some(arg0.as_ref().to_owned());
+        self
+    }
+
+    /// Sets an environment variable in every worker process.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable from every worker process.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// How long the server waits for a new process to answer the handshake
+    /// (default 10 s). This bounds only the start of the process up to the
+    /// point where it takes the connection, not the worker's `init`. A
+    /// process that does not answer in time is killed and the start fails.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// For [`Launcher::program`]: require that the child's mpserver code is
+    /// loaded from the same file as the server's (its executable or shared
+    /// library: device, inode, size and modification time), e.g. the same
+    /// Python extension module. The re-exec launcher always requires it.
+    pub fn require_same_image(mut self, yes: bool) -> Self {
+        self.same_image = yes;
+        self
+    }
+
+    /// Adds a hook that edits the command of each worker process before it
+    /// is spawned (environment, arguments, working directory, …), given the
+    /// worker's index, name and CPUs. Hooks run in the server process, in
+    /// the order added, after the launcher's own arguments and environment.
+    /// The server sets the worker's stdin (its connection), its process
+    /// group and the `MPSERVER_WORKER` variable after the hooks; stdout and
+    /// stderr are the server's unless a hook redirects them.
+    pub fn command_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut Command, &WorkerSpawn) + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    fn command(&self, display_name: &str, who: &WorkerSpawn) -> Command {
+        let mut cmd = match &self.program {
+            None => {
+                let mut c = Command::new("/proc/self/exe");
+                c.arg0(display_name);
+                c
+            }
+            Some(p) => Command::new(p),
+        };
+        if let Some(a) = &self.arg0 {
+            cmd.arg0(a);
+        }
+        // The server's own, unless a hook redirects them.
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        for hook in &self.hooks {
+            hook(&mut cmd, who);
+        }
+        cmd
+    }
+}
+
+impl<W> super::ProcessServlet<W> {
+    /// How worker processes are started (default: the running binary
+    /// re-executed; see [`Launcher`]).
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.spawn.launcher = launcher;
+        self
+    }
 }
 
 fn random_token() -> u64 {
@@ -68,117 +378,401 @@ fn widen_buffers(sock: &UnixStream) {
     let _ = setsockopt(sock, sockopt::RcvBuf, &SOCKET_BUFFER);
 }
 
-/// Spawns a worker process whose entry is `entry`; returns the child and the
-/// server's end of its socket, with the HELLO frame already written.
-pub(crate) fn spawn(entry: Entry, display_name: &str) -> std::io::Result<(Child, UnixStream)> {
+/// Set once this process has become a worker process (it serves a worker).
+static BOOTED: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as a worker process; false if it already was one.
+pub(crate) fn mark_booted() -> bool {
+    !BOOTED.swap(true, Ordering::SeqCst)
+}
+
+/// What `MPSERVER_WORKER` says: `<server pid>:<token>:<mode>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerVar {
+    pub(crate) ppid: i32,
+    pub(crate) token: u64,
+    /// Re-exec (`x`): the process finds its entry by itself before `main`;
+    /// program (`p`): the program calls `serve_worker`.
+    pub(crate) re_exec: bool,
+}
+
+impl WorkerVar {
+    fn render(&self) -> String {
+        let mode = if self.re_exec { 'x' } else { 'p' };
+        format!("{}:{}:{mode}", self.ppid, self.token)
+    }
+
+    fn parse(var: &str) -> Option<Self> {
+        let mut it = var.split(':');
+        let ppid = it.next()?.parse().ok()?;
+        let token = it.next()?.parse().ok()?;
+        let re_exec = match it.next()? {
+            "x" => true,
+            "p" => false,
+            _ => return None,
+        };
+        it.next().is_none().then_some(WorkerVar {
+            ppid,
+            token,
+            re_exec,
+        })
+    }
+}
+
+/// What `MPSERVER_WORKER` says, if this process was started as a worker
+/// process by its parent (a process that merely inherited the variable, e.g.
+/// spawned by a worker, has another parent: it is not one).
+pub(crate) fn started_as_worker() -> Option<WorkerVar> {
+    let var = WorkerVar::parse(&std::env::var(ENV).ok()?)?;
+    (nix::unistd::getppid().as_raw() == var.ppid).then_some(var)
+}
+
+/// In a process that a server started as a worker process but that did not
+/// bootstrap (its `main` runs: the `auto-init` feature is off and `main` does
+/// not call [`crate::init`] first), starting a server would re-execute the
+/// binary again and again. Such a process says why on stderr, tells its
+/// parent if it can, and exits at once.
+pub(crate) fn refuse_if_unbooted_worker() {
+    if BOOTED.load(Ordering::SeqCst) {
+        return;
+    }
+    let Some(WorkerVar { ppid, re_exec, .. }) = started_as_worker() else {
+        return;
+    };
+    let what = if re_exec {
+        "with the `auto-init` feature off, call `mpserver::init()` as the first line of `main`"
+    } else {
+        "a launcher program must call `mpserver::servlet::process::serve_worker` before \
+         anything else"
+    };
+    let msg = format!(
+        "this process was started as a worker process by the mpserver server (pid {ppid}) \
+         but did not bootstrap: {what}"
+    );
+    eprintln!("mpserver: {msg}; exiting instead of starting another server");
+    // Tell the parent, if stdin is still its socket (the parent checks the
+    // frame; anything else on stdin is left alone).
+    if let Ok(fd) = std::os::fd::AsFd::as_fd(&io::stdin()).try_clone_to_owned()
+        && nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
+            .is_ok_and(|t| t == nix::sys::socket::SockType::Stream)
+    {
+        let sock = UnixStream::from(fd);
+        let _ = send_ack(&sock, Some(msg));
+    }
+    std::process::exit(EXIT_NOT_BOOTSTRAPPED);
+}
+
+/// Called when a server starts: refuses to run in an unbooted worker
+/// process, and notes the CPUs this process may use before any server thread
+/// is pinned.
+pub(crate) fn on_server_start() {
+    refuse_if_unbooted_worker();
+    crate::affinity::process_cpus();
+}
+
+pub(crate) fn send_ack(sock: &UnixStream, refused: Option<String>) -> io::Result<()> {
+    let ack = Ack {
+        pid: std::process::id(),
+        refused,
+    };
+    let body = postcard::to_stdvec(&ack).map_err(io::Error::other)?;
+    let mut b = FrameBuf::new();
+    b.frame(kind::HELLO_ACK, &body);
+    super::supervisor::send_all(sock, b.as_bytes()).map_err(|e| e.error)
+}
+
+/// Reads one frame of kind `want` with exact reads (nothing beyond it is
+/// consumed), at most [`MAX_HELLO`] bytes.
+pub(crate) fn read_small_frame(mut sock: &UnixStream, want: u8) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match sock.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_HELLO {
+        return Err(io::Error::other(format!(
+            "bad handshake frame length {len}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    sock.read_exact(&mut body)?;
+    if body[0] != want {
+        return Err(io::Error::other(format!(
+            "expected handshake frame kind {want}, got {}",
+            body[0]
+        )));
+    }
+    body.remove(0);
+    Ok(Some(body))
+}
+
+/// Kills and reaps `child`, removing it from `registry` first.
+fn discard(child: &mut Child, registry: &ChildRegistry) -> Option<std::process::ExitStatus> {
+    registry.remove(child.id());
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// Spawns a worker process for `target` with `launcher` and completes the
+/// first step of the handshake (HELLO, answered by HELLO_ACK); returns the
+/// child, already listed in `registry`, and the server's end of its socket.
+/// On failure no process is left behind.
+pub(crate) fn spawn(
+    opts: &SpawnOptions,
+    target: &Target,
+    who: &WorkerSpawn,
+    registry: &ChildRegistry,
+) -> io::Result<(Child, UnixStream)> {
+    refuse_if_unbooted_worker();
+    let launcher = &opts.launcher;
+    let find = if launcher.is_re_exec() {
+        let mut fns = vec![("the worker entry", target.entry as usize)];
+        if let Some(h) = opts.start_hook {
+            fns.push(("the worker start hook", h as usize));
+        }
+        let image = image::check_in_main_executable(&fns).map_err(io::Error::other)?;
+        Find::Offset {
+            entry: image::offset_of(target.entry),
+            start_hook: opts.start_hook.map(image::offset_of),
+            image,
+        }
+    } else {
+        if opts.start_hook.is_some() {
+            return Err(io::Error::other(
+                "a worker start hook (a function found by its address) needs the re-exec \
+                 launcher; with `Launcher::program`, run such set-up in the program itself",
+            ));
+        }
+        let image = if launcher.same_image {
+            Some(image::code_image().map_err(io::Error::other)?)
+        } else {
+            None
+        };
+        Find::Named { image }
+    };
+    start(opts, find, target.type_name, who, registry)
+}
+
+/// Spawns the process and completes the HELLO / HELLO_ACK exchange.
+fn start(
+    opts: &SpawnOptions,
+    find: Find,
+    type_name: &str,
+    who: &WorkerSpawn,
+    registry: &ChildRegistry,
+) -> io::Result<(Child, UnixStream)> {
+    let launcher = &opts.launcher;
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
     let token = random_token();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0(display_name)
-        .env(ENV, format!("{}:{token}", std::process::id()))
+    let display = format!("{}#{} [mpserver worker]", who.name, who.index);
+    let mut cmd = launcher.command(&display, who);
+    let var = WorkerVar {
+        ppid: std::process::id() as i32,
+        token,
+        re_exec: launcher.is_re_exec(),
+    };
+    cmd.env(ENV, var.render())
         .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
         // Keep terminal signals (Ctrl-C) for the server to coordinate.
         .process_group(0);
-    let mut child = cmd.spawn()?;
-    let mut hello = FrameBuf::new();
-    let s = hello.begin(kind::HELLO);
-    hello.put_u64(MAGIC);
-    hello.put_u64(token);
-    hello.put_u64(entry_offset(entry));
-    hello.end(s);
-    if let Err(e) = super::supervisor::send_all(&ours, hello.as_bytes()) {
-        // Never leave a process (or a zombie) behind.
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e.error);
+    let mut child = cmd.spawn().map_err(|e| {
+        let program = launcher
+            .program
+            .as_deref()
+            .unwrap_or(OsStr::new("/proc/self/exe"));
+        io::Error::new(e.kind(), format!("cannot run {program:?}: {e}"))
+    })?;
+    // The command holds the child's end of the socket: close ours, so that
+    // the child's exit reads as the end of the connection.
+    drop(cmd);
+    registry.add(child.id());
+    let hello = Hello {
+        token,
+        type_name: type_name.to_string(),
+        crate_version: env!("CARGO_PKG_VERSION").to_string(),
+        cpus: crate::affinity::process_cpus().to_vec(),
+        backtraces: opts.backtraces,
+        find,
+    };
+    let mut frame = FrameBuf::new();
+    let s = frame.begin(kind::HELLO);
+    frame.put_u64(MAGIC);
+    frame.put_u32(PROTOCOL);
+    let body = postcard::to_stdvec(&hello).map_err(io::Error::other)?;
+    frame.put_bytes(&body);
+    frame.end(s);
+    // A child that exits before reading gets the bytes in its socket buffer;
+    // a write error (the child is gone) shows in the answer below.
+    let _ = super::supervisor::send_all(&ours, frame.as_bytes());
+    match await_ack(&ours, launcher.handshake_timeout) {
+        Ok(Ack { refused: None, .. }) => Ok((child, ours)),
+        Ok(Ack {
+            refused: Some(why), ..
+        }) => {
+            discard(&mut child, registry);
+            Err(io::Error::other(why))
+        }
+        Err(AckError::Timeout) => {
+            discard(&mut child, registry);
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the worker process did not answer the handshake within {:?}; {}",
+                    launcher.handshake_timeout,
+                    if launcher.is_re_exec() {
+                        "with the `auto-init` feature off, `mpserver::init()` must be the \
+                         first line of `main`"
+                    } else {
+                        "the launcher's program must call `serve_worker` first"
+                    }
+                ),
+            ))
+        }
+        Err(AckError::Closed(detail)) => {
+            let status = discard(&mut child, registry);
+            Err(io::Error::other(describe_early_exit(
+                status, &detail, launcher,
+            )))
+        }
     }
-    Ok((child, ours))
 }
 
-/// Called in every process at start-up: if this process is a worker process,
-/// runs the worker and exits; otherwise returns at once.
-pub(crate) fn bootstrap_if_worker() {
-    let Ok(var) = std::env::var(ENV) else { return };
-    let Some((ppid, token)) = var.split_once(':') else {
-        return;
-    };
-    let (Ok(ppid), Ok(token)) = (ppid.parse::<i32>(), token.parse::<u64>()) else {
-        return;
-    };
-    // A process that merely inherited the variable (e.g. spawned by a worker)
-    // has another parent: it is not a worker.
-    if nix::unistd::getppid().as_raw() != ppid {
-        return;
-    }
-    // Die with the server even if stuck in user code; then re-check the parent
-    // in case it died before the request took effect.
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid().as_raw() != ppid {
-        std::process::exit(70);
-    }
-    let code = match handshake(token) {
-        Ok((entry, boot)) => {
-            entry(boot);
-            0
-        }
-        Err(msg) => {
-            eprintln!("mpserver worker bootstrap failed: {msg}");
-            70
-        }
-    };
-    std::process::exit(code);
+enum AckError {
+    Timeout,
+    Closed(String),
 }
 
-fn handshake(token: u64) -> Result<(Entry, Boot), String> {
-    let fd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| format!("no socket on stdin: {e}"))?;
-    let writer = UnixStream::from(fd);
-    let reader_half = writer.try_clone().map_err(|e| e.to_string())?;
-    let mut reader = FrameReader::new(reader_half, frame::DEFAULT_MAX_FRAME);
-    let (k, body) = reader
-        .read_frame()
-        .map_err(|e| e.to_string())?
-        .ok_or("server closed the socket before the handshake")?;
-    if k != kind::HELLO {
-        return Err(format!("expected HELLO, got frame kind {k}"));
+fn await_ack(sock: &UnixStream, timeout: Duration) -> Result<Ack, AckError> {
+    // A zero timeout means "none" to the socket; keep at least a millisecond.
+    let _ = sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))));
+    let r = read_small_frame(sock, kind::HELLO_ACK);
+    let _ = sock.set_read_timeout(None);
+    match r {
+        Ok(Some(body)) => postcard::from_bytes::<Ack>(&body)
+            .map_err(|e| AckError::Closed(format!("undecodable handshake answer: {e}"))),
+        Ok(None) => Err(AckError::Closed("closed its connection".into())),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(AckError::Timeout)
+        }
+        Err(e) => Err(AckError::Closed(e.to_string())),
     }
-    let mut c = frame::Cursor::new(body);
-    let (magic, their_token, offset) = (
-        c.u64().map_err(|e| e.to_string())?,
-        c.u64().map_err(|e| e.to_string())?,
-        c.u64().map_err(|e| e.to_string())?,
-    );
-    if magic != MAGIC || their_token != token {
-        return Err("handshake does not match this process's token".into());
+}
+
+fn describe_early_exit(
+    status: Option<std::process::ExitStatus>,
+    detail: &str,
+    launcher: &Launcher,
+) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.and_then(|s| s.code()) {
+        Some(EXIT_NOT_BOOTSTRAPPED) => format!(
+            "the worker process was started but did not bootstrap: with the `auto-init` \
+             feature off, `mpserver::init()` must be the first line of `main`{}",
+            if launcher.is_re_exec() {
+                ""
+            } else {
+                " (or, with a launcher program, it must call `serve_worker` first)"
+            }
+        ),
+        Some(EXIT_HANDSHAKE_FAILED) => {
+            format!("the worker process refused the handshake ({detail}; see its stderr)")
+        }
+        Some(code) => format!("the worker process exited with code {code} during start-up"),
+        None => match status.and_then(|s| s.signal()) {
+            Some(sig) => format!("the worker process was killed by signal {sig} during start-up"),
+            None => format!("the worker process {detail} during start-up"),
+        },
     }
-    let addr = (anchor as Entry as usize).wrapping_add(offset as usize);
-    // SAFETY: this process is an exec of `/proc/self/exe` of the server that
-    // wrote the HELLO frame (checked: our parent pid is the one named in the
-    // environment, and the frame carries the random token that this parent put
-    // in our environment). Both processes therefore run the same executable
-    // image, in which `anchor` and the monomorphised entry function sit at a
-    // fixed distance; adding the parent's offset to our `anchor` yields the
-    // address of that same function, which has type `Entry`.
-    let entry = unsafe { std::mem::transmute::<usize, Entry>(addr) };
-    Ok((entry, Boot { reader, writer }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn some_entry(_: Boot) {}
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Echo;
 
+    impl crate::Worker for Echo {
+        type Input = u8;
+        type Output = u8;
+        fn call(&mut self, x: u8) -> Result<u8, crate::WorkerError> {
+            Ok(x)
+        }
+    }
+
+    fn who() -> WorkerSpawn {
+        WorkerSpawn {
+            index: 0,
+            name: "echo".into(),
+            cpus: CpuAffinity::any(),
+        }
+    }
+
+    /// A re-executed child given the offset of its entry in another image
+    /// refuses to jump, and says why.
     #[test]
-    fn offset_round_trips_within_one_image() {
-        let off = entry_offset(some_entry);
-        let addr = (anchor as Entry as usize).wrapping_add(off as usize);
-        assert_eq!(addr, some_entry as Entry as usize);
+    fn a_child_refuses_an_offset_for_another_image() {
+        let target = Target::of::<Echo>();
+        let opts = SpawnOptions::default();
+        let mut image = image::check_in_main_executable(&[]).unwrap();
+        image.mtime_ns -= 1_000_000_000;
+        let find = Find::Offset {
+            entry: image::offset_of(target.entry),
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(&opts, find, target.type_name, &who(), &registry).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("another executable image"), "{msg}");
+        assert!(registry.pids().is_empty());
+    }
+
+    /// An offset that points outside the executable is refused too.
+    #[test]
+    fn a_child_refuses_an_offset_outside_its_executable() {
+        let target = Target::of::<Echo>();
+        let image = image::check_in_main_executable(&[]).unwrap();
+        let find = Find::Offset {
+            entry: 1 << 60,
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(
+            &SpawnOptions::default(),
+            find,
+            target.type_name,
+            &who(),
+            &registry,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not in an executable mapping"),
+            "{err}"
+        );
+    }
+
+    /// The untampered HELLO is accepted (the child then waits for CONFIG).
+    #[test]
+    fn a_child_accepts_its_own_image() {
+        let target = Target::of::<Echo>();
+        let registry = ChildRegistry::default();
+        let (mut child, sock) =
+            spawn(&SpawnOptions::default(), &target, &who(), &registry).unwrap();
+        assert_eq!(registry.pids(), vec![child.id()]);
+        drop(sock);
+        // End of connection before CONFIG: the child exits on its own.
+        let status = child.wait().unwrap();
+        assert!(status.code().is_some(), "{status:?}");
     }
 }

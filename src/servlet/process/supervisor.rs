@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::child::{ChildConfig, child_entry};
+use super::child::ChildConfig;
 use super::handoff::{Door, Port};
 use super::reader::{ReadPort, ReadSide, Readers};
 use super::{ChildRegistry, RestartPolicy, spawn};
@@ -44,6 +44,7 @@ pub(crate) struct Shared<W> {
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) spawn: spawn::SpawnOptions,
     pub(crate) stats: Arc<ServletStats>,
     pub(crate) healthy_workers: AtomicUsize,
     pub(crate) registry: Arc<ChildRegistry>,
@@ -430,11 +431,16 @@ where
             worker: self.worker_id(None),
             message,
         };
-        let display = format!("{}#{} [mpserver worker]", self.shared.name, self.index);
+        let who = spawn::WorkerSpawn {
+            index: self.index,
+            name: self.shared.name.clone(),
+            cpus: self.cpus.clone(),
+        };
+        let target = spawn::Target::of::<W>();
         let (mut child, sock) =
-            spawn::spawn(child_entry::<W>, &display).map_err(|e| spawn_err(e.to_string()))?;
+            spawn::spawn(&self.shared.spawn, &target, &who, &self.shared.registry)
+                .map_err(|e| spawn_err(e.to_string()))?;
         let pid = child.id();
-        self.shared.registry.add(pid);
         let fail = |child: &mut Child, e: StartError| {
             self.shared.registry.remove(pid);
             let _ = child.kill();

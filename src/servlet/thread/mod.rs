@@ -85,7 +85,9 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
                 status,
                 abort: ctx.abort_flag(),
             };
+            let backtraces = config.backtraces;
             ctx.spawn_pinned(format!("{}#{index}", config.name), cpu.clone(), move || {
+                panic::set_backtraces(backtraces);
                 run.run(ready)
             })?;
         }

@@ -1,0 +1,1 @@
+../../examples/shared/seed_workers.rs
