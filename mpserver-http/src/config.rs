@@ -39,7 +39,7 @@ impl Default for HttpConfig {
             max_timeout: Duration::from_secs(60),
             default_timeout: None,
             shutdown_grace: Duration::from_secs(30),
-            drain_delay: Duration::ZERO,
+            drain_delay: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             max_body_bytes: 2 * 1024 * 1024,
             max_line_bytes: 1024 * 1024,
@@ -80,9 +80,9 @@ impl HttpConfig {
         self
     }
 
-    /// After a shutdown signal, how long to keep answering (readiness 503,
-    /// new work 503, in-flight work going on) before intake stops, so a load
-    /// balancer can notice (default 0).
+    /// After a shutdown signal, how long readiness answers 503 while work is
+    /// still taken, before intake stops: time for load balancers (and
+    /// Kubernetes endpoints) to stop sending traffic here (default 5 s).
     pub fn drain_delay(mut self, t: Duration) -> Self {
         self.drain_delay = t;
         self
@@ -185,6 +185,11 @@ impl HttpConfig {
     /// See [`max_timeout`](HttpConfig::max_timeout).
     pub fn get_max_timeout(&self) -> Duration {
         self.max_timeout
+    }
+
+    /// See [`drain_delay`](HttpConfig::drain_delay).
+    pub fn get_drain_delay(&self) -> Duration {
+        self.drain_delay
     }
 
     /// See [`shutdown_grace`](HttpConfig::shutdown_grace).

@@ -168,7 +168,7 @@ where
             let current = match app.phase() {
                 Phase::Failed => "stopped",
                 Phase::Starting | Phase::Running => "starting",
-                Phase::Draining => "draining",
+                Phase::Draining | Phase::Leaving => "draining",
                 Phase::Stopped => "stopped",
             };
             prometheus::header(
@@ -239,10 +239,20 @@ pub(crate) async fn not_found() -> Response {
     ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
+/// A route that exists, with another method.
+pub(crate) async fn method_not_allowed() -> Response {
+    ErrorResponse::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (POST /call, POST /stream; GET the others)",
+    )
+    .into_response()
+}
+
 /// Why a JSON text could not become an input.
 pub(crate) enum ParseError {
-    /// Not JSON at all (400).
-    Syntax(serde_json::Error),
+    /// Not JSON at all (400): bad syntax, or not UTF-8.
+    Syntax(String),
     /// JSON, but not of the input type (422).
     Type(serde_json::Error),
 }
@@ -280,8 +290,16 @@ impl ParseError {
 
 /// Parses one JSON text into an input, telling bad JSON from a wrong type.
 pub(crate) fn parse_json<In: DeserializeOwned>(text: &[u8]) -> Result<In, ParseError> {
+    // JSON text is UTF-8 (RFC 8259), also inside strings, which the syntax
+    // check below does not look into.
+    if let Err(e) = std::str::from_utf8(text) {
+        return Err(ParseError::Syntax(format!(
+            "invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     // Syntax first, so `5 garbage` is "not JSON" even for a string input.
-    serde_json::from_slice::<IgnoredAny>(text).map_err(ParseError::Syntax)?;
+    serde_json::from_slice::<IgnoredAny>(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
     serde_json::from_slice::<In>(text).map_err(ParseError::Type)
 }
 

@@ -83,8 +83,10 @@ where
 /// `starting`. If the flow cannot start, this returns
 /// [`ServeError::Start`].
 ///
-/// Shutdown: readiness turns 503 and new work is refused with 503; after
-/// [`HttpConfig::drain_delay`], the server drains in-flight work within
+/// Shutdown: readiness turns 503 at once while work is still taken for
+/// [`HttpConfig::drain_delay`] (so that load balancers stop sending traffic
+/// before it is refused); then new work is refused with 503 and the server
+/// drains in-flight work within
 /// [`HttpConfig::shutdown_grace`] (work still running then fails with a 503
 /// `shutdown` answer or error line); then the listener closes and open
 /// connections get [`HttpConfig::close_timeout`] to finish.
@@ -206,10 +208,17 @@ where
         }
     };
 
-    app.begin_drain();
-    if !config.drain_delay.is_zero() {
+    // Readiness 503 first, still taking work while load balancers notice;
+    // then intake stops and the flow drains.
+    app.begin_leaving();
+    if !config.drain_delay.is_zero() && app.phase() == app::Phase::Leaving {
+        tracing::info!(
+            delay_ms = config.drain_delay.as_millis() as u64,
+            "readiness 503; still taking work for the drain delay"
+        );
         tokio::time::sleep(config.drain_delay).await;
     }
+    app.begin_drain();
     if let Some(server) = server {
         let grace = config.shutdown_grace;
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining the flow");
