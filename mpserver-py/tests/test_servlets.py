@@ -106,6 +106,20 @@ def test_batching_gives_call_lists_up_to_batch_size(kind):
 
 
 @pytest.mark.parametrize('kind', KINDS)
+def test_batching_set_by_the_worker_class(kind):
+    from workers import OwnBatch, OwnBatchInBody
+
+    # Defaults in the class's own signature: the engine batches.
+    with Server(simple(kind, OwnBatch)) as s:
+        sizes = [n for _, n in s.stream(range(40))]
+        assert max(sizes) <= 4 and max(sizes) > 1, sizes
+    # Set inside __init__ (invisible before the worker starts): call still
+    # gets lists, of one item (see the migration notes).
+    with Server(simple(kind, OwnBatchInBody)) as s:
+        assert list(s.stream(range(5))) == [(i, 1) for i in range(5)]
+
+
+@pytest.mark.parametrize('kind', KINDS)
 def test_batch_with_wrong_number_of_results_fails_those_items(kind):
     with Server(simple(kind, BadBatch, batch_size=4)) as s:
         with pytest.raises(ValueError, match='results for a batch'):

@@ -104,3 +104,23 @@ class Unpicklable:
 class ReturnsUnpicklable(Worker):
     def call(self, x):
         return Unpicklable()
+
+
+class OwnBatch(Worker):
+    """Fixes its batching in its own signature, as mpservice programs do."""
+
+    def __init__(self, *, batch_size=4, batch_wait_time=0.05, **kwargs):
+        super().__init__(batch_size=batch_size, batch_wait_time=batch_wait_time, **kwargs)
+
+    def call(self, xs):
+        return [(x, len(xs)) for x in xs]
+
+
+class OwnBatchInBody(Worker):
+    """Fixes batch_size inside __init__: the engine cannot see it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(batch_size=4, **kwargs)
+
+    def call(self, xs):
+        return [(x, len(xs)) for x in xs]

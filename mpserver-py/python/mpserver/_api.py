@@ -200,10 +200,38 @@ class Servlet(ABC):
         raise NotImplementedError
 
 
+def _init_default(worker_cls, name):
+    """The default of keyword ``name`` in the worker class's own ``__init__``
+    (e.g. ``def __init__(self, *, batch_size=32, **kwargs)``), if it has one."""
+    import inspect
+
+    init = worker_cls.__init__
+    if init is Worker.__init__:
+        return None
+    try:
+        p = inspect.signature(init).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    if p is None or p.default is inspect.Parameter.empty:
+        return None
+    return p.default
+
+
 def _worker_settings(worker_cls, init_kwargs):
+    """The servlet's batching: from its keywords, else from the defaults of the
+    worker class's own ``__init__`` (the engine forms the batches, so it must
+    know them before the workers start)."""
     if not (isinstance(worker_cls, type) and issubclass(worker_cls, Worker)):
         raise TypeError(f"expected a subclass of Worker, got {worker_cls!r}")
-    return _batch_settings(init_kwargs.get('batch_size'), init_kwargs.get('batch_wait_time'))
+    if 'batch_size' in init_kwargs:
+        size = init_kwargs['batch_size']
+    else:
+        size = _init_default(worker_cls, 'batch_size')
+    if 'batch_wait_time' in init_kwargs:
+        wait = init_kwargs['batch_wait_time']
+    else:
+        wait = _init_default(worker_cls, 'batch_wait_time')
+    return _batch_settings(size, wait)
 
 
 class ProcessServlet(Servlet):
