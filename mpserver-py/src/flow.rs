@@ -35,8 +35,6 @@ pub type PyServlet = BoxServlet<PyValue, PyValue>;
 /// What the server needs to know about the flow besides the servlet tree.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FlowInfo {
-    /// The flow contains process servlets.
-    pub has_process: bool,
     /// Items entering the flow go (also) to a process stage first, so their
     /// pickle is made on the caller's thread (which holds the GIL anyway).
     pub entry_pickles: bool,
@@ -69,26 +67,22 @@ fn any_entry_pickles(list: &Bound<'_, PyAny>) -> PyResult<bool> {
 
 /// Builds the servlet tree of the whole flow.
 pub fn build_flow(spec: &Bound<'_, PyAny>) -> PyResult<(PyServlet, FlowInfo)> {
-    let mut info = FlowInfo {
+    let info = FlowInfo {
         entry_pickles: entry_pickles(spec)?,
-        ..FlowInfo::default()
     };
-    let servlet = build(spec, &mut info)?;
+    let servlet = build(spec)?;
     Ok((servlet, info))
 }
 
 /// Builds the servlet tree of a spec.
-pub fn build(spec: &Bound<'_, PyAny>, info: &mut FlowInfo) -> PyResult<PyServlet> {
+pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
     let t = spec.cast::<PyTuple>()?;
     let kind: String = t.get_item(0)?.extract()?;
     match kind.as_str() {
         "thread" => thread(t),
-        "process" => {
-            info.has_process = true;
-            crate::process::build(t)
-        }
+        "process" => crate::process::build(t),
         "sequential" => {
-            let members = members(&t.get_item(1)?, info)?;
+            let members = members(&t.get_item(1)?)?;
             let mut it = members.into_iter();
             let first = it
                 .next()
@@ -98,7 +92,7 @@ pub fn build(spec: &Bound<'_, PyAny>, info: &mut FlowInfo) -> PyResult<PyServlet
             }))
         }
         "ensemble" => {
-            let members = members(&t.get_item(1)?, info)?;
+            let members = members(&t.get_item(1)?)?;
             let fail_fast: bool = t.get_item(2)?.extract()?;
             let mut e = EnsembleServlet::new();
             for m in members {
@@ -127,7 +121,7 @@ pub fn build(spec: &Bound<'_, PyAny>, info: &mut FlowInfo) -> PyResult<PyServlet
                 .qualname()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "SwitchServlet".into());
-            let members = members(&t.get_item(2)?, info)?;
+            let members = members(&t.get_item(2)?)?;
             Ok(Box::new(PySwitch {
                 obj: Arc::new(obj),
                 name,
@@ -140,9 +134,9 @@ pub fn build(spec: &Bound<'_, PyAny>, info: &mut FlowInfo) -> PyResult<PyServlet
     }
 }
 
-fn members(list: &Bound<'_, PyAny>, info: &mut FlowInfo) -> PyResult<Vec<PyServlet>> {
+fn members(list: &Bound<'_, PyAny>) -> PyResult<Vec<PyServlet>> {
     let list = list.cast::<PyList>()?;
-    list.iter().map(|s| build(&s, info)).collect()
+    list.iter().map(|s| build(&s)).collect()
 }
 
 /// Seconds (a Python float) as a duration.

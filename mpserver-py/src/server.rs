@@ -94,12 +94,6 @@ impl Core {
         }
     }
 
-    /// Whether the flow has process servlets.
-    #[getter]
-    fn has_process(&self) -> bool {
-        self.info.has_process
-    }
-
     /// Calls the flow, waiting (without the GIL) for room if
     /// `backpressure` is off, then for the result.
     #[pyo3(signature = (x, timeout, backpressure))]
