@@ -20,6 +20,7 @@ compile_error!(
 
 pub mod affinity;
 mod batch;
+mod bytes;
 // The guide and the migration table, as pages of the API documentation; their
 // code is compiled and run as doc-tests, so it cannot drift from the API.
 pub mod docs;
@@ -32,6 +33,7 @@ pub mod servlet;
 mod sync;
 pub mod worker;
 
+pub use crate::bytes::Bytes;
 pub use affinity::CpuAffinity;
 pub use error::{Error, ServerBacklogFull, WorkerError};
 pub use ipc::Codec;

@@ -248,6 +248,7 @@ where
     ) -> Result<Started<W::Input>, StartError> {
         let this = *self;
         this.config.validate()?;
+        crate::bytes::warn_if_slow_bytes::<W::Input, W::Output>(&this.config.name);
         let mut worker_bytes = Vec::new();
         this.codec
             .encode_into(&mut worker_bytes, &this.worker)
