@@ -75,3 +75,52 @@ fn bytes_round_trip_through_batched_process_workers() {
     let server = Server::start(ProcessServlet::new(Reverse).workers(2).batch_size(8)).unwrap();
     check(&server);
 }
+
+/// A worker written the slow way: `Vec<u8>` in its input type.
+#[derive(Clone, Serialize, Deserialize)]
+struct LenOfVec;
+
+impl Worker for LenOfVec {
+    type Input = Option<Vec<u8>>;
+    type Output = usize;
+    fn call(&mut self, x: Option<Vec<u8>>) -> Result<usize, WorkerError> {
+        Ok(x.map_or(0, |v| v.len()))
+    }
+}
+
+/// Counts the warnings that mention `Vec<u8>`.
+struct CountSlowBytes(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountSlowBytes {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Find(bool);
+        impl tracing::field::Visit for Find {
+            fn record_debug(&mut self, _: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0 |= format!("{v:?}").contains("Vec<u8>");
+            }
+        }
+        let mut f = Find(false);
+        event.record(&mut f);
+        if *event.metadata().level() == tracing::Level::WARN && f.0 {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_vec_u8_process_worker_warns_once_in_debug_builds_and_still_works() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let subscriber = tracing_subscriber::registry().with(CountSlowBytes(count.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..2 {
+            let server = Server::start(ProcessServlet::new(LenOfVec)).unwrap();
+            assert_eq!(server.call(Some(vec![1u8; 1000])).unwrap(), 1000);
+        }
+        // A Bytes worker does not warn.
+        let server = Server::start(ProcessServlet::new(Reverse)).unwrap();
+        assert_eq!(server.call(Bytes::from("ab")).unwrap().len, 2);
+    });
+    let expected = if cfg!(debug_assertions) { 1 } else { 0 };
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), expected);
+}
