@@ -862,6 +862,49 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_separate_invocations_are_pooled_and_conditions_shown() {
+        let dir = std::env::temp_dir().join(format!("report-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mpservice.jsonl");
+        let mut a = fig(
+            "mpservice-0.12.9",
+            "S2_stream_1proc",
+            "items_per_s",
+            "1/s",
+            10.0,
+        );
+        a.setting = Some("capacity=1024".into());
+        a.foreign_load = Some(0.02);
+        a.attempts = Some(1);
+        let mut b = a.clone();
+        b.runs = vec![30.0];
+        b.foreign_load = Some(0.5);
+        b.attempts = Some(3);
+        b.noisy = true;
+        let mut c = a.clone();
+        c.runs = vec![20.0];
+        let text = [a, b, c].map(|f| f.to_json_line()).join("\n");
+        fs::write(&path, text).unwrap();
+        let figures = read_figures(std::slice::from_ref(&path)).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].runs, [10.0, 30.0, 20.0]);
+        assert_eq!(figures[0].median, 20.0);
+        let cols = contender_columns(&figures);
+        let rows = build_rows(&figures, &cols);
+        let md = render_markdown(&rows, &cols, &figures);
+        assert!(md.contains("20.0 [10.0–30.0] ⚠"), "{md}");
+        assert!(
+            md.contains("| mpservice-0.12.9 | S2_stream_1proc | `capacity=1024` |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mpservice-0.12.9 | S2_stream_1proc | unpinned | 0.50 | 3 | ⚠ |"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn number_formatting() {
         assert_eq!(group_thousands(1_234_567), "1,234,567");
         assert_eq!(fmt_value(123_456.7), "123,457");
