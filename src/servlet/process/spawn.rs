@@ -506,6 +506,10 @@ pub(crate) fn refuse_if_unbooted_worker() {
     if let Ok(fd) = std::os::fd::AsFd::as_fd(&io::stdin()).try_clone_to_owned()
         && nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType)
             .is_ok_and(|t| t == nix::sys::socket::SockType::Stream)
+        && nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+        )
+        .is_ok_and(|a| a.as_unix_addr().is_some())
     {
         let sock = UnixStream::from(fd);
         let _ = send_ack(&sock, Some(msg));
