@@ -52,7 +52,9 @@ pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 ///
 /// With the default `auto-init` feature this runs automatically before `main`
 /// (so tests and binaries need nothing). Without that feature, call it as the
-/// first line of `main` of any binary that starts process servlets:
+/// first line of `main` of any binary that starts process servlets (a worker
+/// process whose `main` gets further without it refuses to start a server,
+/// and the server's start fails naming this function):
 ///
 /// ```no_run
 /// # #[allow(clippy::needless_doctest_main)]

@@ -19,6 +19,7 @@ mod boot;
 pub(crate) mod child;
 mod handoff;
 mod image;
+mod launcher;
 mod reader;
 pub(crate) mod spawn;
 mod supervisor;
@@ -26,7 +27,7 @@ mod worker_log;
 
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
-pub use spawn::{Launcher, WorkerSpawn};
+pub use launcher::{Launcher, WorkerSpawn};
 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
