@@ -42,7 +42,6 @@ fn per_pid(outs: impl IntoIterator<Item = Out>) -> Vec<usize> {
 /// keeps its capacity unit until the worker is done, and the item does not
 /// count as skipped: it ran.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn a_running_item_keeps_its_capacity_unit_after_its_deadline() {
     let flow = sequential![
         ThreadServlet::new(worker_fn(|x: Op| x)),
@@ -81,7 +80,6 @@ fn a_running_item_keeps_its_capacity_unit_after_its_deadline() {
 /// runs hold their units; those it never began count as skipped, and only
 /// those.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn only_items_that_never_ran_count_as_skipped() {
     let log = temp_path("skipped-log");
     let server = Server::builder(ProcessServlet::new(Chaos::new().log(&log)).max_inflight(8))
@@ -162,7 +160,6 @@ const SLOW_MS: u64 = 400;
 
 /// Eight slow items streamed to four fresh worker processes: two each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_stream_items_spread_over_idle_workers() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).workers(4)).unwrap();
     for round in 0..2 {
@@ -176,7 +173,6 @@ fn slow_stream_items_spread_over_idle_workers() {
 
 /// Eight slow concurrent calls on four worker processes: two each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_concurrent_calls_spread_over_idle_workers() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).workers(4)).unwrap();
     for round in 0..2 {
@@ -199,7 +195,6 @@ fn slow_concurrent_calls_spread_over_idle_workers() {
 /// Twelve slow items in batches of three on four fresh worker processes:
 /// one batch each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_batches_spread_over_idle_workers() {
     let server = Server::start(
         ProcessServlet::new(Chaos::new())
@@ -314,7 +309,6 @@ impl Worker for MakeTouchy {
 /// process's results are delivered) fails only the item concerned: the
 /// worker process is not taken for crashed and the other items succeed.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn a_user_panic_where_results_are_delivered_fails_only_its_item() {
     let flow = sequential![
         ProcessServlet::new(MakeTouchy).name("touchy"),
@@ -348,7 +342,6 @@ fn a_user_panic_where_results_are_delivered_fails_only_its_item() {
 /// At shutdown a worker process that runs only an item whose request timed
 /// out is stopped at once, not waited for.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn shutdown_does_not_wait_for_abandoned_work() {
     for via_queue in [false, true] {
         let servlet = ProcessServlet::new(Chaos::new()).name("abandoned");

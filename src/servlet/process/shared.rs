@@ -1,0 +1,49 @@
+//! Settings and counters shared by the supervisors (and the input sink) of
+//! one process servlet.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::registry::ChildRegistry;
+use super::restart::RestartPolicy;
+use super::spawn;
+use crate::batch::BatchPolicy;
+use crate::ipc::Codec;
+use crate::metrics::ServletStats;
+use crate::servlet::plumbing::TicketRef;
+use crate::worker::Worker;
+
+/// An item on its way into a worker process.
+pub(super) type Item<W> = (TicketRef, <W as Worker>::Input);
+
+/// See the module docs.
+pub(crate) struct Shared<W: Worker> {
+    pub(crate) name: String,
+    pub(crate) worker_bytes: Vec<u8>,
+    pub(crate) policy: BatchPolicy,
+    pub(crate) restart: RestartPolicy,
+    /// A worker's credit: `min_inflight` until its speed is measured, then
+    /// earned up to `max_inflight` (see `ledger.rs`).
+    pub(crate) min_inflight: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) codec: Codec,
+    pub(crate) recycle_after_items: Option<u64>,
+    pub(crate) recycle_above_rss: Option<u64>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) launcher: spawn::Launcher,
+    pub(crate) stats: Arc<ServletStats>,
+    pub(crate) healthy_workers: AtomicUsize,
+    pub(crate) registry: Arc<ChildRegistry>,
+    /// Items a supervisor took from the queue but could not send to its own
+    /// worker (its credit was taken meanwhile, or it is restarting): any
+    /// supervisor with credit takes them before the queue, so they never
+    /// wait behind a busy worker while another one idles.
+    pub(super) spill_tx: Sender<Item<W>>,
+    pub(super) spill_rx: Receiver<Item<W>>,
+    pub(crate) _worker: PhantomData<fn() -> W>,
+}
