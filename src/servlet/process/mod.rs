@@ -9,14 +9,18 @@
 //! ceiling), recycles it on request, and reaps it: no zombies. A caller's
 //! single call that finds a worker idle skips both threads: the caller
 //! writes the item itself (`handoff.rs`) and, for a blocking call, reads its
-//! own result while the reader thread is parked (`reader.rs`).
+//! own result while the reader thread is parked (`reader.rs`). The design
+//! note `README.md` in this folder draws the protocols (accounting and
+//! credit, the reader hand-over, a worker's life) and maps the files.
 //!
 //! A process servlet requires the worker, its input and its output to be
 //! `Serialize + DeserializeOwned`; the worker value is its configuration, and
 //! heavy state belongs in [`Worker::init`].
 
-// Shared types first, then the files that use them (no file uses one
-// listed after it; see README.md in this folder).
+// The server side's files in dependency order (a file uses only those
+// before it): registry, ledger, handover, connection, restart, shared,
+// reader, handoff, dispatch, handshake, supervisor. Launching and the worker
+// process's side: spawn, image, boot, child. See README.md in this folder.
 mod boot;
 pub(crate) mod child;
 mod connection;
