@@ -39,7 +39,7 @@ mod supervisor;
 
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
-pub use registry::ChildRegistry;
+pub(crate) use registry::ChildRegistry;
 pub use restart::RestartPolicy;
 pub use spawn::{Launcher, WorkerSpawn};
 

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 /// Processes spawned by one server, so a forced shutdown can kill them all.
 #[derive(Debug, Default)]
-pub struct ChildRegistry {
+pub(crate) struct ChildRegistry {
     pids: Mutex<HashSet<u32>>,
 }
 
@@ -36,7 +36,7 @@ impl ChildRegistry {
     }
 
     /// Pids of the worker processes currently running.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.pids
             .lock()
             .map(|p| p.iter().copied().collect())
