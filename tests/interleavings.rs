@@ -383,3 +383,49 @@ fn shutdown_still_finishes_live_work() {
     server.shutdown();
     assert_eq!(p.wait().unwrap().0, 8);
 }
+
+// ------------------------------------------------- issue 12, process layer
+
+/// A worker process that served normally and is then killed from outside is
+/// replaced at once; one killed again before it answered anything backs off
+/// (and says so in its status: last exit, back-off deadline).
+#[test]
+fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let policy = mpserver::RestartPolicy {
+        backoff: Duration::from_secs(3),
+        max_backoff: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .name("victim")
+            .restart_policy(policy),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    let replaced = wait_until(Duration::from_secs(2), || {
+        let p = server.worker_pids();
+        p.len() == 1 && p[0] != pid
+    });
+    assert!(replaced, "not replaced within 2 s (back-off is 3 s)");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let snap = server.servlets();
+    let last = snap.workers[0].last_exit.clone().unwrap_or_default();
+    assert!(last.contains("SIGKILL"), "{last}");
+    // Killed again before answering anything: back-off this time.
+    let pid2 = server.worker_pids()[0];
+    kill(Pid::from_raw(pid2 as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || server
+        .worker_pids()
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.worker_pids().is_empty(), "it backs off");
+    let w = &server.servlets().workers[0];
+    assert!(!w.alive);
+    assert!(w.backoff_until_ms.is_some(), "{w:?}");
+}

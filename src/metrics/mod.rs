@@ -128,9 +128,27 @@ pub struct WorkerStatus {
     pub restarts: AtomicU64,
     /// Items it handled.
     pub items: AtomicU64,
+    /// While in back-off after a death: until when (ms since the Unix
+    /// epoch), else 0.
+    pub backoff_until_ms: AtomicU64,
+    /// How its last process ended, if one did.
+    pub last_exit: std::sync::Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
+    /// Records how the worker's process ended and the back-off before its
+    /// restart.
+    pub(crate) fn note_exit(&self, how: &str, backoff: std::time::Duration) {
+        if let Ok(mut e) = self.last_exit.lock() {
+            *e = Some(how.to_string());
+        }
+        let until = (std::time::SystemTime::now() + backoff)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.backoff_until_ms
+            .store(if backoff.is_zero() { 0 } else { until }, Relaxed);
+    }
+
     /// A status for worker `index` pinned to `cpus`, not yet alive.
     pub fn new(index: usize, cpus: CpuAffinity) -> Arc<Self> {
         Arc::new(WorkerStatus {
@@ -141,6 +159,8 @@ impl WorkerStatus {
             healthy: AtomicBool::new(true),
             restarts: AtomicU64::new(0),
             items: AtomicU64::new(0),
+            backoff_until_ms: AtomicU64::new(0),
+            last_exit: std::sync::Mutex::new(None),
         })
     }
 
@@ -154,6 +174,14 @@ impl WorkerStatus {
             healthy: self.healthy.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             items: self.items.load(Relaxed),
+            backoff_until_ms: {
+                let until = self.backoff_until_ms.load(Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                (until > now && !self.alive.load(Relaxed)).then_some(until)
+            },
+            last_exit: self.last_exit.lock().ok().and_then(|e| e.clone()),
         }
     }
 }
@@ -288,4 +316,10 @@ pub struct WorkerSnapshot {
     pub restarts: u64,
     /// Items handled.
     pub items: u64,
+    /// In back-off until then (ms since the Unix epoch), if it is.
+    #[serde(default)]
+    pub backoff_until_ms: Option<u64>,
+    /// How its last process ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }

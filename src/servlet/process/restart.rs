@@ -23,6 +23,13 @@ use crate::error::{Error, PoisonItem, WorkerCrashed};
 /// [`Error::Shutdown`](crate::Error::Shutdown). Items written to a process
 /// that had already died (nothing of the write got out) never reached it:
 /// they go to the next process and count neither as crashed nor as attempts.
+///
+/// Back-off is for workers that cannot get going: with
+/// [`restart_served_at_once`](RestartPolicy::restart_served_at_once) (the
+/// default), a process that answered items before it died (killed from
+/// outside, say) is replaced at once; deaths during start-up or before the
+/// first answer after a (re)start back off. An unhealthy worker always waits
+/// `max_backoff`.
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     /// First back-off after a crash.
@@ -38,6 +45,9 @@ pub struct RestartPolicy {
     pub retry_crashed: bool,
     /// Crashes an item may be part of before it is failed as poison.
     pub poison_threshold: u32,
+    /// Restart at once a process that answered items before it died (see
+    /// above); `false`: every death backs off.
+    pub restart_served_at_once: bool,
 }
 
 impl Default for RestartPolicy {
@@ -49,6 +59,7 @@ impl Default for RestartPolicy {
             window: Duration::from_secs(60),
             retry_crashed: false,
             poison_threshold: 2,
+            restart_served_at_once: true,
         }
     }
 }
@@ -81,8 +92,13 @@ impl Health {
     /// before the next start, and the change of health. Back-off doubles
     /// from `backoff` up to `max_backoff`; more than `max_restarts` crashes
     /// within `window` make the worker unhealthy, restarted only every
-    /// `max_backoff`.
-    pub(super) fn note_crash(&mut self, policy: &RestartPolicy) -> (Duration, HealthChange) {
+    /// `max_backoff`. `served`: the process answered items before it died,
+    /// which (by the policy's default) restarts it at once.
+    pub(super) fn note_crash(
+        &mut self,
+        policy: &RestartPolicy,
+        served: bool,
+    ) -> (Duration, HealthChange) {
         let now = Instant::now();
         self.crash_times.push_back(now);
         while self
@@ -106,6 +122,10 @@ impl Health {
         } else {
             self.recovered()
         };
+        if served && policy.restart_served_at_once && !self.unhealthy {
+            self.backoff = policy.backoff;
+            return (Duration::ZERO, change);
+        }
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(policy.max_backoff);
         (wait, change)
@@ -178,5 +198,35 @@ pub(super) fn describe(status: Option<ExitStatus>, reason: Option<&str>) -> Stri
     match reason {
         Some(r) => format!("{r}; {how}"),
         None => how,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_served_restarts_at_once_others_back_off() {
+        let policy = RestartPolicy {
+            backoff: Duration::from_secs(1),
+            max_restarts: 3,
+            ..RestartPolicy::default()
+        };
+        let mut h = Health::new(&policy);
+        assert_eq!(h.note_crash(&policy, true).0, Duration::ZERO);
+        assert_eq!(h.note_crash(&policy, false).0, Duration::from_secs(1));
+        assert_eq!(h.note_crash(&policy, false).0, Duration::from_secs(2));
+        // The fourth crash in the window: unhealthy, served or not.
+        let (wait, change) = h.note_crash(&policy, true);
+        assert_eq!(change, HealthChange::Unhealthy);
+        assert_eq!(wait, policy.max_backoff);
+        let never = RestartPolicy {
+            restart_served_at_once: true,
+            ..policy.clone()
+        };
+        assert_eq!(
+            Health::new(&never).note_crash(&never, true).0,
+            Duration::from_secs(1)
+        );
     }
 }

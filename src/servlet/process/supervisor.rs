@@ -115,7 +115,7 @@ where
                         return;
                     }
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
-                    let wait = self.note_crash(&mut health);
+                    let wait = self.note_crash(&mut health, false, &e.to_string());
                     if !self.back_off(wait) {
                         return;
                     }
@@ -127,6 +127,7 @@ where
             }
             self.status.pid.store(p.pid, Relaxed);
             self.status.alive.store(true, Relaxed);
+            let answered_before = self.status.items.load(Relaxed);
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
             let end = self.feed(&mut p, &mut disp, &mut retry, &mut unsent, &mut health);
             self.door.close(&p.port.writer);
@@ -165,7 +166,8 @@ where
                     self.shared.stats.crashes.fetch_add(1, Relaxed);
                     // Health first, so that whoever hears of the crash sees
                     // its effect on readiness.
-                    let wait = self.note_crash(&mut health);
+                    let served = self.status.items.load(Relaxed) > answered_before;
+                    let wait = self.note_crash(&mut health, served, &how);
                     let crash = WorkerCrashed {
                         worker: self.worker_id(Some(pid)),
                         how,
@@ -213,10 +215,15 @@ where
         }
     }
 
-    /// Records a crash (or a failed restart); returns the back-off.
-    fn note_crash(&self, h: &mut Health) -> Duration {
-        let (wait, change) = h.note_crash(&self.shared.restart);
+    /// Records a crash (or a failed restart) and how the worker ended;
+    /// returns the back-off (logged when long: the worker is away a while).
+    fn note_crash(&self, h: &mut Health, served: bool, how: &str) -> Duration {
+        let (wait, change) = h.note_crash(&self.shared.restart, served);
         self.apply(change);
+        self.status.note_exit(how, wait);
+        if wait > Duration::from_secs(1) {
+            tracing::warn!(worker = %self.worker_id(None), backoff = ?wait, last_exit = %how, "worker process backs off before its restart");
+        }
         wait
     }
 
