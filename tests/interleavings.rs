@@ -429,3 +429,43 @@ fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
     assert!(!w.alive);
     assert!(w.backoff_until_ms.is_some(), "{w:?}");
 }
+
+/// While a servlet has no live worker (its only process died and backs off
+/// for 3 s), an item waits at most `wait_for_worker` and then fails with a
+/// retryable crash error; once the worker is back, calls succeed.
+#[test]
+fn an_item_waits_for_a_dead_stage_at_most_its_bound() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let policy = mpserver::RestartPolicy {
+        backoff: Duration::from_secs(3),
+        max_backoff: Duration::from_secs(5),
+        restart_served_at_once: false,
+        ..Default::default()
+    };
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .restart_policy(policy)
+            .wait_for_worker(Duration::from_millis(300)),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || server
+        .worker_pids()
+        .is_empty()));
+    let t = Instant::now();
+    let r = server.call_with(Op::Echo(2), CallOptions::timeout(Duration::from_secs(20)));
+    assert!(matches!(r, Err(Error::WorkerCrashed(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .worker_pids()
+        .len()
+        == 1));
+    assert_eq!(server.call(Op::Echo(3)).unwrap().0, 6);
+}

@@ -90,6 +90,7 @@ pub struct ProcessServlet<W> {
     recycle_after_items: Option<u64>,
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
+    wait_for_worker: Duration,
     launcher: spawn::Launcher,
 }
 
@@ -111,6 +112,7 @@ where
             recycle_after_items: None,
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
+            wait_for_worker: Duration::from_secs(1),
             launcher: spawn::Launcher::default(),
         }
     }
@@ -165,6 +167,15 @@ where
         self.recycle_above_rss = Some(bytes);
         self
     }
+
+    /// Longest an item waits for a live worker while none is (all of this
+    /// servlet's processes died and wait out their restart back-off): then
+    /// it fails with [`WorkerCrashed`](crate::error::WorkerCrashed), an
+    /// error a client may retry. Default 1 s.
+    pub fn wait_for_worker(mut self, d: Duration) -> Self {
+        self.wait_for_worker = d;
+        self
+    }
 }
 
 impl<W> Servlet for ProcessServlet<W>
@@ -202,10 +213,11 @@ where
         });
         let (tx, rx) = ctx.queue();
         let (closing_tx, closing_rx) = crossbeam_channel::bounded::<()>(0);
-        let depth_rx = rx.clone();
-        let mut node = ServletNode::new("process", this.config.name.clone())
-            .with_queue_depth(move || depth_rx.len());
+        // Spilled items (see `shared.rs`) are queued items too.
         let (spill_tx, spill_rx) = crossbeam_channel::unbounded();
+        let (depth_rx, depth_spill) = (rx.clone(), spill_rx.clone());
+        let mut node = ServletNode::new("process", this.config.name.clone())
+            .with_queue_depth(move || depth_rx.len() + depth_spill.len());
         let shared = Arc::new(shared::Shared::<W> {
             name: this.config.name.clone(),
             worker_bytes,
@@ -218,6 +230,8 @@ where
             recycle_after_items: this.recycle_after_items,
             recycle_above_rss: this.recycle_above_rss,
             shutdown_grace: this.shutdown_grace,
+            wait_for_worker: this.wait_for_worker,
+            live: std::sync::Mutex::new(shared::Live::default()),
             launcher: this.launcher,
             stats: node.stats().clone(),
             healthy_workers: AtomicUsize::new(this.config.placement.0.len()),

@@ -2,9 +2,10 @@
 //! one process servlet.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -44,6 +45,47 @@ pub(crate) struct Shared<W: Worker> {
     /// supervisor with credit takes them before the queue, so they never
     /// wait behind a busy worker while another one idles.
     pub(super) spill_tx: Sender<Item<W>>,
+    /// Longest an item waits while no worker process is alive.
+    pub(crate) wait_for_worker: Duration,
+    /// How many worker processes are alive, and since when none is.
+    pub(crate) live: Mutex<Live>,
     pub(super) spill_rx: Receiver<Item<W>>,
     pub(crate) _worker: PhantomData<fn() -> W>,
+}
+
+/// Worker processes alive in a servlet.
+#[derive(Default)]
+pub(crate) struct Live {
+    alive: usize,
+    none_since: Option<Instant>,
+}
+
+impl<W: Worker> Shared<W> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker process is up.
+    pub(super) fn worker_up(&self) {
+        let mut l = self.live();
+        l.alive += 1;
+        l.none_since = None;
+    }
+
+    /// A worker process is gone.
+    pub(super) fn worker_down(&self) {
+        let mut l = self.live();
+        l.alive = l.alive.saturating_sub(1);
+        if l.alive == 0 {
+            l.none_since = Some(Instant::now());
+        }
+    }
+
+    /// True once no worker process has been alive for `wait_for_worker`.
+    pub(super) fn none_alive_too_long(&self) -> bool {
+        let l = self.live();
+        l.alive == 0
+            && l.none_since
+                .is_some_and(|t| t.elapsed() >= self.wait_for_worker)
+    }
 }

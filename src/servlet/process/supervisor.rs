@@ -115,8 +115,9 @@ where
                         return;
                     }
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
-                    let wait = self.note_crash(&mut health, false, &e.to_string());
-                    if !self.back_off(wait) {
+                    let how = e.to_string();
+                    let wait = self.note_crash(&mut health, false, &how);
+                    if !self.back_off(wait, &how) {
                         return;
                     }
                     continue;
@@ -128,10 +129,12 @@ where
             self.status.pid.store(p.pid, Relaxed);
             self.status.alive.store(true, Relaxed);
             let answered_before = self.status.items.load(Relaxed);
+            self.shared.worker_up();
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
             let end = self.feed(&mut p, &mut disp, &mut retry, &mut unsent, &mut health);
             self.door.close(&p.port.writer);
             self.status.alive.store(false, Relaxed);
+            self.shared.worker_down();
             match end {
                 End::Drained => {
                     self.close(p);
@@ -173,7 +176,7 @@ where
                         how,
                     };
                     self.settle_lost(held, &crash, &mut retry);
-                    if !self.back_off(wait) {
+                    if !self.back_off(wait, &crash.how) {
                         return;
                     }
                     self.status.restarts.fetch_add(1, Relaxed);
@@ -227,12 +230,54 @@ where
         wait
     }
 
-    /// Waits out a back-off; false if the server aborted meanwhile.
-    fn back_off(&self, wait: Duration) -> bool {
-        !matches!(
-            self.abort_rx.recv_timeout(wait),
-            Ok(()) | Err(RecvTimeoutError::Disconnected)
-        )
+    /// Waits out a back-off; false if the server aborted meanwhile. While
+    /// no worker process of the servlet is alive for longer than
+    /// `wait_for_worker`, queued items fail at once with a retryable
+    /// `WorkerCrashed` (looked at four times per `wait_for_worker`).
+    fn back_off(&self, wait: Duration, last_exit: &str) -> bool {
+        let end = std::time::Instant::now() + wait;
+        let every = (self.shared.wait_for_worker / 4).max(Duration::from_millis(10));
+        loop {
+            let now = std::time::Instant::now();
+            if now >= end {
+                return true;
+            }
+            match self.abort_rx.recv_timeout((end - now).min(every)) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.shared.none_alive_too_long() {
+                self.fail_queued(last_exit);
+            }
+        }
+    }
+
+    /// Fails what waits in the queue: no worker is alive to run it.
+    fn fail_queued(&self, last_exit: &str) {
+        let shared = &*self.shared;
+        let crash = WorkerCrashed {
+            worker: self.worker_id(None),
+            how: format!(
+                "no live worker for {:?} (last exit: {last_exit})",
+                shared.wait_for_worker
+            ),
+        };
+        for rx in [&shared.spill_rx, &self.rx] {
+            for _ in 0..rx.len() {
+                let Ok((ticket, x)) = rx.try_recv() else {
+                    break;
+                };
+                shared.stats.items_in.fetch_add(1, Relaxed);
+                let _ = crate::worker::panic::catch(move || drop(x));
+                if ticket.is_cancelled() {
+                    shared.stats.skipped.fetch_add(1, Relaxed);
+                    continue;
+                }
+                shared.stats.items_err.fetch_add(1, Relaxed);
+                let e = crate::error::Error::WorkerCrashed(crash.clone());
+                deliver(&self.out, &crash.worker, Delivery::Failure(ticket, e));
+            }
+        }
     }
 
     fn launch(&self) -> Result<Proc, StartError> {
