@@ -8,27 +8,23 @@
 
 use std::collections::VecDeque;
 use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, select};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::child::ChildConfig;
-use super::connection::{Port, SendSide, Writer, lock_side, send_cancels};
+use super::connection::{lock_side, send_cancels};
 use super::dispatch::{Dispatcher, Unsent};
 use super::handoff::Door;
-use super::handshake;
-use super::ledger::{InFlight, Ledger};
-use super::reader::{Delivery, Event, ReadPort, ReadSide, deliver};
+use super::handshake::{self, Proc};
+use super::ledger::InFlight;
+use super::reader::{Delivery, Event, deliver};
 use super::restart::{Health, HealthChange, Lost, describe, lost};
 use super::shared::{Item, Shared};
-use super::spawn;
 use crate::affinity::CpuAffinity;
 use crate::error::{StartError, WorkerCrashed, WorkerId};
 use crate::ipc::frame::ItemFrames;
@@ -39,16 +35,6 @@ use crate::worker::Worker;
 /// How often the supervisor looks for cancelled items held by its worker
 /// while the worker is busy (the reader also looks after every result).
 const CANCEL_SCAN: Duration = Duration::from_millis(10);
-
-/// A running worker process.
-struct Proc {
-    child: Child,
-    pid: u32,
-    sock: UnixStream,
-    port: Arc<Port>,
-    events: Receiver<Event>,
-    reader: Option<JoinHandle<()>>,
-}
 
 /// Why feeding a process stopped.
 enum End {
@@ -281,92 +267,13 @@ where
     }
 
     fn launch(&self) -> Result<Proc, StartError> {
-        let spawn_err = |message: String| StartError::Spawn {
-            worker: self.worker_id(None),
-            message,
-        };
-        let who = spawn::WorkerSpawn {
-            index: self.index,
-            name: self.shared.name.clone(),
-            cpus: self.cpus.clone(),
-        };
-        let target = spawn::Target::of::<W>(None);
-        let (mut child, sock) =
-            spawn::spawn(&self.shared.launcher, &target, &who, &self.shared.registry)
-                .map_err(|e| spawn_err(e.to_string()))?;
-        let pid = child.id();
-        let config = ChildConfig {
-            index: self.index,
-            name: self.shared.name.clone(),
-            cpus: self.cpus.clone(),
-            max_frame: self.shared.max_frame,
-            codec: self.shared.codec,
-            recycle_after_items: self.shared.recycle_after_items,
-            recycle_above_rss: self.shared.recycle_above_rss,
-            worker: self.shared.worker_bytes.clone(),
-        };
-        let reader = handshake::configure(
-            &mut child,
-            &sock,
-            &config,
-            &self.shared.registry,
-            self.shared.max_frame,
-            |pid| self.worker_id(pid),
-        )?;
-        let fail = |child: &mut Child, message: String| {
-            self.shared.registry.remove(pid);
-            let _ = child.kill();
-            let _ = child.wait();
-            spawn_err(message)
-        };
-        let ledger: Arc<Ledger> = Arc::default();
-        let writer: Writer = match sock.try_clone() {
-            Ok(sock) => Arc::new(Mutex::new(SendSide {
-                sock,
-                next_id: 0,
-                quota: self.shared.recycle_after_items.unwrap_or(u64::MAX),
-                direct: false,
-            })),
-            Err(e) => return Err(fail(&mut child, e.to_string())),
-        };
-        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
-        let side = ReadSide {
-            reader,
-            ledger: ledger.clone(),
-            writer: writer.clone(),
-            stats: self.shared.stats.clone(),
-            status: self.status.clone(),
-            id: self.worker_id(Some(pid)),
-            codec: self.shared.codec,
-            events: ev_tx.clone(),
-        };
-        let read = match ReadPort::<W::Output>::new(side, self.out.clone()) {
-            Ok(r) => r,
-            Err(e) => return Err(fail(&mut child, e.to_string())),
-        };
-        let thread_read = read.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("{}#{}-reader", self.shared.name, self.index))
-            .spawn(move || {
-                let end = thread_read.run_thread();
-                let _ = ev_tx.send(Event::Dead(end));
-            });
-        let handle = match handle {
-            Ok(h) => h,
-            Err(e) => return Err(fail(&mut child, e.to_string())),
-        };
-        Ok(Proc {
-            child,
-            pid,
-            sock,
-            port: Arc::new(Port {
-                writer,
-                ledger,
-                read: Arc::new(read),
-            }),
-            events: ev_rx,
-            reader: Some(handle),
-        })
+        handshake::start(
+            &self.shared,
+            self.index,
+            &self.cpus,
+            &self.out,
+            &self.status,
+        )
     }
 
     /// The event loop while a process runs.
