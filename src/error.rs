@@ -34,13 +34,31 @@ impl fmt::Display for WorkerId {
     }
 }
 
-/// The server already holds `capacity` requests and the call asked not to wait
-/// (back-pressure on). The seed's `ServerBacklogFull`.
+/// The server had no room for the request: the seed's `ServerBacklogFull`.
+///
+/// Either the call asked not to wait (back-pressure on, `waited` is zero),
+/// or it waited for room up to its time limit and never got any (`waited`
+/// says how long). Either way the request never entered the flow: nothing
+/// ran, and it is safe to retry. A request that was admitted and then ran
+/// out of time is a [`TimeoutError`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("server backlog full: {capacity} requests in flight")]
+#[error(
+    "server backlog full: {capacity} requests in flight{}",
+    if waited.is_zero() { String::new() } else { format!(" (waited {:.3} s for room)", waited.as_secs_f64()) }
+)]
 pub struct ServerBacklogFull {
     /// The server's capacity.
     pub capacity: usize,
+    /// How long the call waited for room (zero when it asked not to wait).
+    pub waited: Duration,
+}
+
+impl ServerBacklogFull {
+    /// A rejection by a server of `capacity` after waiting `waited` for room
+    /// (zero: at once).
+    pub fn new(capacity: usize, waited: Duration) -> Self {
+        ServerBacklogFull { capacity, waited }
+    }
 }
 
 /// A request did not finish within its time limit. Counted from the call's
@@ -58,7 +76,9 @@ pub struct TimeoutError {
     pub total: Duration,
     /// The time limit of the call.
     pub limit: Duration,
-    /// True when the request never got into the server.
+    /// True when the request was admitted but its time ran out before it
+    /// got into the first stage's queue. (A request that waited for room
+    /// and never got any is [`Error::BacklogFull`], not a time-out.)
     pub while_enqueuing: bool,
 }
 
@@ -204,10 +224,11 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The server is full and the call asked not to wait.
+    /// The server had no room: full and the call asked not to wait, or the
+    /// call waited for room up to its time limit and got none.
     #[error(transparent)]
     BacklogFull(#[from] ServerBacklogFull),
-    /// The request's time limit passed.
+    /// The time limit of an admitted request passed.
     #[error(transparent)]
     Timeout(#[from] TimeoutError),
     /// The worker returned an error (or panicked) for this item.

@@ -1,4 +1,9 @@
 #![doc = include_str!("../docs/crate.md")]
+// `unsafe` is allowed in one place only: turning a checked function offset
+// into a function pointer in a re-executed worker
+// (`servlet/process/image.rs`, `resolve`). Registering `init` to run before
+// `main` (`auto_init` below) is the `ctor` crate's unsafe, declared there.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -19,6 +24,9 @@ mod batch;
 // code is compiled and run as doc-tests, so it cannot drift from the API.
 pub mod docs;
 pub mod error;
+// The wire format between the server and its worker processes: not API
+// (the benchmarks and the frame fuzzer of this workspace use it).
+#[doc(hidden)]
 pub mod ipc;
 pub mod metrics;
 pub mod prelude;

@@ -132,7 +132,7 @@ fn a_worker_that_did_not_bootstrap_refuses_to_start_a_server() {
     // serving: it must exit at once, and the start must say what to do.
     let (msg, spent) =
         start_error(ProcessServlet::new(Triple).launcher(helper("helper_start_a_server_instead")));
-    assert!(msg.contains("mpserver::init()"), "{msg}");
+    assert!(msg.contains("serve_worker"), "{msg}");
     assert!(msg.contains("did not bootstrap"), "{msg}");
     assert!(spent < Duration::from_secs(8), "{spent:?}");
 }
@@ -213,4 +213,105 @@ fn the_command_hook_sets_the_environment_per_worker() {
             seen.insert(index);
         }
     }
+}
+
+#[test]
+fn require_same_image_refuses_a_copy_of_the_program() {
+    let _serial = serial();
+    // A copy of this test binary: the same code, another file.
+    let copy = support::temp_path("worker-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+    let program = |same: bool| {
+        Launcher::program(&copy)
+            .args(["--exact", "helper_serve_double", "--nocapture"])
+            .require_same_image(same)
+            .command_hook(|cmd, _| {
+                cmd.stdout(Stdio::null());
+            })
+    };
+    // Without the requirement the copy serves.
+    let server = Server::start(ProcessServlet::new(Double).launcher(program(false))).unwrap();
+    assert_eq!(server.call(4).unwrap(), 8);
+    drop(server);
+    wait_for(|| all_children().is_empty());
+    // With it, the start fails and says why.
+    let err = Server::start(ProcessServlet::new(Double).launcher(program(true)))
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("another file than the server's"), "{msg}");
+    assert!(all_children().is_empty(), "{:?}", all_children());
+    let _ = std::fs::remove_file(&copy);
+}
+
+/// Start hook: names the worker's device after its index.
+fn set_device(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    // SAFETY: the worker process has one thread when the hook runs.
+    unsafe {
+        std::env::set_var(
+            "MPSERVER_TEST_HOOK_DEVICE",
+            format!("dev{}", ctx.worker_index()),
+        )
+    };
+    Ok(())
+}
+
+/// Start hook that refuses.
+fn no_device(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    Err(WorkerError::new(
+        "NoDevice",
+        format!("no device for worker {}", ctx.worker_index()),
+    ))
+}
+
+#[test]
+fn the_start_hook_runs_in_every_worker_process_before_init() {
+    let _serial = serial();
+    let var = "MPSERVER_TEST_HOOK_DEVICE";
+    let server = Server::start(
+        ProcessServlet::new(EnvProbe {
+            var: var.into(),
+            index: 0,
+        })
+        .workers(2)
+        .on_worker_start(set_device),
+    )
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "saw only workers {seen:?}");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| server.call(()))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            let (index, value) = r.unwrap();
+            assert_eq!(value, Some(format!("dev{index}")));
+            seen.insert(index);
+        }
+    }
+    // The server's own environment is untouched.
+    assert!(std::env::var_os(var).is_none());
+    drop(server);
+    // A hook's error fails the start as init's would, leaving nothing.
+    let err = Server::start(ProcessServlet::new(Double).on_worker_start(no_device))
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NoDevice") && msg.contains("no device for worker 0"),
+        "{msg}"
+    );
+    wait_for(|| all_children().is_empty());
+    // A function found by its address needs the re-exec launcher.
+    let err = Server::start(
+        ProcessServlet::new(Double)
+            .on_worker_start(set_device)
+            .launcher(helper("helper_serve_double")),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("re-exec launcher"), "{err}");
+    assert!(all_children().is_empty(), "{:?}", all_children());
 }

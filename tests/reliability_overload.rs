@@ -69,7 +69,7 @@ fn flood_beyond_capacity_gets_backlog_full_at_once() {
                 std::thread::spawn(move || {
                     for i in 0..50 {
                         match h.call(Op::Echo(t * 100 + i)) {
-                            Err(Error::BacklogFull(ServerBacklogFull { capacity })) => {
+                            Err(Error::BacklogFull(ServerBacklogFull { capacity, .. })) => {
                                 assert_eq!(capacity, C);
                                 full.fetch_add(1, Ordering::Relaxed);
                             }

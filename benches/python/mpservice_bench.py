@@ -87,23 +87,42 @@ import threading
 import time
 from importlib.metadata import version as _package_version
 
-from mpservice.mpserver import (
-    EnsembleServlet,
-    ProcessServlet,
-    SequentialServlet,
-    Server,
-    ThreadServlet,
-    Worker,
-    make_worker,
-)
+# ``--impl mpserver`` (or MPSERVER_BENCH_IMPL=mpserver) runs the very same
+# scenarios and worker code on the ``mpserver`` Python package (mpserver-py),
+# whose API is the seed's: only this import differs.
+if "--impl=mpserver" in sys.argv or os.environ.get("MPSERVER_BENCH_IMPL") == "mpserver" or (
+    "--impl" in sys.argv[:-1] and sys.argv[sys.argv.index("--impl") + 1] == "mpserver"
+):
+    from mpserver import (
+        EnsembleServlet,
+        ProcessServlet,
+        SequentialServlet,
+        Server,
+        ThreadServlet,
+        Worker,
+        make_worker,
+    )
 
-try:  # 0.16.x
-    from mpservice.mpserver import AsyncServer
-except ImportError:  # 0.12.x: async calls go through Server.async_call
     AsyncServer = None
+    CONTENDER = "mpserver-py"
+else:
+    from mpservice.mpserver import (
+        EnsembleServlet,
+        ProcessServlet,
+        SequentialServlet,
+        Server,
+        ThreadServlet,
+        Worker,
+        make_worker,
+    )
 
-MPSERVICE_VERSION = _package_version("mpservice")
-CONTENDER = f"mpservice-{MPSERVICE_VERSION}"
+    try:  # 0.16.x
+        from mpservice.mpserver import AsyncServer
+    except ImportError:  # 0.12.x: async calls go through Server.async_call
+        AsyncServer = None
+
+    MPSERVICE_VERSION = _package_version("mpservice")
+    CONTENDER = f"mpservice-{MPSERVICE_VERSION}"
 HAS_MAIN_CPU = "main_cpu" in inspect.signature(Server.__init__).parameters
 
 MIB = 1 << 20
@@ -224,7 +243,7 @@ class Bench:
         ``workers_pinned_by_flow``: the servlet pins its own workers (the seed
         flow), so under ``unpinned`` only the server process is checked.
         """
-        pids = [os.getpid()] + [w.pid for w in server.servlet.workers if hasattr(w, "pid")]
+        pids = [os.getpid()] + worker_pids(server)
         masks = [sorted(os.sched_getaffinity(pid)) for pid in pids]
         log(f"  affinity: server {masks[0]}, workers {masks[1:]}")
         if self.pinned:
@@ -272,6 +291,13 @@ class Bench:
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+
+def worker_pids(server) -> list:
+    """Pids of the server's worker processes."""
+    if hasattr(server, "_worker_pids"):  # mpserver-py
+        return sorted(server._worker_pids())
+    return [w.pid for w in server.servlet.workers if hasattr(w, "pid")]
 
 
 def percentile(sorted_values: list, p: float) -> float:
@@ -579,7 +605,7 @@ def s10_memory(b: Bench) -> None:
     for run in range(b.runs):
         with b.server(ProcessServlet(Double, cpus=b.cpus(1))) as server:
             server.call(1)
-            pids = [os.getpid()] + [w.pid for w in server.servlet.workers]
+            pids = [os.getpid()] + worker_pids(server)
             assert len(pids) == 2, f"expected one worker process, got {pids}"
             values = [vm_rss_mib(p) for p in pids]
             for k, v in zip(names, values + [sum(values)]):
@@ -627,6 +653,12 @@ def parse_args(argv=None):
         help="comma-separated ids, e.g. S1,S7 or S1_seq_call (default depends on --placement)",
     )
     p.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    p.add_argument(
+        "--impl",
+        choices=["mpservice", "mpserver"],
+        default="mpservice",
+        help="the package to measure (mpserver: the mpserver-py package, same scenarios)",
+    )
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be >= 1")

@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::affinity::CpuAffinity;
 
+mod debug;
 pub mod prometheus;
+mod requests;
+
+pub use debug::{DebugInfo, RequestInfo, ServerState};
+pub(crate) use requests::ServerStats;
+pub use requests::{ERROR_KINDS, RequestStats};
 
 const BUCKETS: usize = 40;
 
@@ -87,66 +93,114 @@ impl HistogramSnapshot {
     }
 }
 
-/// Counters of one servlet.
+/// Counters of one servlet, recorded by the servlet (read them through
+/// [`ServletNode::snapshot`] or `Handle::servlets`). The counters are not
+/// public fields: only the servlet that owns them records, through the
+/// methods below, and everyone else sees snapshots.
+///
+/// ```compile_fail
+/// // Counters cannot be written from outside: they are not public fields.
+/// let node = mpserver::metrics::ServletNode::new("thread", "w");
+/// node.stats().items_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// ```
+///
+/// ```
+/// let node = mpserver::metrics::ServletNode::new("thread", "w");
+/// node.stats().record_in(2);
+/// assert_eq!(node.snapshot().items_in, 2);
+/// ```
 #[derive(Debug, Default)]
 pub struct ServletStats {
     /// Items that entered the servlet.
-    pub items_in: AtomicU64,
+    pub(crate) items_in: AtomicU64,
     /// Items it produced a value for.
-    pub items_ok: AtomicU64,
+    pub(crate) items_ok: AtomicU64,
     /// Items it failed.
-    pub items_err: AtomicU64,
+    pub(crate) items_err: AtomicU64,
     /// Items skipped because their request was cancelled.
-    pub skipped: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     /// Items a caller handed straight to an idle worker process, without
     /// the queue (process servlets; see the servlet design notes).
-    pub handoffs: AtomicU64,
+    pub(crate) handoffs: AtomicU64,
     /// Worker calls made in batch form.
-    pub batches: AtomicU64,
+    pub(crate) batches: AtomicU64,
     /// Sizes of the batches handed to workers.
-    pub batch_sizes: Histogram,
+    pub(crate) batch_sizes: Histogram,
     /// Worker crashes.
-    pub crashes: AtomicU64,
+    pub(crate) crashes: AtomicU64,
     /// Worker restarts (after crashes and recycling).
-    pub restarts: AtomicU64,
+    pub(crate) restarts: AtomicU64,
 }
 
-/// Live state of one worker.
+impl ServletStats {
+    /// Counts `n` items that entered the servlet.
+    pub fn record_in(&self, n: u64) {
+        self.items_in.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items the servlet produced a value for.
+    pub fn record_ok(&self, n: u64) {
+        self.items_ok.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items the servlet failed.
+    pub fn record_err(&self, n: u64) {
+        self.items_err.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items skipped because their request was cancelled.
+    pub fn record_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Relaxed);
+    }
+}
+
+/// Live state of one worker, kept by its servlet; read it through
+/// snapshots ([`WorkerSnapshot`]) or the methods below.
 #[derive(Debug)]
 pub struct WorkerStatus {
     /// Index within its servlet.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The CPUs it is pinned to.
-    pub cpus: CpuAffinity,
+    pub(crate) cpus: CpuAffinity,
     /// OS process id (0 for thread workers or while not running).
-    pub pid: AtomicU32,
+    pub(crate) pid: AtomicU32,
     /// Whether it is running.
-    pub alive: AtomicBool,
+    pub(crate) alive: AtomicBool,
     /// False once it crashed more often than its restart policy allows.
-    pub healthy: AtomicBool,
+    pub(crate) healthy: AtomicBool,
     /// Times it was restarted.
-    pub restarts: AtomicU64,
+    pub(crate) restarts: AtomicU64,
     /// Items it handled.
-    pub items: AtomicU64,
-    /// While in back-off after a death: until when (ms since the Unix
-    /// epoch), else 0.
-    pub backoff_until_ms: AtomicU64,
-    /// How its last process ended, if one did.
-    pub last_exit: std::sync::Mutex<Option<String>>,
+    pub(crate) items: AtomicU64,
+    /// While it waits out a restart back-off: until when, in milliseconds
+    /// since the Unix epoch (0: not in back-off).
+    pub(crate) backoff_until_unix_ms: AtomicU64,
+    /// How its last process ended (e.g. "killed by signal 9 (SIGKILL)").
+    pub(crate) last_exit: std::sync::Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
-    /// Records how the worker's process ended and the back-off before its
-    /// restart.
-    pub(crate) fn note_exit(&self, how: &str, backoff: std::time::Duration) {
-        if let Ok(mut e) = self.last_exit.lock() {
-            *e = Some(how.to_string());
-        }
-        let until = (std::time::SystemTime::now() + backoff)
-            .duration_since(std::time::UNIX_EPOCH)
+    /// Records that the worker waits `wait` before its next start (`None`:
+    /// no longer waiting).
+    pub(crate) fn set_backoff(&self, wait: Option<std::time::Duration>) {
+        let until = wait
+            .and_then(|w| std::time::SystemTime::now().checked_add(w))
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as u64);
-        self.backoff_until_ms
-            .store(if backoff.is_zero() { 0 } else { until }, Relaxed);
+        self.backoff_until_unix_ms.store(until, Relaxed);
+    }
+
+    /// Records how the worker's last process ended.
+    pub(crate) fn set_last_exit(&self, how: impl Into<String>) {
+        *self.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.into());
+    }
+
+    /// How the worker's last process ended, if one did.
+    pub fn last_exit(&self) -> Option<String> {
+        self.last_exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A status for worker `index` pinned to `cpus`, not yet alive.
@@ -159,12 +213,30 @@ impl WorkerStatus {
             healthy: AtomicBool::new(true),
             restarts: AtomicU64::new(0),
             items: AtomicU64::new(0),
-            backoff_until_ms: AtomicU64::new(0),
+            backoff_until_unix_ms: AtomicU64::new(0),
             last_exit: std::sync::Mutex::new(None),
         })
     }
 
-    fn snapshot(&self) -> WorkerSnapshot {
+    /// Index within its servlet.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Marks the worker running (with its process id, 0 for a thread) or
+    /// stopped: for servlets written outside the crate.
+    pub fn set_running(&self, running: bool, pid: u32) {
+        self.pid.store(if running { pid } else { 0 }, Relaxed);
+        self.alive.store(running, Relaxed);
+    }
+
+    /// Counts `n` items handled by the worker.
+    pub fn record_items(&self, n: u64) {
+        self.items.fetch_add(n, Relaxed);
+    }
+
+    /// A copy of the worker's state.
+    pub fn snapshot(&self) -> WorkerSnapshot {
         let pid = self.pid.load(Relaxed);
         WorkerSnapshot {
             index: self.index,
@@ -174,14 +246,11 @@ impl WorkerStatus {
             healthy: self.healthy.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             items: self.items.load(Relaxed),
-            backoff_until_ms: {
-                let until = self.backoff_until_ms.load(Relaxed);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                (until > now && !self.alive.load(Relaxed)).then_some(until)
+            backoff_until_unix_ms: match self.backoff_until_unix_ms.load(Relaxed) {
+                0 => None,
+                t => Some(t),
             },
-            last_exit: self.last_exit.lock().ok().and_then(|e| e.clone()),
+            last_exit: self.last_exit(),
         }
     }
 }
@@ -316,9 +385,10 @@ pub struct WorkerSnapshot {
     pub restarts: u64,
     /// Items handled.
     pub items: u64,
-    /// In back-off until then (ms since the Unix epoch), if it is.
+    /// While waiting out a restart back-off: until when (milliseconds since
+    /// the Unix epoch).
     #[serde(default)]
-    pub backoff_until_ms: Option<u64>,
+    pub backoff_until_unix_ms: Option<u64>,
     /// How its last process ended, if one did.
     #[serde(default)]
     pub last_exit: Option<String>,

@@ -18,7 +18,7 @@
 //! | `mpserver_server_backlog` | gauge | requests in flight now |
 //! | `mpserver_oldest_request_age_seconds` | gauge | age of the oldest pending request (0 if none) |
 //! | `mpserver_requests_submitted_total` | counter | requests admitted |
-//! | `mpserver_requests_total{outcome}` | counter | finished or refused requests: `outcome="ok"` or an [`Error::kind`](crate::Error::kind) |
+//! | `mpserver_requests_total{outcome}` | counter | finished or refused requests: `outcome="ok"` or an [`Error::kind`](crate::Error::kind); `backlog_full` counts every request that never got room (refused at once, or after waiting in vain), `timeout` only admitted requests that ran out of time |
 //! | `mpserver_request_errors_total{class}` | counter | failed requests by [`ErrorClass`](crate::error::ErrorClass) (`invalid_input`, `worker`, `crashed`, `overload`, `timeout`, `shutdown`) |
 //! | `mpserver_request_duration_seconds` | histogram | end-to-end latency of finished requests |
 //!
@@ -57,8 +57,8 @@
 
 use std::fmt::Write;
 
+use crate::metrics::{DebugInfo, ERROR_KINDS, ServerState};
 use crate::metrics::{HistogramSnapshot, ServletSnapshot};
-use crate::server::{DebugInfo, ERROR_KINDS, ServerState};
 
 /// Microseconds per second.
 const MICROS: f64 = 1e6;

@@ -3,130 +3,16 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use event_listener::{Event, EventListener};
-
-use super::stats::ServerStats;
+use super::admission::Permit;
 use super::timer::Expire;
 use crate::error::{Error, TimeoutError};
+use crate::metrics::ServerStats;
 use crate::servlet::plumbing::{Interrupt, Sink, Ticket, TicketRef};
-
-/// Counts requests in flight against the server's capacity.
-pub(crate) struct Capacity {
-    max: usize,
-    used: AtomicUsize,
-    /// Callers waiting for room. While there are any, newcomers do not take
-    /// freed room ahead of them (a stream refilling its window would
-    /// otherwise take every freed unit before a waiting caller wakes up).
-    waiting: AtomicUsize,
-    pub(crate) event: Event,
-}
-
-/// Counts a caller among those waiting for room while it lives. Everyone who
-/// listens for room is in line (a listener that could not take the room it
-/// was woken for would swallow the wake-up meant for one that can).
-pub(crate) struct Waiting(Arc<Capacity>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Capacity {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(Capacity {
-            max,
-            used: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            event: Event::new(),
-        })
-    }
-
-    pub(crate) fn max(&self) -> usize {
-        self.max
-    }
-
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-
-    /// Takes a unit of room if there is one and nobody is waiting for room.
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        if self.waiting.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        self.take()
-    }
-
-    /// Joins the callers waiting for room (see [`Capacity::take`]).
-    pub(crate) fn wait_in_line(self: &Arc<Self>) -> Waiting {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        Waiting(self.clone())
-    }
-
-    /// Takes a unit of room if there is one, whoever waits: for callers in
-    /// line (their [`Waiting`] alive).
-    pub(crate) fn take(self: &Arc<Self>) -> Option<Permit> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u < self.max).then_some(u + 1)
-            })
-            .ok()
-            .map(|_| Permit(self.clone()))
-    }
-
-    /// For a caller in line: takes room, or returns a listener to wait on
-    /// for the next release (registered before a second look, so a release
-    /// in between is not missed).
-    pub(crate) fn take_or_listen(self: &Arc<Self>) -> Result<Permit, EventListener> {
-        if let Some(p) = self.take() {
-            return Ok(p);
-        }
-        let listener = self.event.listen();
-        self.take().ok_or(listener)
-    }
-
-    /// Waits for room until `deadline` (blocking).
-    pub(crate) fn acquire_until(self: &Arc<Self>, deadline: Option<Instant>) -> Option<Permit> {
-        use event_listener::Listener;
-        if let Some(p) = self.try_acquire() {
-            return Some(p);
-        }
-        let _line = self.wait_in_line();
-        loop {
-            let listener = match self.take_or_listen() {
-                Ok(p) => return Some(p),
-                Err(l) => l,
-            };
-            match deadline {
-                Some(d) => {
-                    if listener.wait_deadline(d).is_none() && Instant::now() >= d {
-                        return self.take();
-                    }
-                }
-                None => listener.wait(),
-            }
-        }
-    }
-}
-
-/// A unit of capacity, returned when dropped.
-pub(crate) struct Permit(Arc<Capacity>);
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        use event_listener::IntoNotification;
-        self.0.used.fetch_sub(1, Ordering::AcqRel);
-        // `additional`: wake one more waiter per freed unit, even if others
-        // were woken and have not run yet.
-        self.0.event.notify(1.additional());
-    }
-}
 
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
@@ -274,8 +160,7 @@ impl<Out: Send + 'static> Expire for Request<Out> {
     /// The server stopped while this request was still somewhere in the flow
     /// (e.g. queued behind a thread worker stuck in user code): the caller
     /// gets `Error::Shutdown` now, and the work is skipped if ever reached.
-    /// The permit goes back too (a stopped server counts no work), which
-    /// wakes callers still waiting for room, so they learn of the shutdown.
+    /// The permit goes back too (a stopped server counts no work).
     fn abandon(&self) {
         if self
             .state

@@ -15,6 +15,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::admission::Refused;
+use super::async_call::WaitForRoom;
 use super::{Handle, Pending};
 use crate::error::Error;
 use crate::servlet::plumbing::Push;
@@ -27,8 +29,10 @@ pub struct StreamOptions {
     /// `true`: yield errors in place and go on. `false` (default, as in the
     /// seed): yield the first error, then end the stream, cancelling the rest.
     pub return_exceptions: bool,
-    /// Most items of this stream in flight at once (default: the server's
-    /// capacity). Lower it so one stream leaves room for other callers.
+    /// Most items of this stream in flight at once. Default: half of the
+    /// server's capacity (rounded up), so that calls and other streams are
+    /// served beside it. Up to the whole capacity may be given to one
+    /// stream.
     pub max_inflight: Option<usize>,
 }
 
@@ -45,10 +49,21 @@ impl StreamOptions {
         self
     }
 
-    /// Most items of this stream in flight at once.
+    /// Most items of this stream in flight at once (see
+    /// [`max_inflight`](StreamOptions::max_inflight); capped at the server's
+    /// capacity).
     pub fn max_inflight(mut self, n: usize) -> Self {
         self.max_inflight = Some(n.max(1));
         self
+    }
+}
+
+impl StreamOptions {
+    /// The stream's window on a server of `capacity`.
+    fn window(&self, capacity: usize) -> usize {
+        self.max_inflight
+            .unwrap_or(capacity.div_ceil(2))
+            .clamp(1, capacity.max(1))
     }
 }
 
@@ -91,36 +106,48 @@ where
             keep,
             timeout: opts.timeout.unwrap_or(handle.core.timeout),
             return_exceptions: opts.return_exceptions,
-            window: opts.max_inflight.unwrap_or(usize::MAX),
+            window: opts.window(handle.core.admission.max()),
             done: false,
         }
     }
 
-    /// Admits inputs while the server has room. Waits for room only when
-    /// nothing of this stream is in flight (otherwise the oldest result is
-    /// what to wait for).
+    /// Admits inputs while the server has room. Waits for room (in line,
+    /// up to the item's time limit) only when nothing of this stream is in
+    /// flight; otherwise the oldest result is what to wait for.
     fn fill(&mut self) {
-        let cap = self.handle.core.capacity.clone();
-        while self.inflight.len() < cap.max().min(self.window) {
+        let adm = self.handle.core.admission.clone();
+        while self.inflight.len() < self.window {
             let Some(input) = self.input.as_mut() else {
                 return;
             };
+            let started = Instant::now();
+            let permit = match adm.try_acquire() {
+                Ok(p) => Ok(p),
+                Err(Refused::Full) if !self.inflight.is_empty() => return,
+                Err(Refused::Full) => adm
+                    .join()
+                    .wait(Some(started + self.timeout))
+                    .map_err(|m| self.handle.missed(m, started)),
+                Err(r) => Err(self.handle.refused(r)),
+            };
             // Room first, then the flow's input: a stream waiting for room
             // must not hold the input open while the server drains.
-            let permit = match cap.try_acquire() {
-                Some(p) => p,
-                None if self.inflight.is_empty() => match cap.acquire_until(None) {
-                    Some(p) => p,
-                    None => return,
-                },
-                None => return,
-            };
-            let entry = match self.handle.entry() {
-                Ok(e) => e,
-                Err(e) => {
+            let admitted = permit.and_then(|p| Ok((p, self.handle.entry()?)));
+            let (permit, entry) = match admitted {
+                Ok(a) => a,
+                Err(Error::Shutdown) => {
                     self.input = None;
-                    self.inflight.push_back((None, Err(e)));
+                    self.inflight.push_back((None, Err(Error::Shutdown)));
                     return;
+                }
+                Err(e) => {
+                    // No room in time: this item fails with it.
+                    let Some(x) = input.next() else {
+                        self.input = None;
+                        return;
+                    };
+                    self.inflight.push_back(((self.keep)(&x), Err(e)));
+                    continue;
                 }
             };
             let Some(x) = input.next() else {
@@ -130,14 +157,7 @@ where
             let kept = (self.keep)(&x);
             let r = self
                 .handle
-                .enqueue(
-                    &entry,
-                    x,
-                    permit,
-                    Instant::now(),
-                    self.timeout,
-                    Push::Stream,
-                )
+                .enqueue(&entry, x, permit, started, self.timeout, Push::Stream)
                 .map(|(p, _)| p);
             self.inflight.push_back((kept, r));
         }
@@ -251,63 +271,126 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     }
 
     /// Streams an async stream of inputs; the result is a
-    /// [`futures_core::Stream`] of results in input order. Needs no particular
-    /// runtime; waiting for capacity never blocks the executor.
+    /// [`futures_core::Stream`] of results in input order. Any stream will
+    /// do (it is pinned inside, so `futures::stream::unfold` or an
+    /// `async_stream!` block need no boxing). Needs no particular runtime;
+    /// waiting for capacity never blocks the executor. Dropping the result
+    /// stream cancels what it has in flight.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use mpserver::{worker_fn, Server, StreamOptions, ThreadServlet};
+    ///
+    /// let server = Server::start(ThreadServlet::new(worker_fn(|x: u64| x + 1))).unwrap();
+    /// // An `unfold` stream is not `Unpin`; it needs no boxing.
+    /// let input = futures::stream::unfold(0u64, |n| async move { (n < 3).then_some((n, n + 1)) });
+    /// let out: Vec<u64> = futures::executor::block_on(
+    ///     server.async_stream(input, StreamOptions::default()).map(Result::unwrap).collect(),
+    /// );
+    /// assert_eq!(out, vec![1, 2, 3]);
+    /// ```
     pub fn async_stream<S>(&self, data: S, opts: StreamOptions) -> AsyncResultStream<S, In, Out>
     where
-        S: futures_core::Stream<Item = In> + Unpin,
+        S: futures_core::Stream<Item = In>,
     {
-        AsyncResultStream {
-            handle: self.clone(),
-            input: Some(data),
-            waiting: None,
-            listener: None,
-            in_line: None,
-            inflight: VecDeque::new(),
-            timeout: opts.timeout.unwrap_or(self.core.timeout),
-            return_exceptions: opts.return_exceptions,
-            window: opts.max_inflight.unwrap_or(usize::MAX),
-            done: false,
-        }
+        AsyncResultStream(AsyncOrdered::new(self, data, opts, no_keep))
+    }
+
+    /// Streams an async stream of inputs, yielding each input with its
+    /// result, in input order: the async counterpart of
+    /// [`stream_pairs`](Handle::stream_pairs) (the seed's `async_stream(...,
+    /// return_x=True)`), with the same options. Dropping the result stream
+    /// cancels what it has in flight.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use mpserver::{worker_fn, Server, StreamOptions, ThreadServlet};
+    ///
+    /// let server = Server::start(ThreadServlet::new(worker_fn(|s: String| s.len()))).unwrap();
+    /// let words = futures::stream::iter(["a", "bb", "ccc"].map(String::from));
+    /// let pairs: Vec<(String, usize)> = futures::executor::block_on(
+    ///     server
+    ///         .async_stream_pairs(words, StreamOptions::default())
+    ///         .map(|(x, r)| (x, r.unwrap()))
+    ///         .collect(),
+    /// );
+    /// assert_eq!(pairs, vec![("a".into(), 1), ("bb".into(), 2), ("ccc".into(), 3)]);
+    /// ```
+    pub fn async_stream_pairs<S>(&self, data: S, opts: StreamOptions) -> AsyncPairStream<S, In, Out>
+    where
+        In: Clone,
+        S: futures_core::Stream<Item = In>,
+    {
+        AsyncPairStream(AsyncOrdered::new(self, data, opts, keep_clone::<In>))
     }
 }
 
-/// Results of [`Handle::async_stream`], in input order.
-pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static> {
+/// The ordered window shared by the async streams: admitted requests in
+/// input order, refilled from the source whenever the consumer polls.
+struct AsyncOrdered<S, In: Send + 'static, Out: Send + 'static> {
     handle: Handle<In, Out>,
-    input: Option<S>,
-    waiting: Option<In>,
-    listener: Option<event_listener::EventListener>,
-    /// In line for room (see `Capacity::wait_in_line`).
-    in_line: Option<super::request::Waiting>,
-    inflight: VecDeque<Result<Pending<Out>, Error>>,
+    input: Option<Pin<Box<S>>>,
+    /// An input taken from the source, waiting for room.
+    next: Option<In>,
+    /// In line for room since the instant given.
+    room: Option<(WaitForRoom, Instant)>,
+    inflight: VecDeque<Admitted<In, Out>>,
+    keep: fn(&In) -> Option<In>,
     timeout: Duration,
     return_exceptions: bool,
     window: usize,
     done: bool,
 }
 
-// The stream never pins its inputs or outputs; only `S` is polled, and it is
-// required to be `Unpin`.
-impl<S: Unpin, In: Send + 'static, Out: Send + 'static> Unpin for AsyncResultStream<S, In, Out> {}
+/// Results of [`Handle::async_stream`], in input order.
+pub struct AsyncResultStream<S, In: Send + 'static, Out: Send + 'static>(AsyncOrdered<S, In, Out>);
 
-impl<S, In, Out> AsyncResultStream<S, In, Out>
+/// `(input, result)` pairs of [`Handle::async_stream_pairs`], in input order.
+pub struct AsyncPairStream<S, In: Send + 'static, Out: Send + 'static>(AsyncOrdered<S, In, Out>);
+
+// Nothing of the streams is pinned in place: the source is boxed, the rest
+// is moved freely.
+impl<S, In: Send + 'static, Out: Send + 'static> Unpin for AsyncOrdered<S, In, Out> {}
+
+impl<S, In, Out> AsyncOrdered<S, In, Out>
 where
-    S: futures_core::Stream<Item = In> + Unpin,
+    S: futures_core::Stream<Item = In>,
     In: Send + 'static,
     Out: Send + 'static,
 {
-    /// Admits inputs while there is room; returns when it must wait.
+    fn new(
+        handle: &Handle<In, Out>,
+        data: S,
+        opts: StreamOptions,
+        keep: fn(&In) -> Option<In>,
+    ) -> Self {
+        AsyncOrdered {
+            handle: handle.clone(),
+            input: Some(Box::pin(data)),
+            next: None,
+            room: None,
+            inflight: VecDeque::new(),
+            keep,
+            timeout: opts.timeout.unwrap_or(handle.core.timeout),
+            return_exceptions: opts.return_exceptions,
+            window: opts.window(handle.core.admission.max()),
+            done: false,
+        }
+    }
+
+    /// Admits inputs while there is room; returns when it must wait (for
+    /// the source, for room, or for its oldest result). Waits in line for
+    /// room only when nothing of this stream is in flight.
     fn admit(&mut self, cx: &mut Context<'_>) {
-        let cap = self.handle.core.capacity.clone();
-        while self.inflight.len() < cap.max().min(self.window) {
-            let x = match self.waiting.take() {
+        let adm = self.handle.core.admission.clone();
+        while self.inflight.len() < self.window {
+            let x = match self.next.take() {
                 Some(x) => x,
                 None => {
                     let Some(input) = self.input.as_mut() else {
                         return;
                     };
-                    match Pin::new(input).poll_next(cx) {
+                    match input.as_mut().poll_next(cx) {
                         Poll::Ready(Some(x)) => x,
                         Poll::Ready(None) => {
                             self.input = None;
@@ -317,93 +400,142 @@ where
                     }
                 }
             };
-            let permit = match self
-                .in_line
-                .as_ref()
-                .map_or_else(|| cap.try_acquire(), |_| cap.take())
-            {
-                Some(p) => p,
-                None => {
-                    // Wait in line: room freed goes to those waiting first.
-                    if self.in_line.is_none() {
-                        self.in_line = Some(cap.wait_in_line());
+            let (permit, started) = match self.room.as_mut() {
+                Some((wait, since)) => match Pin::new(wait).poll(cx) {
+                    Poll::Ready(r) => {
+                        let since = *since;
+                        self.room = None;
+                        (r.map_err(|m| self.handle.missed(m, since)), since)
                     }
-                    let listener = self.listener.get_or_insert_with(|| cap.event.listen());
-                    match cap.take() {
-                        Some(p) => {
-                            self.listener = None;
-                            p
-                        }
-                        None => {
-                            self.waiting = Some(x);
-                            if Pin::new(listener).poll(cx).is_ready() {
-                                self.listener = None;
+                    Poll::Pending => {
+                        self.next = Some(x);
+                        return;
+                    }
+                },
+                None => {
+                    let started = Instant::now();
+                    match adm.try_acquire() {
+                        Ok(p) => (Ok(p), started),
+                        Err(Refused::Full) => {
+                            self.next = Some(x);
+                            if self.inflight.is_empty() {
+                                // Nothing of ours will free room: wait in line.
+                                let wait = self.handle.wait_for_room(started + self.timeout);
+                                self.room = Some((wait, started));
                                 continue;
                             }
                             return;
                         }
+                        Err(r) => (Err(self.handle.refused(r)), started),
                     }
                 }
             };
-            self.listener = None;
-            self.in_line = None;
-            let started = Instant::now();
-            let r = self.handle.entry().and_then(|e| {
+            let kept = (self.keep)(&x);
+            let r = permit.and_then(|permit| {
+                let e = self.handle.entry()?;
                 self.handle
                     .enqueue(&e, x, permit, started, self.timeout, Push::Stream)
                     .map(|(p, _)| p)
             });
             // As the blocking stream: a shut-down server ends the input.
             let shut = matches!(r, Err(Error::Shutdown));
-            self.inflight.push_back(r);
+            self.inflight.push_back((kept, r));
             if shut {
                 self.input = None;
                 return;
             }
         }
     }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Finished<In, Out>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        self.admit(cx);
+        let r = match self.inflight.front_mut() {
+            None => {
+                if self.input.is_none() && self.next.is_none() {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                return Poll::Pending;
+            }
+            Some((_, Err(_))) => match self.inflight.pop_front() {
+                Some((x, Err(e))) => (x, Err(e)),
+                _ => return Poll::Pending,
+            },
+            Some((_, Ok(p))) => match Pin::new(p).poll(cx) {
+                Poll::Ready(r) => match self.inflight.pop_front() {
+                    Some((x, _)) => (x, r),
+                    None => return Poll::Pending,
+                },
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        if r.1.is_err() && !self.return_exceptions {
+            // Stop: drop the source and cancel what is in flight.
+            self.done = true;
+            self.input = None;
+            self.next = None;
+            self.inflight.clear();
+            self.room = None;
+        } else {
+            // A slot freed up: admit more before the caller polls again.
+            self.admit(cx);
+        }
+        Poll::Ready(Some(r))
+    }
 }
 
 impl<S, In, Out> futures_core::Stream for AsyncResultStream<S, In, Out>
 where
-    S: futures_core::Stream<Item = In> + Unpin,
+    S: futures_core::Stream<Item = In>,
     In: Send + 'static,
     Out: Send + 'static,
 {
     type Item = Result<Out, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        this.admit(cx);
-        let r = match this.inflight.front_mut() {
-            None => {
-                if this.input.is_none() && this.waiting.is_none() {
-                    this.done = true;
-                    return Poll::Ready(None);
-                }
-                return Poll::Pending;
-            }
-            Some(Err(_)) => match this.inflight.pop_front() {
-                Some(Err(e)) => Err(e),
-                _ => return Poll::Pending,
-            },
-            Some(Ok(p)) => match Pin::new(p).poll(cx) {
-                Poll::Ready(r) => {
-                    this.inflight.pop_front();
-                    r
-                }
-                Poll::Pending => return Poll::Pending,
-            },
-        };
-        if r.is_err() && !this.return_exceptions {
-            this.done = true;
-            this.inflight.clear();
-        }
-        // A slot freed up: try to admit more before the caller polls again.
-        this.admit(cx);
-        Poll::Ready(Some(r))
+        self.get_mut().0.poll_next(cx).map(|o| o.map(|(_, r)| r))
+    }
+}
+
+impl<S, In, Out> futures_core::Stream for AsyncPairStream<S, In, Out>
+where
+    S: futures_core::Stream<Item = In>,
+    In: Send + 'static,
+    Out: Send + 'static,
+{
+    type Item = (In, Result<Out, Error>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Every item is kept (`keep_clone`), so each result has its input.
+        self.get_mut()
+            .0
+            .poll_next(cx)
+            .map(|o| o.and_then(|(x, r)| Some((x?, r))))
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> std::fmt::Debug for AsyncResultStream<S, In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("AsyncResultStream", f)
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> std::fmt::Debug for AsyncPairStream<S, In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.debug("AsyncPairStream", f)
+    }
+}
+
+impl<S, In: Send + 'static, Out: Send + 'static> AsyncOrdered<S, In, Out> {
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("in_flight", &self.inflight.len())
+            .field("window", &self.window)
+            .field("waiting_for_room", &self.room.is_some())
+            .field("done", &self.done)
+            .finish_non_exhaustive()
     }
 }

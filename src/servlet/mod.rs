@@ -69,6 +69,8 @@ pub(crate) struct SimpleConfig {
     pub(crate) placement: Placement,
     pub(crate) batch_size: usize,
     pub(crate) batch_wait_time: Option<Duration>,
+    /// Capture backtraces of worker errors and panics (see `backtraces`).
+    pub(crate) backtraces: bool,
 }
 
 impl SimpleConfig {
@@ -78,6 +80,7 @@ impl SimpleConfig {
             placement: Placement::default(),
             batch_size: 0,
             batch_wait_time: None,
+            backtraces: false,
         }
     }
 
@@ -125,6 +128,17 @@ macro_rules! simple_builder_methods {
         /// The worker name used in errors, logs and metrics (default: the worker type's name).
         pub fn name(mut self, name: impl Into<String>) -> Self {
             self.config.name = name.into();
+            self
+        }
+
+        /// Capture a backtrace where a worker error is created or a worker panics, when
+        /// `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` enable backtraces (default: off). A
+        /// backtrace costs a stack walk and, once it crosses to the server, symbol resolution
+        /// (the first one in a process loads the binary's debug information: tens of
+        /// milliseconds and MiB); without this option an error costs about what a result
+        /// does. Panic messages always carry their location.
+        pub fn backtraces(mut self, yes: bool) -> Self {
+            self.config.backtraces = yes;
             self
         }
 

@@ -4,13 +4,17 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::panic::capture_backtrace;
+
 /// An error raised by a worker's `init` or `call`, with the context needed to
 /// understand it far from where it happened.
 ///
 /// `WorkerError` is built from any [`std::error::Error`] with `?` or `.into()`:
 /// it records the error's *type name* (as Python records the exception class),
 /// its message, the chain of `source()` messages, and a backtrace when one was
-/// captured (set `RUST_BACKTRACE=1` or `RUST_LIB_BACKTRACE=1`). Panics inside a
+/// captured: only on the thread of a worker whose servlet asked for backtraces
+/// (`.backtraces(true)`), and only when `RUST_BACKTRACE=1` or
+/// `RUST_LIB_BACKTRACE=1` enable them, so that ordinary errors stay cheap. Panics inside a
 /// worker become a `WorkerError` too, with [`WorkerError::is_panic`] true.
 ///
 /// Like `anyhow::Error`, it deliberately does not implement
@@ -31,7 +35,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerError(Box<Inner>);
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Inner {
     type_name: String,
     message: String,
@@ -41,7 +45,37 @@ struct Inner {
     /// The worker said the input is at fault ([`WorkerError::invalid_input`]).
     #[serde(default)]
     invalid_input: bool,
+    /// Opaque bytes attached by a foreign worker (e.g. a pickled Python
+    /// exception); they cross process boundaries with the error.
+    #[serde(default)]
+    detail: Option<Vec<u8>>,
+    /// An in-process attachment (e.g. the Python exception object of a thread
+    /// worker); it does not cross process boundaries.
+    #[serde(skip)]
+    local: Option<Local>,
 }
+
+/// An in-process attachment of a [`WorkerError`].
+type Local = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl PartialEq for Inner {
+    fn eq(&self, other: &Self) -> bool {
+        self.type_name == other.type_name
+            && self.message == other.message
+            && self.sources == other.sources
+            && self.backtrace == other.backtrace
+            && self.panic == other.panic
+            && self.invalid_input == other.invalid_input
+            && self.detail == other.detail
+            && match (&self.local, &other.local) {
+                (None, None) => true,
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Inner {}
 
 impl WorkerError {
     /// An error with a given type name and message (for errors that are not
@@ -54,6 +88,8 @@ impl WorkerError {
             backtrace: capture_backtrace(),
             panic: false,
             invalid_input: false,
+            detail: None,
+            local: None,
         }))
     }
 
@@ -84,6 +120,8 @@ impl WorkerError {
             backtrace: None,
             panic: false,
             invalid_input: true,
+            detail: None,
+            local: None,
         }))
     }
 
@@ -109,6 +147,8 @@ impl WorkerError {
             backtrace: None,
             panic: self.0.panic,
             invalid_input: self.0.invalid_input,
+            detail: self.0.detail.clone(),
+            local: self.0.local.clone(),
         }))
     }
 
@@ -127,6 +167,15 @@ impl WorkerError {
             "panic with a non-string payload".to_string()
         };
         let (location, backtrace) = crate::worker::panic::take_last_panic();
+        Self::panicked(message, location, backtrace)
+    }
+
+    /// The error a panic with `message` at `location` becomes.
+    pub(crate) fn panicked(
+        message: String,
+        location: Option<String>,
+        backtrace: Option<String>,
+    ) -> Self {
         let message = match location {
             Some(loc) => format!("{message} (at {loc})"),
             None => message,
@@ -138,6 +187,8 @@ impl WorkerError {
             backtrace,
             panic: true,
             invalid_input: false,
+            detail: None,
+            local: None,
         }))
     }
 
@@ -166,13 +217,46 @@ impl WorkerError {
     pub fn is_panic(&self) -> bool {
         self.0.panic
     }
-}
 
-fn capture_backtrace() -> Option<String> {
-    let bt = std::backtrace::Backtrace::capture();
-    match bt.status() {
-        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
-        _ => None,
+    /// Attaches opaque bytes that travel with the error, also from a worker
+    /// process to the server (the Python package puts the pickled exception
+    /// here, so the caller can re-raise the worker's own exception).
+    ///
+    /// ```
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::new("ValueError", "bad").with_detail(vec![1, 2, 3]);
+    /// assert_eq!(e.detail(), Some(&[1u8, 2, 3][..]));
+    /// ```
+    pub fn with_detail(mut self, bytes: Vec<u8>) -> Self {
+        self.0.detail = Some(bytes);
+        self
+    }
+
+    /// The bytes attached with [`with_detail`](WorkerError::with_detail).
+    pub fn detail(&self) -> Option<&[u8]> {
+        self.0.detail.as_deref()
+    }
+
+    /// Attaches an in-process value (e.g. a thread worker's original exception
+    /// object). Unlike [`with_detail`](WorkerError::with_detail) it is not
+    /// serialized: it is dropped when the error crosses a process boundary.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mpserver::WorkerError;
+    ///
+    /// let e = WorkerError::msg("bad").with_local(Arc::new(42u32));
+    /// assert_eq!(e.local().and_then(|a| a.downcast_ref::<u32>()), Some(&42));
+    /// ```
+    pub fn with_local(mut self, value: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.0.local = Some(value);
+        self
+    }
+
+    /// The value attached with [`with_local`](WorkerError::with_local).
+    pub fn local(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.0.local.as_deref()
     }
 }
 
@@ -194,6 +278,8 @@ where
             backtrace: capture_backtrace(),
             panic: false,
             invalid_input: false,
+            detail: None,
+            local: None,
         }))
     }
 }
@@ -234,6 +320,18 @@ mod tests {
         assert_eq!(e.sources(), ["inner".to_string()]);
         assert!(!e.is_panic());
         assert!(e.to_string().contains("outer: inner"));
+    }
+
+    #[test]
+    fn detail_crosses_serialization_and_local_stays_behind() {
+        let e = WorkerError::msg("boom")
+            .with_detail(vec![7, 8])
+            .with_local(std::sync::Arc::new(5u8));
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        let back: WorkerError = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.detail(), Some(&[7u8, 8][..]));
+        assert!(back.local().is_none());
+        assert_eq!(e.local().and_then(|a| a.downcast_ref::<u8>()), Some(&5));
     }
 
     #[test]

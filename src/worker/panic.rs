@@ -5,19 +5,63 @@
 //! backtrace if enabled) in a thread-local instead of printing it: the panic is
 //! reported to the caller as an error, not to the terminal. Outside worker calls
 //! the previous hook runs unchanged.
+//!
+//! Backtraces (of panics, and of [`WorkerError`]s created on a worker's
+//! thread) are captured only on the threads of workers whose servlet asked
+//! for them (`.backtraces(true)`): the setting belongs to the thread that
+//! runs the worker (a worker thread, or a worker process's serving thread),
+//! which serves that one worker for its whole life.
+//!
+//! With `panic = "abort"` nothing can be caught: the process aborts right
+//! after the hook. The hook then logs the panic (`tracing` at error level,
+//! and the previous hook's message on stderr) and, in a worker process, hands
+//! it to the reporter the serve loop registered ([`on_abort`]), which sends
+//! it to the server as the error of the items being run before the abort.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use super::WorkerError;
 
 thread_local! {
     static IN_WORKER: Cell<bool> = const { Cell::new(false) };
     static LAST: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
+    static BACKTRACES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether worker errors and panics on this thread capture backtraces (set
+/// once by the thread that runs a worker, from its servlet's option).
+pub(crate) fn set_backtraces(on: bool) {
+    BACKTRACES.with(|b| b.set(on));
+}
+
+/// A backtrace of the caller, if this thread's worker asked for them and the
+/// environment enables them.
+pub(crate) fn capture_backtrace() -> Option<String> {
+    if !BACKTRACES.with(Cell::get) {
+        return None;
+    }
+    let bt = std::backtrace::Backtrace::capture();
+    match bt.status() {
+        std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
+        _ => None,
+    }
 }
 
 static HOOK: Once = Once::new();
+
+type AbortReporter = Box<dyn Fn(&WorkerError) + Send + Sync>;
+
+/// What a worker process does with a panic it cannot survive.
+static ABORT_REPORTER: OnceLock<AbortReporter> = OnceLock::new();
+
+/// Registers, once per process, what to do with a worker panic when panics
+/// abort (`panic = "abort"`): called on the panicking worker's thread,
+/// just before the process aborts.
+pub(crate) fn on_abort(report: impl Fn(&WorkerError) + Send + Sync + 'static) {
+    let _ = ABORT_REPORTER.set(Box::new(report));
+}
 
 fn install_hook() {
     HOOK.call_once(|| {
@@ -25,11 +69,23 @@ fn install_hook() {
         panic::set_hook(Box::new(move |info| {
             if IN_WORKER.with(Cell::get) {
                 let location = info.location().map(|l| l.to_string());
-                let bt = std::backtrace::Backtrace::capture();
-                let bt = match bt.status() {
-                    std::backtrace::BacktraceStatus::Captured => Some(bt.to_string()),
-                    _ => None,
-                };
+                let bt = capture_backtrace();
+                if cfg!(panic = "abort") {
+                    // Nothing will catch it: tell everyone before the abort.
+                    let payload = info.payload();
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic with a non-string payload".to_string());
+                    let error = WorkerError::panicked(message, location, bt);
+                    if let Some(report) = ABORT_REPORTER.get() {
+                        report(&error);
+                    }
+                    tracing::error!(error = %error, "worker panicked; the process aborts (panic = \"abort\")");
+                    previous(info);
+                    return;
+                }
                 LAST.with(|last| *last.borrow_mut() = (location, bt));
             } else {
                 previous(info);

@@ -38,3 +38,23 @@ echo "$out" | grep -q 'mpserver::init()' || fail "error does not name mpserver::
 ms=$(echo "$out" | sed -n 's/^start failed after \([0-9]*\) ms.*/\1/p')
 [[ -n "$ms" && "$ms" -lt 2000 ]] || fail "start did not fail at once: $out"
 echo "standalone: no_init OK (without init(): start failed after $ms ms, no process left)"
+
+# --- Issue 10 item 10: `panic = "abort"` (this crate's profile) -------------
+# A process worker's panic reaches its caller with message and location; the
+# next call is served by the restarted worker.
+out=$(timeout 60 "$bin/abort_panic" process 2> "$bin/abort_panic.err")
+echo "$out" | grep -q '^process: .*panic: fragile worker cannot take 2 (at src/bin/abort_panic.rs:[0-9]*:[0-9]*)' \
+    || fail "process worker panic under panic=abort: $out"
+echo "$out" | grep -qx 'next: 30' || fail "no call served after the panic: $out"
+# A panic in a process worker's init fails the start with it.
+out=$(timeout 60 "$bin/abort_panic" init 2>> "$bin/abort_panic.err")
+echo "$out" | grep -q '^init: .*panic: fragile worker cannot start (at src/bin/abort_panic.rs:' \
+    || fail "init panic under panic=abort: $out"
+# A thread worker's panic aborts the process, but says what and where first.
+# (Braces: the shell's "Aborted" notice goes to /dev/null, not the CI log.)
+code=$( { timeout 60 "$bin/abort_panic" thread > /dev/null 2> "$bin/abort_panic.thread.err"; echo $?; } 2> /dev/null )
+[[ $code -eq 134 ]] || fail "thread worker panic: exit code $code, expected 134 (SIGABRT)"
+grep -q 'fragile worker cannot take 2' "$bin/abort_panic.thread.err" \
+    && grep -q 'abort_panic.rs:[0-9]*:[0-9]*' "$bin/abort_panic.thread.err" \
+    || fail "thread worker panic left no message: $(head -c 500 "$bin/abort_panic.thread.err")"
+echo "standalone: abort_panic OK (panic = \"abort\": process, init and thread panics reported)"

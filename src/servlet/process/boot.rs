@@ -124,7 +124,7 @@ pub(crate) fn bootstrap_if_worker() {
         Some(Err(why)) => refuse(Some(&sock), why),
     };
     set_cpus(&hello.cpus);
-    let boot = match make_boot(sock, hello.type_name, start_hook) {
+    let boot = match make_boot(sock, &hello, start_hook) {
         Ok(b) => b,
         Err(why) => refuse(None, why),
     };
@@ -135,15 +135,17 @@ pub(crate) fn bootstrap_if_worker() {
 
 fn make_boot(
     sock: UnixStream,
-    type_name: String,
+    hello: &Hello,
     start_hook: Option<StartHook>,
 ) -> Result<Boot, String> {
     let reader_half = sock.try_clone().map_err(|e| e.to_string())?;
     Ok(Boot {
         reader: FrameReader::new(reader_half, frame::DEFAULT_MAX_FRAME),
         writer: sock,
-        type_name,
+        type_name: hello.type_name.clone(),
         start_hook,
+        backtraces: hello.backtraces,
+        log_level: hello.log_level,
     })
 }
 
@@ -255,7 +257,7 @@ where
         )));
     }
     set_cpus(&hello.cpus);
-    let boot = make_boot(sock, hello.type_name, None).map_err(BootError::Handshake)?;
+    let boot = make_boot(sock, &hello, None).map_err(BootError::Handshake)?;
     spawn::send_ack(&boot.writer, None)
         .map_err(|e| BootError::Handshake(format!("cannot answer the server: {e}")))?;
     super::child::serve::<W>(boot).map_err(|e| BootError::Connection(e.to_string()))

@@ -11,6 +11,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -18,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::boot;
-use super::image::StartHook;
 use super::spawn::{Boot, Entry, Target};
+use super::worker_log::{self, Forwarder};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
@@ -67,6 +68,8 @@ struct Results {
     /// (reported in a TIMING frame so the server can size this worker's credit).
     busy: Duration,
     busy_items: u32,
+    /// Forwarded `tracing` events, written with the results.
+    logs: Option<Forwarder>,
 }
 
 impl Results {
@@ -81,6 +84,7 @@ impl Results {
             codec,
             busy: Duration::ZERO,
             busy_items: 0,
+            logs: None,
         }
     }
 
@@ -239,7 +243,7 @@ impl Results {
         }
     }
 
-    fn flush(&mut self, w: &mut UnixStream) -> std::io::Result<()> {
+    fn flush(&mut self, w: &mut impl Write) -> std::io::Result<()> {
         self.flush_with(w, None)
     }
 
@@ -248,7 +252,7 @@ impl Results {
     /// them, even if it then stops reading because the worker is idle.
     fn flush_with(
         &mut self,
-        w: &mut UnixStream,
+        w: &mut impl Write,
         extra: Option<(u8, &[u8])>,
     ) -> std::io::Result<()> {
         self.seal_frame();
@@ -261,10 +265,16 @@ impl Results {
             self.busy = Duration::ZERO;
             self.busy_items = 0;
         }
+        // Log events go with results, which the server is reading for.
+        let logged = self.entries > 0
+            && self
+                .logs
+                .as_ref()
+                .is_some_and(|l| l.drain_into(&mut self.buf));
         if let Some((k, body)) = extra {
             self.buf.frame(k, body);
         }
-        if self.entries > 0 || extra.is_some() {
+        if self.entries > 0 || extra.is_some() || logged {
             w.write_all(self.buf.as_bytes())?;
         }
         self.buf.clear();
@@ -276,7 +286,7 @@ impl Results {
 
 impl Target {
     /// The worker process entry for worker type `W`.
-    pub(crate) fn of<W>(start_hook: Option<StartHook>) -> Self
+    pub(crate) fn of<W>() -> Self
     where
         W: Worker + DeserializeOwned,
         W::Input: DeserializeOwned,
@@ -285,7 +295,6 @@ impl Target {
         Target {
             entry: child_entry::<W> as Entry,
             type_name: std::any::type_name::<W>(),
-            start_hook,
         }
     }
 }
@@ -309,15 +318,79 @@ where
     std::process::exit(code);
 }
 
-fn send_frame(w: &mut UnixStream, k: u8, body: &[u8]) -> std::io::Result<()> {
+fn send_frame(w: &mut impl Write, k: u8, body: &[u8]) -> std::io::Result<()> {
     let mut b = FrameBuf::new();
     b.frame(k, body);
     w.write_all(b.as_bytes())
 }
 
-fn init_failed(w: &mut UnixStream, e: &WorkerError) -> std::io::Result<()> {
+fn init_failed(w: &mut impl Write, e: &WorkerError) -> std::io::Result<()> {
     let body = postcard::to_stdvec(e).unwrap_or_default();
     send_frame(w, kind::INIT_FAILED, &body)
+}
+
+/// Worker errors and panics are logged at warn (forwarded to the server's
+/// subscriber when it enables warn; see `worker_log.rs`).
+fn log_error(e: &WorkerError) {
+    if e.is_panic() {
+        tracing::warn!(error = %e, "worker panicked");
+    } else {
+        tracing::warn!(error = %e, "worker call failed");
+    }
+}
+
+/// What the worker process is running, for a panic that aborts the process
+/// (`panic = "abort"`): the hook fails exactly that work before the abort.
+/// Kept only when panics abort.
+enum Running {
+    Nothing,
+    Init,
+    Items(Vec<u64>),
+}
+
+static RUNNING: Mutex<Running> = Mutex::new(Running::Nothing);
+
+fn running(now: Running) {
+    if cfg!(panic = "abort") {
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+}
+
+/// With `panic = "abort"`, registers what a panic does before the abort:
+/// in init, an INIT_FAILED frame (the server's start fails with the panic);
+/// while items run, their RESULTS (each item fails with the panic), written
+/// on `link` (the serving thread is the one panicking, so no other write is
+/// under way on it). Items the process held besides, and results finished
+/// but not yet written, are lost with the process: they fail as crashed.
+fn report_aborts(link: UnixStream, max_frame: usize, codec: Codec) {
+    if !cfg!(panic = "abort") {
+        return;
+    }
+    panic::on_abort(move |error| {
+        // First stop taking input: the server's writes fail from now on, so
+        // an item sent after the caller below got its error (e.g. its next
+        // call, handed straight to this process) goes to the restarted
+        // process instead of being lost with this one.
+        let _ = link.shutdown(std::net::Shutdown::Read);
+        let mut w = &link;
+        let now = std::mem::replace(
+            &mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner()),
+            Running::Nothing,
+        );
+        match now {
+            Running::Nothing => {}
+            Running::Init => {
+                let _ = init_failed(&mut w, error);
+            }
+            Running::Items(ids) => {
+                let mut results = Results::new(max_frame, codec);
+                for id in ids {
+                    results.err(id, error);
+                }
+                let _ = results.flush(&mut w);
+            }
+        }
+    });
 }
 
 /// Whether more input is waiting. `fresh`: nothing was done since the last
@@ -353,8 +426,11 @@ where
         mut reader,
         mut writer,
         start_hook,
+        backtraces,
+        log_level,
         ..
     } = boot;
+    panic::set_backtraces(backtraces);
     let config: ChildConfig = match reader.read_frame()? {
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
         _ => return Err("expected a CONFIG frame".into()),
@@ -377,16 +453,21 @@ where
         kind: WorkerKind::Process,
         cpus: config.cpus.cpus().map(<[usize]>::to_vec),
     };
+    report_aborts(writer.try_clone()?, config.max_frame, config.codec);
+    running(Running::Init);
     if let Some(hook) = start_hook
         && let Err(e) = panic::catch(|| hook(&ctx)).and_then(|r| r)
     {
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
+    // After the hook, which may install a subscriber of its own.
+    let logs = worker_log::install(log_level);
     if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
+    running(Running::Nothing);
     send_frame(&mut writer, kind::READY, &std::process::id().to_le_bytes())?;
 
     let mut queue: VecDeque<Unit<W::Input>> = VecDeque::new();
@@ -395,6 +476,7 @@ where
     // tells which cancellations are for items already done.
     let mut max_seen: Option<u64> = None;
     let mut results = Results::new(config.max_frame, config.codec);
+    results.logs = logs;
     let mut eof = false;
     let mut done: u64 = 0;
     let mut retire = RetireCheck::default();
@@ -451,10 +533,17 @@ where
                 }
                 match x {
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
-                    Ok(x) => match panic::catch(|| worker.call(x)).and_then(|r| r) {
-                        Ok(y) => results.ok(id, &y),
-                        Err(e) => results.err(id, &e),
-                    },
+                    Ok(x) => {
+                        running(Running::Items(vec![id]));
+                        match panic::catch(|| worker.call(x)).and_then(|r| r) {
+                            Ok(y) => results.ok(id, &y),
+                            Err(e) => {
+                                log_error(&e);
+                                results.err(id, &e);
+                            }
+                        }
+                        running(Running::Nothing);
+                    }
                 }
                 done += 1;
             }
@@ -476,12 +565,16 @@ where
                 }
                 if !values.is_empty() {
                     let n = values.len();
+                    running(Running::Items(ids.clone()));
                     match panic::catch(|| worker.call_batch(values)) {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
                                 match r {
                                     Ok(y) => results.ok(*id, &y),
-                                    Err(e) => results.err(*id, &e),
+                                    Err(e) => {
+                                        log_error(&e);
+                                        results.err(*id, &e);
+                                    }
                                 }
                             }
                         }
@@ -490,16 +583,19 @@ where
                                 "BatchSizeMismatch",
                                 format!("call_batch returned {} results for {n} items", rs.len()),
                             );
+                            log_error(&e);
                             for id in &ids {
                                 results.err(*id, &e);
                             }
                         }
                         Err(e) => {
+                            log_error(&e);
                             for id in &ids {
                                 results.err(*id, &e);
                             }
                         }
                     }
+                    running(Running::Nothing);
                     done += n as u64;
                 }
             }
@@ -514,6 +610,13 @@ where
         }
     }
     let _ = panic::catch(|| worker.cleanup());
+    // Events logged since the last results (the server reads to the end).
+    if let Some(logs) = &results.logs {
+        let mut last = FrameBuf::new();
+        if logs.drain_into(&mut last) {
+            writer.write_all(last.as_bytes())?;
+        }
+    }
     Ok(())
 }
 

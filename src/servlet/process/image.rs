@@ -235,7 +235,9 @@ pub(crate) fn resolve<F: FnPtr>(offset: u64, parent: &ImageId) -> Result<F, Stri
             }
         }
     }
-    debug_assert_eq!(size_of::<F>(), size_of::<usize>());
+    if size_of::<F>() != size_of::<usize>() {
+        return Err("function pointers are not the size of an address here".into());
+    }
     #[allow(unsafe_code)]
     // SAFETY: `F` is a function pointer type (the `FnPtr` trait is sealed and
     // implemented only for the two function pointer types above), which has

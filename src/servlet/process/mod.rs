@@ -36,6 +36,7 @@ mod restart;
 mod shared;
 pub(crate) mod spawn;
 mod supervisor;
+mod worker_log;
 
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
@@ -91,7 +92,7 @@ pub struct ProcessServlet<W> {
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
     wait_for_worker: Duration,
-    launcher: spawn::Launcher,
+    spawn: spawn::SpawnOptions,
 }
 
 impl<W> ProcessServlet<W>
@@ -113,7 +114,7 @@ where
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
             wait_for_worker: Duration::from_secs(1),
-            launcher: spawn::Launcher::default(),
+            spawn: spawn::SpawnOptions::default(),
         }
     }
 
@@ -232,7 +233,10 @@ where
             shutdown_grace: this.shutdown_grace,
             wait_for_worker: this.wait_for_worker,
             live: std::sync::Mutex::new(shared::Live::default()),
-            launcher: this.launcher,
+            spawn: spawn::SpawnOptions {
+                backtraces: this.config.backtraces,
+                ..this.spawn
+            },
             stats: node.stats().clone(),
             healthy_workers: AtomicUsize::new(this.config.placement.0.len()),
             registry: ctx.shared.clone(),

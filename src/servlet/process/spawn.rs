@@ -81,6 +81,10 @@ pub(crate) struct Boot {
     pub(crate) type_name: String,
     /// The hook to run before the worker's init, if any.
     pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none).
+    pub(crate) log_level: u8,
 }
 
 /// The type of a worker entry function.
@@ -109,6 +113,10 @@ pub(crate) struct Hello {
     pub(crate) crate_version: String,
     /// The CPUs the server process may use (empty: unknown, leave as is).
     pub(crate) cpus: Vec<usize>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none; see `worker_log`).
+    pub(crate) log_level: u8,
     pub(crate) find: Find,
 }
 
@@ -124,7 +132,16 @@ pub(crate) struct Ack {
 pub(crate) struct Target {
     pub(crate) entry: Entry,
     pub(crate) type_name: &'static str,
+}
+
+/// A process servlet's settings for starting its worker processes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpawnOptions {
+    pub(crate) launcher: Launcher,
+    /// Run in each worker process before the worker's `init`.
     pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
 }
 
 /// Which worker process is being spawned; given to [`Launcher::command_hook`].
@@ -336,7 +353,54 @@ impl<W> super::ProcessServlet<W> {
     /// How worker processes are started (default: the running binary
     /// re-executed; see [`Launcher`]).
     pub fn launcher(mut self, launcher: Launcher) -> Self {
-        self.launcher = launcher;
+        self.spawn.launcher = launcher;
+        self
+    }
+
+    /// A function run in every worker process before the worker's
+    /// [`init`](crate::Worker::init), with the worker's context (its index,
+    /// name and CPUs): set per-worker environment (`CUDA_VISIBLE_DEVICES`,
+    /// thread counts of math libraries), install a `tracing` subscriber,
+    /// raise limits. An `Err` (or a panic) fails the worker's start as
+    /// `init` would.
+    ///
+    /// It must be a plain function, not a closure: the worker process finds
+    /// it the way it finds its worker, by its place in the executable, so it
+    /// works with the default re-exec [`Launcher`] only (with
+    /// [`Launcher::program`] the start fails; do such set-up in the program,
+    /// or set environment with [`Launcher::command_hook`]). When the hook
+    /// runs, the worker process has a single thread (unless code run before
+    /// `main` started others), so `std::env::set_var` is sound there.
+    ///
+    /// ```
+    /// use mpserver::{ProcessServlet, Server, WorkerContext, WorkerError};
+    /// # use mpserver::Worker;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Device;
+    /// # impl Worker for Device {
+    /// #     type Input = ();
+    /// #     type Output = Option<String>;
+    /// #     fn call(&mut self, _: ()) -> Result<Option<String>, WorkerError> {
+    /// #         Ok(std::env::var("CUDA_VISIBLE_DEVICES").ok())
+    /// #     }
+    /// # }
+    ///
+    /// fn pick_gpu(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    ///     // SAFETY: the worker process has one thread when the hook runs.
+    ///     unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ctx.worker_index().to_string()) };
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() {
+    /// let server = Server::start(ProcessServlet::new(Device).on_worker_start(pick_gpu)).unwrap();
+    /// assert_eq!(server.call(()).unwrap().as_deref(), Some("0"));
+    /// # }
+    /// ```
+    pub fn on_worker_start(
+        mut self,
+        hook: fn(&crate::WorkerContext) -> Result<(), crate::WorkerError>,
+    ) -> Self {
+        self.spawn.start_hook = Some(hook);
         self
     }
 }
@@ -423,13 +487,18 @@ pub(crate) fn refuse_if_unbooted_worker() {
     if BOOTED.load(Ordering::SeqCst) {
         return;
     }
-    let Some(WorkerVar { ppid, .. }) = started_as_worker() else {
+    let Some(WorkerVar { ppid, re_exec, .. }) = started_as_worker() else {
         return;
+    };
+    let what = if re_exec {
+        "with the `auto-init` feature off, call `mpserver::init()` as the first line of `main`"
+    } else {
+        "a launcher program must call `mpserver::servlet::process::serve_worker` before \
+         anything else"
     };
     let msg = format!(
         "this process was started as a worker process by the mpserver server (pid {ppid}) \
-         but did not bootstrap: with the `auto-init` feature off, call `mpserver::init()` \
-         as the first line of `main`"
+         but did not bootstrap: {what}"
     );
     eprintln!("mpserver: {msg}; exiting instead of starting another server");
     // Tell the parent, if stdin is still its socket (the parent checks the
@@ -502,25 +571,26 @@ fn discard(child: &mut Child, registry: &ChildRegistry) -> Option<std::process::
 /// child, already listed in `registry`, and the server's end of its socket.
 /// On failure no process is left behind.
 pub(crate) fn spawn(
-    launcher: &Launcher,
+    opts: &SpawnOptions,
     target: &Target,
     who: &WorkerSpawn,
     registry: &ChildRegistry,
 ) -> io::Result<(Child, UnixStream)> {
     refuse_if_unbooted_worker();
+    let launcher = &opts.launcher;
     let find = if launcher.is_re_exec() {
         let mut fns = vec![("the worker entry", target.entry as usize)];
-        if let Some(h) = target.start_hook {
+        if let Some(h) = opts.start_hook {
             fns.push(("the worker start hook", h as usize));
         }
         let image = image::check_in_main_executable(&fns).map_err(io::Error::other)?;
         Find::Offset {
             entry: image::offset_of(target.entry),
-            start_hook: target.start_hook.map(image::offset_of),
+            start_hook: opts.start_hook.map(image::offset_of),
             image,
         }
     } else {
-        if target.start_hook.is_some() {
+        if opts.start_hook.is_some() {
             return Err(io::Error::other(
                 "a worker start hook (a function found by its address) needs the re-exec \
                  launcher; with `Launcher::program`, run such set-up in the program itself",
@@ -533,6 +603,18 @@ pub(crate) fn spawn(
         };
         Find::Named { image }
     };
+    start(opts, find, target.type_name, who, registry)
+}
+
+/// Spawns the process and completes the HELLO / HELLO_ACK exchange.
+fn start(
+    opts: &SpawnOptions,
+    find: Find,
+    type_name: &str,
+    who: &WorkerSpawn,
+    registry: &ChildRegistry,
+) -> io::Result<(Child, UnixStream)> {
+    let launcher = &opts.launcher;
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
@@ -561,9 +643,11 @@ pub(crate) fn spawn(
     registry.add(child.id());
     let hello = Hello {
         token,
-        type_name: target.type_name.to_string(),
+        type_name: type_name.to_string(),
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus: crate::affinity::process_cpus().to_vec(),
+        backtraces: opts.backtraces,
+        log_level: super::worker_log::server_level(),
         find,
     };
     let mut frame = FrameBuf::new();
@@ -659,5 +743,88 @@ fn describe_early_exit(
             Some(sig) => format!("the worker process was killed by signal {sig} during start-up"),
             None => format!("the worker process {detail} during start-up"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Echo;
+
+    impl crate::Worker for Echo {
+        type Input = u8;
+        type Output = u8;
+        fn call(&mut self, x: u8) -> Result<u8, crate::WorkerError> {
+            Ok(x)
+        }
+    }
+
+    fn who() -> WorkerSpawn {
+        WorkerSpawn {
+            index: 0,
+            name: "echo".into(),
+            cpus: CpuAffinity::any(),
+        }
+    }
+
+    /// A re-executed child given the offset of its entry in another image
+    /// refuses to jump, and says why.
+    #[test]
+    fn a_child_refuses_an_offset_for_another_image() {
+        let target = Target::of::<Echo>();
+        let opts = SpawnOptions::default();
+        let mut image = image::check_in_main_executable(&[]).unwrap();
+        image.mtime_ns -= 1_000_000_000;
+        let find = Find::Offset {
+            entry: image::offset_of(target.entry),
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(&opts, find, target.type_name, &who(), &registry).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("another executable image"), "{msg}");
+        assert!(registry.pids().is_empty());
+    }
+
+    /// An offset that points outside the executable is refused too.
+    #[test]
+    fn a_child_refuses_an_offset_outside_its_executable() {
+        let target = Target::of::<Echo>();
+        let image = image::check_in_main_executable(&[]).unwrap();
+        let find = Find::Offset {
+            entry: 1 << 60,
+            start_hook: None,
+            image,
+        };
+        let registry = ChildRegistry::default();
+        let err = start(
+            &SpawnOptions::default(),
+            find,
+            target.type_name,
+            &who(),
+            &registry,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not in an executable mapping"),
+            "{err}"
+        );
+    }
+
+    /// The untampered HELLO is accepted (the child then waits for CONFIG).
+    #[test]
+    fn a_child_accepts_its_own_image() {
+        let target = Target::of::<Echo>();
+        let registry = ChildRegistry::default();
+        let (mut child, sock) =
+            spawn(&SpawnOptions::default(), &target, &who(), &registry).unwrap();
+        assert_eq!(registry.pids(), vec![child.id()]);
+        drop(sock);
+        // End of connection before CONFIG: the child exits on its own.
+        let status = child.wait().unwrap();
+        assert!(status.code().is_some(), "{status:?}");
     }
 }

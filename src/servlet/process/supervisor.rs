@@ -101,7 +101,7 @@ where
                         return;
                     }
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
-                    let how = e.to_string();
+                    let how = format!("restart failed: {e}");
                     let wait = self.note_crash(&mut health, false, &how);
                     if !self.back_off(wait, &how) {
                         return;
@@ -209,10 +209,7 @@ where
     fn note_crash(&self, h: &mut Health, served: bool, how: &str) -> Duration {
         let (wait, change) = h.note_crash(&self.shared.restart, served);
         self.apply(change);
-        self.status.note_exit(how, wait);
-        if wait > Duration::from_secs(1) {
-            tracing::warn!(worker = %self.worker_id(None), backoff = ?wait, last_exit = %how, "worker process backs off before its restart");
-        }
+        self.status.set_last_exit(how);
         wait
     }
 
@@ -221,6 +218,24 @@ where
     /// `wait_for_worker`, queued items fail at once with a retryable
     /// `WorkerCrashed` (looked at four times per `wait_for_worker`).
     fn back_off(&self, wait: Duration, last_exit: &str) -> bool {
+        if wait.is_zero() {
+            return !self.aborted();
+        }
+        self.status.set_backoff(Some(wait));
+        if wait > Duration::from_secs(1) {
+            tracing::warn!(
+                worker = %self.worker_id(None),
+                backoff_ms = wait.as_millis() as u64,
+                last_exit,
+                "worker in restart back-off"
+            );
+        }
+        let go_on = self.wait_out(wait, last_exit);
+        self.status.set_backoff(None);
+        go_on
+    }
+
+    fn wait_out(&self, wait: Duration, last_exit: &str) -> bool {
         let end = std::time::Instant::now() + wait;
         let every = (self.shared.wait_for_worker / 4).max(Duration::from_millis(10));
         loop {

@@ -85,7 +85,9 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
                 status,
                 abort: ctx.abort_flag(),
             };
+            let backtraces = config.backtraces;
             ctx.spawn_pinned(format!("{}#{index}", config.name), cpu.clone(), move || {
+                panic::set_backtraces(backtraces);
                 run.run(ready)
             })?;
         }
@@ -221,6 +223,7 @@ impl<W: Worker> ThreadWorker<W> {
             }
             Err(error) => {
                 self.stats.items_err.fetch_add(1, Relaxed);
+                tracing::warn!(worker = %self.id, error = %error, "worker call failed");
                 self.out.fail(
                     ticket,
                     Error::Worker {

@@ -1,0 +1,648 @@
+"""The seed's API: workers, servlets and the server.
+
+Servlets are only a description of the flow; :class:`Server` hands the
+description to the Rust engine when it starts (``with server:``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import multiprocessing.spawn
+import os
+import pickle
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, Callable
+
+from . import _mpserver
+from ._errors import ServerBacklogFull
+
+# The folder holding the package: worker interpreters import it from there.
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+__all__ = [
+    'Worker',
+    'make_worker',
+    'make_threadworker',
+    'PassThrough',
+    'CpuAffinity',
+    'Servlet',
+    'ProcessServlet',
+    'ThreadServlet',
+    'SequentialServlet',
+    'EnsembleServlet',
+    'SwitchServlet',
+    'Server',
+]
+
+
+def _batch_settings(batch_size, batch_wait_time):
+    """The seed's rules for ``batch_size`` and ``batch_wait_time``."""
+    if batch_size is None or batch_size == 0:
+        batch_size = 0
+        if batch_wait_time is None:
+            batch_wait_time = 0
+        elif batch_wait_time != 0:
+            raise ValueError("batch_wait_time must be 0 when batch_size is 0")
+    elif batch_size == 1:
+        if batch_wait_time is None:
+            batch_wait_time = 0
+        elif batch_wait_time != 0:
+            raise ValueError("batch_wait_time must be 0 when batch_size is 1")
+    else:
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+        if batch_wait_time is None:
+            batch_wait_time = 0.01
+        elif not 0 < batch_wait_time < 1:
+            raise ValueError(f"batch_wait_time must be in (0, 1), got {batch_wait_time}")
+    return int(batch_size), float(batch_wait_time)
+
+
+class Worker(ABC):
+    """Operations on one item, or a batch of items, in plain synchronous code.
+
+    A subclass implements :meth:`call` and may extend :meth:`__init__` with
+    its own keyword arguments (the servlet passes them on). The instance is
+    created in its own worker thread or worker process, never in the server's
+    main thread, so heavy set-up (loading a model) belongs in ``__init__``.
+    """
+
+    def __init__(
+        self,
+        *,
+        worker_index: int,
+        batch_size: int | None = None,
+        batch_wait_time: float | None = None,
+        batch_size_log_cadence: int | None = 1_000_000,
+    ):
+        """
+        Parameters
+        ----------
+        worker_index
+            0-based number of this worker in its servlet (e.g. to pick a GPU).
+        batch_size
+            ``0`` or ``None``: :meth:`call` gets one item. ``> 0``: it gets a
+            list of up to ``batch_size`` items and returns one result per item
+            (``1`` is batch form without waiting).
+        batch_wait_time
+            Seconds to wait for a batch to fill after its first item arrived
+            (default 0.01 when ``batch_size > 1``, else 0).
+        batch_size_log_cadence
+            Accepted for compatibility; batch sizes are in ``debug_info()``.
+        """
+        batch_size, batch_wait_time = _batch_settings(batch_size, batch_wait_time)
+        self.worker_index = worker_index
+        self.batch_size = batch_size
+        self.batch_wait_time = batch_wait_time
+        self.batch_size_log_cadence = batch_size_log_cadence
+        self.name = f"{multiprocessing.current_process().name}-{threading.current_thread().name}"
+
+    @abstractmethod
+    def call(self, x):
+        """Returns the result for ``x`` (a single item if ``self.batch_size``
+        is 0, otherwise a list of items, for which it returns a sequence of
+        results in the same order). Exceptions are not to be handled here:
+        they reach the caller of the server with this worker's traceback."""
+        raise NotImplementedError
+
+
+#: The seed's names for :class:`Worker`.
+ProcessWorker = Worker
+ThreadWorker = Worker
+
+
+def make_worker(func: Callable[[Any], Any]) -> type[Worker]:
+    """A :class:`Worker` subclass whose :meth:`~Worker.call` is ``func``
+    (for quick thread steps such as pre- and post-processing)."""
+
+    class MyWorker(Worker):
+        def call(self, x):
+            return func(x)
+
+    MyWorker.__name__ = f"Worker-{getattr(func, '__name__', 'func')}"
+    MyWorker.__qualname__ = MyWorker.__name__
+    return MyWorker
+
+
+#: The seed's name for :func:`make_worker`.
+make_threadworker = make_worker
+
+
+class PassThrough(Worker):
+    """Returns its input; useful as an ensemble member to keep the input
+    beside the other members' results."""
+
+    def call(self, x):
+        return x
+
+
+class CpuAffinity:
+    """Which CPUs a process runs on (``None``: no pinning; an int; a list of
+    ints; ``[]``: all eligible CPUs)."""
+
+    def __init__(self, target: int | list[int] | None = None, /):
+        if target is not None:
+            if isinstance(target, int):
+                target = [target]
+            else:
+                target = list(target)
+                if not all(isinstance(v, int) for v in target):
+                    raise TypeError(f"CPU indices must be ints, got {target!r}")
+        self.target = target
+
+    def __repr__(self):
+        return f"{self.__class__.__name__}({self.target})"
+
+    def __str__(self):
+        return self.__repr__()
+
+    def __eq__(self, other):
+        return isinstance(other, CpuAffinity) and other.target == self.target
+
+    def set(self, *, pid=None) -> None:
+        """Pins process ``pid`` (default: this one) as specified."""
+        if self.target is not None:
+            cpus = self.target or sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+            os.sched_setaffinity(pid or 0, cpus)
+
+    @classmethod
+    def get(cls, *, pid=None) -> list[int]:
+        """The CPUs process ``pid`` (default: this one) may run on."""
+        return sorted(os.sched_getaffinity(pid or 0))
+
+
+def _cpu_spec(v):
+    if isinstance(v, CpuAffinity):
+        v = v.target
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return [v]
+    v = list(v)
+    if not all(isinstance(c, int) and c >= 0 for c in v):
+        raise ValueError(f"invalid CPU spec {v!r}")
+    return v
+
+
+class Servlet(ABC):
+    """A part of a flow: a simple servlet runs one :class:`Worker` in
+    processes or threads; a compound servlet arranges other servlets."""
+
+    @abstractmethod
+    def _spec(self):
+        raise NotImplementedError
+
+
+def _worker_settings(worker_cls, init_kwargs):
+    if not (isinstance(worker_cls, type) and issubclass(worker_cls, Worker)):
+        raise TypeError(f"expected a subclass of Worker, got {worker_cls!r}")
+    return _batch_settings(init_kwargs.get('batch_size'), init_kwargs.get('batch_wait_time'))
+
+
+class ProcessServlet(Servlet):
+    """Runs a :class:`Worker` in worker processes (for CPU-bound work).
+
+    Each worker process is a fresh Python interpreter started by the engine
+    (as ``multiprocessing``'s spawn method: the worker class and its
+    arguments are pickled, and ``__main__`` is prepared so classes defined in
+    the main script are found), supervised: a process that dies fails only
+    the items it held and is restarted.
+    """
+
+    def __init__(
+        self,
+        worker_cls: type[Worker],
+        *,
+        cpus: None | int | Sequence[CpuAffinity | None | int | Sequence[int]] = None,
+        worker_name: str | None = None,
+        **init_kwargs,
+    ):
+        """
+        Parameters
+        ----------
+        worker_cls
+            A subclass of :class:`Worker`.
+        cpus
+            ``None`` (default): one unpinned process. An int ``n``: ``n``
+            unpinned processes. A list: one process per entry, each entry
+            ``None`` (unpinned), a CPU index, a list of CPU indices, or a
+            :class:`CpuAffinity`.
+        worker_name
+            Name used in errors, logs and ``debug_info()`` (default: the
+            class name).
+        **init_kwargs
+            Passed to ``worker_cls.__init__`` in each worker process (they
+            are pickled). ``batch_size`` and ``batch_wait_time`` also set the
+            servlet's batching.
+        """
+        self._batch = _worker_settings(worker_cls, init_kwargs)
+        self._worker_cls = worker_cls
+        if cpus is None:
+            self._cpus = [None]
+        elif isinstance(cpus, int):
+            if cpus < 1:
+                raise ValueError(f"cpus must be >= 1, got {cpus}")
+            self._cpus = [None] * cpus
+        else:
+            self._cpus = [_cpu_spec(c) for c in cpus]
+            if not self._cpus:
+                raise ValueError("cpus must not be empty")
+        self._name = worker_name or worker_cls.__name__
+        self._init_kwargs = init_kwargs
+        self._options = {}
+
+    def configure(
+        self,
+        *,
+        recycle_after: int | None = None,
+        recycle_above_memory: int | None = None,
+        retry_crashed: bool | None = None,
+        poison_threshold: int | None = None,
+        max_inflight: int | None = None,
+    ) -> ProcessServlet:
+        """Engine options beyond the seed (all optional; returns ``self``).
+
+        recycle_after
+            Replace a worker process after it handled this many items.
+        recycle_above_memory
+            Replace a worker process whose resident memory exceeds this many bytes.
+        retry_crashed
+            Retry items held by a crashed worker process (off by default: work
+            may have side effects); an item in ``poison_threshold`` crashes
+            fails with :class:`PoisonItem`.
+        max_inflight
+            Items a worker process may hold at once.
+        """
+        for k, v in dict(
+            recycle_after=recycle_after,
+            recycle_above_memory=recycle_above_memory,
+            retry_crashed=retry_crashed,
+            poison_threshold=poison_threshold,
+            max_inflight=max_inflight,
+        ).items():
+            if v is not None:
+                self._options[k] = v
+        return self
+
+    def _spec(self):
+        # What multiprocessing's spawn start method sends a child: sys.path,
+        # the working directory, and the main script, which the worker
+        # re-imports as `__mp_main__` (so classes defined there unpickle).
+        prep = multiprocessing.spawn.get_preparation_data(self._name)
+        if 'authkey' in prep:
+            prep['authkey'] = bytes(prep['authkey'])
+        prep = pickle.dumps(prep, protocol=5)
+        payload = pickle.dumps((self._worker_cls, self._init_kwargs), protocol=5)
+        return (
+            'process',
+            prep,
+            payload,
+            self._cpus,
+            self._name,
+            self._batch[0],
+            self._batch[1],
+            dict(self._options, pkg_root=_PKG_ROOT),
+        )
+
+
+class ThreadServlet(Servlet):
+    """Runs a :class:`Worker` in threads of the server process (for I/O-bound
+    or light work, or values that do not pickle)."""
+
+    def __init__(
+        self,
+        worker_cls: type[Worker],
+        *,
+        num_threads: int | None = None,
+        worker_name: str | None = None,
+        **init_kwargs,
+    ):
+        """
+        Parameters
+        ----------
+        worker_cls
+            A subclass of :class:`Worker`.
+        num_threads
+            Number of threads, each with its own instance (default 1).
+        worker_name
+            Name used in errors, logs and ``debug_info()``.
+        **init_kwargs
+            Passed to ``worker_cls.__init__`` in each thread.
+        """
+        self._batch = _worker_settings(worker_cls, init_kwargs)
+        self._worker_cls = worker_cls
+        self._num_threads = num_threads or 1
+        self._name = worker_name or worker_cls.__name__
+        self._init_kwargs = init_kwargs
+
+    def _spec(self):
+        return (
+            'thread',
+            self._worker_cls,
+            dict(self._init_kwargs),
+            self._num_threads,
+            self._name,
+            self._batch[0],
+            self._batch[1],
+        )
+
+
+class SequentialServlet(Servlet):
+    """Servlets in order, each one's output the next one's input."""
+
+    def __init__(self, *servlets: Servlet):
+        if not servlets:
+            raise ValueError("SequentialServlet needs at least one servlet")
+        for s in servlets:
+            if not isinstance(s, Servlet):
+                raise TypeError(f"expected a Servlet, got {s!r}")
+        self._servlets = servlets
+
+    def _spec(self):
+        return ('sequential', [s._spec() for s in self._servlets])
+
+
+class EnsembleServlet(Servlet):
+    """Every member gets the same input; the output is the list of their
+    results in member order.
+
+    ``fail_fast=True`` (default): the first member error makes the item an
+    :class:`EnsembleError` (and the other members skip it if they have not
+    started it). ``fail_fast=False``: member exceptions sit in their places
+    in the list; only an item on which every member failed is an
+    :class:`EnsembleError`.
+    """
+
+    def __init__(self, *servlets: Servlet, fail_fast: bool = True):
+        if len(servlets) < 1:
+            raise ValueError("EnsembleServlet needs servlets")
+        for s in servlets:
+            if not isinstance(s, Servlet):
+                raise TypeError(f"expected a Servlet, got {s!r}")
+        self._servlets = servlets
+        self._fail_fast = bool(fail_fast)
+
+    def _spec(self):
+        return ('ensemble', [s._spec() for s in self._servlets], self._fail_fast)
+
+
+class SwitchServlet(Servlet):
+    """Each item goes to the one member picked by :meth:`switch`."""
+
+    def __init__(self, *servlets: Servlet):
+        if not servlets:
+            raise ValueError("SwitchServlet needs at least one servlet")
+        for s in servlets:
+            if not isinstance(s, Servlet):
+                raise TypeError(f"expected a Servlet, got {s!r}")
+        self._servlets = servlets
+
+    @abstractmethod
+    def switch(self, x) -> int:
+        """The index of the member that processes ``x``."""
+        raise NotImplementedError
+
+    def _spec(self):
+        return ('switch', self, [s._spec() for s in self._servlets])
+
+
+_BRIDGES = weakref.WeakKeyDictionary()
+
+
+def _bridge(loop):
+    """The engine's bridge to ``loop``: a pipe the engine writes to when it
+    completes a request, whose reader callback (on the loop's thread) sets the
+    results of the awaiting futures."""
+    b = _BRIDGES.get(loop)
+    if b is None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            b = _mpserver.Bridge(w)
+        finally:
+            os.close(w)
+
+        def on_wake(r=r, b=b):
+            try:
+                while os.read(r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            b.drain()
+
+        loop.add_reader(r, on_wake)
+        weakref.finalize(loop, os.close, r)
+        _BRIDGES[loop] = b
+    return b
+
+
+def _not_started():
+    return RuntimeError("the server is not running; use it as `with server: ...`")
+
+
+class Server:
+    """Runs a servlet and serves calls and streams through it.
+
+    Use it as a context manager: entering starts every worker (and raises
+    the worker's exception if one fails to initialise); leaving stops them.
+    """
+
+    def __init__(
+        self,
+        servlet: Servlet,
+        *,
+        main_cpu: int | list[int] | None = 0,
+        backlog: int | None = None,
+        capacity: int = 256,
+        sys_info_log_cadence: int | None = None,
+        shutdown_grace: float = 30.0,
+    ):
+        """
+        Parameters
+        ----------
+        servlet
+            The flow.
+        main_cpu
+            CPUs for the server's own threads (dispatch, result readers,
+            timer); ``None`` leaves them unpinned.
+        backlog
+            Deprecated name of ``capacity``.
+        capacity
+            Most requests in flight in the server, all stages combined.
+        sys_info_log_cadence
+            Accepted for compatibility; ignored.
+        shutdown_grace
+            Seconds that leaving the context lets in-flight work finish.
+        """
+        if backlog is not None:
+            import warnings
+
+            warnings.warn(
+                "The parameter `backlog` is deprecated; use `capacity` instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            capacity = backlog
+        if not isinstance(servlet, Servlet):
+            raise TypeError(f"expected a Servlet, got {servlet!r}")
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.servlet = servlet
+        self._capacity = int(capacity)
+        self._main_cpu = _cpu_spec(main_cpu)
+        self._shutdown_grace = float(shutdown_grace)
+        self._core = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def __enter__(self):
+        if self._core is not None:
+            raise RuntimeError("the server is already running")
+        self._core = _mpserver.Core.start(
+            self.servlet._spec(), self._capacity, self._main_cpu, self._shutdown_grace
+        )
+        return self
+
+    def __exit__(self, *args):
+        core, self._core = self._core, None
+        if core is not None:
+            core.shutdown()
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def backlog(self) -> int:
+        """Requests in flight now."""
+        return 0 if self._core is None else self._core.backlog
+
+    def full(self) -> bool:
+        return self.backlog >= self._capacity
+
+    def debug_info(self) -> dict:
+        """The server's state: capacity, backlog, request counters, the
+        servlet tree with per-servlet counters and per-worker state, and the
+        oldest pending requests."""
+        if self._core is None:
+            return {'state': 'stopped', 'capacity': self._capacity, 'backlog': 0}
+        return json.loads(self._core.debug_info_json())
+
+    def _worker_pids(self) -> list[int]:
+        return [] if self._core is None else list(self._core.worker_pids())
+
+    # -- calls --------------------------------------------------------------
+
+    def call(self, x, /, *, timeout: int | float = 60):
+        """The flow's result for ``x``. Waits for room if the server is full
+        (:class:`ServerBacklogFull` if none comes within ``timeout``), then
+        for the result (:class:`TimeoutError` after ``timeout`` seconds in
+        all). The GIL is released while waiting."""
+        core = self._core
+        if core is None:
+            raise _not_started()
+        return core.call(x, float(timeout), False)
+
+    async def async_call(self, x, /, *, timeout: int | float = 60, backpressure: bool = True):
+        """Async :meth:`call`. With ``backpressure`` (default) a full server
+        raises :class:`ServerBacklogFull` at once; without, it waits for room
+        up to ``timeout``. Never blocks the event loop; cancelling the task
+        cancels the request."""
+        core = self._core
+        if core is None:
+            raise _not_started()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        call = core.submit_async(_bridge(loop), fut, x, float(timeout), bool(backpressure))
+        try:
+            return await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                call.cancel()
+
+    def stream(
+        self,
+        data_stream: Iterable,
+        /,
+        *,
+        return_x: bool = False,
+        return_exceptions: bool = False,
+        timeout: int | float = 60,
+    ) -> Iterator:
+        """Results for the items of ``data_stream``, in input order, keeping
+        up to ``capacity`` items in flight.
+
+        ``return_x``: yield ``(x, y)`` pairs. ``return_exceptions``: yield an
+        item's exception in its place and go on (default: raise it, which
+        ends the stream). Leaving the loop early cancels what is in flight.
+        """
+        core = self._core
+        if core is None:
+            raise _not_started()
+        s = core.stream(data_stream, float(timeout), bool(return_x), bool(return_exceptions))
+        try:
+            yield from s
+        finally:
+            s.close()
+
+    async def async_stream(
+        self,
+        data_stream: AsyncIterable | Iterable,
+        /,
+        *,
+        return_x: bool = False,
+        return_exceptions: bool = False,
+        timeout: int | float = 60,
+    ) -> AsyncIterator:
+        """Async :meth:`stream` over an async (or plain) iterable."""
+        core = self._core
+        if core is None:
+            raise _not_started()
+        timeout = float(timeout)
+        window = asyncio.Queue(maxsize=self._capacity)
+        end = object()
+
+        async def feed():
+            try:
+                if isinstance(data_stream, AsyncIterable):
+                    async for x in data_stream:
+                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
+                        await window.put((x, fut))
+                else:
+                    for x in data_stream:
+                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
+                        await window.put((x, fut))
+            except Exception as e:
+                await window.put((end, e))
+            else:
+                await window.put((end, None))
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            while True:
+                x, fut = await window.get()
+                if x is end:
+                    if fut is not None:
+                        raise fut
+                    break
+                try:
+                    y = await fut
+                except Exception as e:
+                    if not return_exceptions:
+                        raise
+                    y = e
+                yield (x, y) if return_x else y
+        finally:
+            feeder.cancel()
+            while not window.empty():
+                x, fut = window.get_nowait()
+                if x is not end:
+                    fut.cancel()

@@ -1,0 +1,33 @@
+//! `mpserver._mpserver`: the engine of the Python package `mpserver`.
+//!
+//! The Python package (`python/mpserver/`) has the seed's API (`Worker`,
+//! `ProcessServlet`, `ThreadServlet`, `SequentialServlet`, `EnsembleServlet`,
+//! `SwitchServlet`, `Server`, ...); this module runs it on the Rust engine:
+//! [`value`] is the value that flows (a Python object or its pickle),
+//! [`worker`] runs Python worker classes as engine workers, [`flow`] builds
+//! the servlet tree from the Python servlet specs, [`server`] is the server
+//! with the GIL released on every wait, [`aio`] drives async calls on the
+//! asyncio event loop, [`errors`] maps exceptions both ways,
+//! and [`process`] runs Python workers in worker processes.
+
+pub mod aio;
+pub mod errors;
+pub mod flow;
+pub mod process;
+pub mod server;
+pub mod value;
+pub mod worker;
+
+use pyo3::prelude::*;
+
+/// The extension module.
+#[pymodule]
+fn _mpserver(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<server::Core>()?;
+    m.add_class::<server::Stream>()?;
+    m.add_class::<aio::Bridge>()?;
+    m.add_class::<aio::Call>()?;
+    m.add_function(wrap_pyfunction!(process::_worker_main, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,106 @@
+"""Worker classes shared by the tests (importable by worker processes)."""
+
+import os
+import time
+
+from mpserver import SwitchServlet, Worker
+
+
+class Double(Worker):
+    def call(self, x):
+        return x * 2
+
+
+class Fail(Worker):
+    def call(self, x):
+        if x == 'bad':
+            raise ValueError(f'bad input: {x!r}')
+        return x
+
+
+def _deep(x):
+    raise KeyError(f'deep {x}')
+
+
+class FailDeep(Worker):
+    def call(self, x):
+        _deep(x)
+
+
+class Slow(Worker):
+    def __init__(self, *, delay=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def call(self, x):
+        time.sleep(self.delay)
+        return x
+
+
+class BatchInfo(Worker):
+    def call(self, xs):
+        assert isinstance(xs, list)
+        return [(x, len(xs)) for x in xs]
+
+
+class BadBatch(Worker):
+    def call(self, xs):
+        return xs[:-1]
+
+
+class WhoAmI(Worker):
+    def call(self, x):
+        return {
+            'pid': os.getpid(),
+            'cpus': sorted(os.sched_getaffinity(0)),
+            'index': self.worker_index,
+        }
+
+
+class InitFails(Worker):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        raise RuntimeError('cannot load the model')
+
+    def call(self, x):
+        return x
+
+
+class WithKwargs(Worker):
+    def __init__(self, *, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+
+class Crash(Worker):
+    """Dies on 'die' (as a crash of native code would)."""
+
+    def call(self, x):
+        if x == 'die':
+            os._exit(3)
+        return x
+
+
+class Sign(SwitchServlet):
+    def switch(self, x):
+        return 0 if x < 0 else 1
+
+
+class BadSwitch(SwitchServlet):
+    def switch(self, x):
+        if x == 'boom':
+            raise LookupError('no route for boom')
+        return 5 if x == 'far' else 0
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError('not picklable')
+
+
+class ReturnsUnpicklable(Worker):
+    def call(self, x):
+        return Unpicklable()
