@@ -427,7 +427,7 @@ fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
     assert!(server.worker_pids().is_empty(), "it backs off");
     let w = &server.servlets().workers[0];
     assert!(!w.alive);
-    assert!(w.backoff_until_ms.is_some(), "{w:?}");
+    assert!(w.backoff_until_unix_ms.is_some(), "{w:?}");
 }
 
 /// While a servlet has no live worker (its only process died and backs off

@@ -66,8 +66,8 @@ where
         name: shared.name.clone(),
         cpus: cpus.clone(),
     };
-    let target = spawn::Target::of::<W>(None);
-    let (mut child, sock) = spawn::spawn(&shared.launcher, &target, &who, &shared.registry)
+    let target = spawn::Target::of::<W>();
+    let (mut child, sock) = spawn::spawn(&shared.spawn, &target, &who, &shared.registry)
         .map_err(|e| spawn_err(e.to_string()))?;
     let pid = child.id();
     let config = ChildConfig {

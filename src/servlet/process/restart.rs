@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(change, HealthChange::Unhealthy);
         assert_eq!(wait, policy.max_backoff);
         let never = RestartPolicy {
-            restart_served_at_once: true,
+            restart_served_at_once: false,
             ..policy.clone()
         };
         assert_eq!(

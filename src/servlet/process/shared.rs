@@ -36,7 +36,7 @@ pub(crate) struct Shared<W: Worker> {
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) shutdown_grace: Duration,
-    pub(crate) launcher: spawn::Launcher,
+    pub(crate) spawn: spawn::SpawnOptions,
     pub(crate) stats: Arc<ServletStats>,
     pub(crate) healthy_workers: AtomicUsize,
     pub(crate) registry: Arc<ChildRegistry>,
