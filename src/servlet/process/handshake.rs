@@ -17,7 +17,6 @@ use super::child::ChildConfig;
 use super::connection::{Port, SendSide, Writer, send_all};
 use super::ledger::Ledger;
 use super::reader::{Event, ReadPort, ReadSide};
-use super::registry::ChildRegistry;
 use super::restart::describe;
 use super::shared::Shared;
 use super::spawn;
@@ -25,6 +24,7 @@ use crate::affinity::CpuAffinity;
 use crate::error::{StartError, WorkerId};
 use crate::ipc::frame::{FrameBuf, FrameReader, kind};
 use crate::metrics::WorkerStatus;
+use crate::servlet::plumbing::ChildRegistry;
 use crate::servlet::plumbing::SinkRef;
 use crate::worker::{Worker, WorkerError};
 

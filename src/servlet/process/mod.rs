@@ -18,7 +18,7 @@
 //! heavy state belongs in [`Worker::init`].
 
 // The server side's files in dependency order (a file uses only those
-// before it): registry, ledger, handover, connection, restart, shared,
+// before it): ledger, handover, connection, restart, shared,
 // reader, handoff, dispatch, handshake, supervisor. Launching and the worker
 // process's side: spawn, image, boot, child. See README.md in this folder.
 mod boot;
@@ -31,16 +31,15 @@ mod handshake;
 mod image;
 mod ledger;
 mod reader;
-mod registry;
 mod restart;
 mod shared;
 pub(crate) mod spawn;
 mod supervisor;
 mod worker_log;
 
+pub(crate) use crate::servlet::plumbing::ChildRegistry;
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
-pub(crate) use registry::ChildRegistry;
 pub use restart::RestartPolicy;
 pub use spawn::{Launcher, WorkerSpawn};
 

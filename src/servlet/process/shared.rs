@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::registry::ChildRegistry;
 use super::restart::RestartPolicy;
 use super::spawn;
 use crate::batch::BatchPolicy;
 use crate::ipc::Codec;
 use crate::metrics::ServletStats;
+use crate::servlet::plumbing::ChildRegistry;
 use crate::servlet::plumbing::TicketRef;
 use crate::worker::Worker;
 

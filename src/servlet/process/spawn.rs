@@ -56,9 +56,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::image::{self, ImageId, StartHook};
-use super::registry::ChildRegistry;
 use crate::affinity::CpuAffinity;
 use crate::ipc::frame::{FrameBuf, FrameReader, kind};
+use crate::servlet::plumbing::ChildRegistry;
 
 /// Environment variable that marks a worker process.
 pub(crate) const ENV: &str = "MPSERVER_WORKER";
