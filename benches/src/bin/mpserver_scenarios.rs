@@ -15,7 +15,7 @@ const CONTENDER: &str = "mpserver";
 
 /// Every scenario this program defines.
 const KNOWN_SCENARIOS: &[&str] = &[
-    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S13", "S14",
+    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14",
 ];
 
 // ---------------------------------------------------------------- workers
@@ -277,6 +277,19 @@ impl Out {
             "  {scenario} {metric} = {:.2} {unit} [{:.2}–{:.2}]",
             f.median, f.min, f.max
         );
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Nap {
+    ms: u64,
+}
+impl Worker for Nap {
+    type Input = u64;
+    type Output = u32;
+    fn call(&mut self, _: u64) -> Result<u32, WorkerError> {
+        std::thread::sleep(Duration::from_millis(self.ms));
+        Ok(std::process::id())
     }
 }
 
@@ -731,6 +744,71 @@ fn s14(args: &CommonArgs, out: &Out) {
     out.emit("S14_deflate_64k", "compression_ratio", "x", comp);
 }
 
+/// S12: slow items on several idle workers. `n` items of `t` each on `k`
+/// worker processes should take ceil(n/k)·t: the figure is the makespan over
+/// that ideal (1.0 is perfect), for a stream, concurrent blocking calls and
+/// batches, on fresh workers (credit unmeasured) and warm ones (measured).
+/// Not in the default set: `--scenarios S12`.
+fn s12(args: &CommonArgs, out: &Out) {
+    const K: usize = 4;
+    let t_ms = if args.quick { 100 } else { 300 };
+    let ideal = |n: usize| (n.div_ceil(K) as f64) * t_ms as f64 / 1000.0;
+    let (mut stream_f, mut stream_w, mut calls_f, mut calls_w, mut batch_f, mut batch_w) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let stream = |server: &Server<u64, u32>, n: usize| {
+        let t = Instant::now();
+        assert_eq!(server.stream(0..n as u64).filter(|r| r.is_ok()).count(), n);
+        t.elapsed().as_secs_f64() / ideal(n)
+    };
+    let calls = |server: &Server<u64, u32>, n: usize| {
+        let t = Instant::now();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+        let hs: Vec<_> = (0..n as u64)
+            .map(|i| {
+                let h = server.handle();
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    h.call(i).unwrap()
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        t.elapsed().as_secs_f64() / ideal(n)
+    };
+    for _ in 0..args.runs {
+        let procs = || {
+            ProcessServlet::new(Nap { ms: t_ms })
+                .workers(K)
+                .cpus(worker_cpus(out.placement, K))
+        };
+        let server = Server::start(procs()).unwrap();
+        stream_f.push(stream(&server, 2 * K));
+        stream_w.push(stream(&server, 2 * K));
+        drop(server);
+        let server = Server::start(procs()).unwrap();
+        calls_f.push(calls(&server, 2 * K));
+        calls_w.push(calls(&server, 2 * K));
+        drop(server);
+        let server = Server::start(
+            procs()
+                .batch_size(3)
+                .batch_wait_time(Duration::from_millis(20)),
+        )
+        .unwrap();
+        batch_f.push(stream(&server, 3 * K));
+        batch_w.push(stream(&server, 3 * K));
+    }
+    out.emit("S12_slow_items", "stream_fresh_ratio", "x", stream_f);
+    out.emit("S12_slow_items", "stream_warm_ratio", "x", stream_w);
+    out.emit("S12_slow_items", "calls_fresh_ratio", "x", calls_f);
+    out.emit("S12_slow_items", "calls_warm_ratio", "x", calls_w);
+    out.emit("S12_slow_items", "batch3_fresh_ratio", "x", batch_f);
+    out.emit("S12_slow_items", "batch3_warm_ratio", "x", batch_w);
+}
+
 fn main() {
     let args = match CommonArgs::parse(std::env::args().skip(1)) {
         Ok(a) => a,
@@ -812,5 +890,9 @@ fn main() {
         if !KNOWN_SCENARIOS.contains(&short.as_str()) {
             eprintln!("mpserver_scenarios: {id}: not defined here, skipped");
         }
+    }
+    // S12 (slow items, about a minute) runs only when asked for by name.
+    if args.scenarios.is_some() && want("S12") {
+        s12(&args, &out);
     }
 }

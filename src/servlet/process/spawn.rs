@@ -53,10 +53,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ChildRegistry;
 use super::image::{self, ImageId, StartHook};
 pub(crate) use super::launcher::{Launcher, SpawnOptions, WorkerSpawn};
 use crate::ipc::frame::{FrameBuf, FrameReader, kind};
+use crate::servlet::plumbing::ChildRegistry;
 
 /// Environment variable that marks a worker process.
 pub(crate) const ENV: &str = "MPSERVER_WORKER";
@@ -260,7 +260,7 @@ pub(crate) fn send_ack(sock: &UnixStream, refused: Option<String>) -> io::Result
     let body = postcard::to_stdvec(&ack).map_err(io::Error::other)?;
     let mut b = FrameBuf::new();
     b.frame(kind::HELLO_ACK, &body);
-    super::supervisor::send_all(sock, b.as_bytes()).map_err(|e| e.error)
+    super::connection::send_all(sock, b.as_bytes()).map_err(|e| e.error)
 }
 
 /// Reads one frame of kind `want` with exact reads (nothing beyond it is
@@ -390,7 +390,7 @@ fn start(
     frame.end(s);
     // A child that exits before reading gets the bytes in its socket buffer;
     // a write error (the child is gone) shows in the answer below.
-    let _ = super::supervisor::send_all(&ours, frame.as_bytes());
+    let _ = super::connection::send_all(&ours, frame.as_bytes());
     match await_ack(&ours, launcher.handshake_timeout) {
         Ok(Ack { refused: None, .. }) => Ok((child, ours)),
         Ok(Ack {
