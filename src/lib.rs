@@ -36,7 +36,9 @@ mod sync;
 pub mod worker;
 
 pub use affinity::CpuAffinity;
-pub use error::{Error, ServerBacklogFull, WorkerError};
+pub use error::{
+    EnsembleError, Error, Rejected, ServerBacklogFull, StartError, TimeoutError, WorkerError,
+};
 pub use ipc::Codec;
 pub use server::{CallOptions, DebugInfo, Handle, Pending, Server, StreamOptions};
 pub use servlet::{

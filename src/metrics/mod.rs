@@ -289,6 +289,16 @@ impl ServletNode {
         }
     }
 
+    /// Visits every worker status in the tree with its servlet's name.
+    pub(crate) fn for_each_named_worker(&self, f: &mut dyn FnMut(&str, &WorkerStatus)) {
+        for w in &self.workers {
+            f(&self.name, w);
+        }
+        for m in &self.members {
+            m.for_each_named_worker(f);
+        }
+    }
+
     /// Visits every worker status in the tree.
     pub(crate) fn for_each_worker(&self, f: &mut dyn FnMut(&WorkerStatus)) {
         for w in &self.workers {

@@ -182,10 +182,17 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
                     break;
                 }
                 Err(_) => {
-                    failure = Some(StartError::Config(format!(
-                        "workers did not start within {:?}",
-                        b.start_timeout
-                    )));
+                    // Workers mark themselves alive once they report ready.
+                    let mut workers = Vec::new();
+                    started.node.for_each_named_worker(&mut |name, w| {
+                        if !w.alive.load(Ordering::Relaxed) {
+                            workers.push(format!("{name}#{}", w.index));
+                        }
+                    });
+                    failure = Some(StartError::Timeout {
+                        waited: b.start_timeout,
+                        workers,
+                    });
                     break;
                 }
             }
