@@ -22,6 +22,7 @@ mod image;
 mod reader;
 pub(crate) mod spawn;
 mod supervisor;
+mod worker_log;
 
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
