@@ -144,8 +144,7 @@ fn a_start_time_out_names_the_workers_that_did_not_answer() {
     let err = Server::builder(ProcessServlet::new(Hang).workers(2))
         .start_timeout(Duration::from_millis(1500))
         .start()
-        .err()
-        .expect("the start must time out");
+        .expect_err("the start must time out");
     let Error::Start(StartError::Timeout { waited, workers }) = &err else {
         panic!("{err:?}")
     };
@@ -193,4 +192,58 @@ fn a_refused_request_hands_its_input_back() {
         .unwrap_err();
     assert!(matches!(r.error, Error::Shutdown));
     assert_eq!(r.into_input(), NotClone(3));
+}
+
+/// Zero or empty settings are start errors naming what is wrong, not silent
+/// clamps; a CPU-pin error names its servlet.
+#[test]
+fn zero_and_empty_settings_are_start_errors() {
+    let start_err = |r: Result<Server<i64, i64>, Error>| match r {
+        Err(Error::Start(e)) => e,
+        Err(e) => panic!("expected a start error, got {e:?}"),
+        Ok(_) => panic!("expected a start error, the server started"),
+    };
+    let e = start_err(
+        Server::builder(ThreadServlet::new(Double))
+            .capacity(0)
+            .start(),
+    );
+    assert!(
+        matches!(&e, StartError::Config(m) if m.contains("capacity(0)")),
+        "{e}"
+    );
+    let e = start_err(Server::start(ThreadServlet::new(Double).workers(0)));
+    assert!(
+        matches!(&e, StartError::Config(m) if m.contains("no workers")),
+        "{e}"
+    );
+    let e = start_err(Server::start(
+        ProcessServlet::new(Double).cpus(Vec::<usize>::new()),
+    ));
+    assert!(
+        matches!(&e, StartError::Config(m) if m.contains("no workers")),
+        "{e}"
+    );
+    let e = start_err(Server::start(
+        ThreadServlet::new(Double).name("Pinned").cpus([100_000]),
+    ));
+    assert!(
+        matches!(&e, StartError::Affinity(m) if m.contains("servlet Pinned, worker 0")),
+        "{e}"
+    );
+}
+
+/// Every public type of the server has a `Debug` form.
+#[test]
+fn server_types_are_debug() {
+    let builder = Server::builder(ThreadServlet::new(Double).workers(2)).capacity(3);
+    assert!(format!("{builder:?}").contains("capacity: 3"));
+    let server = builder.start().unwrap();
+    assert!(format!("{server:?}").contains("capacity: 3"));
+    let s = server.stream(0..3);
+    assert!(format!("{s:?}").starts_with("ResultStream"));
+    let p = server.stream_pairs(0..3, StreamOptions::default());
+    assert!(format!("{p:?}").starts_with("PairStream"));
+    let flow = sequential![ThreadServlet::new(Double), ThreadServlet::new(Double)];
+    assert!(format!("{flow:?}").contains("ThreadServlet"));
 }

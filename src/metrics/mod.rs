@@ -361,3 +361,14 @@ pub struct WorkerSnapshot {
     /// Items handled.
     pub items: u64,
 }
+
+impl std::fmt::Debug for ServletNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServletNode")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("workers", &self.workers.len())
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
+}
