@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
@@ -32,6 +31,9 @@ pub(crate) enum Phase {
     Draining = 2,
     Stopped = 3,
     Failed = 4,
+    /// A shutdown began: readiness is 503, work is still taken (for the
+    /// drain delay, while load balancers notice).
+    Leaving = 5,
 }
 
 impl Phase {
@@ -41,6 +43,7 @@ impl Phase {
             1 => Phase::Running,
             2 => Phase::Draining,
             3 => Phase::Stopped,
+            5 => Phase::Leaving,
             _ => Phase::Failed,
         }
     }
@@ -100,7 +103,17 @@ impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
         self.phase.store(Phase::Failed as u8, Ordering::SeqCst);
     }
 
-    /// A shutdown began: readiness fails and new work is refused.
+    /// A shutdown began: readiness fails, work is still taken.
+    pub(crate) fn begin_leaving(&self) {
+        let _ = self.phase.compare_exchange(
+            Phase::Running as u8,
+            Phase::Leaving as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The drain begins: readiness fails and new work is refused.
     pub(crate) fn begin_drain(&self) {
         let _ = self
             .phase
@@ -142,7 +155,7 @@ impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
                 .class(ErrorClass::Shutdown)
         };
         match self.phase() {
-            Phase::Running => {}
+            Phase::Running | Phase::Leaving => {}
             Phase::Starting => {
                 return Err(
                     unavailable("starting", "the flow is starting".into()).retry_after(retry)
@@ -176,7 +189,7 @@ impl<In: Send + 'static, Out: Send + 'static> AppState<In, Out> {
         match self.phase() {
             Phase::Running => {}
             Phase::Starting => return Err("starting".into()),
-            Phase::Draining => return Err("draining".into()),
+            Phase::Draining | Phase::Leaving => return Err("draining".into()),
             Phase::Stopped => return Err("stopped".into()),
             Phase::Failed => return Err(format!("failed: {}", self.failure_message())),
         }
@@ -233,7 +246,6 @@ where
     Out: Serialize + Send + 'static,
 {
     let metrics = app.metrics.clone();
-    let limit = app.config.max_body_bytes;
     Router::new()
         .route("/call", post(routes::call::<In, Out>))
         .route("/stream", post(routes::stream::<In, Out>))
@@ -242,7 +254,7 @@ where
         .route("/metrics", get(routes::metrics::<In, Out>))
         .route("/debug", get(routes::debug::<In, Out>))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(app)
-        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(metrics, observe))
 }

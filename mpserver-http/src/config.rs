@@ -25,6 +25,12 @@ pub struct HttpConfig {
     pub(crate) retry_after: Duration,
     pub(crate) handle_signals: bool,
     pub(crate) min_live_workers: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_discard_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -33,13 +39,19 @@ impl Default for HttpConfig {
             max_timeout: Duration::from_secs(60),
             default_timeout: None,
             shutdown_grace: Duration::from_secs(30),
-            drain_delay: Duration::ZERO,
+            drain_delay: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             max_body_bytes: 2 * 1024 * 1024,
             max_line_bytes: 1024 * 1024,
             retry_after: Duration::from_secs(1),
             handle_signals: true,
             min_live_workers: 1,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_discard_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -68,9 +80,9 @@ impl HttpConfig {
         self
     }
 
-    /// After a shutdown signal, how long to keep answering (readiness 503,
-    /// new work 503, in-flight work going on) before intake stops, so a load
-    /// balancer can notice (default 0).
+    /// After a shutdown signal, how long readiness answers 503 while work is
+    /// still taken, before intake stops: time for load balancers (and
+    /// Kubernetes endpoints) to stop sending traffic here (default 5 s).
     pub fn drain_delay(mut self, t: Duration) -> Self {
         self.drain_delay = t;
         self
@@ -87,6 +99,15 @@ impl HttpConfig {
     /// Largest body accepted by `POST /call` (default 2 MiB; larger: 413).
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// How much of a body over [`max_body_bytes`](HttpConfig::max_body_bytes)
+    /// is read and dropped so that the client gets its 413 answer rather
+    /// than a reset connection (default 128 MiB). A larger body (announced
+    /// or sent) is answered 413 with `Connection: close` at once.
+    pub fn max_discard_bytes(mut self, n: usize) -> Self {
+        self.max_discard_bytes = n;
         self
     }
 
@@ -121,9 +142,54 @@ impl HttpConfig {
         self
     }
 
+    /// Once the first byte of a request has arrived, how long its head
+    /// (request line and headers) may take to arrive in full before the
+    /// connection is closed (default 10 s; [`serve`](crate::serve) only).
+    pub fn header_read_timeout(mut self, t: Duration) -> Self {
+        self.header_read_timeout = t;
+        self
+    }
+
+    /// How long a request body may take to arrive: in full for `POST /call`
+    /// (then 408 and the connection is closed), between two chunks for
+    /// `POST /stream` (then an error line ends the input) (default 30 s).
+    pub fn body_read_timeout(mut self, t: Duration) -> Self {
+        self.body_read_timeout = t;
+        self
+    }
+
+    /// How long a connection with no request in progress stays open without
+    /// receiving a byte (default 60 s; [`serve`](crate::serve) only).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
+    /// How long a client may leave written data unread (its receive buffer
+    /// full) before the connection is cut (default 30 s;
+    /// [`serve`](crate::serve) only). A stream cut so is dropped: its items
+    /// still pending are cancelled and their capacity returns.
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// The most connections open at once (default 1024;
+    /// [`serve`](crate::serve) only). One more gets a `503` JSON answer with
+    /// `Retry-After` at once and is closed.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
     /// See [`max_timeout`](HttpConfig::max_timeout).
     pub fn get_max_timeout(&self) -> Duration {
         self.max_timeout
+    }
+
+    /// See [`drain_delay`](HttpConfig::drain_delay).
+    pub fn get_drain_delay(&self) -> Duration {
+        self.drain_delay
     }
 
     /// See [`shutdown_grace`](HttpConfig::shutdown_grace).

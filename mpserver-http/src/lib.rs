@@ -4,6 +4,7 @@
 
 mod app;
 mod config;
+mod conn;
 mod error;
 mod ndjson;
 mod observe;

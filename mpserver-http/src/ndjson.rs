@@ -25,6 +25,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use futures_core::Stream;
@@ -32,6 +33,7 @@ use mpserver::server::AsyncResultStream;
 use mpserver::{Error, Handle, StreamOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Sleep;
 
 use crate::error::ErrorBody;
 use crate::routes::parse_json;
@@ -66,6 +68,7 @@ pub(crate) fn respond<In, Out>(
     body: Body,
     opts: StreamOptions,
     max_line: usize,
+    body_idle: Duration,
     stopped: StopSignal,
 ) -> NdjsonOut<In, Out>
 where
@@ -81,6 +84,8 @@ where
         line_no: 0,
         eof: false,
         max_line,
+        body_idle,
+        idle_timer: None,
     }));
     let input = LineInput {
         reader: reader.clone(),
@@ -111,6 +116,10 @@ struct LineReader {
     line_no: u64,
     eof: bool,
     max_line: usize,
+    /// Longest wait for the next chunk of the body.
+    body_idle: Duration,
+    /// Armed while waiting for the body.
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 type SharedReader = Arc<Mutex<LineReader>>;
@@ -144,9 +153,15 @@ impl LineReader {
     /// The next non-blank line, parsed: an input, or the error that takes
     /// its place. A body that cannot be read or a line that is too long
     /// gives one last error, then the end.
+    ///
+    /// With `idle_limit`, waiting longer than `body_idle` for the body ends
+    /// the input with a `body_timeout` error (the caller allows it only
+    /// when no line is waiting for its answer: a client may wait for its
+    /// answers before it sends more).
     fn poll_item<In: DeserializeOwned>(
         &mut self,
         cx: &mut Context<'_>,
+        idle_limit: bool,
     ) -> Poll<Option<Result<In, ErrorBody>>> {
         loop {
             let from = self.start + self.scanned;
@@ -185,6 +200,7 @@ impl LineReader {
             }
             match Pin::new(&mut self.body).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
+                    self.idle_timer = None;
                     if self.start > 0 {
                         self.buf.drain(..self.start);
                         self.start = 0;
@@ -196,7 +212,28 @@ impl LineReader {
                     return Poll::Ready(Some(Err(self.fail("bad_request", msg))));
                 }
                 Poll::Ready(None) => self.eof = true,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if !idle_limit {
+                        self.idle_timer = None;
+                        return Poll::Pending;
+                    }
+                    let idle = self.body_idle;
+                    let timer = self
+                        .idle_timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        tracing::warn!(
+                            limit_ms = idle.as_millis() as u64,
+                            "stream input idle too long: ending its input"
+                        );
+                        let msg = format!(
+                            "no input for {} ms; the rest of the input is ignored",
+                            idle.as_millis()
+                        );
+                        return Poll::Ready(Some(Err(self.fail("body_timeout", msg))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -215,9 +252,10 @@ impl<In: DeserializeOwned> Stream for LineInput<In> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<In>> {
         let this = self.get_mut();
+        let idle_limit = this.markers.lock().is_empty();
         let mut reader = lock(&this.reader);
         loop {
-            match reader.poll_item::<In>(cx) {
+            match reader.poll_item::<In>(cx, idle_limit) {
                 Poll::Ready(Some(Ok(x))) => {
                     this.markers.push(Marker::Item);
                     return Poll::Ready(Some(x));
@@ -319,7 +357,7 @@ where
                 // Lines the flow did not take (it ended its input early when
                 // shut down, or we stopped waiting): answer them here. After
                 // a normal end the input is exhausted and this ends at once.
-                return match lock(&this.reader).poll_item::<In>(cx) {
+                return match lock(&this.reader).poll_item::<In>(cx, false) {
                     Poll::Ready(Some(Ok(_))) => Poll::Ready(Some(Ok(shutdown_line()))),
                     Poll::Ready(Some(Err(bad))) => {
                         Poll::Ready(Some(Ok(Bytes::from(bad.to_line()))))

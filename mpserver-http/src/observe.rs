@@ -2,7 +2,7 @@
 //! counters exported next to the flow's own metrics on `GET /metrics`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -10,6 +10,8 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use mpserver::metrics::Histogram;
+
+use crate::conn::CloseReason;
 use mpserver::metrics::prometheus::{header, histogram, sample};
 
 /// The routes, as metric labels. Anything else is `other`.
@@ -33,9 +35,33 @@ pub(crate) struct HttpMetrics {
     in_flight: AtomicI64,
     /// Time to the response headers, per route, microseconds.
     latency_us: [Histogram; ROUTES.len()],
+    /// Connections open now.
+    connections_open: AtomicI64,
+    /// Connections the front closed or refused, by reason.
+    connections_closed: [AtomicU64; CloseReason::ALL.len()],
+}
+
+/// Counts an open connection until dropped.
+pub(crate) struct OpenConnection(Arc<HttpMetrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HttpMetrics {
+    /// A connection was accepted; it counts as open until the guard drops.
+    pub(crate) fn connection_opened(self: &Arc<Self>) -> OpenConnection {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// The front closed (or refused) a connection because a limit tripped.
+    pub(crate) fn connection_closed(&self, why: CloseReason) {
+        self.connections_closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn record(&self, route: usize, status: u16, started: Instant) {
         self.latency_us[route].record(started.elapsed().as_micros() as u64);
         let mut answers = match self.answers.lock() {
@@ -80,6 +106,32 @@ impl HttpMetrics {
             &[],
             self.in_flight.load(Ordering::Relaxed) as f64,
         );
+        header(
+            out,
+            "mpserver_http_connections_open",
+            "gauge",
+            "HTTP connections open now (served by `serve`).",
+        );
+        sample(
+            out,
+            "mpserver_http_connections_open",
+            &[],
+            self.connections_open.load(Ordering::Relaxed) as f64,
+        );
+        header(
+            out,
+            "mpserver_http_connections_closed_total",
+            "counter",
+            "Connections the front closed or refused because a limit tripped, by reason.",
+        );
+        for why in CloseReason::ALL {
+            sample(
+                out,
+                "mpserver_http_connections_closed_total",
+                &[("reason", why.as_str())],
+                self.connections_closed[why as usize].load(Ordering::Relaxed) as f64,
+            );
+        }
         header(
             out,
             "mpserver_http_request_duration_seconds",

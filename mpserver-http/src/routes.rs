@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use mpserver::error::ErrorClass;
 use mpserver::metrics::prometheus;
 use mpserver::{CallOptions, StreamOptions};
@@ -33,7 +33,7 @@ pub(crate) async fn call<In, Out>(
     State(app): App<In, Out>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response
 where
     In: DeserializeOwned + Send + 'static,
@@ -49,7 +49,7 @@ async fn call_inner<In, Out>(
     app: &AppState<In, Out>,
     headers: &HeaderMap,
     query: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ErrorResponse>
 where
     In: DeserializeOwned + Send + 'static,
@@ -57,7 +57,7 @@ where
 {
     let handle = app.work_handle()?;
     let timeout = requested_timeout(headers, query, &app.config)?;
-    let body = body.map_err(|r| ErrorResponse::new(r.status(), "bad_request", r.body_text()))?;
+    let body = read_body(body, headers, &app.config).await?;
     let x: In = parse_json(&body).map_err(|e| e.into_api_error("the body"))?;
     let retry = app.config.retry_after_secs();
     // Through the flow's `tower::Service`: ready unless shutting down.
@@ -123,7 +123,14 @@ where
         opts = opts.timeout(t);
     }
     let stopped = Box::pin(app.flow_stopped());
-    let lines = ndjson::respond(handle, body, opts, app.config.max_line_bytes, stopped);
+    let lines = ndjson::respond(
+        handle,
+        body,
+        opts,
+        app.config.max_line_bytes,
+        app.config.body_read_timeout,
+        stopped,
+    );
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
@@ -161,7 +168,7 @@ where
             let current = match app.phase() {
                 Phase::Failed => "stopped",
                 Phase::Starting | Phase::Running => "starting",
-                Phase::Draining => "draining",
+                Phase::Draining | Phase::Leaving => "draining",
                 Phase::Stopped => "stopped",
             };
             prometheus::header(
@@ -232,10 +239,20 @@ pub(crate) async fn not_found() -> Response {
     ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
 }
 
+/// A route that exists, with another method.
+pub(crate) async fn method_not_allowed() -> Response {
+    ErrorResponse::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (POST /call, POST /stream; GET the others)",
+    )
+    .into_response()
+}
+
 /// Why a JSON text could not become an input.
 pub(crate) enum ParseError {
-    /// Not JSON at all (400).
-    Syntax(serde_json::Error),
+    /// Not JSON at all (400): bad syntax, or not UTF-8.
+    Syntax(String),
     /// JSON, but not of the input type (422).
     Type(serde_json::Error),
 }
@@ -273,9 +290,108 @@ impl ParseError {
 
 /// Parses one JSON text into an input, telling bad JSON from a wrong type.
 pub(crate) fn parse_json<In: DeserializeOwned>(text: &[u8]) -> Result<In, ParseError> {
+    // JSON text is UTF-8 (RFC 8259), also inside strings, which the syntax
+    // check below does not look into.
+    if let Err(e) = std::str::from_utf8(text) {
+        return Err(ParseError::Syntax(format!(
+            "invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     // Syntax first, so `5 garbage` is "not JSON" even for a string input.
-    serde_json::from_slice::<IgnoredAny>(text).map_err(ParseError::Syntax)?;
+    serde_json::from_slice::<IgnoredAny>(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
     serde_json::from_slice::<In>(text).map_err(ParseError::Type)
+}
+
+/// Reads a `/call` body: at most [`HttpConfig::max_body_bytes`], within
+/// [`HttpConfig::body_read_timeout`].
+///
+/// A body over the limit is answered 413, but only after it has been read
+/// (and dropped, up to [`HttpConfig::max_discard_bytes`]): a client that
+/// sends its whole body before reading the answer then gets the 413 instead
+/// of a reset connection. A client that announced a too-large body and waits
+/// for `100 Continue` gets the 413 at once, without sending it. A body too
+/// slow, or too large to discard, gets its answer with `Connection: close`.
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    config: &HttpConfig,
+) -> Result<Bytes, ErrorResponse> {
+    let limit = config.max_body_bytes;
+    let too_large = |n: u64| {
+        ErrorResponse::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body has {n} bytes or more; the limit is {limit} bytes"),
+        )
+        .class(ErrorClass::InvalidInput)
+    };
+    let announced: Option<u64> = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if let Some(n) = announced
+        && n > limit as u64
+        && (expects_continue || n > config.max_discard_bytes as u64)
+    {
+        tracing::warn!(bytes = n, limit, "request body over the limit");
+        return Err(too_large(n).close());
+    }
+    let deadline = tokio::time::Instant::now() + config.body_read_timeout;
+    let mut buf: Vec<u8> = Vec::with_capacity(announced.unwrap_or(0).min(limit as u64) as usize);
+    let mut seen: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                tracing::warn!(
+                    limit_ms = config.body_read_timeout.as_millis() as u64,
+                    received = seen,
+                    "request body too slow: answering 408 and closing"
+                );
+                return Err(ErrorResponse::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the body did not arrive within {} ms",
+                        config.body_read_timeout.as_millis()
+                    ),
+                )
+                .close());
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ErrorResponse::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit as u64 {
+            if seen > config.max_discard_bytes as u64 {
+                tracing::warn!(bytes = seen, limit, "request body over the limit");
+                return Err(too_large(seen).close());
+            }
+            // Over the limit: keep reading, keep nothing.
+            buf = Vec::new();
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if seen > limit as u64 {
+        tracing::warn!(bytes = seen, limit, "request body over the limit");
+        return Err(too_large(seen));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// The time limit a request asks for (header first, then query), cut to the

@@ -1,7 +1,7 @@
 //! Serving a flow: bind first, start the flow in the background, shut down
 //! gracefully on a signal.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::app::{self, AppState};
 use crate::config::HttpConfig;
+use crate::conn;
 use crate::error::ServeError;
 
 type StartFn<In, Out> = Box<dyn FnOnce() -> Result<Server<In, Out>, mpserver::Error> + Send>;
@@ -82,8 +83,10 @@ where
 /// `starting`. If the flow cannot start, this returns
 /// [`ServeError::Start`].
 ///
-/// Shutdown: readiness turns 503 and new work is refused with 503; after
-/// [`HttpConfig::drain_delay`], the server drains in-flight work within
+/// Shutdown: readiness turns 503 at once while work is still taken for
+/// [`HttpConfig::drain_delay`] (so that load balancers stop sending traffic
+/// before it is refused); then new work is refused with 503 and the server
+/// drains in-flight work within
 /// [`HttpConfig::shutdown_grace`] (work still running then fails with a 503
 /// `shutdown` answer or error line); then the listener closes and open
 /// connections get [`HttpConfig::close_timeout`] to finish.
@@ -134,13 +137,15 @@ where
 
     let app = AppState::starting(config.clone());
     let router = app::build(app.clone());
-    let (close_tx, mut close_rx) = watch::channel(false);
+    let (close_tx, close_rx) = watch::channel(false);
     let addr = listener.local_addr()?;
-    let http = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = close_rx.wait_for(|c| *c).await;
-        })
-        .into_future();
+    let http = conn::run(
+        listener,
+        router,
+        config.clone(),
+        app.metrics.clone(),
+        close_rx,
+    );
     let mut http = Some(tokio::spawn(http));
     tracing::info!(%addr, "listening");
 
@@ -203,10 +208,17 @@ where
         }
     };
 
-    app.begin_drain();
-    if !config.drain_delay.is_zero() {
+    // Readiness 503 first, still taking work while load balancers notice;
+    // then intake stops and the flow drains.
+    app.begin_leaving();
+    if !config.drain_delay.is_zero() && app.phase() == app::Phase::Leaving {
+        tracing::info!(
+            delay_ms = config.drain_delay.as_millis() as u64,
+            "readiness 503; still taking work for the drain delay"
+        );
         tokio::time::sleep(config.drain_delay).await;
     }
+    app.begin_drain();
     if let Some(server) = server {
         let grace = config.shutdown_grace;
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining the flow");

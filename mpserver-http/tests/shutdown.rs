@@ -26,7 +26,7 @@ fn is_shutdown_error(line: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_in_flight_and_exits_0() {
-    let mut seed = Seed::spawn(&[]);
+    let mut seed = Seed::spawn(&["--drain-delay-ms", "0"]);
     seed.wait_ready().await;
 
     let r = seed
@@ -103,7 +103,14 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_after_a_short_grace_fails_the_rest_and_exits_0() {
-    let mut seed = Seed::spawn(&["--grace-ms", "100", "--capacity", "8"]);
+    let mut seed = Seed::spawn(&[
+        "--grace-ms",
+        "100",
+        "--capacity",
+        "8",
+        "--drain-delay-ms",
+        "0",
+    ]);
     seed.wait_ready().await;
 
     let n = 200;
@@ -144,4 +151,34 @@ async fn sigint_after_a_short_grace_fails_the_rest_and_exits_0() {
     }
     let status = seed.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sequence_is_ready_503_then_drain_then_exit() {
+    let mut seed = Seed::spawn(&["--drain-delay-ms", "1500"]);
+    seed.wait_ready().await;
+    seed.signal(Signal::SIGTERM);
+    let t = std::time::Instant::now();
+    // Readiness 503 at once, liveness 200, work still answered.
+    let not_ready = poll_until(Duration::from_secs(1), || async {
+        match seed.client.get(seed.url("/readyz")).send().await {
+            Ok(r) => r.status() == 503 && r.text().await.unwrap() == "draining\n",
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(not_ready, "/readyz did not turn 503 at SIGTERM");
+    let health = seed.client.get(seed.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let r = seed.post("/call", r#""world""#).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<String>().await.unwrap(), HELLO);
+    // Then the process drains and exits 0, not before the delay.
+    let status = seed.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
 }

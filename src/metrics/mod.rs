@@ -172,9 +172,37 @@ pub struct WorkerStatus {
     pub(crate) restarts: AtomicU64,
     /// Items it handled.
     pub(crate) items: AtomicU64,
+    /// While it waits out a restart back-off: until when, in milliseconds
+    /// since the Unix epoch (0: not in back-off).
+    pub(crate) backoff_until_unix_ms: AtomicU64,
+    /// How its last process ended (e.g. "killed by signal 9 (SIGKILL)").
+    pub(crate) last_exit: std::sync::Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
+    /// Records that the worker waits `wait` before its next start (`None`:
+    /// no longer waiting).
+    pub(crate) fn set_backoff(&self, wait: Option<std::time::Duration>) {
+        let until = wait
+            .and_then(|w| std::time::SystemTime::now().checked_add(w))
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        self.backoff_until_unix_ms.store(until, Relaxed);
+    }
+
+    /// Records how the worker's last process ended.
+    pub(crate) fn set_last_exit(&self, how: impl Into<String>) {
+        *self.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.into());
+    }
+
+    /// How the worker's last process ended, if one did.
+    pub fn last_exit(&self) -> Option<String> {
+        self.last_exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A status for worker `index` pinned to `cpus`, not yet alive.
     pub fn new(index: usize, cpus: CpuAffinity) -> Arc<Self> {
         Arc::new(WorkerStatus {
@@ -185,6 +213,8 @@ impl WorkerStatus {
             healthy: AtomicBool::new(true),
             restarts: AtomicU64::new(0),
             items: AtomicU64::new(0),
+            backoff_until_unix_ms: AtomicU64::new(0),
+            last_exit: std::sync::Mutex::new(None),
         })
     }
 
@@ -216,6 +246,11 @@ impl WorkerStatus {
             healthy: self.healthy.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             items: self.items.load(Relaxed),
+            backoff_until_unix_ms: match self.backoff_until_unix_ms.load(Relaxed) {
+                0 => None,
+                t => Some(t),
+            },
+            last_exit: self.last_exit(),
         }
     }
 }
@@ -360,6 +395,13 @@ pub struct WorkerSnapshot {
     pub restarts: u64,
     /// Items handled.
     pub items: u64,
+    /// While waiting out a restart back-off: until when (milliseconds since
+    /// the Unix epoch).
+    #[serde(default)]
+    pub backoff_until_unix_ms: Option<u64>,
+    /// How its last process ended, if one did.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 impl std::fmt::Debug for ServletNode {

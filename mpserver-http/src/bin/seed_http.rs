@@ -85,8 +85,8 @@ fn command() -> Command {
         .arg(num(
             "drain-delay-ms",
             "MPSERVER_HTTP_DRAIN_DELAY_MS",
-            "0",
-            "On shutdown, how long /readyz answers 503 before intake stops.",
+            "5000",
+            "On shutdown, how long /readyz answers 503 (work still taken) before intake stops.",
         ))
         .arg(num(
             "max-body-bytes",

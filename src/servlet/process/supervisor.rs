@@ -298,6 +298,7 @@ where
                         return;
                     }
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
+                    self.status.set_last_exit(format!("restart failed: {e}"));
                     let wait = self.note_crash(&mut health);
                     if !self.back_off(wait) {
                         return;
@@ -339,6 +340,7 @@ where
                         return;
                     }
                     let how = describe(status, reason.as_deref());
+                    self.status.set_last_exit(how.clone());
                     tracing::warn!(worker = %self.worker_id(Some(pid)), %how, lost = lost.len(), "worker process crashed");
                     self.shared.stats.crashes.fetch_add(1, Relaxed);
                     // Health first, so that whoever hears of the crash sees
@@ -420,10 +422,21 @@ where
 
     /// Waits out a back-off; false if the server aborted meanwhile.
     fn back_off(&self, wait: Duration) -> bool {
-        !matches!(
+        self.status.set_backoff(Some(wait));
+        if wait > Duration::from_secs(1) {
+            tracing::warn!(
+                worker = %self.worker_id(None),
+                backoff_ms = wait.as_millis() as u64,
+                last_exit = self.status.last_exit().as_deref().unwrap_or("unknown"),
+                "worker in restart back-off"
+            );
+        }
+        let go_on = !matches!(
             self.abort_rx.recv_timeout(wait),
             Ok(()) | Err(RecvTimeoutError::Disconnected)
-        )
+        );
+        self.status.set_backoff(None);
+        go_on
     }
 
     fn launch(&self) -> Result<Proc, StartError> {
