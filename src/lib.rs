@@ -38,7 +38,9 @@ pub mod worker;
 
 pub use crate::bytes::Bytes;
 pub use affinity::CpuAffinity;
-pub use error::{Error, ServerBacklogFull, WorkerError};
+pub use error::{
+    EnsembleError, Error, Rejected, ServerBacklogFull, StartError, TimeoutError, WorkerError,
+};
 pub use ipc::Codec;
 pub use server::{CallOptions, DebugInfo, Handle, Pending, Server, StreamOptions};
 pub use servlet::{
