@@ -130,7 +130,7 @@ done
 answer="$(curl -sf -X POST "$base_url/call" -d '"world"')" || fail "POST /call"
 [ "$answer" = '"Hello, wdwdwdwdwd!"' ] || fail "POST /call answered $answer"
 metrics="$(curl -sf "$base_url/metrics")" || fail "/metrics"
-names="$(grep -rhoE 'mpserver_[a-z_]+' "$root/deploy/k8s" | sort -u)"
+names="$(grep -rhoE --include='*.yaml' 'mpserver_[a-z_]+' "$root/deploy/k8s" | sort -u)"
 [ -n "$names" ] || fail "no metric names found in deploy/k8s"
 for name in $names; do
     grep -q "^$name[ {]" <<<"$metrics" || fail "/metrics does not export $name (used in deploy/k8s)"

@@ -169,7 +169,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = Server::start(ProcessServlet::new(Analyse).workers(a.workers))?;
 
-    // The input: numbered lines, read lazily by the stream's feeder thread.
+    // The input: numbered lines, read lazily on this thread as the stream
+    // takes results (a stream has no feeder thread).
     // Invalid UTF-8 is replaced rather than fatal; a read error ends the input
     // and is reported at the end.
     let read_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();

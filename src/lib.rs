@@ -24,6 +24,9 @@ mod batch;
 // code is compiled and run as doc-tests, so it cannot drift from the API.
 pub mod docs;
 pub mod error;
+// The wire format between the server and its worker processes: not API
+// (the benchmarks and the frame fuzzer of this workspace use it).
+#[doc(hidden)]
 pub mod ipc;
 pub mod metrics;
 pub mod prelude;

@@ -243,3 +243,75 @@ fn require_same_image_refuses_a_copy_of_the_program() {
     assert!(all_children().is_empty(), "{:?}", all_children());
     let _ = std::fs::remove_file(&copy);
 }
+
+/// Start hook: names the worker's device after its index.
+fn set_device(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    // SAFETY: the worker process has one thread when the hook runs.
+    unsafe {
+        std::env::set_var(
+            "MPSERVER_TEST_HOOK_DEVICE",
+            format!("dev{}", ctx.worker_index()),
+        )
+    };
+    Ok(())
+}
+
+/// Start hook that refuses.
+fn no_device(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    Err(WorkerError::new(
+        "NoDevice",
+        format!("no device for worker {}", ctx.worker_index()),
+    ))
+}
+
+#[test]
+fn the_start_hook_runs_in_every_worker_process_before_init() {
+    let _serial = serial();
+    let var = "MPSERVER_TEST_HOOK_DEVICE";
+    let server = Server::start(
+        ProcessServlet::new(EnvProbe {
+            var: var.into(),
+            index: 0,
+        })
+        .workers(2)
+        .on_worker_start(set_device),
+    )
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "saw only workers {seen:?}");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| server.call(()))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            let (index, value) = r.unwrap();
+            assert_eq!(value, Some(format!("dev{index}")));
+            seen.insert(index);
+        }
+    }
+    // The server's own environment is untouched.
+    assert!(std::env::var_os(var).is_none());
+    drop(server);
+    // A hook's error fails the start as init's would, leaving nothing.
+    let err = Server::start(ProcessServlet::new(Double).on_worker_start(no_device))
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("NoDevice") && msg.contains("no device for worker 0"),
+        "{msg}"
+    );
+    wait_for(|| all_children().is_empty());
+    // A function found by its address needs the re-exec launcher.
+    let err = Server::start(
+        ProcessServlet::new(Double)
+            .on_worker_start(set_device)
+            .launcher(helper("helper_serve_double")),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("re-exec launcher"), "{err}");
+    assert!(all_children().is_empty(), "{:?}", all_children());
+}

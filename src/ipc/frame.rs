@@ -46,6 +46,9 @@ pub mod kind {
     /// Child → parent: the answer to HELLO, sent at once (the child's pid,
     /// and why it refuses to serve, if it does).
     pub const HELLO_ACK: u8 = 15;
+    /// Child → parent: `tracing` events of the worker process (see the
+    /// process servlet's `worker_log.rs`).
+    pub const LOG: u8 = 16;
 }
 
 /// Result status byte: the payload is the output value.

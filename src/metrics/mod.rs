@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::affinity::CpuAffinity;
 
+mod debug;
 pub mod prometheus;
+mod requests;
+
+pub use debug::{DebugInfo, RequestInfo, ServerState};
+pub(crate) use requests::ServerStats;
+pub use requests::{ERROR_KINDS, RequestStats};
 
 const BUCKETS: usize = 40;
 
@@ -87,58 +93,96 @@ impl HistogramSnapshot {
     }
 }
 
-/// Counters of one servlet.
+/// Counters of one servlet, recorded by the servlet (read them through
+/// [`ServletNode::snapshot`] or `Handle::servlets`). The counters are not
+/// public fields: only the servlet that owns them records, through the
+/// methods below, and everyone else sees snapshots.
+///
+/// ```compile_fail
+/// // Counters cannot be written from outside: they are not public fields.
+/// let node = mpserver::metrics::ServletNode::new("thread", "w");
+/// node.stats().items_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// ```
+///
+/// ```
+/// let node = mpserver::metrics::ServletNode::new("thread", "w");
+/// node.stats().record_in(2);
+/// assert_eq!(node.snapshot().items_in, 2);
+/// ```
 #[derive(Debug, Default)]
 pub struct ServletStats {
     /// Items that entered the servlet.
-    pub items_in: AtomicU64,
+    pub(crate) items_in: AtomicU64,
     /// Items it produced a value for.
-    pub items_ok: AtomicU64,
+    pub(crate) items_ok: AtomicU64,
     /// Items it failed.
-    pub items_err: AtomicU64,
+    pub(crate) items_err: AtomicU64,
     /// Items skipped because their request was cancelled.
-    pub skipped: AtomicU64,
+    pub(crate) skipped: AtomicU64,
     /// Items a caller handed straight to an idle worker process, without
     /// the queue (process servlets; see the servlet design notes).
-    pub handoffs: AtomicU64,
+    pub(crate) handoffs: AtomicU64,
     /// Worker calls made in batch form.
-    pub batches: AtomicU64,
+    pub(crate) batches: AtomicU64,
     /// Sizes of the batches handed to workers.
-    pub batch_sizes: Histogram,
+    pub(crate) batch_sizes: Histogram,
     /// Worker crashes.
-    pub crashes: AtomicU64,
+    pub(crate) crashes: AtomicU64,
     /// Worker restarts (after crashes and recycling).
-    pub restarts: AtomicU64,
+    pub(crate) restarts: AtomicU64,
 }
 
-/// Live state of one worker.
+impl ServletStats {
+    /// Counts `n` items that entered the servlet.
+    pub fn record_in(&self, n: u64) {
+        self.items_in.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items the servlet produced a value for.
+    pub fn record_ok(&self, n: u64) {
+        self.items_ok.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items the servlet failed.
+    pub fn record_err(&self, n: u64) {
+        self.items_err.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` items skipped because their request was cancelled.
+    pub fn record_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Relaxed);
+    }
+}
+
+/// Live state of one worker, kept by its servlet; read it through
+/// snapshots ([`WorkerSnapshot`]) or the methods below.
 #[derive(Debug)]
 pub struct WorkerStatus {
     /// Index within its servlet.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The CPUs it is pinned to.
-    pub cpus: CpuAffinity,
+    pub(crate) cpus: CpuAffinity,
     /// OS process id (0 for thread workers or while not running).
-    pub pid: AtomicU32,
+    pub(crate) pid: AtomicU32,
     /// Whether it is running.
-    pub alive: AtomicBool,
+    pub(crate) alive: AtomicBool,
     /// False once it crashed more often than its restart policy allows.
-    pub healthy: AtomicBool,
+    pub(crate) healthy: AtomicBool,
     /// Times it was restarted.
-    pub restarts: AtomicU64,
+    pub(crate) restarts: AtomicU64,
     /// Items it handled.
-    pub items: AtomicU64,
+    pub(crate) items: AtomicU64,
     /// While it waits out a restart back-off: until when, in milliseconds
     /// since the Unix epoch (0: not in back-off).
-    pub backoff_until_unix_ms: AtomicU64,
+    pub(crate) backoff_until_unix_ms: AtomicU64,
     /// How its last process ended (e.g. "killed by signal 9 (SIGKILL)").
-    pub last_exit: std::sync::Mutex<Option<String>>,
+    pub(crate) last_exit: std::sync::Mutex<Option<String>>,
 }
 
 impl WorkerStatus {
     /// Records that the worker waits `wait` before its next start (`None`:
     /// no longer waiting).
-    pub fn set_backoff(&self, wait: Option<std::time::Duration>) {
+    pub(crate) fn set_backoff(&self, wait: Option<std::time::Duration>) {
         let until = wait
             .and_then(|w| std::time::SystemTime::now().checked_add(w))
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -147,7 +191,7 @@ impl WorkerStatus {
     }
 
     /// Records how the worker's last process ended.
-    pub fn set_last_exit(&self, how: impl Into<String>) {
+    pub(crate) fn set_last_exit(&self, how: impl Into<String>) {
         *self.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.into());
     }
 
@@ -174,7 +218,25 @@ impl WorkerStatus {
         })
     }
 
-    fn snapshot(&self) -> WorkerSnapshot {
+    /// Index within its servlet.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Marks the worker running (with its process id, 0 for a thread) or
+    /// stopped: for servlets written outside the crate.
+    pub fn set_running(&self, running: bool, pid: u32) {
+        self.pid.store(if running { pid } else { 0 }, Relaxed);
+        self.alive.store(running, Relaxed);
+    }
+
+    /// Counts `n` items handled by the worker.
+    pub fn record_items(&self, n: u64) {
+        self.items.fetch_add(n, Relaxed);
+    }
+
+    /// A copy of the worker's state.
+    pub fn snapshot(&self) -> WorkerSnapshot {
         let pid = self.pid.load(Relaxed);
         WorkerSnapshot {
             index: self.index,

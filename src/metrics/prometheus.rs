@@ -57,8 +57,8 @@
 
 use std::fmt::Write;
 
+use crate::metrics::{DebugInfo, ERROR_KINDS, ServerState};
 use crate::metrics::{HistogramSnapshot, ServletSnapshot};
-use crate::server::{DebugInfo, ERROR_KINDS, ServerState};
 
 /// Microseconds per second.
 const MICROS: f64 = 1e6;

@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::admission::Permit;
-use super::stats::ServerStats;
 use super::timer::Expire;
 use crate::error::{Error, TimeoutError};
+use crate::metrics::ServerStats;
 use crate::servlet::plumbing::{Interrupt, Sink, Ticket, TicketRef};
 
 const PENDING: u8 = 0;

@@ -23,6 +23,22 @@
 //! The request is submitted when `call` is made, not when the future is first
 //! polled; dropping the future cancels it, as with [`Handle::async_call`].
 //!
+//! # Reserving readiness
+//!
+//! For tower's own back-pressure ([`LoadShed`], [`ConcurrencyLimit`],
+//! balancers, `Buffer`) to see a full server, use
+//! [`Handle::reserving_service`]: its `poll_ready` reserves one unit of the
+//! server's capacity, and is `Pending` (in the server's first-come line, the
+//! same as waiting callers) while the server is full, so `LoadShed` sheds at
+//! `poll_ready` and `ConcurrencyLimit` or a balancer waits or routes
+//! elsewhere. `call` then uses the reserved unit, and the request's time
+//! limit counts from `call`. A service that got ready and is never called
+//! holds its unit until it is dropped, as with any tower service that
+//! reserves capacity in `poll_ready`; a clone starts without a reservation.
+//!
+//! [`LoadShed`]: https://docs.rs/tower/latest/tower/load_shed/struct.LoadShed.html
+//! [`ConcurrencyLimit`]: https://docs.rs/tower/latest/tower/limit/struct.ConcurrencyLimit.html
+//!
 //! [`Handle`] also has an inherent, blocking [`Handle::call`], which method
 //! syntax picks first: call the trait's as `Service::call(&mut svc, x)`, or
 //! let a tower combinator (`ServiceExt::oneshot`, a layer) do it.
@@ -49,6 +65,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Instant;
+
+use super::admission::{Missed, Permit, Refused};
+use super::async_call::WaitForRoom;
 use super::{CallOptions, Handle, Pending, ServerState};
 use crate::error::Error;
 
@@ -214,6 +234,136 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     }
 }
 
+/// A [`Handle`] as a [`tower_service::Service`] whose `poll_ready` reserves
+/// a unit of the server's capacity (see [the module docs](self)); made by
+/// [`Handle::reserving_service`].
+pub struct ReservingService<In: Send + 'static, Out: Send + 'static> {
+    handle: Handle<In, Out>,
+    opts: CallOptions,
+    reserved: Option<Permit>,
+    waiting: Option<WaitForRoom>,
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Clone for ReservingService<In, Out> {
+    /// A clone shares the server, not the reservation.
+    fn clone(&self) -> Self {
+        ReservingService {
+            handle: self.handle.clone(),
+            opts: self.opts,
+            reserved: None,
+            waiting: None,
+        }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> fmt::Debug for ReservingService<In, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReservingService")
+            .field("opts", &self.opts)
+            .field("reserved", &self.reserved.is_some())
+            .field("waiting", &self.waiting.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> ReservingService<In, Out> {
+    /// True while this service holds a unit of capacity (ready, not yet
+    /// called).
+    pub fn is_reserved(&self) -> bool {
+        self.reserved.is_some()
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> tower_service::Service<In>
+    for ReservingService<In, Out>
+{
+    type Response = Out;
+    type Error = Error;
+    type Future = CallFuture<Out>;
+
+    /// Ready once a unit of capacity is reserved for the next `call`;
+    /// `Pending` while the server is full (waiting in line for room);
+    /// `Err(Error::Shutdown)` once the server drains.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.reserved.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if let Some(w) = self.waiting.as_mut() {
+                match Pin::new(w).poll(cx) {
+                    Poll::Ready(Ok(p)) => {
+                        self.waiting = None;
+                        self.reserved = Some(p);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(Missed::Closed)) => {
+                        self.waiting = None;
+                        return Poll::Ready(Err(Error::Shutdown));
+                    }
+                    // The place in line lapsed (room handed to it comes
+                    // back then): stand in line again.
+                    Poll::Ready(Err(Missed::Expired)) => self.waiting = None,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match self.handle.core.admission.try_acquire() {
+                Ok(p) => {
+                    self.reserved = Some(p);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(Refused::Closed) => return Poll::Ready(Err(Error::Shutdown)),
+                Err(Refused::Full) => {
+                    let deadline = Instant::now() + self.opts.timeout;
+                    self.waiting = Some(self.handle.wait_for_room(deadline));
+                }
+            }
+        }
+    }
+
+    /// Submits `x` into the reserved unit, with this service's options. If
+    /// `poll_ready` was not called first, a full server fails the call with
+    /// [`Error::BacklogFull`].
+    fn call(&mut self, x: In) -> CallFuture<Out> {
+        match self.reserved.take() {
+            Some(p) => CallFuture::admitted(self.handle.submit_reserved(x, p, self.opts)),
+            None => {
+                let opts = self.opts.backpressure(true);
+                CallFuture::admitted(self.handle.submit(x, opts))
+            }
+        }
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
+    /// This handle as a [`tower_service::Service`] whose `poll_ready`
+    /// reserves a unit of capacity, so tower's `LoadShed`,
+    /// `ConcurrencyLimit` and balancers see a full server (see [the
+    /// module docs](self)). Calls use `opts`' time limit.
+    ///
+    /// ```
+    /// use mpserver::{worker_fn, CallOptions, Server, ThreadServlet};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = Server::start(ThreadServlet::new(worker_fn(|x: u32| x + 1))).unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .load_shed()
+    ///     .concurrency_limit(64)
+    ///     .service(server.reserving_service(CallOptions::default()));
+    /// assert_eq!(svc.oneshot(1).await.unwrap(), 2);
+    /// # }
+    /// ```
+    pub fn reserving_service(&self, opts: CallOptions) -> ReservingService<In, Out> {
+        ReservingService {
+            handle: self.clone(),
+            opts,
+            reserved: None,
+            waiting: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
@@ -283,6 +433,80 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(room, "capacity was not returned");
+    }
+
+    /// With the reserving service, a full server is not ready, so tower's
+    /// `LoadShed` sheds at `poll_ready` (its own `Overloaded` error)
+    /// instead of the call failing with `BacklogFull` later.
+    #[tokio::test]
+    async fn load_shed_sees_a_full_server_through_poll_ready() {
+        use tower::{ServiceBuilder, ServiceExt};
+        let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
+        let opts = CallOptions::timeout(Duration::from_secs(5));
+        let mut bare = server.reserving_service(opts);
+        poll_fn(|cx| bare.poll_ready(cx)).await.unwrap();
+        assert!(bare.is_reserved());
+        assert_eq!(server.backlog(), 1, "poll_ready reserves a unit");
+        let busy = Service::call(&mut bare, 100);
+        assert!(!bare.is_reserved());
+
+        // Full: not ready (and in line for room).
+        let mut probe = bare.clone();
+        let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(probe.poll_ready(noop).is_pending());
+        drop(probe);
+
+        let shed = ServiceBuilder::new()
+            .load_shed()
+            .service(server.reserving_service(opts));
+        let err = shed.clone().oneshot(1).await.unwrap_err();
+        assert!(
+            err.is::<tower::load_shed::error::Overloaded>(),
+            "expected Overloaded, got {err}"
+        );
+        assert_eq!(busy.await.unwrap(), 100);
+        assert_eq!(shed.oneshot(2).await.unwrap(), 2);
+        assert_eq!(server.backlog(), 0);
+    }
+
+    /// `ConcurrencyLimit` above the server's capacity: callers wait in
+    /// `poll_ready` for room, none is refused, and the backlog never
+    /// exceeds the capacity. The handle's plain service refuses some of the
+    /// same calls with `BacklogFull`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_limit_waits_for_room_through_poll_ready() {
+        use tower::{ServiceBuilder, ServiceExt};
+        let server = Server::builder(slow_echo()).capacity(2).start().unwrap();
+        let opts = CallOptions::timeout(Duration::from_secs(10));
+        let limited = ServiceBuilder::new()
+            .concurrency_limit(8)
+            .service(server.reserving_service(opts));
+        let calls: Vec<_> = (0..6)
+            .map(|i| tokio::spawn(limited.clone().oneshot(100 + i)))
+            .collect();
+        let mut most = 0;
+        while !calls.iter().all(|c| c.is_finished()) {
+            most = most.max(server.backlog());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (i, c) in calls.into_iter().enumerate() {
+            assert_eq!(c.await.unwrap().unwrap(), 100 + i as u32);
+        }
+        assert!(most <= 2, "backlog reached {most}");
+
+        let plain = ServiceBuilder::new()
+            .concurrency_limit(8)
+            .service(server.handle());
+        let calls: Vec<_> = (0..6)
+            .map(|i| tokio::spawn(plain.clone().oneshot(100 + i)))
+            .collect();
+        let mut refused = 0;
+        for c in calls {
+            if let Err(Error::BacklogFull(_)) = c.await.unwrap() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0, "the plain service admitted all six");
     }
 
     #[tokio::test]

@@ -16,7 +16,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::admission::Refused;
-use super::{Handle, Pending, WaitForRoom};
+use super::async_call::WaitForRoom;
+use super::{Handle, Pending};
 use crate::error::Error;
 use crate::servlet::plumbing::Push;
 

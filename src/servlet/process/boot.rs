@@ -145,6 +145,7 @@ fn make_boot(
         type_name: hello.type_name.clone(),
         start_hook,
         backtraces: hello.backtraces,
+        log_level: hello.log_level,
     })
 }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::boot;
 use super::spawn::{Boot, Entry, Target};
+use super::worker_log::{self, Forwarder};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
@@ -67,6 +68,8 @@ struct Results {
     /// (reported in a TIMING frame so the server can size this worker's credit).
     busy: Duration,
     busy_items: u32,
+    /// Forwarded `tracing` events, written with the results.
+    logs: Option<Forwarder>,
 }
 
 impl Results {
@@ -81,6 +84,7 @@ impl Results {
             codec,
             busy: Duration::ZERO,
             busy_items: 0,
+            logs: None,
         }
     }
 
@@ -253,10 +257,16 @@ impl Results {
             self.busy = Duration::ZERO;
             self.busy_items = 0;
         }
+        // Log events go with results, which the server is reading for.
+        let logged = self.entries > 0
+            && self
+                .logs
+                .as_ref()
+                .is_some_and(|l| l.drain_into(&mut self.buf));
         if let Some((k, body)) = extra {
             self.buf.frame(k, body);
         }
-        if self.entries > 0 || extra.is_some() {
+        if self.entries > 0 || extra.is_some() || logged {
             w.write_all(self.buf.as_bytes())?;
         }
         self.buf.clear();
@@ -309,6 +319,16 @@ fn send_frame(w: &mut impl Write, k: u8, body: &[u8]) -> std::io::Result<()> {
 fn init_failed(w: &mut impl Write, e: &WorkerError) -> std::io::Result<()> {
     let body = postcard::to_stdvec(e).unwrap_or_default();
     send_frame(w, kind::INIT_FAILED, &body)
+}
+
+/// Worker errors and panics are logged at warn (forwarded to the server's
+/// subscriber when it enables warn; see `worker_log.rs`).
+fn log_error(e: &WorkerError) {
+    if e.is_panic() {
+        tracing::warn!(error = %e, "worker panicked");
+    } else {
+        tracing::warn!(error = %e, "worker call failed");
+    }
 }
 
 /// What the worker process is running, for a panic that aborts the process
@@ -399,6 +419,7 @@ where
         mut writer,
         start_hook,
         backtraces,
+        log_level,
         ..
     } = boot;
     panic::set_backtraces(backtraces);
@@ -432,6 +453,8 @@ where
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
+    // After the hook, which may install a subscriber of its own.
+    let logs = worker_log::install(log_level);
     if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
         init_failed(&mut writer, &e)?;
         return Ok(());
@@ -445,6 +468,7 @@ where
     // tells which cancellations are for items already done.
     let mut max_seen: Option<u64> = None;
     let mut results = Results::new(config.max_frame, config.codec);
+    results.logs = logs;
     let mut eof = false;
     let mut done: u64 = 0;
     let mut retire = RetireCheck::default();
@@ -504,7 +528,10 @@ where
                         running(Running::Items(vec![id]));
                         match panic::catch(|| worker.call(x)).and_then(|r| r) {
                             Ok(y) => results.ok(id, &y),
-                            Err(e) => results.err(id, &e),
+                            Err(e) => {
+                                log_error(&e);
+                                results.err(id, &e);
+                            }
                         }
                         running(Running::Nothing);
                     }
@@ -534,7 +561,10 @@ where
                             for (id, r) in ids.iter().zip(rs) {
                                 match r {
                                     Ok(y) => results.ok(*id, &y),
-                                    Err(e) => results.err(*id, &e),
+                                    Err(e) => {
+                                        log_error(&e);
+                                        results.err(*id, &e);
+                                    }
                                 }
                             }
                         }
@@ -543,11 +573,13 @@ where
                                 "BatchSizeMismatch",
                                 format!("call_batch returned {} results for {n} items", rs.len()),
                             );
+                            log_error(&e);
                             for id in &ids {
                                 results.err(*id, &e);
                             }
                         }
                         Err(e) => {
+                            log_error(&e);
                             for id in &ids {
                                 results.err(*id, &e);
                             }
@@ -568,6 +600,13 @@ where
         }
     }
     let _ = panic::catch(|| worker.cleanup());
+    // Events logged since the last results (the server reads to the end).
+    if let Some(logs) = &results.logs {
+        let mut last = FrameBuf::new();
+        if logs.drain_into(&mut last) {
+            writer.write_all(last.as_bytes())?;
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ mod image;
 mod reader;
 pub(crate) mod spawn;
 mod supervisor;
+mod worker_log;
 
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
@@ -89,7 +90,7 @@ impl Default for RestartPolicy {
 
 /// Processes spawned by one server, so a forced shutdown can kill them all.
 #[derive(Debug, Default)]
-pub struct ChildRegistry {
+pub(crate) struct ChildRegistry {
     pids: Mutex<HashSet<u32>>,
 }
 

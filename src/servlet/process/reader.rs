@@ -140,6 +140,11 @@ impl<Out: DeserializeOwned + Send + 'static> ReadSide<Out> {
                 let _ = self.events.send(Event::Retiring);
                 None
             }
+            // The worker process's `tracing` events (h2-life: worker_log.rs).
+            Ok(Some((kind::LOG, body))) => {
+                super::worker_log::emit(&self.id, body);
+                None
+            }
             Ok(Some((k, _))) => Some(Some(format!("unexpected frame kind {k} from worker"))),
         }
     }

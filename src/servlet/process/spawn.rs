@@ -83,6 +83,8 @@ pub(crate) struct Boot {
     pub(crate) start_hook: Option<StartHook>,
     /// Capture backtraces of worker errors and panics.
     pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none).
+    pub(crate) log_level: u8,
 }
 
 /// The type of a worker entry function.
@@ -113,6 +115,8 @@ pub(crate) struct Hello {
     pub(crate) cpus: Vec<usize>,
     /// Capture backtraces of worker errors and panics.
     pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none; see `worker_log`).
+    pub(crate) log_level: u8,
     pub(crate) find: Find,
 }
 
@@ -350,6 +354,53 @@ impl<W> super::ProcessServlet<W> {
     /// re-executed; see [`Launcher`]).
     pub fn launcher(mut self, launcher: Launcher) -> Self {
         self.spawn.launcher = launcher;
+        self
+    }
+
+    /// A function run in every worker process before the worker's
+    /// [`init`](crate::Worker::init), with the worker's context (its index,
+    /// name and CPUs): set per-worker environment (`CUDA_VISIBLE_DEVICES`,
+    /// thread counts of math libraries), install a `tracing` subscriber,
+    /// raise limits. An `Err` (or a panic) fails the worker's start as
+    /// `init` would.
+    ///
+    /// It must be a plain function, not a closure: the worker process finds
+    /// it the way it finds its worker, by its place in the executable, so it
+    /// works with the default re-exec [`Launcher`] only (with
+    /// [`Launcher::program`] the start fails; do such set-up in the program,
+    /// or set environment with [`Launcher::command_hook`]). When the hook
+    /// runs, the worker process has a single thread (unless code run before
+    /// `main` started others), so `std::env::set_var` is sound there.
+    ///
+    /// ```
+    /// use mpserver::{ProcessServlet, Server, WorkerContext, WorkerError};
+    /// # use mpserver::Worker;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Device;
+    /// # impl Worker for Device {
+    /// #     type Input = ();
+    /// #     type Output = Option<String>;
+    /// #     fn call(&mut self, _: ()) -> Result<Option<String>, WorkerError> {
+    /// #         Ok(std::env::var("CUDA_VISIBLE_DEVICES").ok())
+    /// #     }
+    /// # }
+    ///
+    /// fn pick_gpu(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    ///     // SAFETY: the worker process has one thread when the hook runs.
+    ///     unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ctx.worker_index().to_string()) };
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() {
+    /// let server = Server::start(ProcessServlet::new(Device).on_worker_start(pick_gpu)).unwrap();
+    /// assert_eq!(server.call(()).unwrap().as_deref(), Some("0"));
+    /// # }
+    /// ```
+    pub fn on_worker_start(
+        mut self,
+        hook: fn(&crate::WorkerContext) -> Result<(), crate::WorkerError>,
+    ) -> Self {
+        self.spawn.start_hook = Some(hook);
         self
     }
 }
@@ -596,6 +647,7 @@ fn start(
         crate_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus: crate::affinity::process_cpus().to_vec(),
         backtraces: opts.backtraces,
+        log_level: super::worker_log::server_level(),
         find,
     };
     let mut frame = FrameBuf::new();

@@ -223,6 +223,7 @@ impl<W: Worker> ThreadWorker<W> {
             }
             Err(error) => {
                 self.stats.items_err.fetch_add(1, Relaxed);
+                tracing::warn!(worker = %self.id, error = %error, "worker call failed");
                 self.out.fail(
                     ticket,
                     Error::Worker {

@@ -1,12 +1,15 @@
 //! Server-level counters: requests by outcome and end-to-end latency.
+//!
+//! The server records into [`ServerStats`]; users read [`RequestStats`]
+//! snapshots (`Handle::request_stats`).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::{Histogram, HistogramSnapshot};
 use crate::error::{Error, ErrorClass};
-use crate::metrics::{Histogram, HistogramSnapshot};
 
 /// Error kinds counted separately (see [`Error::kind`]).
 pub const ERROR_KINDS: [&str; 11] = Error::KINDS;

@@ -1,0 +1,187 @@
+//! `tracing` events of worker processes reach the server's subscriber, with
+//! the worker's name, index and pid; worker errors are logged at warn; a
+//! worker that logs more than its queue holds drops events and says how
+//! many. (Its own test binary: it installs a global subscriber.)
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use mpserver::{ProcessServlet, Server, ThreadServlet, Worker, WorkerContext, WorkerError};
+use serde::{Deserialize, Serialize};
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+/// One event seen by the server's subscriber: its level and fields.
+type Seen = (tracing::Level, HashMap<String, String>);
+
+fn seen() -> &'static Mutex<Vec<Seen>> {
+    static SEEN: OnceLock<Mutex<Vec<Seen>>> = OnceLock::new();
+    SEEN.get_or_init(Default::default)
+}
+
+struct Capture;
+
+#[derive(Default)]
+struct Fields(HashMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if !event.metadata().target().starts_with("mpserver::servlet") {
+            return;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        f.0.insert("event_target".into(), event.metadata().target().into());
+        seen()
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), f.0));
+    }
+}
+
+fn install() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let sub = tracing_subscriber::registry().with(Capture.with_filter(LevelFilter::INFO));
+        tracing::subscriber::set_global_default(sub).unwrap();
+    });
+}
+
+/// Logs around its work; fails on negative input; logs `burst` events in a
+/// call on 1000.
+#[derive(Clone, Serialize, Deserialize)]
+struct Chatty {
+    burst: usize,
+}
+
+impl Worker for Chatty {
+    type Input = i64;
+    type Output = i64;
+    fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
+        tracing::info!(index = ctx.worker_index(), "chatty worker ready");
+        Ok(())
+    }
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        let _span = tracing::info_span!("chatty_work", item = x).entered();
+        tracing::info!(x, "handling item");
+        tracing::debug!("not forwarded: the server enables info");
+        if x < 0 {
+            return Err(WorkerError::new("Negative", format!("{x} is negative")));
+        }
+        if x == 1000 {
+            for i in 0..self.burst {
+                tracing::info!(i, "burst");
+            }
+        }
+        Ok(x)
+    }
+}
+
+fn wait_until(what: &str, cond: impl Fn(&[Seen]) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond(&seen().lock().unwrap_or_else(|p| p.into_inner())) {
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn field<'a>(s: &'a Seen, name: &str) -> &'a str {
+    s.1.get(name).map(String::as_str).unwrap_or("")
+}
+
+#[test]
+fn worker_process_events_reach_the_server_subscriber() {
+    install();
+    let server = Server::start(ProcessServlet::new(Chatty { burst: 0 }).name("chatty")).unwrap();
+    let pid = server.worker_pids()[0].to_string();
+    assert_eq!(server.call(3).unwrap(), 3);
+    wait_until("the init and item events", |s| {
+        s.iter()
+            .any(|e| field(e, "message") == "chatty worker ready")
+            && s.iter().any(|e| field(e, "message") == "handling item")
+    });
+    {
+        let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+        let e = s
+            .iter()
+            .find(|e| field(e, "message") == "handling item")
+            .unwrap();
+        assert_eq!(e.0, tracing::Level::INFO);
+        assert_eq!(field(e, "worker"), "chatty");
+        assert_eq!(field(e, "index"), "0");
+        assert_eq!(field(e, "pid"), pid);
+        assert_eq!(field(e, "target"), "worker_logs");
+        assert_eq!(field(e, "fields"), "x=3");
+        assert_eq!(field(e, "spans"), "chatty_work");
+        assert!(
+            !s.iter()
+                .any(|e| field(e, "message").starts_with("not forwarded")),
+            "a debug event was forwarded"
+        );
+    }
+    // A worker error is logged at warn.
+    assert!(server.call(-2).is_err());
+    wait_until("the worker error at warn", |s| {
+        s.iter().any(|e| {
+            e.0 == tracing::Level::WARN
+                && field(e, "message") == "worker call failed"
+                && field(e, "fields").contains("-2 is negative")
+        })
+    });
+}
+
+#[test]
+fn a_burst_beyond_the_queue_is_dropped_and_counted() {
+    install();
+    let burst = 20_000;
+    let server = Server::start(ProcessServlet::new(Chatty { burst }).name("bursty")).unwrap();
+    assert_eq!(server.call(1000).unwrap(), 1000);
+    wait_until("the dropped count", |s| {
+        s.iter()
+            .any(|e| field(e, "worker") == "bursty" && e.1.contains_key("dropped"))
+    });
+    drop(server);
+    let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let got = s
+        .iter()
+        .filter(|e| field(e, "worker") == "bursty" && field(e, "message") == "burst")
+        .count();
+    let dropped: usize = s
+        .iter()
+        .filter(|e| field(e, "worker") == "bursty")
+        .filter_map(|e| e.1.get("dropped"))
+        .map(|d| d.parse::<usize>().unwrap())
+        .sum();
+    assert!(got > 0 && dropped > 0, "got {got}, dropped {dropped}");
+    assert_eq!(
+        got + dropped,
+        burst,
+        "every event is either delivered or counted"
+    );
+}
+
+#[test]
+fn thread_worker_errors_are_logged_at_warn() {
+    install();
+    let server = Server::start(ThreadServlet::new(Chatty { burst: 0 }).name("threaded")).unwrap();
+    assert!(server.call(-7).is_err());
+    wait_until("the thread worker's error at warn", |s| {
+        s.iter().any(|e| {
+            e.0 == tracing::Level::WARN
+                && field(e, "event_target") == "mpserver::servlet::thread"
+                && field(e, "worker").starts_with("threaded#0")
+                && field(e, "error").contains("-7 is negative")
+        })
+    });
+}
