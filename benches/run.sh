@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# Run the whole benchmark comparison: raw limit, Python mpservice 0.12.9 and
-# 0.16.8, and mpserver (if its scenarios binary has been built), each under
-# both CPU placements, then build the report.
+# Run the benchmark comparison under the suite's protocol: raw limit, Python
+# mpservice 0.12.9 and 0.16.8 (each at its best documented setting), and
+# mpserver, scenario by scenario, under both CPU placements; then build the
+# report.
 #
-# Usage: benches/run.sh [--quick] [--runs N] [--no-build]
+# Usage: benches/run.sh [--quick] [--runs N] [--scenarios S1,S13,...]
+#                       [--placements pinned1,unpinned] [--defaults] [--no-build]
 #
-#   --quick     smaller counts everywhere (smoke test)
-#   --runs N    runs per figure (default 3)
-#   --no-build  use the binaries already in the target directory
+#   --quick       smaller counts, 1 run, short quiet waits, no reruns (smoke test)
+#   --runs N      runs per figure (default 3; each run is a separate invocation
+#                 of each contender, their order alternating from run to run)
+#   --scenarios   ids to run (default: R, S1-S14; an id no contender defines,
+#                 e.g. S11 before it exists, is skipped with a note)
+#   --placements  placements to measure (default: pinned1,unpinned)
+#   --defaults    run the mpservice peers at their default settings
+#   --no-build    use the binaries already in the target directory
+#
+# Protocol (see benches/README.md): before each contender's run of a scenario,
+# wait until other processes use less than BENCH_MAX_FOREIGN cores (default
+# 0.10) for BENCH_QUIET_FOR seconds (3), at most BENCH_QUIET_TIMEOUT seconds
+# (60; 5 with --quick); record the foreign load during the run and rerun it
+# up to BENCH_RETRIES times (2; 0 with --quick) when it exceeded the limit.
+# Waits and reruns together may take at most BENCH_BUDGET seconds (1800; 120
+# with --quick); after that nothing waits or reruns. Figures still measured
+# under load are marked noisy (⚠ in the table).
 #
 # Outputs: benches/results/*.jsonl (one file per contender and placement),
-# benches/results/*.log (progress), and docs/bench/{results.json,table.md,ratios.png}
+# benches/results/run.log (progress), and docs/bench/{results.json,table.md,ratios.png}
 # (another folder with BENCH_REPORT_DIR=DIR).
 # The target directory is $CARGO_TARGET_DIR if set, else <repo>/target.
 set -euo pipefail
@@ -22,78 +38,165 @@ target="${CARGO_TARGET_DIR:-$root/target}"
 bin="$target/release"
 report_dir="${BENCH_REPORT_DIR:-$root/docs/bench}"
 
-pass=()
+quick=0
+runs=3
+runs_given=0
 build=1
+best=1
+selection=""
+placements="pinned1,unpinned"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) pass+=(--quick) ;;
-        --runs) pass+=(--runs "$2"); shift ;;
-        --runs=*) pass+=("$1") ;;
+        --quick) quick=1 ;;
+        --runs) runs="$2"; runs_given=1; shift ;;
+        --runs=*) runs="${1#--runs=}"; runs_given=1 ;;
+        --scenarios) selection="$2"; shift ;;
+        --scenarios=*) selection="${1#--scenarios=}" ;;
+        --placements) placements="$2"; shift ;;
+        --placements=*) placements="${1#--placements=}" ;;
+        --defaults) best=0 ;;
         --no-build) build=0 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
+case "$runs" in
+    ''|*[!0-9]*|0) echo "run.sh: --runs needs a positive integer" >&2; exit 2 ;;
+esac
+
+if [ "$quick" = 1 ]; then
+    [ "$runs_given" = 1 ] || runs=1
+    quiet_timeout="${BENCH_QUIET_TIMEOUT:-5}"
+    retries="${BENCH_RETRIES:-0}"
+    budget="${BENCH_BUDGET:-120}"
+else
+    quiet_timeout="${BENCH_QUIET_TIMEOUT:-60}"
+    retries="${BENCH_RETRIES:-2}"
+    budget="${BENCH_BUDGET:-1800}"
+fi
+max_foreign="${BENCH_MAX_FOREIGN:-0.10}"
+quiet_for="${BENCH_QUIET_FOR:-3}"
 
 say() { echo "== $*" >&2; }
 
 cd "$root"
 if [ "$build" = 1 ]; then
     say "building mpserver-benches (release)"
-    cargo build --release -p mpserver-benches
+    cargo build --release -p mpserver-benches --bins
 fi
-for b in raw_limit report; do
+for b in raw_limit report loadwatch; do
     [ -x "$bin/$b" ] || { echo "run.sh: $bin/$b is missing (build first)" >&2; exit 1; }
 done
-
-# Other work on the machine (builds, tests) skews every figure: warn about it.
-load="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "run.sh: WARNING: 1-minute load average is $load; figures will be noisy" \
-        "unless the machine is otherwise idle" >&2
-fi
 
 say "setting up Python venvs"
 bash "$benches/python/setup_venvs.sh"
 
 mkdir -p "$results"
-rm -f "$results"/*.jsonl "$results"/*.log
+rm -f "$results"/*.jsonl "$results"/*.log "$results/budget"
+exec 2> >(tee "$results/run.log" >&2)
 failed=()
 
-# run NAME CMD...: stdout -> results/NAME.jsonl, stderr -> results/NAME.log (and shown).
-run() {
-    local name="$1"; shift
-    say "$name"
-    if ! "$@" >"$results/$name.jsonl" 2> >(tee "$results/$name.log" >&2); then
-        echo "run.sh: $name failed (see $results/$name.log)" >&2
-        failed+=("$name")
-    fi
-}
-
-for placement in pinned1 unpinned; do
-    run "raw-$placement" "$bin/raw_limit" --placement "$placement" "${pass[@]}"
-done
-
+# Contenders and the scenarios each defines.
+contenders=()
+declare -A cmd defines
+if [ -x "$bin/mpserver_scenarios" ]; then
+    contenders+=(mpserver)
+    cmd[mpserver]="$bin/mpserver_scenarios"
+    defines[mpserver]=" $("$bin/mpserver_scenarios" --list | tr '\n' ' ') "
+else
+    echo "run.sh: $bin/mpserver_scenarios not built; mpserver shows as n/a" >&2
+fi
 for version in 0.12.9 0.16.8; do
     venv="$benches/.venv-$version"
     if [ ! -f "$venv/READY" ]; then
         echo "run.sh: skipping mpservice-$version ($(cat "$venv/SKIP" 2>/dev/null || echo 'venv not ready'))" >&2
         continue
     fi
-    for placement in pinned1 unpinned; do
-        run "mpservice-$version-$placement" \
-            "$venv/bin/python" "$benches/python/mpservice_bench.py" --placement "$placement" "${pass[@]}"
-    done
+    c="mpservice-$version"
+    contenders+=("$c")
+    cmd[$c]="$venv/bin/python $benches/python/mpservice_bench.py"
+    [ "$best" = 1 ] && cmd[$c]+=" --best"
+    defines[$c]=" $($venv/bin/python "$benches/python/mpservice_bench.py" --list | tr '\n' ' ') "
 done
 
-if [ -x "$bin/mpserver_scenarios" ]; then
-    for placement in pinned1 unpinned; do
-        run "mpserver-$placement" "$bin/mpserver_scenarios" --placement "$placement" "${pass[@]}"
-    done
+# The scenarios to run. Raw-limit scenarios (R1-R4) are the counterparts of
+# S1, S2, S8 and S6; a selection of S ids brings their raw counterparts along.
+all_s=(S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 S11 S12 S13 S14)
+if [ -z "$selection" ]; then
+    wanted=("${all_s[@]}")
+    raw_ids="R1,R2,R3,R3b,R4"
 else
-    echo "run.sh: $bin/mpserver_scenarios not built yet; mpserver shows as n/a" >&2
+    IFS=',' read -r -a wanted <<<"${selection^^}"
+    raw_ids=""
+    for id in "${wanted[@]}"; do
+        case "${id%%_*}" in
+            R*) raw_ids+="${id%%_*}," ;;
+            S1) raw_ids+="R1," ;;
+            S2) raw_ids+="R2," ;;
+            S6) raw_ids+="R4," ;;
+            S8) raw_ids+="R3,R3b," ;;
+        esac
+    done
+    raw_ids="${raw_ids%,}"
 fi
+
+common=()
+[ "$quick" = 1 ] && common+=(--quick)
+
+# measure NAME PLACEMENT SCENARIO CMD...: one run of one contender under the
+# protocol (quiet wait, foreign-load record, bounded reruns).
+measure() {
+    local name="$1" placement="$2" scenario="$3"; shift 3
+    say "$scenario $placement: $name"
+    if ! "$bin/loadwatch" run --out "$results/$name-$placement.jsonl" \
+        --max-foreign "$max_foreign" --quiet-for "$quiet_for" \
+        --quiet-timeout "$quiet_timeout" --retries "$retries" \
+        --budget-file "$results/budget" --budget "$budget" \
+        -- "$@" --placement "$placement" --runs 1 --scenarios "$scenario" "${common[@]}"; then
+        echo "run.sh: $name $scenario $placement failed" >&2
+        failed+=("$name:$scenario:$placement")
+    fi
+}
+
+IFS=',' read -r -a placement_list <<<"$placements"
+if [ -n "$raw_ids" ]; then
+    for placement in "${placement_list[@]}"; do
+        for ((r = 0; r < runs; r++)); do
+            measure raw "$placement" "$raw_ids" "$bin/raw_limit"
+        done
+    done
+fi
+
+for id in "${wanted[@]}"; do
+    key="${id%%_*}"
+    [[ "$key" == R* ]] && continue
+    who=()
+    for c in "${contenders[@]}"; do
+        [[ "${defines[$c]}" == *" $key "* ]] && who+=("$c")
+    done
+    if [ ${#who[@]} -eq 0 ]; then
+        say "$key: not defined by any contender, skipped"
+        continue
+    fi
+    for placement in "${placement_list[@]}"; do
+        if [ "$key" = S6 ] && [ "$placement" = pinned1 ]; then
+            say "S6 pinned1: skipped (S6 measures scaling over 2 CPUs)"
+            continue
+        fi
+        for ((r = 0; r < runs; r++)); do
+            # Alternate the order of contenders: rotate it by the run
+            # number, so each goes first, second, ... in turn.
+            n=${#who[@]}
+            order=()
+            for ((i = 0; i < n; i++)); do order+=("${who[$(((i + r) % n))]}"); done
+            for c in "${order[@]}"; do
+                # shellcheck disable=SC2086  # cmd holds a program and its flags
+                measure "$c" "$placement" "$key" ${cmd[$c]}
+            done
+        done
+    done
+done
 
 say "report"
 "$bin/report" \

@@ -41,7 +41,7 @@ impl fmt::Display for WorkerId {
 /// says how long). Either way the request never entered the flow: nothing
 /// ran, and it is safe to retry. A request that was admitted and then ran
 /// out of time is a [`TimeoutError`] instead.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error(
     "server backlog full: {capacity} requests in flight{}",
     if waited.is_zero() { String::new() } else { format!(" (waited {:.3} s for room)", waited.as_secs_f64()) }
@@ -63,7 +63,7 @@ impl ServerBacklogFull {
 
 /// A request did not finish within its time limit. Counted from the call's
 /// start; says how long was spent getting into the server and in total.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error(
     "request timed out after {:.3} s (limit {:.3} s; {:.3} s spent enqueuing{})",
     total.as_secs_f64(), limit.as_secs_f64(), enqueue.as_secs_f64(),
@@ -83,7 +83,7 @@ pub struct TimeoutError {
 }
 
 /// A worker process died while it held the request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("worker {worker} crashed: {how}")]
 pub struct WorkerCrashed {
     /// The worker that died.
@@ -93,7 +93,7 @@ pub struct WorkerCrashed {
 }
 
 /// An item was failed because its processing crashed workers repeatedly.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("poison item: crashed workers {crashes} times (last: {last})")]
 pub struct PoisonItem {
     /// How many worker crashes the item was involved in.
@@ -117,7 +117,7 @@ pub enum CodecDirection {
 
 /// A value failed to serialize or deserialize at a process boundary. Only that
 /// request fails.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("codec error ({direction:?}) at worker {worker}: {message}")]
 pub struct CodecError {
     /// The worker whose boundary it was.
@@ -141,6 +141,15 @@ pub struct EnsembleError {
 }
 
 impl EnsembleError {
+    /// An ensemble error with these member errors (`None` for a member that
+    /// succeeded or had not answered), e.g. to build one in a test.
+    pub fn new(errors: Vec<Option<Error>>) -> Self {
+        EnsembleError {
+            errors,
+            values: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Per member: `Some(error)` if that member failed (or was not waited for,
     /// with fail-fast), `None` if it succeeded or had not answered.
     pub fn errors(&self) -> &[Option<Error>] {
@@ -170,6 +179,27 @@ impl EnsembleError {
     }
 }
 
+/// Serialised as its member errors (`{"errors": [...]}`); the successful
+/// members' values stay behind.
+impl Serialize for EnsembleError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("EnsembleError", 1)?;
+        st.serialize_field("errors", &self.errors)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for EnsembleError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Members {
+            errors: Vec<Option<Error>>,
+        }
+        Members::deserialize(d).map(|m| EnsembleError::new(m.errors))
+    }
+}
+
 impl fmt::Display for EnsembleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let failed = self.errors.iter().filter(|e| e.is_some()).count();
@@ -194,7 +224,7 @@ impl fmt::Debug for EnsembleError {
 }
 
 /// Why the server (or a worker within it) could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StartError {
     /// A worker's `init` failed (or panicked).
     #[error("worker {worker} failed to initialise: {error}")]
@@ -218,10 +248,42 @@ pub enum StartError {
     /// The flow is not valid (e.g. an ensemble without members).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Some workers did not finish starting (their `init`, or a process's
+    /// start-up) within the builder's `start_timeout`.
+    #[error(
+        "workers did not start within {:.3} s: {}",
+        waited.as_secs_f64(),
+        if workers.is_empty() { "(unknown)".to_string() } else { workers.join(", ") }
+    )]
+    Timeout {
+        /// How long the start waited.
+        waited: Duration,
+        /// The workers that had not answered, as `name#index`.
+        workers: Vec<String>,
+    },
 }
 
 /// The error of a request (or of a server operation).
-#[derive(Debug, thiserror::Error)]
+///
+/// Errors are values that can be built in tests, converted into
+/// `anyhow::Error` or `Box<dyn std::error::Error + Send + Sync>`, and
+/// serialised with serde (to pass on between services): the form is
+/// `{"kind": <Error::kind>, "detail": ...}`.
+///
+/// ```
+/// use std::time::Duration;
+/// use mpserver::{Error, ServerBacklogFull};
+///
+/// let e = Error::BacklogFull(ServerBacklogFull::new(8, Duration::from_millis(5)));
+/// let json = serde_json::to_string(&e).unwrap();
+/// assert!(json.starts_with(r#"{"kind":"backlog_full""#), "{json}");
+/// let back: Error = serde_json::from_str(&json).unwrap();
+/// assert_eq!(back.to_string(), e.to_string());
+/// let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
+/// assert!(boxed.to_string().contains("backlog full"));
+/// ```
+#[derive(Debug, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Error {
     /// The server had no room: full and the call asked not to wait, or the
@@ -462,6 +524,57 @@ impl Error {
             Error::Ensemble(e) => e.class(),
             Error::Cancelled | Error::Shutdown | Error::Start(_) => ErrorClass::Shutdown,
         }
+    }
+}
+
+/// A request refused before it entered the flow, with its input handed back
+/// (as crossbeam's `TrySendError::Full(T)`), so the caller can retry it or
+/// send it elsewhere: returned by
+/// [`Handle::try_submit`](crate::Handle::try_submit). The error is
+/// [`Error::BacklogFull`] or [`Error::Shutdown`].
+pub struct Rejected<T> {
+    /// The input, untouched.
+    pub input: T,
+    /// Why it was refused.
+    pub error: Error,
+}
+
+impl<T> Rejected<T> {
+    /// The input, to retry or send elsewhere.
+    pub fn into_input(self) -> T {
+        self.input
+    }
+
+    /// The input and the reason.
+    pub fn into_parts(self) -> (T, Error) {
+        (self.input, self.error)
+    }
+}
+
+impl<T> fmt::Debug for Rejected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for Rejected<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request refused: {}", self.error)
+    }
+}
+
+impl<T> std::error::Error for Rejected<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl<T> From<Rejected<T>> for Error {
+    /// Drops the input, keeping the reason.
+    fn from(r: Rejected<T>) -> Self {
+        r.error
     }
 }
 

@@ -20,6 +20,7 @@ compile_error!(
 
 pub mod affinity;
 mod batch;
+mod bytes;
 // The guide and the migration table, as pages of the API documentation; their
 // code is compiled and run as doc-tests, so it cannot drift from the API.
 pub mod docs;
@@ -35,8 +36,11 @@ pub mod servlet;
 mod sync;
 pub mod worker;
 
+pub use crate::bytes::Bytes;
 pub use affinity::CpuAffinity;
-pub use error::{Error, ServerBacklogFull, WorkerError};
+pub use error::{
+    EnsembleError, Error, Rejected, ServerBacklogFull, StartError, TimeoutError, WorkerError,
+};
 pub use ipc::Codec;
 pub use server::{CallOptions, DebugInfo, Handle, Pending, Server, StreamOptions};
 pub use servlet::{
@@ -50,7 +54,9 @@ pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 ///
 /// With the default `auto-init` feature this runs automatically before `main`
 /// (so tests and binaries need nothing). Without that feature, call it as the
-/// first line of `main` of any binary that starts process servlets:
+/// first line of `main` of any binary that starts process servlets (a worker
+/// process whose `main` gets further without it refuses to start a server,
+/// and the server's start fails naming this function):
 ///
 /// ```no_run
 /// # #[allow(clippy::needless_doctest_main)]

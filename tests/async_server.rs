@@ -105,7 +105,6 @@ fn start_async_reports_a_failed_init() {
         .unwrap();
     let err = rt
         .block_on(Server::builder(ProcessServlet::new(BadInit { panic: false })).start_async())
-        .err()
-        .expect("start must fail");
+        .expect_err("start must fail");
     assert!(err.to_string().contains("no model at /nowhere"), "{err}");
 }

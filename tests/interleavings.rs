@@ -42,7 +42,6 @@ fn per_pid(outs: impl IntoIterator<Item = Out>) -> Vec<usize> {
 /// keeps its capacity unit until the worker is done, and the item does not
 /// count as skipped: it ran.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn a_running_item_keeps_its_capacity_unit_after_its_deadline() {
     let flow = sequential![
         ThreadServlet::new(worker_fn(|x: Op| x)),
@@ -81,7 +80,6 @@ fn a_running_item_keeps_its_capacity_unit_after_its_deadline() {
 /// runs hold their units; those it never began count as skipped, and only
 /// those.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn only_items_that_never_ran_count_as_skipped() {
     let log = temp_path("skipped-log");
     let server = Server::builder(ProcessServlet::new(Chaos::new().log(&log)).max_inflight(8))
@@ -162,7 +160,6 @@ const SLOW_MS: u64 = 400;
 
 /// Eight slow items streamed to four fresh worker processes: two each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_stream_items_spread_over_idle_workers() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).workers(4)).unwrap();
     for round in 0..2 {
@@ -176,7 +173,6 @@ fn slow_stream_items_spread_over_idle_workers() {
 
 /// Eight slow concurrent calls on four worker processes: two each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_concurrent_calls_spread_over_idle_workers() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).workers(4)).unwrap();
     for round in 0..2 {
@@ -199,7 +195,6 @@ fn slow_concurrent_calls_spread_over_idle_workers() {
 /// Twelve slow items in batches of three on four fresh worker processes:
 /// one batch each.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn slow_batches_spread_over_idle_workers() {
     let server = Server::start(
         ProcessServlet::new(Chaos::new())
@@ -314,7 +309,6 @@ impl Worker for MakeTouchy {
 /// process's results are delivered) fails only the item concerned: the
 /// worker process is not taken for crashed and the other items succeed.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn a_user_panic_where_results_are_delivered_fails_only_its_item() {
     let flow = sequential![
         ProcessServlet::new(MakeTouchy).name("touchy"),
@@ -348,7 +342,6 @@ fn a_user_panic_where_results_are_delivered_fails_only_its_item() {
 /// At shutdown a worker process that runs only an item whose request timed
 /// out is stopped at once, not waited for.
 #[test]
-#[ignore = "fails before the fix (issue 10)"]
 fn shutdown_does_not_wait_for_abandoned_work() {
     for via_queue in [false, true] {
         let servlet = ProcessServlet::new(Chaos::new()).name("abandoned");
@@ -389,4 +382,90 @@ fn shutdown_still_finishes_live_work() {
     std::thread::sleep(Duration::from_millis(100));
     server.shutdown();
     assert_eq!(p.wait().unwrap().0, 8);
+}
+
+// ------------------------------------------------- issue 12, process layer
+
+/// A worker process that served normally and is then killed from outside is
+/// replaced at once; one killed again before it answered anything backs off
+/// (and says so in its status: last exit, back-off deadline).
+#[test]
+fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let policy = mpserver::RestartPolicy {
+        backoff: Duration::from_secs(3),
+        max_backoff: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .name("victim")
+            .restart_policy(policy),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    let replaced = wait_until(Duration::from_secs(2), || {
+        let p = server.worker_pids();
+        p.len() == 1 && p[0] != pid
+    });
+    assert!(replaced, "not replaced within 2 s (back-off is 3 s)");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let snap = server.servlets();
+    let last = snap.workers[0].last_exit.clone().unwrap_or_default();
+    assert!(last.contains("SIGKILL"), "{last}");
+    // Killed again before answering anything: back-off this time.
+    let pid2 = server.worker_pids()[0];
+    kill(Pid::from_raw(pid2 as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || server
+        .worker_pids()
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.worker_pids().is_empty(), "it backs off");
+    let w = &server.servlets().workers[0];
+    assert!(!w.alive);
+    assert!(w.backoff_until_unix_ms.is_some(), "{w:?}");
+}
+
+/// While a servlet has no live worker (its only process died and backs off
+/// for 3 s), an item waits at most `wait_for_worker` and then fails with a
+/// retryable crash error; once the worker is back, calls succeed.
+#[test]
+fn an_item_waits_for_a_dead_stage_at_most_its_bound() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let policy = mpserver::RestartPolicy {
+        backoff: Duration::from_secs(3),
+        max_backoff: Duration::from_secs(5),
+        restart_served_at_once: false,
+        ..Default::default()
+    };
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .restart_policy(policy)
+            .wait_for_worker(Duration::from_millis(300)),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || server
+        .worker_pids()
+        .is_empty()));
+    let t = Instant::now();
+    let r = server.call_with(Op::Echo(2), CallOptions::timeout(Duration::from_secs(20)));
+    assert!(matches!(r, Err(Error::WorkerCrashed(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .worker_pids()
+        .len()
+        == 1));
+    assert_eq!(server.call(Op::Echo(3)).unwrap().0, 6);
 }

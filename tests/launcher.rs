@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mpserver::servlet::process::{BootError, Launcher, serve_worker};
@@ -314,4 +314,81 @@ fn the_start_hook_runs_in_every_worker_process_before_init() {
     .unwrap();
     assert!(err.to_string().contains("re-exec launcher"), "{err}");
     assert!(all_children().is_empty(), "{:?}", all_children());
+}
+
+/// Helper: a server program whose executable is replaced on disk while it
+/// runs (an upgrade). Starts a server, says `ready`, waits for `go`, then
+/// starts another server (its workers re-execute `/proc/self/exe`).
+#[test]
+fn helper_upgrade_server() {
+    if std::env::var_os("MPSERVER_TEST_UPGRADE").is_none() {
+        return;
+    }
+    let first = Server::start(ProcessServlet::new(Double)).unwrap();
+    assert_eq!(first.call(1).unwrap(), 2);
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    match Server::start(ProcessServlet::new(Double)).and_then(|s| s.call(42)) {
+        Ok(y) => println!("second server: ok {y}"),
+        Err(e) => println!("second server: error {e}"),
+    }
+    // A worker of the first server, restarted after the upgrade.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.worker_pids()[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match first.call(5) {
+            Ok(y) => {
+                println!("restarted worker: ok {y}");
+                break;
+            }
+            Err(e) if Instant::now() > deadline => {
+                println!("restarted worker: error {e}");
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+#[test]
+fn workers_run_the_servers_image_after_the_executable_is_replaced() {
+    use std::io::{BufRead, BufReader, Write};
+    let _serial = serial();
+    let program = support::temp_path("upgrade");
+    std::fs::copy(std::env::current_exe().unwrap(), &program).unwrap();
+    let mut child = Command::new(&program)
+        .args(["--exact", "helper_upgrade_server", "--nocapture"])
+        .env("MPSERVER_TEST_UPGRADE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        lines.push(std::mem::take(&mut line));
+        if lines.last().unwrap().trim() == "ready" {
+            break;
+        }
+    }
+    // The upgrade: the file is deleted and another program takes its name.
+    std::fs::remove_file(&program).unwrap();
+    std::fs::copy("/bin/true", &program).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&program);
+    assert!(rest.contains("second server: ok 84"), "{lines:?}\n{rest}");
+    assert!(
+        rest.contains("restarted worker: ok 10"),
+        "{lines:?}\n{rest}"
+    );
+    assert!(status.success(), "{status:?}\n{rest}");
 }

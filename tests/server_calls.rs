@@ -224,7 +224,7 @@ fn worker_init_failure_fails_start_promptly_without_leftovers() {
         ProcessServlet::new(Double).workers(2),
         ProcessServlet::new(BadInit { panic: false }),
     ];
-    let err = Server::start(flow).err().expect("start must fail");
+    let err = Server::start(flow).expect_err("start must fail");
     assert!(t.elapsed() < Duration::from_secs(5));
     let Error::Start(StartError::Init { worker, error }) = &err else {
         panic!("{err:?}")

@@ -32,7 +32,10 @@ S10 memory            RSS (VmRSS) of the server process and of its worker, S2
                       rss_server_idle_mib, rss_worker0_idle_mib, rss_total_idle_mib
                       and the same with ``streaming``.
 
-Servers use the default capacity (256) and timeouts except where noted.
+Servers use the default capacity (256) and timeouts except where noted, and
+except with ``--best``: then each mpservice version runs a scenario at its
+best documented setting (``BEST_SETTINGS`` below; each such figure carries a
+``"setting"`` field naming it).
 
 The seed flow::
 
@@ -128,6 +131,24 @@ HAS_MAIN_CPU = "main_cpu" in inspect.signature(Server.__init__).parameters
 MIB = 1 << 20
 SEED_EXPECTED = "Hello, wdwdwdwdwd!"
 
+# ``--best``: the setting under which each mpservice version runs a scenario
+# at its best, from its documentation and source. ``Server(capacity=...)``
+# ("max number of requests concurrently in progress") bounds the pipeline.
+# 0.12.9's ``Server.stream`` polls ``Server.full()`` and sleeps 0.1 s each
+# time the capacity is reached, so with the default 256 its streams stall
+# (S2 about 6x slower than with capacity 1024 on a 2-core machine, issue 15).
+# 0.16.8's stream (``fifo_stream``) waits on a condition variable instead of
+# polling, and documents no setting that speeds streams up: it runs at its
+# defaults (measured, quick S2 on a busy 2-core machine, two alternations:
+# capacity 256 gave 15.0k and 17.3k items/s, 1024 gave 6.4k and 4.2k, 4096
+# gave 6.1k and 4.5k). The scenarios concerned are the streaming ones (S2-S5, S10); S7
+# already uses capacity 4096 for every contender.
+_STREAMING = ("S2", "S3", "S4", "S5", "S10")
+BEST_SETTINGS = {
+    "0.12.9": {key: {"capacity": 1024} for key in _STREAMING},
+    "0.16.8": {},
+}
+
 
 # ---------------------------------------------------------------- workers
 # Module level so that spawned worker processes can import them.
@@ -219,6 +240,19 @@ class Bench:
         self.quick = args.quick
         self.pinned = args.placement == "pinned1"
         self.loops = None  # S6 calibration
+        self.best = getattr(args, "best", False)
+        self.current = None  # the scenario being run (its key, e.g. "S2")
+
+    def best_kwargs(self) -> dict:
+        """Server settings of ``--best`` for the current scenario (or none)."""
+        if not self.best or CONTENDER == "mpserver-py":
+            return {}
+        return dict(BEST_SETTINGS.get(MPSERVICE_VERSION, {}).get(self.current, {}))
+
+    def setting(self) -> str | None:
+        """The ``--best`` setting of the current scenario as text, if any."""
+        kw = self.best_kwargs()
+        return ",".join(f"{k}={v}" for k, v in sorted(kw.items())) or None
 
     # -- placement -------------------------------------------------------
     def apply_placement(self) -> None:
@@ -235,6 +269,8 @@ class Bench:
         self.apply_placement()
         if HAS_MAIN_CPU:
             kwargs["main_cpu"] = 0 if self.pinned else None
+        for k, v in self.best_kwargs().items():
+            kwargs.setdefault(k, v)
         return Server(servlet, **kwargs)
 
     def check_affinity(self, server, workers_pinned_by_flow: bool = False) -> None:
@@ -283,6 +319,8 @@ class Bench:
             "min": min(runs),
             "max": max(runs),
         }
+        if self.setting():
+            fig["setting"] = self.setting()
         log(
             f"  {scenario} {metric}: median {fig['median']:.3f} {unit} "
             f"(min {fig['min']:.3f}, max {fig['max']:.3f})"
@@ -654,12 +692,21 @@ def parse_args(argv=None):
     )
     p.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
     p.add_argument(
+        "--best",
+        action="store_true",
+        help="run each scenario at the version's best documented setting (BEST_SETTINGS)",
+    )
+    p.add_argument(
         "--impl",
         choices=["mpservice", "mpserver"],
         default="mpservice",
         help="the package to measure (mpserver: the mpserver-py package, same scenarios)",
     )
+    p.add_argument("--list", action="store_true", help="print the scenario ids defined here and exit")
     args = p.parse_args(argv)
+    if args.list:
+        print("\n".join(SCENARIOS))
+        sys.exit(0)
     if args.runs < 1:
         p.error("--runs must be >= 1")
     if args.scenarios is None:
@@ -671,7 +718,10 @@ def parse_args(argv=None):
             if not key:
                 continue
             if key not in SCENARIOS:
-                p.error(f"unknown scenario {s!r}")
+                # One scenario list serves every contender: skip the ones
+                # this script does not define (S11-S14 are mpserver's).
+                log(f"{s.strip()}: not defined for this contender, skipped")
+                continue
             args.selected.append(key)
     return args
 
@@ -683,11 +733,13 @@ def main(argv=None) -> int:
     log(
         f"{CONTENDER}: python {sys.version.split()[0]}, placement={args.placement} "
         f"cpus={sorted(os.sched_getaffinity(0))}, runs={args.runs}, quick={args.quick}, "
+        f"best={args.best}, "
         f"scenarios={','.join(args.selected)}"
     )
     if "S6" in args.selected and not b.pinned:
         b.loops = calibrate_burn()
     for key in args.selected:
+        b.current = key
         SCENARIOS[key](b)
     return 0
 

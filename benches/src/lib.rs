@@ -40,6 +40,21 @@ pub struct Figure {
     pub min: f64,
     /// Largest value in `runs`.
     pub max: f64,
+    /// Mean CPU load of *other* processes (in cores) while this figure was
+    /// measured, the largest over its runs; set by `loadwatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_load: Option<f64>,
+    /// The foreign load stayed above the protocol's limit after every retry
+    /// (or the machine was never quiet before the scenario): treat as noisy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noisy: bool,
+    /// Attempts the figure took (1 = measured once); the largest over its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The contender's non-default setting used for this scenario, e.g.
+    /// `capacity=1024`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
 }
 
 impl Figure {
@@ -67,6 +82,29 @@ impl Figure {
             median,
             min,
             max,
+            foreign_load: None,
+            noisy: false,
+            attempts: None,
+            setting: None,
+        }
+    }
+
+    /// Adds `other`'s runs (the same figure measured by another invocation)
+    /// to this one and recomputes the summary; protocol fields keep the
+    /// worst (largest load and attempts, noisy if either is).
+    pub fn merge(&mut self, other: &Figure) {
+        self.runs.extend_from_slice(&other.runs);
+        if let Some((median, min, max)) = summarize(&self.runs) {
+            (self.median, self.min, self.max) = (median, min, max);
+        }
+        self.foreign_load = match (self.foreign_load, other.foreign_load) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.attempts = self.attempts.max(other.attempts);
+        self.noisy |= other.noisy;
+        if self.setting.is_none() {
+            self.setting.clone_from(&other.setting);
         }
     }
 
@@ -154,7 +192,8 @@ pub fn current_cpus() -> nix::Result<Vec<usize>> {
 }
 
 /// The command-line flags every benchmark program accepts:
-/// `--placement pinned1|unpinned`, `--runs N`, `--scenarios A,B,...`, `--quick`.
+/// `--placement pinned1|unpinned`, `--runs N`, `--scenarios A,B,...`, `--quick`,
+/// `--list`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommonArgs {
     /// CPU placement to measure under (default: unpinned).
@@ -165,6 +204,8 @@ pub struct CommonArgs {
     pub scenarios: Option<Vec<String>>,
     /// Smaller counts, for a smoke test.
     pub quick: bool,
+    /// `--list`: print the scenario ids the program defines and exit.
+    pub list: bool,
 }
 
 impl Default for CommonArgs {
@@ -174,6 +215,7 @@ impl Default for CommonArgs {
             runs: 3,
             scenarios: None,
             quick: false,
+            list: false,
         }
     }
 }
@@ -217,6 +259,7 @@ impl CommonArgs {
                     );
                 }
                 "--quick" => out.quick = true,
+                "--list" => out.list = true,
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -265,6 +308,180 @@ pub fn loops_for_2ms() -> u64 {
     }
 }
 
+/// CPU load of the machine and of a process tree, from `/proc`: what the
+/// benchmark protocol needs to wait for a quiet machine and to record the
+/// load other processes put on it during a scenario.
+pub mod load {
+    use std::collections::HashMap;
+    use std::fs;
+    use std::io;
+    use std::time::{Duration, Instant};
+
+    /// Clock ticks per second of the times in `/proc/stat` and
+    /// `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux for every architecture
+    /// the suite runs on).
+    pub const TICKS_PER_SECOND: f64 = 100.0;
+
+    /// Busy ticks of all CPUs since boot from the `cpu` line of `/proc/stat`:
+    /// user + nice + system + irq + softirq + steal (idle and iowait are not
+    /// busy; guest time is already inside user).
+    pub fn parse_machine_busy(stat: &str) -> Option<u64> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice]
+        Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0))
+    }
+
+    /// `(ppid, utime + stime + cutime + cstime)` from one `/proc/<pid>/stat`
+    /// line (the command name in parentheses may hold spaces and parentheses).
+    pub fn parse_proc_stat(line: &str) -> Option<(u32, u64)> {
+        let rest = &line[line.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+        let ppid = f.get(1)?.parse().ok()?;
+        let mut ticks = 0u64;
+        for i in 11..=14 {
+            ticks += f.get(i)?.parse::<i64>().ok()?.max(0) as u64;
+        }
+        Some((ppid, ticks))
+    }
+
+    /// Busy ticks of the whole machine now.
+    pub fn machine_busy() -> io::Result<u64> {
+        parse_machine_busy(&fs::read_to_string("/proc/stat")?)
+            .ok_or_else(|| io::Error::other("cannot parse the cpu line of /proc/stat"))
+    }
+
+    /// CPU ticks used by process `root` and all its live descendants,
+    /// including those of their children already waited for (`cutime`,
+    /// `cstime`), so a worker that exits and is reaped inside the tree is
+    /// still counted.
+    pub fn tree_ticks(root: u32) -> u64 {
+        let mut procs: HashMap<u32, (u32, u64)> = HashMap::new();
+        if let Ok(dir) = fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                    && let Some(p) = parse_proc_stat(&text)
+                {
+                    procs.insert(pid, p);
+                }
+            }
+        }
+        sum_tree(root, &procs)
+    }
+
+    /// Sum of the ticks of `root` and its descendants in a `pid -> (ppid,
+    /// ticks)` table.
+    pub fn sum_tree(root: u32, procs: &HashMap<u32, (u32, u64)>) -> u64 {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for (&pid, &(ppid, _)) in procs {
+            children.entry(ppid).or_default().push(pid);
+        }
+        let mut total = 0;
+        let mut todo = vec![root];
+        while let Some(p) = todo.pop() {
+            total += procs.get(&p).map_or(0, |x| x.1);
+            if let Some(c) = children.get(&p) {
+                todo.extend(c.iter().copied().filter(|&c| c != p));
+            }
+        }
+        total
+    }
+
+    /// Measures the CPU load of processes outside one process tree (ours):
+    /// machine busy time minus the tree's, in cores.
+    pub struct ForeignLoad {
+        root: u32,
+        at: Instant,
+        busy: u64,
+        tree: u64,
+    }
+
+    impl ForeignLoad {
+        /// Starts measuring, with the tree of process `root` counted as ours.
+        pub fn start(root: u32) -> io::Result<Self> {
+            Ok(ForeignLoad {
+                root,
+                at: Instant::now(),
+                busy: machine_busy()?,
+                tree: tree_ticks(root),
+            })
+        }
+
+        /// The mean foreign load (cores) since the previous call (or the
+        /// start), and the length of that interval.
+        pub fn sample(&mut self) -> io::Result<(f64, Duration)> {
+            let (busy, tree, now) = (machine_busy()?, tree_ticks(self.root), Instant::now());
+            let dt = now - self.at;
+            let ours = tree.saturating_sub(self.tree);
+            let foreign = busy.saturating_sub(self.busy).saturating_sub(ours);
+            (self.at, self.busy, self.tree) = (now, busy, tree);
+            let secs = dt.as_secs_f64().max(1e-3);
+            Ok((foreign as f64 / TICKS_PER_SECOND / secs, dt))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_proc_stat_lines() {
+            let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+            assert_eq!(parse_machine_busy(stat), Some(100 + 5 + 50 + 3 + 2 + 1));
+            let line = "1234 (my (odd) name) S 77 1234 1234 0 -1 4194304 10 0 0 0 \
+                        40 7 3 2 20 0 4 0 100 1000 200";
+            assert_eq!(parse_proc_stat(line), Some((77, 40 + 7 + 3 + 2)));
+            assert_eq!(parse_proc_stat("garbage"), None);
+        }
+
+        #[test]
+        fn sums_a_process_tree() {
+            let procs: HashMap<u32, (u32, u64)> = [
+                (1, (0, 1000)),
+                (10, (1, 5)),
+                (11, (10, 7)),
+                (12, (10, 11)),
+                (13, (11, 13)),
+                (20, (1, 500)),
+            ]
+            .into_iter()
+            .collect();
+            assert_eq!(sum_tree(10, &procs), 5 + 7 + 11 + 13);
+            assert_eq!(sum_tree(11, &procs), 7 + 13);
+            assert_eq!(sum_tree(99, &procs), 0);
+        }
+
+        #[test]
+        fn our_own_work_is_not_foreign() {
+            // Burn ~0.3 s of CPU in this process: machine busy time grows,
+            // but the tree (this process) accounts for it.
+            let me = std::process::id();
+            let mut m = ForeignLoad::start(me).unwrap();
+            let t = Instant::now();
+            let mut x = 1u64;
+            while t.elapsed() < Duration::from_millis(300) {
+                x = std::hint::black_box(x.wrapping_mul(3).wrapping_add(1));
+            }
+            let before = tree_ticks(me);
+            assert!(before > 0, "our own ticks are seen");
+            let (foreign, dt) = m.sample().unwrap();
+            assert!(dt >= Duration::from_millis(300));
+            // Other processes may run on a shared machine, but never more
+            // than all CPUs.
+            let cpus = std::thread::available_parallelism().map_or(64, |n| n.get()) as f64;
+            assert!((0.0..=cpus + 0.5).contains(&foreign), "foreign {foreign}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +513,29 @@ mod tests {
         assert!(a.wants("R3_echo_1mb"));
         assert!(CommonArgs::parse(["--runs", "0"].map(String::from)).is_err());
         assert!(CommonArgs::parse(["--bogus"].map(String::from)).is_err());
+    }
+
+    #[test]
+    fn merged_figures_pool_runs_and_keep_the_worst_conditions() {
+        let mut a = Figure::new("x", "S1", Placement::Unpinned, "m", "1/s", vec![1.0, 5.0]);
+        a.foreign_load = Some(0.05);
+        let mut b = Figure::new("x", "S1", Placement::Unpinned, "m", "1/s", vec![3.0]);
+        b.foreign_load = Some(0.4);
+        b.noisy = true;
+        b.attempts = Some(3);
+        b.setting = Some("capacity=1024".into());
+        a.merge(&b);
+        assert_eq!(a.runs, [1.0, 5.0, 3.0]);
+        assert_eq!((a.median, a.min, a.max), (3.0, 1.0, 5.0));
+        assert_eq!(a.foreign_load, Some(0.4));
+        assert!(a.noisy);
+        assert_eq!(a.attempts, Some(3));
+        assert_eq!(a.setting.as_deref(), Some("capacity=1024"));
+        // Old lines without the protocol fields still parse.
+        let old = r#"{"contender":"raw","scenario":"R1","placement":"pinned1","metric":"m","unit":"us","runs":[1.0],"median":1.0,"min":1.0,"max":1.0}"#;
+        let f: Figure = serde_json::from_str(old).unwrap();
+        assert!(!f.noisy && f.foreign_load.is_none());
+        assert!(!f.to_json_line().contains("noisy"));
     }
 
     #[test]

@@ -324,6 +324,16 @@ impl ServletNode {
         }
     }
 
+    /// Visits every worker status in the tree with its servlet's name.
+    pub(crate) fn for_each_named_worker(&self, f: &mut dyn FnMut(&str, &WorkerStatus)) {
+        for w in &self.workers {
+            f(&self.name, w);
+        }
+        for m in &self.members {
+            m.for_each_named_worker(f);
+        }
+    }
+
     /// Visits every worker status in the tree.
     pub(crate) fn for_each_worker(&self, f: &mut dyn FnMut(&WorkerStatus)) {
         for w in &self.workers {
@@ -392,4 +402,15 @@ pub struct WorkerSnapshot {
     /// How its last process ended, if one did.
     #[serde(default)]
     pub last_exit: Option<String>,
+}
+
+impl std::fmt::Debug for ServletNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServletNode")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("workers", &self.workers.len())
+            .field("members", &self.members)
+            .finish_non_exhaustive()
+    }
 }

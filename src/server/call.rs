@@ -10,7 +10,7 @@ use super::admission::{Missed, Permit, Refused};
 use super::request::Request;
 use super::timer::Expire;
 use super::{CallOptions, Handle, Pending};
-use crate::error::{Error, ServerBacklogFull, TimeoutError};
+use crate::error::{Error, Rejected, ServerBacklogFull, TimeoutError};
 use crate::servlet::plumbing::{Claim, Push, Pushed, SinkRef, TicketRef};
 
 impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
@@ -148,6 +148,43 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     pub fn submit(&self, x: In, opts: CallOptions) -> Result<Pending<Out>, Error> {
         self.admit_blocking(x, Instant::now(), opts, Push::Single)
             .map(|(pending, _)| pending)
+    }
+
+    /// Like [`submit`](Handle::submit), but a request refused before it
+    /// entered the flow (the server full, or shut down) hands its input
+    /// back, so it can be retried or sent elsewhere without a clone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mpserver::{worker_fn, CallOptions, Error, Server, ThreadServlet};
+    ///
+    /// let slow = worker_fn(|s: String| { std::thread::sleep(Duration::from_millis(100)); s.len() });
+    /// let server = Server::builder(ThreadServlet::new(slow)).capacity(1).start().unwrap();
+    /// let first = server.try_submit("abc".to_string(), CallOptions::default()).unwrap();
+    /// let refused = server.try_submit("hello".to_string(), CallOptions::default()).unwrap_err();
+    /// assert!(matches!(refused.error, Error::BacklogFull(_)));
+    /// let input: String = refused.into_input(); // handed back, not cloned
+    /// assert_eq!(first.wait().unwrap(), 3);
+    /// assert_eq!(server.call(input).unwrap(), 5);
+    /// ```
+    pub fn try_submit(&self, x: In, opts: CallOptions) -> Result<Pending<Out>, Rejected<In>> {
+        let started = Instant::now();
+        let admitted = self
+            .entry()
+            .and_then(|_| self.admit(started, opts))
+            .and_then(|permit| Ok((permit, self.entry()?)));
+        let (permit, entry) = match admitted {
+            Ok(a) => a,
+            Err(error) => return Err(Rejected { input: x, error }),
+        };
+        // Admitted: the input is in the flow from here, and a failure is the
+        // request's outcome.
+        Ok(
+            match self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single) {
+                Ok((pending, _)) => pending,
+                Err(e) => Pending::failed(e),
+            },
+        )
     }
 
     /// Submits `x` into room reserved earlier (`permit`), e.g. by a tower

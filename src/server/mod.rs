@@ -64,6 +64,7 @@ pub const DEFAULT_CAPACITY: usize = 256;
 
 /// Options of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// Time limit, counted from the call's start (default 60 s).
     pub timeout: Duration,
@@ -168,5 +169,22 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             Err(p) => p.into_inner().clone(),
         };
         e.ok_or(Error::Shutdown)
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> std::fmt::Debug for Handle<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("capacity", &self.core.admission.max())
+            .field("backlog", &self.core.admission.used())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In: Send + 'static, Out: Send + 'static> std::fmt::Debug for Server<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("handle", &self.handle)
+            .finish()
     }
 }

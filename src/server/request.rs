@@ -260,6 +260,14 @@ impl<Out: Send + 'static> Pending<Out> {
         self.req.upgrade().is_none_or(|r| !r.is_pending())
     }
 
+    /// A result that is already there (a request that failed as it entered
+    /// the flow).
+    pub(crate) fn failed(e: Error) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(e));
+        Pending::new(rx, Weak::new())
+    }
+
     /// Blocks until the result (or the request's timeout error) arrives.
     pub fn wait(mut self) -> Result<Out, Error> {
         match self.rx.take() {

@@ -31,9 +31,9 @@ pub struct Builder<S> {
 
 impl<S: Servlet> Builder<S> {
     /// Requests in flight across all stages (default 256). Every queue between
-    /// stages is bounded by it.
+    /// stages is bounded by it. Zero is refused when the server starts.
     pub fn capacity(mut self, n: usize) -> Self {
-        self.capacity = n.max(1);
+        self.capacity = n;
         self
     }
 
@@ -139,6 +139,12 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
         S: Servlet<Input = In, Output = Out>,
     {
         crate::servlet::process::spawn::on_server_start();
+        if b.capacity == 0 {
+            return Err(StartError::Config(
+                "capacity(0): a server needs room for at least one request".into(),
+            )
+            .into());
+        }
         b.main_cpu.validate()?;
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();
         let (alive_tx, alive_rx) = crossbeam_channel::bounded::<()>(0);
@@ -182,10 +188,17 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
                     break;
                 }
                 Err(_) => {
-                    failure = Some(StartError::Config(format!(
-                        "workers did not start within {:?}",
-                        b.start_timeout
-                    )));
+                    // Workers mark themselves alive once they report ready.
+                    let mut workers = Vec::new();
+                    started.node.for_each_named_worker(&mut |name, w| {
+                        if !w.alive.load(Ordering::Relaxed) {
+                            workers.push(format!("{name}#{}", w.index));
+                        }
+                    });
+                    failure = Some(StartError::Timeout {
+                        waited: b.start_timeout,
+                        workers,
+                    });
                     break;
                 }
             }
@@ -323,5 +336,17 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
         self.timer.abandon_all();
         self.state.store(STOPPED, Ordering::SeqCst);
         tracing::info!("server stopped");
+    }
+}
+
+impl<S> std::fmt::Debug for Builder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("capacity", &self.capacity)
+            .field("timeout", &self.timeout)
+            .field("main_cpu", &self.main_cpu)
+            .field("start_timeout", &self.start_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
     }
 }

@@ -23,6 +23,7 @@ use crate::servlet::plumbing::Push;
 
 /// Options of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StreamOptions {
     /// Time limit per item, from its admission attempt (default: the server's).
     pub timeout: Option<Duration>,
@@ -536,6 +537,30 @@ impl<S, In: Send + 'static, Out: Send + 'static> AsyncOrdered<S, In, Out> {
             .field("window", &self.window)
             .field("waiting_for_room", &self.room.is_some())
             .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Iterator, Out: Send + 'static> std::fmt::Debug for ResultStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultStream")
+            .field("in_flight", &self.0.inflight.len())
+            .field("window", &self.0.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I: Iterator, Out: Send + 'static> std::fmt::Debug for PairStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairStream")
+            .field("in_flight", &self.0.inflight.len())
+            .field("window", &self.0.window)
             .finish_non_exhaustive()
     }
 }

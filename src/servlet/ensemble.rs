@@ -405,3 +405,19 @@ impl<In: Clone + Send + 'static, Out: Send + 'static> Servlet for LenientEnsembl
         start_ensemble::<In, Out, Lenient>(self.members, output, ctx)
     }
 }
+
+impl<In, Out> std::fmt::Debug for EnsembleServlet<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnsembleServlet")
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out> std::fmt::Debug for LenientEnsembleServlet<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LenientEnsembleServlet")
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}

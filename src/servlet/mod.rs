@@ -88,22 +88,32 @@ impl SimpleConfig {
         BatchPolicy::new(self.batch_size, self.batch_wait_time)
     }
 
+    /// `n` unpinned workers (zero is refused at start, by `validate`).
     pub(crate) fn set_count(&mut self, n: usize) {
-        self.placement = Placement(vec![CpuAffinity::any(); n.max(1)]);
+        self.placement = Placement(vec![CpuAffinity::any(); n]);
     }
 
+    /// One worker per entry (an empty list is refused at start).
     pub(crate) fn set_cpus<C: Into<CpuAffinity>>(&mut self, cpus: impl IntoIterator<Item = C>) {
-        let v: Vec<CpuAffinity> = cpus.into_iter().map(Into::into).collect();
-        self.placement = if v.is_empty() {
-            Placement::default()
-        } else {
-            Placement(v)
-        };
+        self.placement = Placement(cpus.into_iter().map(Into::into).collect());
     }
 
+    /// Checks the settings when the server starts: at least one worker, and
+    /// CPUs that exist and are allowed; errors name the servlet.
     pub(crate) fn validate(&self) -> Result<(), StartError> {
-        for c in &self.placement.0 {
-            c.validate()?;
+        if self.placement.0.is_empty() {
+            return Err(StartError::Config(format!(
+                "servlet {}: no workers (workers(0) or an empty cpus list); at least one is needed",
+                self.name
+            )));
+        }
+        for (i, c) in self.placement.0.iter().enumerate() {
+            c.validate().map_err(|e| match e {
+                StartError::Affinity(m) => {
+                    StartError::Affinity(format!("servlet {}, worker {i}: {m}", self.name))
+                }
+                other => other,
+            })?;
         }
         Ok(())
     }

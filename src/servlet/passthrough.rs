@@ -50,3 +50,9 @@ impl<T: Send + 'static> Servlet for PassThrough<T> {
         })
     }
 }
+
+impl<T> std::fmt::Debug for PassThrough<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PassThrough")
+    }
+}

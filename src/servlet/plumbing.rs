@@ -184,7 +184,7 @@ pub struct StartContext {
     pub(crate) abort_rx: Receiver<()>,
     pub(crate) abort_flag: Arc<AtomicBool>,
     pub(crate) queue_capacity: usize,
-    pub(crate) shared: Arc<crate::servlet::process::ChildRegistry>,
+    pub(crate) shared: Arc<ChildRegistry>,
 }
 
 impl StartContext {
@@ -249,5 +249,61 @@ impl StartContext {
     /// The affinity of the server's own threads.
     pub fn main_cpu(&self) -> &CpuAffinity {
         &self.main_cpu
+    }
+}
+
+/// Processes spawned by one server's servlets, so a forced shutdown can
+/// kill them all (see [`StartContext`]).
+#[derive(Debug, Default)]
+pub(crate) struct ChildRegistry {
+    pids: std::sync::Mutex<std::collections::HashSet<u32>>,
+}
+
+impl ChildRegistry {
+    pub(crate) fn add(&self, pid: u32) {
+        if let Ok(mut p) = self.pids.lock() {
+            p.insert(pid);
+        }
+    }
+
+    /// Must be called before the child is reaped (so its pid cannot be reused
+    /// while still listed).
+    pub(crate) fn remove(&self, pid: u32) {
+        if let Ok(mut p) = self.pids.lock() {
+            p.remove(&pid);
+        }
+    }
+
+    pub(crate) fn kill_all(&self) {
+        if let Ok(p) = self.pids.lock() {
+            for &pid in p.iter() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Pids of the worker processes currently running.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids
+            .lock()
+            .map(|p| p.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl<In> std::fmt::Debug for Started<In> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for StartContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartContext")
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
     }
 }

@@ -98,3 +98,12 @@ macro_rules! sequential {
         s
     }};
 }
+
+impl<A: std::fmt::Debug, B: std::fmt::Debug> std::fmt::Debug for SequentialServlet<A, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SequentialServlet")
+            .field("first", &self.first)
+            .field("second", &self.second)
+            .finish()
+    }
+}

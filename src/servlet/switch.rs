@@ -131,3 +131,11 @@ impl<In: Send + 'static, Out: Send + 'static> Servlet for SwitchServlet<In, Out>
         })
     }
 }
+
+impl<In, Out> std::fmt::Debug for SwitchServlet<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchServlet")
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}

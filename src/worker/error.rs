@@ -260,11 +260,17 @@ impl WorkerError {
     }
 }
 
+/// Any error converts, so `?` works in a worker: every `std::error::Error`,
+/// `anyhow::Error` (and other error types that convert into
+/// `Box<dyn Error + Send + Sync>`), and plain `String`/`&str` messages. The
+/// type name is the type converted from; the source chain is kept.
 impl<E> From<E> for WorkerError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
 {
     fn from(err: E) -> Self {
+        let type_name = std::any::type_name::<E>();
+        let err: Box<dyn std::error::Error + Send + Sync + 'static> = err.into();
         let mut sources = Vec::new();
         let mut cur = err.source();
         while let Some(s) = cur {
@@ -272,7 +278,7 @@ where
             cur = s.source();
         }
         WorkerError(Box::new(Inner {
-            type_name: std::any::type_name::<E>().to_string(),
+            type_name: type_name.to_string(),
             message: err.to_string(),
             sources,
             backtrace: capture_backtrace(),

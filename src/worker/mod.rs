@@ -234,3 +234,15 @@ where
         (self.f.0)(x)
     }
 }
+
+impl<F> std::fmt::Debug for Infallible<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Infallible")
+    }
+}
+
+impl<F> std::fmt::Debug for Fallible<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fallible")
+    }
+}

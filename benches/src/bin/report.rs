@@ -96,6 +96,9 @@ struct Cell {
     min: f64,
     /// Largest run.
     max: f64,
+    /// Measured while other processes loaded the machine beyond the
+    /// protocol's limit (after its retries).
+    noisy: bool,
 }
 
 impl From<&Figure> for Cell {
@@ -104,6 +107,7 @@ impl From<&Figure> for Cell {
             median: f.median,
             min: f.min,
             max: f.max,
+            noisy: f.noisy,
         }
     }
 }
@@ -250,7 +254,9 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads every JSON-lines file; later duplicates of a figure replace earlier ones.
+/// Reads every JSON-lines file. Lines for the same contender / scenario /
+/// placement / metric (one per invocation when `run.sh` alternates the order
+/// of contenders between runs) are merged: their runs pooled.
 fn read_figures(paths: &[PathBuf]) -> Result<Vec<Figure>, String> {
     let mut figures: Vec<Figure> = Vec::new();
     let mut index: HashMap<(String, String, String, String), usize> = HashMap::new();
@@ -276,14 +282,7 @@ fn read_figures(paths: &[PathBuf]) -> Result<Vec<Figure>, String> {
                 fig.metric.clone(),
             );
             match index.get(&key) {
-                Some(&i) => {
-                    eprintln!(
-                        "report: {}:{}: replaces an earlier {key:?}",
-                        path.display(),
-                        n + 1
-                    );
-                    figures[i] = fig;
-                }
+                Some(&i) => figures[i].merge(&fig),
                 None => {
                     index.insert(key, figures.len());
                     figures.push(fig);
@@ -432,10 +431,11 @@ fn group_thousands(v: i64) -> String {
 fn fmt_cell(c: Option<&Cell>) -> String {
     match c {
         Some(c) => format!(
-            "{} [{}–{}]",
+            "{} [{}–{}]{}",
             fmt_value(c.median),
             fmt_value(c.min),
-            fmt_value(c.max)
+            fmt_value(c.max),
+            if c.noisy { " ⚠" } else { "" }
         ),
         None => "n/a".to_owned(),
     }
@@ -534,7 +534,80 @@ fn render_markdown(rows: &[Row], contenders: &[String], figures: &[Figure]) -> S
             );
         }
     }
+    render_conditions(&mut md, figures);
     md
+}
+
+/// The measurement conditions: each contender's non-default settings, and
+/// the foreign load and attempts of each contender / scenario / placement.
+fn render_conditions(md: &mut String, figures: &[Figure]) {
+    let mut settings: BTreeSet<(String, String, String)> = BTreeSet::new();
+    // (contender, scenario, placement, foreign load, attempts, noisy)
+    type Conditions = (String, String, String, Option<f64>, Option<u32>, bool);
+    let mut load: Vec<Conditions> = Vec::new();
+    for f in figures {
+        if let Some(s) = &f.setting {
+            settings.insert((f.contender.clone(), f.scenario.clone(), s.clone()));
+        }
+        match load
+            .iter_mut()
+            .find(|l| (&l.0, &l.1, &l.2) == (&f.contender, &f.scenario, &f.placement))
+        {
+            Some(l) => {
+                l.3 = match (l.3, f.foreign_load) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                l.4 = l.4.max(f.attempts);
+                l.5 |= f.noisy;
+            }
+            None => load.push((
+                f.contender.clone(),
+                f.scenario.clone(),
+                f.placement.clone(),
+                f.foreign_load,
+                f.attempts,
+                f.noisy,
+            )),
+        }
+    }
+    let _ = writeln!(md, "\n## Settings\n");
+    if settings.is_empty() {
+        let _ = writeln!(md, "Every contender at its default settings.");
+    } else {
+        let _ = writeln!(
+            md,
+            "Contenders at a non-default setting (their best documented one for the scenario); \
+             all others at their defaults.\n\n| Contender | Scenario | Setting |\n|---|---|---|"
+        );
+        for (c, sc, s) in &settings {
+            let _ = writeln!(md, "| {c} | {sc} | `{s}` |");
+        }
+    }
+    if load.iter().all(|l| l.3.is_none()) {
+        return;
+    }
+    load.sort_by(|a, b| {
+        (scenario_number(&a.1), &a.1, &a.2, &a.0).cmp(&(scenario_number(&b.1), &b.1, &b.2, &b.0))
+    });
+    let _ = writeln!(
+        md,
+        "\n## Machine load during the measurements\n\n\
+         Foreign load: CPU used by processes other than the contender's own (cores, mean over \
+         the accepted attempt, the largest over runs). ⚠ = still above the limit after the \
+         retries, or the machine was never quiet before the scenario: read such figures as \
+         indicative.\n\n| Contender | Scenario | Placement | Foreign load | Attempts | Noisy |\n\
+         |---|---|---|---:|---:|---|"
+    );
+    for (c, sc, p, l, a, noisy) in load {
+        let _ = writeln!(
+            md,
+            "| {c} | {sc} | {p} | {} | {} | {} |",
+            l.map_or("n/a".to_owned(), |l| format!("{l:.2}")),
+            a.map_or("n/a".to_owned(), |a| a.to_string()),
+            if noisy { "⚠" } else { "" }
+        );
+    }
 }
 
 /// One bar group of the chart: a row label and each contender's advantage
@@ -786,6 +859,49 @@ mod tests {
         let md = render_markdown(&rows, &cols, &figures);
         assert!(md.contains("n/a"));
         assert!(md.contains("R1_roundtrip p50_us"));
+    }
+
+    #[test]
+    fn runs_of_separate_invocations_are_pooled_and_conditions_shown() {
+        let dir = std::env::temp_dir().join(format!("report-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mpservice.jsonl");
+        let mut a = fig(
+            "mpservice-0.12.9",
+            "S2_stream_1proc",
+            "items_per_s",
+            "1/s",
+            10.0,
+        );
+        a.setting = Some("capacity=1024".into());
+        a.foreign_load = Some(0.02);
+        a.attempts = Some(1);
+        let mut b = a.clone();
+        b.runs = vec![30.0];
+        b.foreign_load = Some(0.5);
+        b.attempts = Some(3);
+        b.noisy = true;
+        let mut c = a.clone();
+        c.runs = vec![20.0];
+        let text = [a, b, c].map(|f| f.to_json_line()).join("\n");
+        fs::write(&path, text).unwrap();
+        let figures = read_figures(std::slice::from_ref(&path)).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].runs, [10.0, 30.0, 20.0]);
+        assert_eq!(figures[0].median, 20.0);
+        let cols = contender_columns(&figures);
+        let rows = build_rows(&figures, &cols);
+        let md = render_markdown(&rows, &cols, &figures);
+        assert!(md.contains("20.0 [10.0–30.0] ⚠"), "{md}");
+        assert!(
+            md.contains("| mpservice-0.12.9 | S2_stream_1proc | `capacity=1024` |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mpservice-0.12.9 | S2_stream_1proc | unpinned | 0.50 | 3 | ⚠ |"),
+            "{md}"
+        );
     }
 
     #[test]

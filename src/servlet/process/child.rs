@@ -199,6 +199,14 @@ impl Results {
         }
     }
 
+    /// The item was cancelled before it began: the server's ledger keeps
+    /// it until this reply (see `ledger.rs`).
+    fn skipped(&mut self, id: u64) {
+        let mark = self.begin_entry(id, frame::STATUS_SKIPPED);
+        self.buf.put_u32(0);
+        self.end_entry(mark);
+    }
+
     fn codec(&mut self, id: u64, dir: CodecDirection, msg: &str) {
         let mark = self.begin_entry(id, frame::STATUS_CODEC_ERROR);
         let mut cut = msg.len().min(self.entry_limit() / 2);
@@ -520,6 +528,7 @@ where
         match unit {
             Unit::Single(id, x) => {
                 if cancelled.remove(&id) {
+                    results.skipped(id);
                     continue;
                 }
                 match x {
@@ -543,6 +552,7 @@ where
                 let mut values = Vec::with_capacity(items.len());
                 for (id, x) in items {
                     if cancelled.remove(&id) {
+                        results.skipped(id);
                         continue;
                     }
                     match x {

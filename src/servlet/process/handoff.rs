@@ -19,28 +19,21 @@
 //! cancelled request, an encoding failure, a worker found dead before
 //! anything was written) the item simply takes the queue.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
-use super::reader::Readers;
-use super::supervisor::{Credit, InFlight, InFlightMap, Shared, Writer, lock, lock_side, send_all};
+use super::connection::{Port, Writer, lock_side, send_all};
+use super::ledger::InFlight;
+use super::shared::Shared;
 use crate::error::Error;
-use crate::ipc::frame::kind;
+use crate::ipc::frame::ItemFrames;
 use crate::servlet::plumbing::{Claim, Push, Pushed, Sink, SinkRef, TicketRef};
 use crate::worker::Worker;
 use crate::worker::panic;
-
-/// One running worker process, as seen by callers.
-pub(super) struct Port {
-    pub(super) writer: Writer,
-    pub(super) inflight: InFlightMap,
-    pub(super) credit: Arc<Credit>,
-    pub(super) read: Arc<dyn Readers>,
-}
 
 /// A worker slot's current process, if it takes direct hand-offs.
 #[derive(Default)]
@@ -78,6 +71,9 @@ pub(crate) struct ProcessSink<W: Worker> {
     pub(super) shared: Arc<Shared<W>>,
     /// Where the next look for an idle worker starts (spreads hand-offs).
     pub(super) next: AtomicUsize,
+    /// Never sends: dropped with this sink, it tells the supervisors that
+    /// the input ended even while they do not pull from the queue.
+    pub(super) _closing: Sender<()>,
 }
 
 impl<W> ProcessSink<W>
@@ -110,7 +106,7 @@ where
             let Some(port) = self.doors[(first + k) % n].current() else {
                 continue;
             };
-            if port.credit.count.load(SeqCst) != 0 {
+            if port.ledger.held() != 0 {
                 continue;
             }
             return self.send(&port, ticket, x, kind);
@@ -119,7 +115,8 @@ where
     }
 
     /// Sends one item to `port`'s process if it is still idle and its send
-    /// lock is free; else gives the item back.
+    /// lock is free; else gives the item back. The value is encoded first,
+    /// without the lock (user code).
     fn send(
         &self,
         port: &Port,
@@ -127,71 +124,62 @@ where
         x: W::Input,
         kind: Push,
     ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
-        let mut guard = match port.writer.try_lock() {
+        let codec = self.shared.codec;
+        let mut frames = ItemFrames::new(false, usize::MAX);
+        // A failure here (including a panicking `Serialize`) is the
+        // supervisor's to report, with its usual error: give the item back.
+        let encoded = frames.push(|v| {
+            panic::catch(|| codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
+        });
+        if !matches!(encoded, Ok(size) if size <= self.shared.max_frame / 2) {
+            return Err((ticket, x));
+        }
+        let bytes = self
+            .shared
+            .restart
+            .retry_crashed
+            .then(|| frames.payload(0).to_vec());
+        let mut side = match port.writer.try_lock() {
             Ok(g) => g,
             Err(TryLockError::WouldBlock) => return Err((ticket, x)),
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
         // Checked again under the lock: the supervisor may have sent items.
-        if !guard.direct || guard.next_id >= guard.quota || port.credit.count.load(SeqCst) != 0 {
+        if !side.direct || side.next_id >= side.quota || port.ledger.held() != 0 {
             return Err((ticket, x));
         }
-        let id = guard.next_id;
-        let side = &mut *guard;
-        let buf = &mut side.buf;
-        buf.clear();
-        let start = buf.begin(kind::ITEMS);
-        buf.put_u8(0);
-        buf.put_u32(1);
-        let mark = buf.len();
-        buf.put_u64(id);
-        let codec = self.shared.codec;
-        // A failure here (including a panicking `Serialize`) is the
-        // supervisor's to report, with its usual error: give the item back.
-        let encoded = buf.put_payload(|v| {
-            panic::catch(|| codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
-        });
-        if encoded.is_err() || buf.len() - mark > self.shared.max_frame / 2 {
-            return Err((ticket, x));
-        }
-        buf.end(start);
+        let id = side.next_id;
         side.next_id += 1;
-        let bytes = self
-            .shared
-            .restart
-            .retry_crashed
-            .then(|| buf.as_bytes()[mark + 12..].to_vec());
+        frames.set_id(0, id);
         self.shared.stats.items_in.fetch_add(1, Relaxed);
-        lock(&port.inflight).insert(
-            id,
-            InFlight {
-                ticket: ticket.clone(),
-                crashes: 0,
-                bytes,
-            },
-        );
-        port.credit.count.fetch_add(1, SeqCst);
-        match send_all(&side.sock, buf.as_bytes()) {
+        port.ledger.reserve(1);
+        port.ledger
+            .add([(id, InFlight::new(ticket.clone(), bytes))]);
+        // Someone reads before the write goes out: a caller about to wait
+        // reads its result itself if nobody reads now; else the thread must.
+        let claim = if kind == Push::Waiting {
+            port.read.claim(id)
+        } else {
+            None
+        };
+        if claim.is_none() {
+            port.read.ensure_reader();
+        }
+        match send_all(&side.sock, frames.bytes()) {
             Ok(()) => {
-                drop(guard);
+                drop(side);
                 self.shared.stats.handoffs.fetch_add(1, Relaxed);
-                // A caller about to wait reads its result itself if nobody
-                // reads now; else someone must.
-                if kind == Push::Waiting
-                    && let Some(claim) = port.read.claim(id)
-                {
-                    return Ok(Some(claim));
-                }
-                port.read.ensure_reader();
-                Ok(None)
+                Ok(claim)
             }
             Err(e) => {
                 // The worker is dead or dying; its supervisor will hear of it
                 // from the reader. Meanwhile, no more hand-offs to it.
                 side.direct = false;
-                if e.written == 0 && lock(&port.inflight).remove(&id).is_some() {
+                if e.written == 0 && !port.ledger.take_back(&[id]).is_empty() {
+                    side.next_id -= 1;
+                    drop(side);
+                    drop(claim);
                     // Nothing reached it: the item takes the queue instead.
-                    port.credit.count.fetch_sub(1, SeqCst);
                     self.shared.stats.items_in.fetch_sub(1, Relaxed);
                     return Err((ticket, x));
                 }

@@ -9,28 +9,43 @@
 //! ceiling), recycles it on request, and reaps it: no zombies. A caller's
 //! single call that finds a worker idle skips both threads: the caller
 //! writes the item itself (`handoff.rs`) and, for a blocking call, reads its
-//! own result while the reader thread is parked (`reader.rs`).
+//! own result while the reader thread is parked (`reader.rs`). The design
+//! note `README.md` in this folder draws the protocols (accounting and
+//! credit, the reader hand-over, a worker's life) and maps the files.
 //!
 //! A process servlet requires the worker, its input and its output to be
 //! `Serialize + DeserializeOwned`; the worker value is its configuration, and
 //! heavy state belongs in [`Worker::init`].
 
+// The server side's files in dependency order (a file uses only those
+// before it): ledger, handover, connection, restart, shared,
+// reader, handoff, dispatch, handshake, supervisor. Launching and the worker
+// process's side: spawn, image, boot, child. See README.md in this folder.
 mod boot;
 pub(crate) mod child;
+mod connection;
+mod dispatch;
 mod handoff;
+mod handover;
+mod handshake;
 mod image;
+mod launcher;
+mod ledger;
 mod reader;
+mod restart;
+mod shared;
 pub(crate) mod spawn;
 mod supervisor;
 mod worker_log;
 
+pub(crate) use crate::servlet::plumbing::ChildRegistry;
 pub(crate) use boot::bootstrap_if_worker;
 pub use boot::{BootError, serve_worker};
-pub use spawn::{Launcher, WorkerSpawn};
+pub use launcher::{Launcher, WorkerSpawn};
+pub use restart::RestartPolicy;
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -43,91 +58,6 @@ use crate::metrics::{ServletNode, WorkerStatus};
 use crate::servlet::plumbing::{SinkRef, StartContext, Started};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
 use crate::worker::{self, Worker};
-
-/// What happens when a worker process dies.
-///
-/// The items it held fail with [`WorkerCrashed`](crate::error::WorkerCrashed)
-/// (or, with [`retry_crashed`](RestartPolicy::retry_crashed), are retried one
-/// at a time and failed as [`PoisonItem`](crate::error::PoisonItem) once they
-/// were part of `poison_threshold` crashes). The worker is restarted after a
-/// back-off that doubles from `backoff` up to `max_backoff`; after more than
-/// `max_restarts` crashes within `window` it is marked unhealthy (readiness
-/// fails) and restarted only every `max_backoff`; once it has run for a whole
-/// `window` without crashing it is healthy again. A process killed by the
-/// server's own forced shutdown is not a crash: what it held ends with
-/// [`Error::Shutdown`](crate::Error::Shutdown). Items written to a process
-/// that had already died (nothing of the write got out) never reached it:
-/// they go to the next process and count neither as crashed nor as attempts.
-#[derive(Debug, Clone)]
-pub struct RestartPolicy {
-    /// First back-off after a crash.
-    pub backoff: Duration,
-    /// Longest back-off.
-    pub max_backoff: Duration,
-    /// Crashes tolerated within `window` before the worker is unhealthy.
-    pub max_restarts: usize,
-    /// The window for `max_restarts`.
-    pub window: Duration,
-    /// Retry items that were in flight in a crashed worker (off by default:
-    /// work may have side effects).
-    pub retry_crashed: bool,
-    /// Crashes an item may be part of before it is failed as poison.
-    pub poison_threshold: u32,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        RestartPolicy {
-            backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_secs(5),
-            max_restarts: 20,
-            window: Duration::from_secs(60),
-            retry_crashed: false,
-            poison_threshold: 2,
-        }
-    }
-}
-
-/// Processes spawned by one server, so a forced shutdown can kill them all.
-#[derive(Debug, Default)]
-pub(crate) struct ChildRegistry {
-    pids: Mutex<HashSet<u32>>,
-}
-
-impl ChildRegistry {
-    pub(crate) fn add(&self, pid: u32) {
-        if let Ok(mut p) = self.pids.lock() {
-            p.insert(pid);
-        }
-    }
-
-    /// Must be called before the child is reaped (so its pid cannot be reused
-    /// while still listed).
-    pub(crate) fn remove(&self, pid: u32) {
-        if let Ok(mut p) = self.pids.lock() {
-            p.remove(&pid);
-        }
-    }
-
-    pub(crate) fn kill_all(&self) {
-        if let Ok(p) = self.pids.lock() {
-            for &pid in p.iter() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-
-    /// Pids of the worker processes currently running.
-    pub fn pids(&self) -> Vec<u32> {
-        self.pids
-            .lock()
-            .map(|p| p.iter().copied().collect())
-            .unwrap_or_default()
-    }
-}
 
 /// Runs a [`Worker`] in N processes (default one, unpinned).
 ///
@@ -161,6 +91,7 @@ pub struct ProcessServlet<W> {
     recycle_after_items: Option<u64>,
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
+    wait_for_worker: Duration,
     spawn: spawn::SpawnOptions,
 }
 
@@ -182,6 +113,7 @@ where
             recycle_after_items: None,
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
+            wait_for_worker: Duration::from_secs(1),
             spawn: spawn::SpawnOptions::default(),
         }
     }
@@ -194,8 +126,13 @@ where
         self
     }
 
-    /// Items a worker process may hold at once (its credit). Default: 64, or
-    /// twice the batch size when batching.
+    /// Items a worker process may hold at once (its credit), fixed at `n`.
+    ///
+    /// By default the credit is earned: a worker starts at one item (one
+    /// batch when batching), so slow items go to idle workers first, and once
+    /// its speed is measured it may hold about 2 ms of queued work, at most 64
+    /// items (twice the batch size when batching). Set it to pipeline a
+    /// fixed number of items regardless of speed.
     pub fn max_inflight(mut self, n: usize) -> Self {
         self.max_inflight = Some(n.max(1));
         self
@@ -231,6 +168,15 @@ where
         self.recycle_above_rss = Some(bytes);
         self
     }
+
+    /// Longest an item waits for a live worker while none is (all of this
+    /// servlet's processes died and wait out their restart back-off): then
+    /// it fails with [`WorkerCrashed`](crate::error::WorkerCrashed), an
+    /// error a client may retry. Default 1 s.
+    pub fn wait_for_worker(mut self, d: Duration) -> Self {
+        self.wait_for_worker = d;
+        self
+    }
 }
 
 impl<W> Servlet for ProcessServlet<W>
@@ -249,6 +195,7 @@ where
     ) -> Result<Started<W::Input>, StartError> {
         let this = *self;
         this.config.validate()?;
+        crate::bytes::warn_if_slow_bytes::<W::Input, W::Output>(&this.config.name);
         let mut worker_bytes = Vec::new();
         this.codec
             .encode_into(&mut worker_bytes, &this.worker)
@@ -256,26 +203,37 @@ where
                 StartError::Config(format!("cannot serialize worker {}: {e}", this.config.name))
             })?;
         let policy = this.config.batch();
+        let min_inflight = this.max_inflight.unwrap_or(if policy.batched() {
+            policy.size.max(1)
+        } else {
+            1
+        });
         let max_inflight = this.max_inflight.unwrap_or(if policy.batched() {
             (2 * policy.size).max(2)
         } else {
             64
         });
         let (tx, rx) = ctx.queue();
-        let depth_rx = rx.clone();
+        let (closing_tx, closing_rx) = crossbeam_channel::bounded::<()>(0);
+        // Spilled items (see `shared.rs`) are queued items too.
+        let (spill_tx, spill_rx) = crossbeam_channel::unbounded();
+        let (depth_rx, depth_spill) = (rx.clone(), spill_rx.clone());
         let mut node = ServletNode::new("process", this.config.name.clone())
-            .with_queue_depth(move || depth_rx.len());
-        let shared = Arc::new(supervisor::Shared::<W> {
+            .with_queue_depth(move || depth_rx.len() + depth_spill.len());
+        let shared = Arc::new(shared::Shared::<W> {
             name: this.config.name.clone(),
             worker_bytes,
             policy,
             restart: this.restart,
+            min_inflight,
             max_inflight,
             max_frame: this.max_frame,
             codec: this.codec,
             recycle_after_items: this.recycle_after_items,
             recycle_above_rss: this.recycle_above_rss,
             shutdown_grace: this.shutdown_grace,
+            wait_for_worker: this.wait_for_worker,
+            live: std::sync::Mutex::new(shared::Live::default()),
             spawn: spawn::SpawnOptions {
                 backtraces: this.config.backtraces,
                 ..this.spawn
@@ -283,15 +241,15 @@ where
             stats: node.stats().clone(),
             healthy_workers: AtomicUsize::new(this.config.placement.0.len()),
             registry: ctx.shared.clone(),
+            spill_tx,
+            spill_rx,
             _worker: std::marker::PhantomData,
         });
         let mut doors = Vec::new();
         for (index, cpu) in this.config.placement.0.iter().enumerate() {
             let door = Arc::new(handoff::Door::default());
-            // Direct hand-off needs room for the supervisor beside the
-            // handed item: a supervisor that took an item from the queue just
-            // as a caller handed its worker one would otherwise hold it back
-            // while another worker could run it.
+            // Direct hand-off is for workers that may hold more than one
+            // item: with a credit of one, every item takes the queue.
             if !policy.batched() && max_inflight >= 2 {
                 doors.push(door.clone());
             }
@@ -303,6 +261,7 @@ where
                 index,
                 cpus: cpu.clone(),
                 rx: rx.clone(),
+                closing: closing_rx.clone(),
                 out: output.clone(),
                 status,
                 abort_rx: ctx.abort_signal(),
@@ -320,8 +279,18 @@ where
                 doors,
                 shared,
                 next: AtomicUsize::new(0),
+                _closing: closing_tx,
             }),
             node,
         })
+    }
+}
+
+impl<W> std::fmt::Debug for ProcessServlet<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessServlet")
+            .field("name", &self.config.name)
+            .field("workers", &self.config.placement.0.len())
+            .finish_non_exhaustive()
     }
 }

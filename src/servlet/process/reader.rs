@@ -1,33 +1,26 @@
 //! Reading a worker process's results: its reader thread, or a caller that
 //! reads its own result.
 //!
-//! Results come back on the worker's socket. Whoever reads them delivers
-//! every result it finds (to the next stage, or to the waiting callers),
-//! gives the worker's credit back and acts on the worker's other frames; the
-//! code is the same for every reader ([`ReadSide::step`]).
+//! Results come back on the worker's socket. Whoever reads a frame settles
+//! its entries in the ledger (credit goes back), decodes the values, and
+//! acts on the worker's other frames, with the same code for every reader
+//! ([`ReadSide::step`]). The results are then delivered (to the next stage
+//! or the waiting callers) *outside* the read lock, each under its own
+//! panic guard: the next stage's sink, a switch's picker, a user `Clone` or
+//! `Drop` never run under an internal lock, and a panic there fails only its
+//! item.
 //!
 //! Normally the worker's reader thread reads. But a caller that handed its
 //! single call straight to an idle worker (see `handoff.rs`) and is about to
 //! wait for the result can read the result itself: the reply then wakes the
 //! caller directly instead of waking the reader thread, which would then wake
 //! the caller. A sequential caller thus crosses two threads per call (its own
-//! and the worker process's), as a bare socket round trip does.
-//!
-//! Who reads is decided by one small state ([`Holder`]): the reader thread
-//! *parks* whenever the worker holds no items and nothing is left to read,
-//! watching only for the connection's end (so a worker that dies while idle
-//! is still noticed at once) and for a wake-up. A caller may then *claim*
-//! the reading for its own item. Anyone who sends items while nobody reads
-//! (the supervisor, or a caller that will not read) wakes the thread. A
-//! caller gives the reading back when its result is in, at its deadline, or
-//! at the end of the connection: to nobody (parked) if the worker is idle
-//! again, else to the thread.
-//!
-//! The rule that makes this safe: the thread parks, and a caller leaves the
-//! reading to nobody, only after seeing the worker hold no items, under the
-//! holder's lock; senders add their items to the count before looking at the
-//! holder under the same lock. So whenever the worker holds an item, someone
-//! reads or is about to.
+//! and the worker process's), as a bare socket round trip does. Who reads is
+//! the state machine of `handover.rs`. A caller reading delivers only its
+//! own result; others it meets go to the reader thread (`outbox`), so a full
+//! downstream queue never holds a caller past its deadline. It stops at its
+//! result, its deadline, the connection's end, or when its request completes
+//! by another route (its claim's interrupter, called by the request).
 
 use std::io;
 use std::os::fd::AsFd;
@@ -42,7 +35,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 
-use super::supervisor::{Credit, Event, InFlight, InFlightMap, Writer, cancel_held, lock};
+use super::connection::{Readers, Writer, send_cancels};
+use super::handover::{Handover, Woken};
+use super::ledger::Ledger;
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, FrameReader, kind};
@@ -50,13 +45,55 @@ use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
 
+/// What a worker's reader reports to its supervisor.
+pub(super) enum Event {
+    /// Credit came back (sent only while the supervisor waits for it).
+    Credit,
+    /// The worker asked to be recycled.
+    Retiring,
+    /// The connection ended: `None` at a clean end of stream, else why.
+    Dead(Option<String>),
+}
+
+/// How a reader's connection ended: `None` at a clean end of stream, else why.
+type Ended = Option<String>;
+
+/// One settled item, to deliver outside the read lock.
+pub(super) enum Delivery<Out> {
+    Value(TicketRef, Out),
+    Failure(TicketRef, Error),
+    /// Skipped by the worker: the ticket is only dropped (its request ended).
+    Release(TicketRef),
+}
+
+/// Delivers one settled item to `out`. A panic in the code that runs there
+/// (the next stage, user `Clone`/`Drop`) fails that item only.
+pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d: Delivery<Out>) {
+    match d {
+        Delivery::Value(ticket, v) => {
+            let again = ticket.clone();
+            if let Err(error) = panic::catch(|| out.push(ticket, v)) {
+                tracing::error!(worker = %who, %error, "panic while delivering a result");
+                let worker = who.clone();
+                let _ = panic::catch(|| out.fail(again, Error::Worker { worker, error }));
+            }
+        }
+        Delivery::Failure(ticket, e) => {
+            if let Err(error) = panic::catch(|| out.fail(ticket, e)) {
+                tracing::error!(worker = %who, %error, "panic while delivering a failure");
+            }
+        }
+        Delivery::Release(ticket) => {
+            let _ = panic::catch(|| drop(ticket));
+        }
+    }
+}
+
 /// Everything needed to read and act on a worker's frames.
-pub(super) struct ReadSide<Out> {
+pub(super) struct ReadSide {
     pub(super) reader: FrameReader<UnixStream>,
-    pub(super) inflight: InFlightMap,
-    pub(super) credit: Arc<Credit>,
+    pub(super) ledger: Arc<Ledger>,
     pub(super) writer: Writer,
-    pub(super) out: SinkRef<Out>,
     pub(super) stats: Arc<ServletStats>,
     pub(super) status: Arc<WorkerStatus>,
     pub(super) id: WorkerId,
@@ -64,13 +101,13 @@ pub(super) struct ReadSide<Out> {
     pub(super) events: Sender<Event>,
 }
 
-/// How a reader's connection ended: `None` at a clean end of stream, else why.
-type Ended = Option<String>;
-
-impl<Out: DeserializeOwned + Send + 'static> ReadSide<Out> {
-    /// Reads one frame (blocking) and acts on it. Returns how the connection
-    /// ended, if it did.
-    fn step(&mut self) -> Option<Ended> {
+impl ReadSide {
+    /// Reads one frame (blocking) and acts on it; results settled go to
+    /// `out` with their ids. Returns how the connection ended, if it did.
+    fn step<Out: DeserializeOwned>(
+        &mut self,
+        out: &mut Vec<(u64, Delivery<Out>)>,
+    ) -> Option<Ended> {
         match self.reader.read_frame() {
             Ok(None) => Some(None),
             // The worker died with bytes unread on its side: that is an end
@@ -84,52 +121,45 @@ impl<Out: DeserializeOwned + Send + 'static> ReadSide<Out> {
                     Ok(p) => p,
                     Err(e) => return Some(Some(format!("bad frame from worker: {e}"))),
                 };
-                let taken: Vec<(Option<InFlight>, u8, &[u8])> = {
-                    let mut map = lock(&self.inflight);
-                    parsed
-                        .into_iter()
-                        .map(|(id, st, payload)| (map.remove(&id), st, payload))
-                        .collect()
-                };
                 // Credit goes back before the results are delivered: a caller
                 // woken by its result and calling again at once finds the
                 // worker idle (and may hand it the next item).
-                let n = taken.iter().filter(|(e, _, _)| e.is_some()).count();
-                self.credit.count.fetch_sub(n, SeqCst);
-                if self.credit.waiting.load(SeqCst) {
+                let (taken, wake) = self.ledger.settle(parsed.iter().map(|(id, _, _)| *id));
+                if wake {
                     let _ = self.events.send(Event::Credit);
                 }
-                for (entry, st, payload) in taken {
+                let mut done = 0u64;
+                for (entry, (id, st, payload)) in taken.into_iter().zip(parsed) {
                     let Some(entry) = entry else { continue };
-                    deliver(
-                        &self.out,
-                        &self.stats,
-                        &self.id,
-                        self.codec,
-                        entry.ticket,
-                        st,
-                        payload,
-                    );
+                    let d = if st == frame::STATUS_SKIPPED {
+                        self.stats.skipped.fetch_add(1, Relaxed);
+                        Delivery::Release(entry.ticket)
+                    } else {
+                        done += 1;
+                        match decode::<Out>(&self.id, self.codec, st, payload) {
+                            Ok(v) => {
+                                self.stats.items_ok.fetch_add(1, Relaxed);
+                                Delivery::Value(entry.ticket, v)
+                            }
+                            Err(e) => {
+                                self.stats.items_err.fetch_add(1, Relaxed);
+                                Delivery::Failure(entry.ticket, e)
+                            }
+                        }
+                    };
+                    out.push((id, d));
                 }
-                self.status.items.fetch_add(n as u64, Relaxed);
-                let cancelled = match cancel_held(&self.inflight, &self.stats, &self.writer, false)
-                {
-                    Ok(c) => c,
-                    Err(e) => return Some(Some(e.reason())),
-                };
-                if cancelled > 0 {
-                    self.credit.count.fetch_sub(cancelled, SeqCst);
-                    if self.credit.waiting.load(SeqCst) {
-                        let _ = self.events.send(Event::Credit);
-                    }
+                self.status.items.fetch_add(done, Relaxed);
+                match send_cancels(&self.ledger, &self.writer, false) {
+                    Ok(_) => None,
+                    Err(e) => Some(Some(e.reason())),
                 }
-                None
             }
             Ok(Some((kind::TIMING, body))) => {
                 let mut c = frame::Cursor::new(body);
                 match (c.u64(), c.u32()) {
                     (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
-                        self.credit
+                        self.ledger
                             .observe(Duration::from_nanos(busy / u64::from(items)));
                         None
                     }
@@ -150,28 +180,17 @@ impl<Out: DeserializeOwned + Send + 'static> ReadSide<Out> {
     }
 }
 
-/// Who reads the worker's socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holder {
-    /// The reader thread reads (or is about to).
-    Thread,
-    /// Nobody: the worker holds nothing; the thread watches for the end of
-    /// the connection and for a wake-up.
-    Parked,
-    /// A caller reads for its own item.
-    Caller,
-}
-
 /// The reading of one worker process's results, shared by its reader thread
 /// and the callers that claim it.
 pub(super) struct ReadPort<Out> {
-    side: Mutex<ReadSide<Out>>,
+    side: Mutex<ReadSide>,
     /// Set by a caller that met the end of the connection; the thread reports it.
     ended: Mutex<Option<Ended>>,
-    holder: Mutex<Holder>,
-    /// The thread saw the connection end while a caller read: the caller
-    /// must give the reading back to the thread (changed under `holder`).
-    hung_up: AtomicBool,
+    hand: Handover,
+    /// Results a caller read for others, for the thread to deliver.
+    outbox: Mutex<Vec<Delivery<Out>>>,
+    out: SinkRef<Out>,
+    who: WorkerId,
     /// Wakes the parked thread.
     wake: EventFd,
     /// Wakes a caller reading for its item when its request completed by
@@ -179,8 +198,7 @@ pub(super) struct ReadPort<Out> {
     caller: Arc<CallerWake>,
     /// The socket, for waiting on it without the read lock.
     sock: UnixStream,
-    credit: Arc<Credit>,
-    inflight: InFlightMap,
+    ledger: Arc<Ledger>,
 }
 
 /// `POLLRDHUP`: the peer closed its end (or we shut ours). Asking for it
@@ -197,70 +215,91 @@ fn input_pending(sock: &UnixStream) -> bool {
 }
 
 impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
-    pub(super) fn new(side: ReadSide<Out>) -> io::Result<Arc<Self>> {
+    pub(super) fn new(side: ReadSide, out: SinkRef<Out>) -> io::Result<Arc<Self>> {
         let sock = side.reader.get_ref().try_clone()?;
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let flags = EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK;
         Ok(Arc::new(ReadPort {
-            credit: side.credit.clone(),
-            inflight: side.inflight.clone(),
+            ledger: side.ledger.clone(),
+            who: side.id.clone(),
             side: Mutex::new(side),
             ended: Mutex::new(None),
-            holder: Mutex::new(Holder::Thread),
-            hung_up: AtomicBool::new(false),
-            wake,
+            hand: Handover::default(),
+            outbox: Mutex::new(Vec::new()),
+            out,
+            wake: EventFd::from_flags(flags)?,
             caller: Arc::new(CallerWake {
-                fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+                fd: EventFd::from_flags(flags)?,
                 polling: AtomicBool::new(false),
             }),
             sock,
         }))
     }
 
-    fn lock_side(&self) -> MutexGuard<'_, ReadSide<Out>> {
+    fn lock_side(&self) -> MutexGuard<'_, ReadSide> {
         self.side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_holder(&self) -> MutexGuard<'_, Holder> {
-        self.holder.lock().unwrap_or_else(|p| p.into_inner())
+    fn has_ended(&self) -> bool {
+        self.ended.lock().map_or(true, |e| e.is_some())
     }
 
-    fn idle(&self, side: &ReadSide<Out>) -> bool {
-        self.credit.count.load(SeqCst) == 0
-            && side.reader.buffered() == 0
-            && !input_pending(&self.sock)
+    fn idle(&self, side: &ReadSide) -> bool {
+        self.ledger.held() == 0 && side.reader.buffered() == 0 && !input_pending(&self.sock)
+    }
+
+    fn deliver_all(&self, batch: &mut Vec<(u64, Delivery<Out>)>) {
+        for (_, d) in batch.drain(..) {
+            deliver(&self.out, &self.who, d);
+        }
+    }
+
+    /// Delivers what callers read for others.
+    fn deliver_outbox(&self) {
+        let handed: Vec<Delivery<Out>> =
+            std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        for d in handed {
+            deliver(&self.out, &self.who, d);
+        }
     }
 
     /// The reader thread's life: read while someone's items are out, park
     /// while the worker is idle. Returns how the connection ended.
     pub(super) fn run_thread(&self) -> Ended {
+        enum Next {
+            Read,
+            Park,
+            End(Ended),
+        }
+        let mut batch = Vec::new();
         loop {
-            {
+            self.deliver_outbox();
+            let next = {
                 let mut side = self.lock_side();
                 // Only a caller holding the read lock sets `ended`: it can
                 // have changed only while this thread was parked.
                 if let Some(end) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Next::End(end)
+                } else if self.idle(&side) && self.hand.park_if(|| self.ledger.held() == 0) {
+                    Next::Park
+                } else {
+                    side.step(&mut batch).map_or(Next::Read, Next::End)
+                }
+            };
+            self.deliver_all(&mut batch);
+            match next {
+                Next::Read => {}
+                Next::Park => self.park(),
+                Next::End(end) => {
+                    self.deliver_outbox();
                     return end;
                 }
-                loop {
-                    if self.idle(&side) {
-                        let mut h = self.lock_holder();
-                        if self.credit.count.load(SeqCst) == 0 {
-                            *h = Holder::Parked;
-                            break;
-                        }
-                    }
-                    if let Some(end) = side.step() {
-                        return end;
-                    }
-                }
             }
-            self.park();
         }
     }
 
     /// Waits, without reading, until the thread is to read again: woken by a
     /// sender, given the reading back by a caller, or at the end of the
-    /// connection while nobody reads.
+    /// connection while nobody reads. Delivers what callers hand it meanwhile.
     fn park(&self) {
         let mut watch_end = true;
         loop {
@@ -275,77 +314,87 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
                     // Cannot wait: read instead (a blocking read notices
                     // the end of the connection too).
                     tracing::error!(error = %e, "reader cannot poll; reading instead");
-                    *self.lock_holder() = Holder::Thread;
+                    self.hand.force_thread();
                     return;
                 }
             }
             let _ = self.wake.read();
+            self.deliver_outbox();
             // Anything reported on the socket is its end (`POLLRDHUP`, which
             // nix does not name, `POLLHUP`, `POLLERR`).
             let hangup = watch_end && fds[1].revents() != Some(PollFlags::empty());
-            let mut h = self.lock_holder();
-            match *h {
-                Holder::Thread => return,
-                Holder::Parked if hangup => {
-                    *h = Holder::Thread;
-                    return;
-                }
-                Holder::Parked => {}
-                // The caller reading gives the reading back when it is done,
-                // to the thread since the connection ended (it may have read
-                // its result before the end, and find the worker idle).
-                Holder::Caller if hangup => {
-                    self.hung_up.store(true, Relaxed);
-                    watch_end = false;
-                }
-                Holder::Caller => {}
+            match self.hand.woken(hangup) {
+                Woken::Read => return,
+                Woken::Stay => {}
+                Woken::StayDeaf => watch_end = false,
             }
         }
     }
 
     /// Called by a sender after adding its items to the count: makes sure
     /// someone reads.
-    pub(super) fn ensure_reader(&self) {
-        let mut h = self.lock_holder();
-        if *h == Holder::Parked {
-            *h = Holder::Thread;
+    fn ensure_reader_now(&self) {
+        if self.hand.ensure_reader() {
             let _ = self.wake.write(1);
         }
     }
 
-    /// Claims the reading for the item `id` just sent, if nobody reads (the
-    /// caller then calls [`ensure_reader`](Self::ensure_reader) itself).
-    pub(super) fn claim(self: &Arc<Self>, id: u64) -> Option<Claim> {
-        let mut h = self.lock_holder();
-        match *h {
-            Holder::Parked => {
-                *h = Holder::Caller;
-                Some(Box::new(CallerRead {
-                    port: self.clone(),
-                    id,
-                }))
-            }
-            Holder::Thread | Holder::Caller => None,
-        }
-    }
-
-    /// Gives the reading back (see the module docs). Frames the worker sends
+    /// Gives the reading back (see `handover.rs`). Frames the worker sends
     /// unasked (recycling) come in the same write as results, so they were
     /// read with them (or are in the socket, which a later reader finds).
     fn release(&self) {
         let side = self.lock_side();
-        let ended = self.ended.lock().map(|e| e.is_some()).unwrap_or(true);
-        let mut h = self.lock_holder();
-        if !ended
-            && !self.hung_up.load(Relaxed)
-            && side.reader.buffered() == 0
-            && self.credit.count.load(SeqCst) == 0
-        {
-            *h = Holder::Parked;
-        } else {
-            *h = Holder::Thread;
+        let ended = self.has_ended();
+        let wake = self
+            .hand
+            .release(|| !ended && side.reader.buffered() == 0 && self.ledger.held() == 0);
+        drop(side);
+        if wake {
             let _ = self.wake.write(1);
         }
+    }
+
+    /// Sorts what a caller read: its own result to `mine`, the others to
+    /// the thread.
+    fn sort(
+        &self,
+        batch: &mut Vec<(u64, Delivery<Out>)>,
+        own: u64,
+        mine: &mut Option<Delivery<Out>>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut others = Vec::new();
+        for (id, d) in batch.drain(..) {
+            if id == own {
+                *mine = Some(d);
+            } else {
+                others.push(d);
+            }
+        }
+        if !others.is_empty() {
+            self.outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(others);
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+impl<Out: DeserializeOwned + Send + 'static> Readers for Arc<ReadPort<Out>> {
+    fn ensure_reader(&self) {
+        self.ensure_reader_now();
+    }
+
+    fn claim(&self, id: u64) -> Option<Claim> {
+        self.hand.claim().then(|| {
+            Box::new(CallerRead {
+                port: self.clone(),
+                id,
+            }) as Claim
+        })
     }
 }
 
@@ -383,65 +432,87 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
 
     fn read_until(&self, deadline: Instant, done: &dyn Fn() -> bool) {
         let port = &*self.port;
-        let mut side = port.lock_side();
-        // Only a holder of the read lock sets `ended`: looked at once here,
-        // then set by this loop itself (which then returns).
-        if port.ended.lock().map_or(true, |e| e.is_some()) {
-            return;
-        }
-        loop {
-            if side.reader.buffered() == 0 {
-                // Done once the item's result is in and what was read with
-                // it (the worker's timing, say) is dealt with.
-                if !lock(&port.inflight).contains_key(&self.id) || done() {
-                    return;
-                }
-                // The result may be in already (the worker ran while this
-                // thread was writing): look without waiting first.
-                if matches!(side.reader.fill_nowait(), Ok(n) if n > 0) {
-                    continue;
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return;
-                }
-                // Whole milliseconds, rounded up, so the wait ends at or
-                // after the deadline (the caller's timeout comes from the
-                // server's timer either way).
-                let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-                let wake = &port.caller;
-                wake.polling.store(true, SeqCst);
-                fence(SeqCst);
-                if done() {
-                    wake.polling.store(false, SeqCst);
-                    return;
-                }
-                let mut fds = [
-                    PollFd::new(port.sock.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(wake.fd.as_fd(), PollFlags::POLLIN),
-                ];
-                let polled = poll(
-                    &mut fds,
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                );
-                wake.polling.store(false, SeqCst);
-                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                    // Interrupted (perhaps for an earlier caller's request,
-                    // which is harmless): look at the request again.
-                    let _ = wake.fd.read();
-                    continue;
-                }
-                match polled {
-                    Ok(0) => continue,
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => return,
-                }
-            }
-            if let Some(end) = side.step() {
-                *port.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        let mut batch = Vec::new();
+        let mut mine = None;
+        {
+            let mut side = port.lock_side();
+            // Only a holder of the read lock sets `ended`: looked at once
+            // here, then set by this loop itself (which then stops).
+            if port.has_ended() {
                 return;
             }
+            loop {
+                if side.reader.buffered() == 0 {
+                    // Done once the item's result is in and what was read
+                    // with it (the worker's timing, say) is dealt with.
+                    if mine.is_some() || !port.ledger.holds(self.id) || done() {
+                        break;
+                    }
+                    // The result may be in already (the worker ran while
+                    // this thread was writing): look without waiting first.
+                    if matches!(side.reader.fill_nowait(), Ok(n) if n > 0) {
+                        continue;
+                    }
+                    if !wait_readable(port, deadline, done) {
+                        break;
+                    }
+                }
+                let end = side.step(&mut batch);
+                port.sort(&mut batch, self.id, &mut mine);
+                if let Some(end) = end {
+                    *port.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                    break;
+                }
+            }
+        }
+        // Its own result, delivered outside the read lock.
+        if let Some(d) = mine {
+            deliver(&port.out, &port.who, d);
+        }
+    }
+}
+
+/// Waits until the worker's socket is readable; false at the deadline or
+/// once the caller's request is done.
+fn wait_readable<Out>(port: &ReadPort<Out>, deadline: Instant, done: &dyn Fn() -> bool) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Whole milliseconds, rounded up, so the wait ends at or after the
+        // deadline (the caller's timeout comes from the server's timer
+        // either way).
+        let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        let wake = &port.caller;
+        wake.polling.store(true, SeqCst);
+        fence(SeqCst);
+        if done() {
+            wake.polling.store(false, SeqCst);
+            return false;
+        }
+        let mut fds = [
+            PollFd::new(port.sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.fd.as_fd(), PollFlags::POLLIN),
+        ];
+        let polled = poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        );
+        wake.polling.store(false, SeqCst);
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            // Interrupted (perhaps for an earlier caller's request, which is
+            // harmless): look at the request again.
+            let _ = wake.fd.read();
+            if done() {
+                return false;
+            }
+        }
+        match polled {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) if fds[0].revents().is_some_and(|r| !r.is_empty()) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
         }
     }
 }
@@ -452,30 +523,13 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
     }
 }
 
-/// Type-erased access to a worker's reading, for the hand-off path.
-pub(super) trait Readers: Send + Sync {
-    fn ensure_reader(&self);
-    fn claim(&self, id: u64) -> Option<Claim>;
-}
-
-impl<Out: DeserializeOwned + Send + 'static> Readers for Arc<ReadPort<Out>> {
-    fn ensure_reader(&self) {
-        ReadPort::ensure_reader(self);
-    }
-    fn claim(&self, id: u64) -> Option<Claim> {
-        ReadPort::claim(self, id)
-    }
-}
-
-fn deliver<Out: DeserializeOwned + Send + 'static>(
-    out: &SinkRef<Out>,
-    stats: &ServletStats,
+/// Decodes one result entry.
+fn decode<Out: DeserializeOwned>(
     id: &WorkerId,
     value_codec: Codec,
-    ticket: TicketRef,
     status: u8,
     payload: &[u8],
-) {
+) -> Result<Out, Error> {
     let codec = |direction, message: String| {
         Error::Codec(CodecError {
             worker: id.clone(),
@@ -483,7 +537,7 @@ fn deliver<Out: DeserializeOwned + Send + 'static>(
             message,
         })
     };
-    let result = match status {
+    match status {
         // A panicking `Deserialize` fails its item, not this thread.
         frame::STATUS_OK => panic::catch(|| value_codec.decode::<Out>(payload))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
@@ -507,16 +561,6 @@ fn deliver<Out: DeserializeOwned + Send + 'static>(
                 _ => CodecDirection::DecodeOutput,
             };
             Err(codec(direction, String::from_utf8_lossy(msg).into_owned()))
-        }
-    };
-    match result {
-        Ok(y) => {
-            stats.items_ok.fetch_add(1, Relaxed);
-            out.push(ticket, y);
-        }
-        Err(e) => {
-            stats.items_err.fetch_add(1, Relaxed);
-            out.fail(ticket, e);
         }
     }
 }

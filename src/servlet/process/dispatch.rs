@@ -1,0 +1,299 @@
+//! Dispatch and batching: what a supervisor sends its worker, and how.
+//!
+//! Dispatch is pull-shaped. A worker's credit (items it may hold, see
+//! `ledger.rs`) starts at one item (one batch when batching) and grows only
+//! with its measured speed, so slow items go out one at a time and an idle
+//! worker gets the next item before a busy worker its second. The credit
+//! and the item ids are reserved under the worker's send lock; the items are
+//! then pulled from the queue (a batch waits for its items here) and
+//! encoded (user `Serialize`) without it, and written under it again. An
+//! item taken that cannot be sent after all goes to the servlet's spill
+//! queue, which every supervisor with credit takes from first.
+
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use serde::Serialize;
+
+use super::connection::{Port, WriteError, lock_side, send_all};
+use super::ledger::InFlight;
+use super::reader::{Delivery, deliver};
+use super::shared::{Item, Shared};
+use crate::batch;
+use crate::error::{CodecDirection, CodecError, Error, WorkerId};
+use crate::ipc::frame::ItemFrames;
+use crate::servlet::plumbing::{SinkRef, TicketRef};
+use crate::worker::{Worker, panic};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Items that never reached a worker: the write failed before a single byte
+/// went out, because the worker had already died. They go, as they are, to
+/// the next process, and count neither as crashed nor as attempts.
+pub(super) struct Unsent {
+    pub(super) frames: Vec<u8>,
+    pub(super) entries: Vec<(u64, InFlight)>,
+}
+
+/// A write failed: why the worker counts as crashed.
+pub(super) type Failed = String;
+
+/// What one supervisor sends its worker.
+pub(super) struct Dispatcher<'a, W: Worker> {
+    pub(super) shared: &'a Shared<W>,
+    pub(super) rx: &'a Receiver<Item<W>>,
+    pub(super) out: &'a SinkRef<W::Output>,
+    pub(super) frames: ItemFrames,
+}
+
+impl<W> Dispatcher<'_, W>
+where
+    W: Worker,
+    W::Input: Serialize,
+{
+    /// False (counted as skipped) if the item's request ended already.
+    fn live(&self, ticket: &TicketRef) -> bool {
+        if ticket.is_cancelled() {
+            self.shared.stats.skipped.fetch_add(1, Relaxed);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// While its worker has no credit, a supervisor drops the items of
+    /// ended requests from the queue (counted as skipped: they never ran)
+    /// and moves the others to the spill queue, in order, where any
+    /// supervisor with credit takes them first. Without this, a cancelled
+    /// item would sit in the queue until some worker had credit for it.
+    pub(super) fn sweep(&self) {
+        let shared = self.shared;
+        for rx in [&shared.spill_rx, self.rx] {
+            for _ in 0..rx.len() {
+                match rx.try_recv() {
+                    Ok(item) if item.0.is_cancelled() => {
+                        shared.stats.items_in.fetch_add(1, Relaxed);
+                        shared.stats.skipped.fetch_add(1, Relaxed);
+                        // The value's `Drop` is user code.
+                        let _ = panic::catch(move || drop(item));
+                    }
+                    Ok(item) => {
+                        let _ = shared.spill_tx.send(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Sends `first` and whatever else is ready (a batch, or up to the free
+    /// credit of queued items, in as few frames as the frame limit allows).
+    /// Gives `first` back if the worker has no credit after all.
+    pub(super) fn dispatch(
+        &mut self,
+        port: &Port,
+        who: &WorkerId,
+        first: Item<W>,
+        max: usize,
+        unsent: &mut Option<Unsent>,
+    ) -> Result<Option<Item<W>>, Failed> {
+        let shared = self.shared;
+        let stats = &shared.stats;
+        let policy = &shared.policy;
+        let start = Instant::now();
+        // Credit and ids are reserved under the send lock: callers may have
+        // handed the worker an item since the supervisor last looked, and
+        // none can while the reservation stands (the worker looks busy).
+        let (credit, base) = {
+            let side = lock_side(&port.writer);
+            let left = side.quota.saturating_sub(side.next_id);
+            let credit = max
+                .saturating_sub(port.ledger.held())
+                .min(left.min(usize::MAX as u64) as usize);
+            if credit == 0 {
+                return Ok(Some(first));
+            }
+            port.ledger.reserve(credit);
+            (credit, side.next_id)
+        };
+        let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
+        stats.items_in.fetch_add(1, Relaxed);
+        if self.live(&first.0) {
+            items.push(first);
+        }
+        let keep = |(t, _): &Item<W>| {
+            stats.items_in.fetch_add(1, Relaxed);
+            self.live(t)
+        };
+        // Spilled items first (they are older), then the queue.
+        let max = if policy.batched() {
+            policy.size.min(credit)
+        } else {
+            credit
+        };
+        batch::fill(&shared.spill_rx, &mut items, max, None, keep);
+        let wait = if policy.batched() {
+            batch::deadline(policy, start)
+        } else {
+            None
+        };
+        batch::fill(self.rx, &mut items, max, wait, keep);
+        let half = shared.max_frame / 2;
+        self.frames.reset(policy.batched(), half);
+        let mut tickets = Vec::with_capacity(items.len());
+        let mut failed: Vec<(TicketRef, String)> = Vec::new();
+        let codec = shared.codec;
+        for (ticket, x) in items {
+            // A panicking `Serialize` (or `Drop`) fails its item, not this
+            // thread.
+            let encoded = self.frames.push(|v| {
+                panic::catch(move || {
+                    let r = codec.encode_into(v, &x);
+                    drop(x);
+                    r
+                })
+                .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
+            });
+            match encoded {
+                Ok(size) if size > half => {
+                    self.frames.pop();
+                    let message = format!(
+                        "input exceeds the frame limit of {} bytes",
+                        shared.max_frame
+                    );
+                    failed.push((ticket, message));
+                }
+                Ok(_) => tickets.push(ticket),
+                Err(e) => failed.push((ticket, e)),
+            }
+        }
+        if policy.batched() && self.frames.open_frame_len() > shared.max_frame {
+            for t in tickets.drain(..) {
+                failed.push((t, "batch exceeds the frame limit".into()));
+            }
+        }
+        let n = tickets.len();
+        let mut outcome = Ok(None);
+        if n > 0 {
+            if policy.batched() {
+                stats.batches.fetch_add(1, Relaxed);
+                stats.batch_sizes.record(n as u64);
+            }
+            self.frames.assign_ids(base);
+            let retry = shared.restart.retry_crashed;
+            let entries: Vec<(u64, InFlight)> = tickets
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let bytes = retry.then(|| self.frames.payload(i).to_vec());
+                    (base + i as u64, InFlight::new(t, bytes))
+                })
+                .collect();
+            let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
+            let mut side = lock_side(&port.writer);
+            side.next_id = base + n as u64;
+            port.ledger.add(entries);
+            port.ledger.unreserve(credit - n);
+            // Someone reads before the write starts: a write larger than
+            // the socket's buffers needs the worker to go on reading, which
+            // it does only while its results are read.
+            port.read.ensure_reader();
+            let written = send_all(&side.sock, self.frames.bytes());
+            drop(side);
+            if let Err(e) = written {
+                let frames = self.frames.bytes().to_vec();
+                outcome = Err(write_failed(port, e, frames, &ids, unsent));
+            }
+        } else {
+            port.ledger.unreserve(credit);
+        }
+        // Failures are reported outside the send lock (the next stage's sink
+        // runs here).
+        for (ticket, message) in failed {
+            stats.items_err.fetch_add(1, Relaxed);
+            let e = Error::Codec(CodecError {
+                worker: who.clone(),
+                direction: CodecDirection::EncodeInput,
+                message,
+            });
+            deliver(self.out, who, Delivery::Failure(ticket, e));
+        }
+        outcome
+    }
+
+    /// Sends one item of a crashed worker again, alone, as it was encoded.
+    /// Returns it if it never reached the worker.
+    pub(super) fn send_retry(
+        &mut self,
+        port: &Port,
+        item: InFlight,
+    ) -> Result<(), (Failed, Option<InFlight>)> {
+        if !self.live(&item.ticket) {
+            return Ok(());
+        }
+        let Some(bytes) = item.bytes.as_deref() else {
+            return Ok(());
+        };
+        self.frames.reset(self.shared.policy.batched(), usize::MAX);
+        self.frames.push_raw(bytes);
+        let mut side = lock_side(&port.writer);
+        let id = side.next_id;
+        side.next_id += 1;
+        self.frames.set_id(0, id);
+        port.ledger.reserve(1);
+        port.ledger.add([(id, item)]);
+        port.read.ensure_reader();
+        let written = send_all(&side.sock, self.frames.bytes());
+        drop(side);
+        match written {
+            Ok(()) => Ok(()),
+            // Nothing got out: not an attempt.
+            Err(e) if e.written == 0 => {
+                let back = port.ledger.take_back(&[id]).pop().map(|(_, it)| it);
+                Err((e.reason(), back))
+            }
+            Err(e) => Err((e.reason(), None)),
+        }
+    }
+
+    /// Sends items that never reached the previous process, as they were.
+    pub(super) fn send_unsent(
+        &mut self,
+        port: &Port,
+        u: Unsent,
+        unsent: &mut Option<Unsent>,
+    ) -> Result<(), Failed> {
+        let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
+        let mut side = lock_side(&port.writer);
+        side.next_id = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
+        port.ledger.reserve(u.entries.len());
+        port.ledger.add(u.entries);
+        port.read.ensure_reader();
+        let written = send_all(&side.sock, &u.frames);
+        drop(side);
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(write_failed(port, e, u.frames, &ids, unsent)),
+        }
+    }
+}
+
+/// A write to the worker failed. If nothing went out, the items of the write
+/// never reached it: they are taken back and kept for the next process.
+/// Either way the worker counts as crashed.
+fn write_failed(
+    port: &Port,
+    e: WriteError,
+    frames: Vec<u8>,
+    ids: &[u64],
+    unsent: &mut Option<Unsent>,
+) -> Failed {
+    if e.written == 0 {
+        // Entries settled meanwhile are gone: the next worker may compute
+        // them, and their results are ignored.
+        let entries = port.ledger.take_back(ids);
+        if !entries.is_empty() {
+            *unsent = Some(Unsent { frames, entries });
+        }
+    }
+    e.reason()
+}

@@ -1,0 +1,285 @@
+//! [`Launcher`]: how a process servlet starts its worker processes (the
+//! program, its arguments and environment, a hook per worker), and the
+//! servlet's other start-up settings. The protocol that follows the start is
+//! in `spawn.rs` (parent) and `boot.rs` (child).
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::image::StartHook;
+use crate::affinity::CpuAffinity;
+
+/// A process servlet's settings for starting its worker processes.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpawnOptions {
+    pub(crate) launcher: Launcher,
+    /// Run in each worker process before the worker's `init`.
+    pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+}
+
+/// Which worker process is being spawned; given to [`Launcher::command_hook`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerSpawn {
+    /// The worker's index within its servlet.
+    pub index: usize,
+    /// The servlet's worker name.
+    pub name: String,
+    /// The CPUs the worker will be pinned to.
+    pub cpus: CpuAffinity,
+}
+
+type CommandHook = Arc<dyn Fn(&mut Command, &WorkerSpawn) + Send + Sync>;
+
+/// How a [`ProcessServlet`](crate::ProcessServlet) starts its worker
+/// processes.
+///
+/// The default re-executes the running binary, which finds its worker by
+/// itself (see [`crate::init`]). [`Launcher::program`] starts another program
+/// instead, which must call [`serve_worker::<W>()`](super::serve_worker) for
+/// the servlet's worker type `W`: for example a Python interpreter whose
+/// extension module defines the worker type, or a separate worker binary.
+/// Either way the worker's stdin is its connection to the server, and its
+/// stdout and stderr are the server's.
+///
+/// Arguments, `argv[0]`, environment and a hook that edits the
+/// [`Command`] of each worker (e.g. per-index environment) apply to both.
+///
+/// ```
+/// use mpserver::servlet::process::Launcher;
+///
+/// // The default, with an extra variable and a per-worker one.
+/// let launcher = Launcher::default()
+///     .env("OMP_NUM_THREADS", "1")
+///     .command_hook(|cmd, w| {
+///         cmd.env("CUDA_VISIBLE_DEVICES", w.index.to_string());
+///     });
+/// # let _ = launcher;
+///
+/// // A Python interpreter that serves the worker type of an extension module.
+/// let python = Launcher::program("python3")
+///     .args(["-c", "import mypkg._native as m; m._worker_main()"]);
+/// # let _ = python;
+/// ```
+#[derive(Clone)]
+pub struct Launcher {
+    pub(super) program: Option<OsString>,
+    pub(super) args: Vec<OsString>,
+    pub(super) arg0: Option<OsString>,
+    pub(super) env: Vec<(OsString, Option<OsString>)>,
+    pub(super) same_image: bool,
+    pub(super) handshake_timeout: Duration,
+    pub(super) hooks: Vec<CommandHook>,
+}
+
+impl Default for Launcher {
+    fn default() -> Self {
+        Launcher {
+            program: None,
+            args: Vec::new(),
+            arg0: None,
+            env: Vec::new(),
+            same_image: false,
+            handshake_timeout: Duration::from_secs(10),
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launcher")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("arg0", &self.arg0)
+            .field("env", &self.env)
+            .field("same_image", &self.same_image)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("command_hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
+impl Launcher {
+    /// The default: re-execute the running binary (`/proc/self/exe`, the
+    /// very image the server runs even if the file was replaced), named
+    /// `"<name>#<index> [mpserver worker]"` in `ps`.
+    pub fn re_exec() -> Self {
+        Launcher::default()
+    }
+
+    /// Start `program` (looked up in `PATH` if it has no `/`), which must call
+    /// [`serve_worker::<W>()`](super::serve_worker) for the servlet's worker
+    /// type, directly in the spawned process (a wrapper must `exec` it: the
+    /// worker checks that its parent is the server).
+    pub fn program(program: impl AsRef<OsStr>) -> Self {
+        Launcher {
+            program: Some(program.as_ref().to_owned()),
+            ..Launcher::default()
+        }
+    }
+
+    /// Whether this launcher re-executes the running binary.
+    pub fn is_re_exec(&self) -> bool {
+        self.program.is_none()
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets `argv[0]` (default: the worker's display name for re-exec, the
+    /// program for [`Launcher::program`]).
+    pub fn arg0(mut self, arg0: impl AsRef<OsStr>) -> Self {
+        self.arg0 = Some(arg0.as_ref().to_owned());
+        self
+    }
+
+    /// Sets an environment variable in every worker process.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), Some(value.as_ref().to_owned())));
+        self
+    }
+
+    /// Removes an environment variable from every worker process.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// How long the server waits for a new process to answer the handshake
+    /// (default 10 s). This bounds only the start of the process up to the
+    /// point where it takes the connection, not the worker's `init`. A
+    /// process that does not answer in time is killed and the start fails.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// For [`Launcher::program`]: require that the child's mpserver code is
+    /// loaded from the same file as the server's (its executable or shared
+    /// library: device, inode, size and modification time), e.g. the same
+    /// Python extension module. The re-exec launcher always requires it.
+    pub fn require_same_image(mut self, yes: bool) -> Self {
+        self.same_image = yes;
+        self
+    }
+
+    /// Adds a hook that edits the command of each worker process before it
+    /// is spawned (environment, arguments, working directory, …), given the
+    /// worker's index, name and CPUs. Hooks run in the server process, in
+    /// the order added, after the launcher's own arguments and environment.
+    /// The server sets the worker's stdin (its connection), its process
+    /// group and the `MPSERVER_WORKER` variable after the hooks; stdout and
+    /// stderr are the server's unless a hook redirects them.
+    pub fn command_hook<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&mut Command, &WorkerSpawn) + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    pub(super) fn command(&self, display_name: &str, who: &WorkerSpawn) -> Command {
+        let mut cmd = match &self.program {
+            None => {
+                let mut c = Command::new("/proc/self/exe");
+                c.arg0(display_name);
+                c
+            }
+            Some(p) => Command::new(p),
+        };
+        if let Some(a) = &self.arg0 {
+            cmd.arg0(a);
+        }
+        // The server's own, unless a hook redirects them.
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        for hook in &self.hooks {
+            hook(&mut cmd, who);
+        }
+        cmd
+    }
+}
+
+impl<W> super::ProcessServlet<W> {
+    /// How worker processes are started (default: the running binary
+    /// re-executed; see [`Launcher`]).
+    pub fn launcher(mut self, launcher: Launcher) -> Self {
+        self.spawn.launcher = launcher;
+        self
+    }
+
+    /// A function run in every worker process before the worker's
+    /// [`init`](crate::Worker::init), with the worker's context (its index,
+    /// name and CPUs): set per-worker environment (`CUDA_VISIBLE_DEVICES`,
+    /// thread counts of math libraries), install a `tracing` subscriber,
+    /// raise limits. An `Err` (or a panic) fails the worker's start as
+    /// `init` would.
+    ///
+    /// It must be a plain function, not a closure: the worker process finds
+    /// it the way it finds its worker, by its place in the executable, so it
+    /// works with the default re-exec [`Launcher`] only (with
+    /// [`Launcher::program`] the start fails; do such set-up in the program,
+    /// or set environment with [`Launcher::command_hook`]). When the hook
+    /// runs, the worker process has a single thread (unless code run before
+    /// `main` started others), so `std::env::set_var` is sound there.
+    ///
+    /// ```
+    /// use mpserver::{ProcessServlet, Server, WorkerContext, WorkerError};
+    /// # use mpserver::Worker;
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Device;
+    /// # impl Worker for Device {
+    /// #     type Input = ();
+    /// #     type Output = Option<String>;
+    /// #     fn call(&mut self, _: ()) -> Result<Option<String>, WorkerError> {
+    /// #         Ok(std::env::var("CUDA_VISIBLE_DEVICES").ok())
+    /// #     }
+    /// # }
+    ///
+    /// fn pick_gpu(ctx: &WorkerContext) -> Result<(), WorkerError> {
+    ///     // SAFETY: the worker process has one thread when the hook runs.
+    ///     unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ctx.worker_index().to_string()) };
+    ///     Ok(())
+    /// }
+    ///
+    /// # fn main() {
+    /// let server = Server::start(ProcessServlet::new(Device).on_worker_start(pick_gpu)).unwrap();
+    /// assert_eq!(server.call(()).unwrap().as_deref(), Some("0"));
+    /// # }
+    /// ```
+    pub fn on_worker_start(
+        mut self,
+        hook: fn(&crate::WorkerContext) -> Result<(), crate::WorkerError>,
+    ) -> Self {
+        self.spawn.start_hook = Some(hook);
+        self
+    }
+}

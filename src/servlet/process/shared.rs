@@ -1,0 +1,91 @@
+//! Settings and counters shared by the supervisors (and the input sink) of
+//! one process servlet.
+
+use std::marker::PhantomData;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::restart::RestartPolicy;
+use super::spawn;
+use crate::batch::BatchPolicy;
+use crate::ipc::Codec;
+use crate::metrics::ServletStats;
+use crate::servlet::plumbing::ChildRegistry;
+use crate::servlet::plumbing::TicketRef;
+use crate::worker::Worker;
+
+/// An item on its way into a worker process.
+pub(super) type Item<W> = (TicketRef, <W as Worker>::Input);
+
+/// See the module docs.
+pub(crate) struct Shared<W: Worker> {
+    pub(crate) name: String,
+    pub(crate) worker_bytes: Vec<u8>,
+    pub(crate) policy: BatchPolicy,
+    pub(crate) restart: RestartPolicy,
+    /// A worker's credit: `min_inflight` until its speed is measured, then
+    /// earned up to `max_inflight` (see `ledger.rs`).
+    pub(crate) min_inflight: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_frame: usize,
+    pub(crate) codec: Codec,
+    pub(crate) recycle_after_items: Option<u64>,
+    pub(crate) recycle_above_rss: Option<u64>,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) spawn: spawn::SpawnOptions,
+    pub(crate) stats: Arc<ServletStats>,
+    pub(crate) healthy_workers: AtomicUsize,
+    pub(crate) registry: Arc<ChildRegistry>,
+    /// Items a supervisor took from the queue but could not send to its own
+    /// worker (its credit was taken meanwhile, or it is restarting): any
+    /// supervisor with credit takes them before the queue, so they never
+    /// wait behind a busy worker while another one idles.
+    pub(super) spill_tx: Sender<Item<W>>,
+    /// Longest an item waits while no worker process is alive.
+    pub(crate) wait_for_worker: Duration,
+    /// How many worker processes are alive, and since when none is.
+    pub(crate) live: Mutex<Live>,
+    pub(super) spill_rx: Receiver<Item<W>>,
+    pub(crate) _worker: PhantomData<fn() -> W>,
+}
+
+/// Worker processes alive in a servlet.
+#[derive(Default)]
+pub(crate) struct Live {
+    alive: usize,
+    none_since: Option<Instant>,
+}
+
+impl<W: Worker> Shared<W> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker process is up.
+    pub(super) fn worker_up(&self) {
+        let mut l = self.live();
+        l.alive += 1;
+        l.none_since = None;
+    }
+
+    /// A worker process is gone.
+    pub(super) fn worker_down(&self) {
+        let mut l = self.live();
+        l.alive = l.alive.saturating_sub(1);
+        if l.alive == 0 {
+            l.none_since = Some(Instant::now());
+        }
+    }
+
+    /// True once no worker process has been alive for `wait_for_worker`.
+    pub(super) fn none_alive_too_long(&self) -> bool {
+        let l = self.live();
+        l.alive == 0
+            && l.none_since
+                .is_some_and(|t| t.elapsed() >= self.wait_for_worker)
+    }
+}
