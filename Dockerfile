@@ -32,7 +32,7 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=debuginfo
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p mpserver-http --bin seed_http \
+    cargo build --release --locked -p mpserver-http-seed --bin seed_http \
     && install -D -m 0755 target/release/seed_http /out/seed_http
 
 FROM ${RUNTIME_IMAGE} AS runtime-base

@@ -42,5 +42,5 @@ say "validating deploy/k8s"
 bash deploy/k8s/validate.sh
 
 say "building seed_http (release) and the image"
-cargo build --release --locked -p mpserver-http --bin seed_http
+cargo build --release --locked -p mpserver-http-seed --bin seed_http
 bash deploy/image-check.sh "${CARGO_TARGET_DIR:-$root/target}/release/seed_http"

@@ -27,7 +27,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${1:-$root/target/release/seed_http}"
-[ -x "$bin" ] || { echo "image-check: $bin is missing (cargo build --release -p mpserver-http --bin seed_http)" >&2; exit 1; }
+[ -x "$bin" ] || { echo "image-check: $bin is missing (cargo build --release -p mpserver-http-seed --bin seed_http)" >&2; exit 1; }
 command -v buildah >/dev/null || { echo "image-check: buildah is not installed" >&2; exit 1; }
 
 work="$(mktemp -d /tmp/mpserver-image-check.XXXXXX)"

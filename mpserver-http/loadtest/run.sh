@@ -34,7 +34,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 echo "# building seed_http (release)" >&2
-(cd "$root" && cargo build --release -q -p mpserver-http --bin seed_http)
+(cd "$root" && cargo build --release -q -p mpserver-http-seed --bin seed_http)
 bin="$target/release/seed_http"
 
 server_pid=""

@@ -206,3 +206,146 @@ impl HttpConfig {
         }
     }
 }
+
+/// A setting from the environment that could not be read
+/// ([`HttpConfig::from_env`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The variable.
+    pub var: String,
+    /// Its value.
+    pub value: String,
+    /// What it should be.
+    pub expected: &'static str,
+}
+
+/// The environment variables [`HttpConfig::from_env`] reads, each with the
+/// setting it sets. Durations are whole milliseconds, sizes whole bytes.
+pub const ENV_VARS: [(&str, &str); 16] = [
+    ("MPSERVER_HTTP_MAX_TIMEOUT_MS", "max_timeout"),
+    ("MPSERVER_HTTP_DEFAULT_TIMEOUT_MS", "default_timeout"),
+    ("MPSERVER_HTTP_GRACE_MS", "shutdown_grace"),
+    ("MPSERVER_HTTP_DRAIN_DELAY_MS", "drain_delay"),
+    ("MPSERVER_HTTP_CLOSE_TIMEOUT_MS", "close_timeout"),
+    ("MPSERVER_HTTP_MAX_BODY_BYTES", "max_body_bytes"),
+    ("MPSERVER_HTTP_MAX_DISCARD_BYTES", "max_discard_bytes"),
+    ("MPSERVER_HTTP_MAX_LINE_BYTES", "max_line_bytes"),
+    ("MPSERVER_HTTP_RETRY_AFTER_MS", "retry_after"),
+    ("MPSERVER_HTTP_MIN_LIVE_WORKERS", "min_live_workers"),
+    (
+        "MPSERVER_HTTP_HEADER_READ_TIMEOUT_MS",
+        "header_read_timeout",
+    ),
+    ("MPSERVER_HTTP_BODY_READ_TIMEOUT_MS", "body_read_timeout"),
+    ("MPSERVER_HTTP_IDLE_TIMEOUT_MS", "idle_timeout"),
+    ("MPSERVER_HTTP_WRITE_TIMEOUT_MS", "write_timeout"),
+    ("MPSERVER_HTTP_MAX_CONNECTIONS", "max_connections"),
+    ("MPSERVER_HTTP_HANDLE_SIGNALS", "handle_signals"),
+];
+
+impl HttpConfig {
+    /// The defaults, overridden by the `MPSERVER_HTTP_*` environment
+    /// variables that are set (see [`ENV_VARS`]): durations in whole
+    /// milliseconds (`MPSERVER_HTTP_DRAIN_DELAY_MS=10000`), sizes in bytes,
+    /// `MPSERVER_HTTP_HANDLE_SIGNALS` `true` or `false`. A value that cannot
+    /// be read is an error naming the variable, not a silent default.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::default().with_vars(|k| std::env::var(k).ok())
+    }
+
+    /// This configuration overridden by the variables `lookup` finds (as
+    /// [`from_env`](HttpConfig::from_env) does with the process
+    /// environment).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mpserver_http::HttpConfig;
+    ///
+    /// let vars = [("MPSERVER_HTTP_DRAIN_DELAY_MS", "250"), ("MPSERVER_HTTP_MAX_CONNECTIONS", "10")];
+    /// let lookup = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    /// let config = HttpConfig::default().with_vars(lookup).unwrap();
+    /// assert_eq!(config.get_drain_delay(), Duration::from_millis(250));
+    ///
+    /// let bad = |k: &str| (k == "MPSERVER_HTTP_GRACE_MS").then(|| "soon".to_string());
+    /// let e = HttpConfig::default().with_vars(bad).unwrap_err();
+    /// assert_eq!(e.var, "MPSERVER_HTTP_GRACE_MS");
+    /// ```
+    pub fn with_vars(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let num = |var: &str| -> Result<Option<u64>, ConfigError> {
+            match lookup(var) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError {
+                    var: var.to_string(),
+                    value: v,
+                    expected: "a whole number",
+                }),
+            }
+        };
+        let ms = |var: &str| num(var).map(|n| n.map(Duration::from_millis));
+        let size =
+            |var: &str| num(var).map(|n| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)));
+        if let Some(t) = ms("MPSERVER_HTTP_MAX_TIMEOUT_MS")? {
+            self.max_timeout = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_DEFAULT_TIMEOUT_MS")? {
+            self.default_timeout = Some(t);
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_GRACE_MS")? {
+            self.shutdown_grace = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_DRAIN_DELAY_MS")? {
+            self.drain_delay = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_CLOSE_TIMEOUT_MS")? {
+            self.close_timeout = t;
+        }
+        if let Some(n) = size("MPSERVER_HTTP_MAX_BODY_BYTES")? {
+            self.max_body_bytes = n;
+        }
+        if let Some(n) = size("MPSERVER_HTTP_MAX_DISCARD_BYTES")? {
+            self.max_discard_bytes = n;
+        }
+        if let Some(n) = size("MPSERVER_HTTP_MAX_LINE_BYTES")? {
+            self = self.max_line_bytes(n);
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_RETRY_AFTER_MS")? {
+            self.retry_after = t;
+        }
+        if let Some(n) = size("MPSERVER_HTTP_MIN_LIVE_WORKERS")? {
+            self.min_live_workers = n;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_HEADER_READ_TIMEOUT_MS")? {
+            self.header_read_timeout = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_BODY_READ_TIMEOUT_MS")? {
+            self.body_read_timeout = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_IDLE_TIMEOUT_MS")? {
+            self.idle_timeout = t;
+        }
+        if let Some(t) = ms("MPSERVER_HTTP_WRITE_TIMEOUT_MS")? {
+            self.write_timeout = t;
+        }
+        if let Some(n) = size("MPSERVER_HTTP_MAX_CONNECTIONS")? {
+            self.max_connections = n;
+        }
+        if let Some(v) = lookup("MPSERVER_HTTP_HANDLE_SIGNALS") {
+            self.handle_signals = match v.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError {
+                        var: "MPSERVER_HTTP_HANDLE_SIGNALS".into(),
+                        value: v,
+                        expected: "true or false",
+                    });
+                }
+            };
+        }
+        Ok(self)
+    }
+}

@@ -11,7 +11,7 @@ mod observe;
 mod routes;
 mod serve;
 
-pub use config::HttpConfig;
+pub use config::{ConfigError, ENV_VARS, HttpConfig};
 pub use error::{ErrorBody, ErrorResponse, ServeError, status_of};
 pub use routes::{TIMEOUT_HEADER, TIMEOUT_PARAM};
 pub use serve::{Flow, router, router_with, serve, serve_with_shutdown};

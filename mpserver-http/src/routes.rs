@@ -191,6 +191,14 @@ where
         }
     }
     app.metrics.render_into(&mut out);
+    prometheus::header(
+        &mut out,
+        "mpserver_http_ready",
+        "gauge",
+        "1 when /readyz answers 200 (every stage has its minimum of live workers).",
+    );
+    let ready = if app.readiness().is_ok() { 1.0 } else { 0.0 };
+    prometheus::sample(&mut out, "mpserver_http_ready", &[], ready);
     (
         [(
             header::CONTENT_TYPE,

@@ -81,6 +81,8 @@ async fn readiness_is_503_while_a_stage_has_no_live_worker() {
         "/readyz stayed 200 with the only worker of a stage dead"
     );
     let (_, why) = ready(&app).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("mpserver_http_ready 0\n"), "{text}");
     assert!(why.contains("/1 (Echo): 0 of 1 workers alive"), "{why}");
     // Back: 200 within a second of the worker running again.
     let up = poll_until(Duration::from_secs(20), || async {
@@ -100,6 +102,8 @@ async fn readiness_is_503_while_a_stage_has_no_live_worker() {
         back.elapsed()
     );
     assert_eq!(app.post("/call", "7").await.status(), 200);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(text.contains("mpserver_http_ready 1\n"), "{text}");
     app.stop().await.unwrap();
 }
 

@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod seed;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

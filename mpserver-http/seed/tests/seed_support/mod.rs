@@ -1,5 +1,7 @@
 //! The `seed_http` binary as a child process.
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::poll_until;
+use crate::support::poll_until;
 
 /// A running `seed_http`; killed if a test fails before it exits.
 pub struct Seed {

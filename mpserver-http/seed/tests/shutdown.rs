@@ -1,15 +1,17 @@
 //! The `seed_http` binary as a child process: it serves the seed flow, and on
 //! SIGTERM / SIGINT it drains requests in flight and exits 0.
 
+mod seed_support;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
+use seed_support::Seed;
 use serde_json::Value;
 use support::poll_until;
-use support::seed::Seed;
 
 const HELLO: &str = "Hello, wdwdwdwdwd!";
 

@@ -3,11 +3,13 @@
 //! request that asks for a gigantic result fails alone without hurting the
 //! server.
 
+mod seed_support;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
+use seed_support::Seed;
 use serde_json::Value;
 use support::error_body;
-use support::seed::Seed;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_types_are_422_not_500() {

@@ -1,1 +1,0 @@
-../../examples/shared/seed_workers.rs
