@@ -4,17 +4,11 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use super::image::{self, StartHook};
-use super::spawn::{
-    self, Boot, EXIT_HANDSHAKE_FAILED, Entry, Find, Hello, MAGIC, PROTOCOL, WorkerVar,
-};
+use super::image::{self, Boot, Entry, StartHook};
+use super::spawn::{self, EXIT_HANDSHAKE_FAILED, Find, Hello, MAGIC, PROTOCOL, WorkerVar};
 use crate::ipc::frame::{self, FrameReader, kind};
-use crate::worker::Worker;
 
-/// Why [`serve_worker`] could not serve.
+/// Why [`serve_worker`](super::serve_worker) could not serve.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BootError {
@@ -180,46 +174,11 @@ pub(crate) fn accept<W: 'static>(boot: &Boot) {
     }
 }
 
-/// Serves worker type `W` in a process started by a
-/// [`Launcher::program`](super::Launcher::program) launcher, on the
-/// connection the server gave it (stdin); returns when the server closes the
-/// connection (shutdown, recycling), after the worker's cleanup.
-///
-/// This is the whole worker side: the handshake (the server checks that
-/// this process serves the type it expects, `std::any::type_name::<W>()`, and
-/// speaks the same protocol), the worker's configuration, CPU pinning,
-/// `init`, the serve loop, cancellation, recycling and `cleanup`, exactly as
-/// in a re-executed worker. The process dies with the server
-/// (`PR_SET_PDEATHSIG`). Call it first thing in the program (before starting
-/// threads), and exit when it returns; with the re-exec launcher (the
-/// default) it is never needed.
-///
-/// ```no_run
-/// use mpserver::servlet::process::serve_worker;
-/// # use mpserver::{Worker, WorkerError};
-/// # #[derive(serde::Serialize, serde::Deserialize)]
-/// # struct MyWorker;
-/// # impl Worker for MyWorker {
-/// #     type Input = u64;
-/// #     type Output = u64;
-/// #     fn call(&mut self, x: u64) -> Result<u64, WorkerError> { Ok(x) }
-/// # }
-///
-/// // The `main` of a worker program started by
-/// // `Launcher::program("my-worker")`:
-/// fn main() {
-///     if let Err(e) = serve_worker::<MyWorker>() {
-///         eprintln!("{e}");
-///         std::process::exit(1);
-///     }
-/// }
-/// ```
-pub fn serve_worker<W>() -> Result<(), BootError>
-where
-    W: Worker + DeserializeOwned,
-    W::Input: DeserializeOwned,
-    W::Output: Serialize,
-{
+/// The handshake of a process started by a
+/// [`Launcher::program`](super::Launcher::program) launcher, up to the
+/// accepted HELLO: the connection to serve worker type `W` on (see
+/// [`serve_worker`](super::serve_worker)).
+pub(crate) fn accept_program<W: 'static>() -> Result<Boot, BootError> {
     let var = match spawn::started_as_worker() {
         Some(v) if !v.re_exec => v,
         _ => return Err(BootError::NotAWorker),
@@ -260,5 +219,5 @@ where
     let boot = make_boot(sock, &hello, None).map_err(BootError::Handshake)?;
     spawn::send_ack(&boot.writer, None)
         .map_err(|e| BootError::Handshake(format!("cannot answer the server: {e}")))?;
-    super::child::serve::<W>(boot).map_err(|e| BootError::Connection(e.to_string()))
+    Ok(boot)
 }

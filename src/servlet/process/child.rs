@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::boot;
-use super::spawn::{Boot, Entry, Target};
+use super::image::{Boot, Entry};
+use super::spawn::Target;
 use super::worker_log::{self, Forwarder};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
@@ -650,4 +651,48 @@ impl RetireCheck {
         }
         false
     }
+}
+
+/// Serves worker type `W` in a process started by a
+/// [`Launcher::program`](super::Launcher::program) launcher, on the
+/// connection the server gave it (stdin); returns when the server closes the
+/// connection (shutdown, recycling), after the worker's cleanup.
+///
+/// This is the whole worker side: the handshake (the server checks that
+/// this process serves the type it expects, `std::any::type_name::<W>()`, and
+/// speaks the same protocol), the worker's configuration, CPU pinning,
+/// `init`, the serve loop, cancellation, recycling and `cleanup`, exactly as
+/// in a re-executed worker. The process dies with the server
+/// (`PR_SET_PDEATHSIG`). Call it first thing in the program (before starting
+/// threads), and exit when it returns; with the re-exec launcher (the
+/// default) it is never needed.
+///
+/// ```no_run
+/// use mpserver::servlet::process::serve_worker;
+/// # use mpserver::{Worker, WorkerError};
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # struct MyWorker;
+/// # impl Worker for MyWorker {
+/// #     type Input = u64;
+/// #     type Output = u64;
+/// #     fn call(&mut self, x: u64) -> Result<u64, WorkerError> { Ok(x) }
+/// # }
+///
+/// // The `main` of a worker program started by
+/// // `Launcher::program("my-worker")`:
+/// fn main() {
+///     if let Err(e) = serve_worker::<MyWorker>() {
+///         eprintln!("{e}");
+///         std::process::exit(1);
+///     }
+/// }
+/// ```
+pub fn serve_worker<W>() -> Result<(), boot::BootError>
+where
+    W: Worker + DeserializeOwned,
+    W::Input: DeserializeOwned,
+    W::Output: Serialize,
+{
+    let connection = boot::accept_program::<W>()?;
+    serve::<W>(connection).map_err(|e| boot::BootError::Connection(e.to_string()))
 }

@@ -25,8 +25,27 @@ use std::os::unix::fs::MetadataExt;
 
 use serde::{Deserialize, Serialize};
 
-use super::spawn::{Boot, Entry};
+use std::os::unix::net::UnixStream;
+
+use crate::ipc::frame::FrameReader;
 use crate::worker::{WorkerContext, WorkerError};
+
+/// The transport handed to a worker entry.
+pub(crate) struct Boot {
+    pub(crate) reader: FrameReader<UnixStream>,
+    pub(crate) writer: UnixStream,
+    /// The worker type the server expects this process to serve.
+    pub(crate) type_name: String,
+    /// The hook to run before the worker's init, if any.
+    pub(crate) start_hook: Option<StartHook>,
+    /// Capture backtraces of worker errors and panics.
+    pub(crate) backtraces: bool,
+    /// Forward `tracing` events up to this level (0: none).
+    pub(crate) log_level: u8,
+}
+
+/// The type of a worker entry function.
+pub(crate) type Entry = fn(Boot);
 
 /// The identity of the file an image was loaded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

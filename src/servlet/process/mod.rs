@@ -39,8 +39,9 @@ mod supervisor;
 mod worker_log;
 
 pub(crate) use crate::servlet::plumbing::ChildRegistry;
+pub use boot::BootError;
 pub(crate) use boot::bootstrap_if_worker;
-pub use boot::{BootError, serve_worker};
+pub use child::serve_worker;
 pub use launcher::{Launcher, WorkerSpawn};
 pub use restart::RestartPolicy;
 

@@ -53,9 +53,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::image::{self, ImageId, StartHook};
+use super::image::{self, Entry, ImageId};
 pub(crate) use super::launcher::{Launcher, SpawnOptions, WorkerSpawn};
-use crate::ipc::frame::{FrameBuf, FrameReader, kind};
+use crate::ipc::frame::{FrameBuf, kind};
 use crate::servlet::plumbing::ChildRegistry;
 
 /// Environment variable that marks a worker process.
@@ -70,23 +70,6 @@ pub(crate) const EXIT_NOT_BOOTSTRAPPED: i32 = 78;
 pub(crate) const EXIT_HANDSHAKE_FAILED: i32 = 70;
 /// Largest HELLO or HELLO_ACK body accepted.
 pub(crate) const MAX_HELLO: usize = 1 << 20;
-
-/// The transport handed to a worker entry.
-pub(crate) struct Boot {
-    pub(crate) reader: FrameReader<UnixStream>,
-    pub(crate) writer: UnixStream,
-    /// The worker type the server expects this process to serve.
-    pub(crate) type_name: String,
-    /// The hook to run before the worker's init, if any.
-    pub(crate) start_hook: Option<StartHook>,
-    /// Capture backtraces of worker errors and panics.
-    pub(crate) backtraces: bool,
-    /// Forward `tracing` events up to this level (0: none).
-    pub(crate) log_level: u8,
-}
-
-/// The type of a worker entry function.
-pub(crate) type Entry = fn(Boot);
 
 /// How the child finds its worker loop.
 #[derive(Debug, Clone, Serialize, Deserialize)]
