@@ -4,22 +4,16 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::Router;
 use axum::http::StatusCode;
-use axum::middleware;
-use axum::routing::{get, post};
 use mpserver::Handle;
 use mpserver::error::ErrorClass;
 use mpserver::metrics::ServletSnapshot;
 use mpserver::server::ServerState;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::config::HttpConfig;
 use crate::error::ErrorResponse;
-use crate::observe::{HttpMetrics, observe};
-use crate::routes;
+use crate::observe::HttpMetrics;
 
 /// The front's own life cycle, which covers the flow's start-up (before a
 /// [`Handle`] exists) and the drain after a shutdown signal.
@@ -237,24 +231,4 @@ fn understaffed(node: &ServletSnapshot, path: &str, min: usize, out: &mut Vec<St
         };
         understaffed(m, &p, min, out);
     }
-}
-
-/// Builds the router over `app`.
-pub(crate) fn build<In, Out>(app: Arc<AppState<In, Out>>) -> Router
-where
-    In: DeserializeOwned + Send + 'static,
-    Out: Serialize + Send + 'static,
-{
-    let metrics = app.metrics.clone();
-    Router::new()
-        .route("/call", post(routes::call::<In, Out>))
-        .route("/stream", post(routes::stream::<In, Out>))
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz::<In, Out>))
-        .route("/metrics", get(routes::metrics::<In, Out>))
-        .route("/debug", get(routes::debug::<In, Out>))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .with_state(app)
-        .layer(middleware::from_fn_with_state(metrics, observe))
 }

@@ -50,42 +50,7 @@ use tower_service::Service;
 
 use crate::config::HttpConfig;
 use crate::error::ErrorBody;
-use crate::observe::HttpMetrics;
-
-/// Why the front closed a connection on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// No request within the idle time.
-    Idle = 0,
-    /// A request head took too long.
-    HeaderTimeout = 1,
-    /// The client did not read what was written for too long.
-    WriteStall = 2,
-    /// Over the connection cap: answered 503 and closed.
-    OverCapacity = 3,
-    /// A request body took too long (answered 408).
-    BodyTimeout = 4,
-}
-
-impl CloseReason {
-    pub(crate) const ALL: [CloseReason; 5] = [
-        CloseReason::Idle,
-        CloseReason::HeaderTimeout,
-        CloseReason::WriteStall,
-        CloseReason::OverCapacity,
-        CloseReason::BodyTimeout,
-    ];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Idle => "idle_timeout",
-            CloseReason::HeaderTimeout => "header_timeout",
-            CloseReason::WriteStall => "write_timeout",
-            CloseReason::OverCapacity => "over_capacity",
-            CloseReason::BodyTimeout => "body_timeout",
-        }
-    }
-}
+use crate::observe::{CloseReason, HttpMetrics};
 
 /// Per-connection state shared by the socket wrapper and the service.
 struct ConnState {

@@ -6,6 +6,7 @@ mod app;
 mod config;
 mod conn;
 mod error;
+mod json;
 mod ndjson;
 mod observe;
 mod routes;

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Sleep;
 
 use crate::error::ErrorBody;
-use crate::routes::parse_json;
+use crate::json::parse_json;
 
 /// What became of one input line.
 enum Marker {

@@ -11,7 +11,6 @@ use axum::middleware::Next;
 use axum::response::Response;
 use mpserver::metrics::Histogram;
 
-use crate::conn::CloseReason;
 use mpserver::metrics::prometheus::{header, histogram, sample};
 
 /// The routes, as metric labels. Anything else is `other`.
@@ -190,4 +189,39 @@ pub(crate) async fn observe(
         "http request"
     );
     resp
+}
+
+/// Why the front closed a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// No request within the idle time.
+    Idle = 0,
+    /// A request head took too long.
+    HeaderTimeout = 1,
+    /// The client did not read what was written for too long.
+    WriteStall = 2,
+    /// Over the connection cap: answered 503 and closed.
+    OverCapacity = 3,
+    /// A request body took too long (answered 408).
+    BodyTimeout = 4,
+}
+
+impl CloseReason {
+    pub(crate) const ALL: [CloseReason; 5] = [
+        CloseReason::Idle,
+        CloseReason::HeaderTimeout,
+        CloseReason::WriteStall,
+        CloseReason::OverCapacity,
+        CloseReason::BodyTimeout,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::WriteStall => "write_timeout",
+            CloseReason::OverCapacity => "over_capacity",
+            CloseReason::BodyTimeout => "body_timeout",
+        }
+    }
 }

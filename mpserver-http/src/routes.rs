@@ -4,22 +4,27 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use mpserver::error::ErrorClass;
 use mpserver::metrics::prometheus;
 use mpserver::{CallOptions, StreamOptions};
 use serde::Serialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use tower_service::Service;
 
 use crate::app::{AppState, Phase};
 use crate::config::HttpConfig;
 use crate::error::ErrorResponse;
+use crate::json::parse_json;
 use crate::ndjson;
+use crate::observe::observe;
 
 /// The header that sets a request's time limit, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
@@ -257,60 +262,6 @@ pub(crate) async fn method_not_allowed() -> Response {
     .into_response()
 }
 
-/// Why a JSON text could not become an input.
-pub(crate) enum ParseError {
-    /// Not JSON at all (400): bad syntax, or not UTF-8.
-    Syntax(String),
-    /// JSON, but not of the input type (422).
-    Type(serde_json::Error),
-}
-
-impl ParseError {
-    /// The answer, naming `what` was parsed ("the body", "line 3").
-    pub(crate) fn into_api_error(self, what: &str) -> ErrorResponse {
-        let status = match self {
-            ParseError::Syntax(_) => StatusCode::BAD_REQUEST,
-            ParseError::Type(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        ErrorResponse {
-            status,
-            retry_after: None,
-            body: Box::new(self.into_body(what)),
-            close: false,
-        }
-    }
-
-    pub(crate) fn into_body(self, what: &str) -> crate::error::ErrorBody {
-        match self {
-            ParseError::Syntax(e) => crate::error::ErrorBody::new(
-                "invalid_json",
-                format!("{what} is not valid JSON: {e}"),
-            )
-            .with_class(ErrorClass::InvalidInput),
-            ParseError::Type(e) => crate::error::ErrorBody::new(
-                "invalid_input",
-                format!("{what} is JSON but not a valid input: {e}"),
-            )
-            .with_class(ErrorClass::InvalidInput),
-        }
-    }
-}
-
-/// Parses one JSON text into an input, telling bad JSON from a wrong type.
-pub(crate) fn parse_json<In: DeserializeOwned>(text: &[u8]) -> Result<In, ParseError> {
-    // JSON text is UTF-8 (RFC 8259), also inside strings, which the syntax
-    // check below does not look into.
-    if let Err(e) = std::str::from_utf8(text) {
-        return Err(ParseError::Syntax(format!(
-            "invalid UTF-8 at byte {}",
-            e.valid_up_to()
-        )));
-    }
-    // Syntax first, so `5 garbage` is "not JSON" even for a string input.
-    serde_json::from_slice::<IgnoredAny>(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
-    serde_json::from_slice::<In>(text).map_err(ParseError::Type)
-}
-
 /// Reads a `/call` body: at most [`HttpConfig::max_body_bytes`], within
 /// [`HttpConfig::body_read_timeout`].
 ///
@@ -441,4 +392,24 @@ fn requested_timeout(
 
 fn invalid_timeout(msg: &str) -> ErrorResponse {
     ErrorResponse::new(StatusCode::BAD_REQUEST, "invalid_timeout", msg)
+}
+
+/// Builds the router over `app`.
+pub(crate) fn build<In, Out>(app: Arc<AppState<In, Out>>) -> Router
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    let http_metrics = app.metrics.clone();
+    Router::new()
+        .route("/call", post(call::<In, Out>))
+        .route("/stream", post(stream::<In, Out>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<In, Out>))
+        .route("/metrics", get(metrics::<In, Out>))
+        .route("/debug", get(debug::<In, Out>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+        .layer(middleware::from_fn_with_state(http_metrics, observe))
 }

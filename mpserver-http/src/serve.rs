@@ -71,7 +71,7 @@ where
     In: DeserializeOwned + Send + 'static,
     Out: Serialize + Send + 'static,
 {
-    app::build(AppState::running(handle, config))
+    crate::routes::build(AppState::running(handle, config))
 }
 
 /// Serves `flow` on `listener` until SIGTERM or SIGINT (unless
@@ -136,7 +136,7 @@ where
     tokio::pin!(stop);
 
     let app = AppState::starting(config.clone());
-    let router = app::build(app.clone());
+    let router = crate::routes::build(app.clone());
     let (close_tx, close_rx) = watch::channel(false);
     let addr = listener.local_addr()?;
     let http = conn::run(
