@@ -184,6 +184,20 @@ fn command() -> Command {
             "MPSERVER_HTTP_RESTART_WINDOW_MS",
             "60000",
             "Process workers: the window of --restart-max-restarts.",
+        ))
+        .arg(
+            Arg::new("restart-served-at-once")
+                .long("restart-served-at-once")
+                .env("MPSERVER_HTTP_RESTART_SERVED_AT_ONCE")
+                .default_value("true")
+                .value_parser(value_parser!(bool))
+                .help("Process workers: restart a worker that had served at once (back-off only for start-up deaths)."),
+        )
+        .arg(num(
+            "wait-for-worker-ms",
+            "MPSERVER_HTTP_WAIT_FOR_WORKER_MS",
+            "1000",
+            "Process workers: longest an item waits for a stage with no live worker (then a retryable 503).",
         ));
     for (flag, env, help) in HTTP_FLAGS {
         cmd = cmd.arg(
@@ -214,6 +228,10 @@ fn restart_policy(m: &ArgMatches) -> RestartPolicy {
         max_backoff: ms(m, "restart-max-backoff-ms"),
         max_restarts: count(m, "restart-max-restarts"),
         window: ms(m, "restart-window-ms"),
+        restart_served_at_once: m
+            .get_one::<bool>("restart-served-at-once")
+            .copied()
+            .unwrap_or(true),
         ..RestartPolicy::default()
     }
 }
@@ -239,27 +257,32 @@ fn flow(m: &ArgMatches) -> Flow<Value, Value> {
     }
     let max_output = count(m, "max-output-bytes");
     let policy = restart_policy(m);
+    let wait = ms(m, "wait-for-worker-ms");
     let servlet = sequential![
         ensemble![
             ProcessServlet::new(GetHead)
                 .cpus([0])
                 .codec(Codec::MessagePack)
-                .restart_policy(policy.clone()),
+                .restart_policy(policy.clone())
+                .wait_for_worker(wait),
             ProcessServlet::new(GetTail)
                 .cpus([0, 1])
                 .codec(Codec::MessagePack)
-                .restart_policy(policy.clone()),
+                .restart_policy(policy.clone())
+                .wait_for_worker(wait),
             ProcessServlet::new(GetLen)
                 .cpus([1])
                 .codec(Codec::MessagePack)
-                .restart_policy(policy.clone()),
+                .restart_policy(policy.clone())
+                .wait_for_worker(wait),
         ],
         ThreadServlet::new(try_worker_fn(move |x: Vec<Value>| combine_bounded(
             x, max_output
         ))),
         ProcessServlet::new(Solute)
             .codec(Codec::MessagePack)
-            .restart_policy(policy),
+            .restart_policy(policy)
+            .wait_for_worker(wait),
     ];
     Server::builder(servlet)
         .capacity(capacity)
