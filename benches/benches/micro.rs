@@ -30,8 +30,9 @@ use criterion::{
     criterion_main,
 };
 use mpserver::ipc::frame::{
-    DEFAULT_MAX_FRAME, FrameBuf, FrameReader, STATUS_OK, kind, parse_items, parse_results,
+    DEFAULT_MAX_FRAME, FrameBuf, STATUS_OK, kind, parse_items, parse_results,
 };
+use mpserver::ipc::reader::FrameReader;
 use mpserver::{CallOptions, Codec, PassThrough, Pending, Server, ThreadServlet, worker_fn};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;

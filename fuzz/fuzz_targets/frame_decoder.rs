@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mpserver::ipc::frame::{FrameReader, kind, parse_cancel, parse_items, parse_results};
+use mpserver::ipc::frame::{kind, parse_cancel, parse_items, parse_results};
+use mpserver::ipc::reader::FrameReader;
 
 /// A small limit, so that "oversized" is reachable by the fuzzer.
 const MAX_FRAME: usize = 4096;

@@ -6,7 +6,8 @@ use std::os::unix::net::UnixStream;
 
 use super::image::{self, Boot, Entry, StartHook};
 use super::spawn::{self, EXIT_HANDSHAKE_FAILED, Find, Hello, MAGIC, PROTOCOL, WorkerVar};
-use crate::ipc::frame::{self, FrameReader, kind};
+use crate::ipc::frame::{self, kind};
+use crate::ipc::reader::FrameReader;
 
 /// Why [`serve_worker`](super::serve_worker) could not serve.
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,8 @@ use super::worker_log::{self, Forwarder};
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
-use crate::ipc::frame::{self, FrameBuf, FrameReader, encode_into, kind};
+use crate::ipc::frame::{self, FrameBuf, encode_into, kind};
+use crate::ipc::reader::FrameReader;
 use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
 
 /// What the server tells a worker process about itself.

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use std::os::unix::net::UnixStream;
 
-use crate::ipc::frame::FrameReader;
+use crate::ipc::reader::FrameReader;
 use crate::worker::{WorkerContext, WorkerError};
 
 /// The transport handed to a worker entry.

@@ -1,0 +1,250 @@
+//! Reading frames (see [`frame`](super::frame)) from a byte stream: a
+//! buffered reader that never trusts a length, and for sockets can look for
+//! input without waiting and tells whether its last read drained the socket.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::frame::FrameError;
+
+/// The transport under a [`FrameReader`]: remembers whether its last read
+/// got everything that was waiting, and (for sockets) can read without
+/// waiting.
+struct Probe<R> {
+    inner: R,
+    /// The socket, for reads that must not wait.
+    fd: Option<RawFd>,
+    nowait: bool,
+    drained: bool,
+}
+
+impl<R: Read> Read for Probe<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.fd {
+            Some(fd) if self.nowait => {
+                use nix::sys::socket::{MsgFlags, recv};
+                recv(fd, buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?
+            }
+            _ => self.inner.read(buf)?,
+        };
+        self.drained = n < buf.len();
+        Ok(n)
+    }
+}
+
+/// Reads frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: BufReader<Probe<R>>,
+    body: Vec<u8>,
+    max: usize,
+}
+
+impl<R: Read + AsRawFd> FrameReader<R> {
+    /// A reader of a socket, which can also look for input without waiting
+    /// ([`FrameReader::fill_nowait`]).
+    pub fn socket(inner: R, max: usize) -> Self {
+        let fd = inner.as_raw_fd();
+        let mut r = FrameReader::new(inner, max);
+        r.inner.get_mut().fd = Some(fd);
+        r
+    }
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader accepting frames of at most `max` bytes.
+    pub fn new(inner: R, max: usize) -> Self {
+        FrameReader {
+            inner: BufReader::with_capacity(
+                64 * 1024,
+                Probe {
+                    inner,
+                    fd: None,
+                    nowait: false,
+                    drained: false,
+                },
+            ),
+            body: Vec::new(),
+            max,
+        }
+    }
+
+    /// Bytes already read from the transport but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.inner.buffer().len()
+    }
+
+    /// True if the last read from the transport got less than it asked for:
+    /// nothing more was waiting at that moment (a hint, to skip a system
+    /// call that would look for more).
+    pub fn drained(&self) -> bool {
+        self.inner.get_ref().drained
+    }
+
+    /// Reads whatever input is waiting into the buffer, without waiting for
+    /// more (sockets made with [`FrameReader::socket`]; other transports
+    /// read as usual). Returns the bytes buffered; `Ok(0)` if none were
+    /// waiting or at the end of the stream.
+    pub fn fill_nowait(&mut self) -> io::Result<usize> {
+        if self.buffered() > 0 {
+            return Ok(self.buffered());
+        }
+        self.inner.get_mut().nowait = true;
+        let r = self.inner.fill_buf().map(|b| b.len());
+        self.inner.get_mut().nowait = false;
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
+    }
+
+    /// The underlying transport.
+    pub fn get_ref(&self) -> &R {
+        &self.inner.get_ref().inner
+    }
+
+    /// Reads the next frame: `Ok(None)` on a clean end of stream (between
+    /// frames). Returns the kind and the body.
+    pub fn read_frame(&mut self) -> Result<Option<(u8, &[u8])>, FrameError> {
+        let mut len = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(FrameError::Truncated),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len == 0 {
+            return Err(FrameError::Malformed("empty frame"));
+        }
+        if len > self.max {
+            return Err(FrameError::Oversized(len));
+        }
+        // The buffer only grows (zero-filling just the growth); the read
+        // overwrites the part in use, so large frames cost no memset each.
+        if self.body.len() < len {
+            self.body.resize(len, 0);
+        }
+        let body = &mut self.body[..len];
+        self.inner.read_exact(body).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                FrameError::Truncated
+            } else {
+                FrameError::Io(e)
+            }
+        })?;
+        Ok(Some((body[0], &body[1..])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::frame::{DEFAULT_MAX_FRAME, FrameBuf, ItemFrames, kind, parse_items};
+
+    #[test]
+    fn socket_reader_looks_without_waiting_and_knows_when_it_drained() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::socket(a, DEFAULT_MAX_FRAME);
+        // Nothing waiting: no wait, nothing buffered.
+        assert_eq!(r.fill_nowait().unwrap(), 0);
+        let mut f = FrameBuf::new();
+        f.frame(kind::RETIRING, b"x");
+        f.frame(kind::RETIRING, b"yz");
+        b.write_all(f.as_bytes()).unwrap();
+        let n = r.fill_nowait().unwrap();
+        assert_eq!(n, f.len());
+        assert!(r.drained(), "a short read got all that was waiting");
+        assert_eq!(r.read_frame().unwrap(), Some((kind::RETIRING, &b"x"[..])));
+        assert!(r.buffered() > 0);
+        assert_eq!(r.read_frame().unwrap(), Some((kind::RETIRING, &b"yz"[..])));
+        assert_eq!(r.buffered(), 0);
+        drop(b);
+        // At the end of the stream: nothing buffered, and a clean end.
+        assert_eq!(r.fill_nowait().unwrap(), 0);
+        assert_eq!(r.read_frame().unwrap(), None);
+    }
+
+    fn items_frame(items: &[(u64, &[u8])], batched: bool) -> Vec<u8> {
+        let mut f = ItemFrames::new(batched, usize::MAX);
+        for (i, (id, p)) in items.iter().enumerate() {
+            f.push_raw(p);
+            f.set_id(i, *id);
+        }
+        f.bytes().to_vec()
+    }
+
+    #[test]
+    fn item_frames_split_assign_ids_and_roll_back() {
+        let mut f = ItemFrames::new(false, 40);
+        for i in 0..6u8 {
+            f.push_raw(&[i; 20]);
+        }
+        // A failing payload leaves nothing behind.
+        assert!(
+            f.push(|v| {
+                v.extend_from_slice(b"partial");
+                Err(())
+            })
+            .is_err()
+        );
+        f.push_raw(b"last");
+        f.pop();
+        assert_eq!(f.len(), 6);
+        assert_eq!(f.payload(2), &[2u8; 20]);
+        f.assign_ids(100);
+        let bytes = f.bytes().to_vec();
+        let mut r = FrameReader::new(&bytes[..], 1 << 20);
+        let mut seen = Vec::new();
+        while let Some((k, body)) = r.read_frame().unwrap() {
+            assert_eq!(k, kind::ITEMS);
+            let (batched, items) = parse_items(body).unwrap();
+            assert!(!batched);
+            assert!(body.len() <= 40 + 33, "split: {}", body.len());
+            seen.extend(items.into_iter().map(|(id, p)| (id, p[0])));
+        }
+        assert_eq!(
+            seen,
+            (0..6u8).map(|i| (100 + i as u64, i)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let bytes = items_frame(&[(1, b"ab"), (7, b""), (9, b"xyz")], true);
+        let mut r = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME);
+        let (k, body) = r.read_frame().unwrap().unwrap();
+        assert_eq!(k, kind::ITEMS);
+        let (batched, items) = parse_items(body).unwrap();
+        assert!(batched);
+        assert_eq!(
+            items,
+            vec![(1, &b"ab"[..]), (7, &b""[..]), (9, &b"xyz"[..])]
+        );
+        assert!(r.read_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let bytes = items_frame(&[(1, b"abc")], false);
+        for cut in 1..bytes.len() {
+            let mut r = FrameReader::new(&bytes[..cut], DEFAULT_MAX_FRAME);
+            assert!(
+                matches!(r.read_frame(), Err(FrameError::Truncated)),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_is_rejected_before_allocating() {
+        let bytes = (u32::MAX).to_le_bytes();
+        let mut r = FrameReader::new(&bytes[..], 1024);
+        assert!(matches!(r.read_frame(), Err(FrameError::Oversized(_))));
+    }
+}
