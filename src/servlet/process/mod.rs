@@ -33,6 +33,7 @@ mod launcher;
 mod ledger;
 mod reader;
 mod restart;
+mod results;
 mod shared;
 pub(crate) mod spawn;
 mod supervisor;
