@@ -55,7 +55,7 @@ struct SwitchSink<In, Out> {
 impl<In: Send + 'static, Out: Send + 'static> SwitchSink<In, Out> {
     fn pick(&self, value: &In) -> Result<usize, Error> {
         let n = self.members.len();
-        match crate::worker::panic::catch(|| (self.picker)(value)) {
+        match crate::worker::panic::catch(false, || (self.picker)(value)) {
             Ok(i) if i < n => Ok(i),
             Ok(i) => Err(Error::Route {
                 picked: i,

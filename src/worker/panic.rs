@@ -1,16 +1,18 @@
 //! Turning a panic inside a worker call into a [`WorkerError`](super::WorkerError).
 //!
 //! A process-wide panic hook is installed once (chaining to the previous hook).
-//! While a worker call runs, the hook records the panic's location (and a
-//! backtrace if enabled) in a thread-local instead of printing it: the panic is
-//! reported to the caller as an error, not to the terminal. Outside worker calls
+//! While a call made through [`catch`] runs, the hook records the panic's
+//! location (and a backtrace if asked) instead of printing it: the panic is
+//! reported to the caller as an error, not to the terminal. Outside such calls
 //! the previous hook runs unchanged.
 //!
-//! Backtraces (of panics, and of [`WorkerError`]s created on a worker's
-//! thread) are captured only on the threads of workers whose servlet asked
-//! for them (`.backtraces(true)`): the setting belongs to the thread that
-//! runs the worker (a worker thread, or a worker process's serving thread),
-//! which serves that one worker for its whole life.
+//! Whether to capture backtraces (of panics, and of [`WorkerError`]s created
+//! during the call) is an argument of [`catch`]: the worker runners pass
+//! their servlet's `.backtraces(..)` option, the server's own threads `false`.
+//! The one thread-local below only carries that call's state to the
+//! process-wide panic hook and to `WorkerError`'s constructors, which std and
+//! the user's code give no other way to reach; it is set and restored by
+//! [`catch`] around the call, never left behind.
 //!
 //! With `panic = "abort"` nothing can be caught: the process aborts right
 //! after the hook. The hook then logs the panic (`tracing` at error level,
@@ -24,22 +26,25 @@ use std::sync::{Once, OnceLock};
 
 use super::WorkerError;
 
+/// The call under way through [`catch`] on one thread.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    /// Capture backtraces of its panics and errors.
+    backtraces: bool,
+}
+
 thread_local! {
-    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// The call under way on this thread, if any (see the module docs).
+    static CALL: Cell<Option<Call>> = const { Cell::new(None) };
+    /// Location and backtrace of the last panic caught on this thread, from
+    /// the hook to [`WorkerError::from_panic`](super::WorkerError).
     static LAST: RefCell<(Option<String>, Option<String>)> = const { RefCell::new((None, None)) };
-    static BACKTRACES: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether worker errors and panics on this thread capture backtraces (set
-/// once by the thread that runs a worker, from its servlet's option).
-pub(crate) fn set_backtraces(on: bool) {
-    BACKTRACES.with(|b| b.set(on));
-}
-
-/// A backtrace of the caller, if this thread's worker asked for them and the
+/// A backtrace of the caller, if the call under way asked for them and the
 /// environment enables them.
 pub(crate) fn capture_backtrace() -> Option<String> {
-    if !BACKTRACES.with(Cell::get) {
+    if !CALL.with(Cell::get).is_some_and(|c| c.backtraces) {
         return None;
     }
     let bt = std::backtrace::Backtrace::capture();
@@ -67,7 +72,7 @@ fn install_hook() {
     HOOK.call_once(|| {
         let previous = panic::take_hook();
         panic::set_hook(Box::new(move |info| {
-            if IN_WORKER.with(Cell::get) {
+            if CALL.with(Cell::get).is_some() {
                 let location = info.location().map(|l| l.to_string());
                 let bt = capture_backtrace();
                 if cfg!(panic = "abort") {
@@ -99,12 +104,14 @@ pub(crate) fn take_last_panic() -> (Option<String>, Option<String>) {
     LAST.with(|last| std::mem::take(&mut *last.borrow_mut()))
 }
 
-/// Runs `f`, turning a panic into a `WorkerError`.
-pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, WorkerError> {
+/// Runs `f`, turning a panic into a `WorkerError`; panics and errors during
+/// the call capture backtraces if `backtraces` (and the environment enables
+/// them).
+pub(crate) fn catch<R>(backtraces: bool, f: impl FnOnce() -> R) -> Result<R, WorkerError> {
     install_hook();
-    IN_WORKER.with(|w| w.set(true));
+    let outer = CALL.with(|c| c.replace(Some(Call { backtraces })));
     let r = panic::catch_unwind(AssertUnwindSafe(f));
-    IN_WORKER.with(|w| w.set(false));
+    CALL.with(|c| c.set(outer));
     r.map_err(WorkerError::from_panic)
 }
 
@@ -114,7 +121,7 @@ mod tests {
 
     #[test]
     fn panic_becomes_error_with_location() {
-        let r: Result<(), _> = catch(|| panic!("bad {}", 7));
+        let r: Result<(), _> = catch(false, || panic!("bad {}", 7));
         let e = r.unwrap_err();
         assert!(e.is_panic());
         assert!(e.message().starts_with("bad 7 (at "), "{}", e.message());

@@ -194,7 +194,6 @@ where
         log_level,
         ..
     } = boot;
-    panic::set_backtraces(backtraces);
     let config: ChildConfig = match reader.read_frame()? {
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
         _ => return Err("expected a CONFIG frame".into()),
@@ -220,14 +219,14 @@ where
     report_aborts(writer.try_clone()?, config.max_frame, config.codec);
     running(Running::Init);
     if let Some(hook) = start_hook
-        && let Err(e) = panic::catch(|| hook(&ctx)).and_then(|r| r)
+        && let Err(e) = panic::catch(backtraces, || hook(&ctx)).and_then(|r| r)
     {
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
     // After the hook, which may install a subscriber of its own.
     let logs = worker_log::install(log_level);
-    if let Err(e) = panic::catch(|| worker.init(&ctx)).and_then(|r| r) {
+    if let Err(e) = panic::catch(backtraces, || worker.init(&ctx)).and_then(|r| r) {
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
@@ -247,7 +246,7 @@ where
     let mut retiring = false;
     // A panicking `Deserialize` fails its item, not the worker.
     let decode = |b: &[u8]| {
-        panic::catch(|| config.codec.decode::<W::Input>(b))
+        panic::catch(backtraces, || config.codec.decode::<W::Input>(b))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
     };
     loop {
@@ -299,7 +298,7 @@ where
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
                     Ok(x) => {
                         running(Running::Items(vec![id]));
-                        match panic::catch(|| worker.call(x)).and_then(|r| r) {
+                        match panic::catch(backtraces, || worker.call(x)).and_then(|r| r) {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
                                 log_error(&e);
@@ -330,7 +329,7 @@ where
                 if !values.is_empty() {
                     let n = values.len();
                     running(Running::Items(ids.clone()));
-                    match panic::catch(|| worker.call_batch(values)) {
+                    match panic::catch(backtraces, || worker.call_batch(values)) {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
                                 match r {
@@ -373,7 +372,7 @@ where
             results.flush_with(&mut writer, Some((kind::RETIRING, b"recycle")))?;
         }
     }
-    let _ = panic::catch(|| worker.cleanup());
+    let _ = panic::catch(backtraces, || worker.cleanup());
     // Events logged since the last results (the server reads to the end).
     if let Some(logs) = &results.logs {
         let mut last = FrameBuf::new();

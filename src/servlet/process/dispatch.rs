@@ -74,7 +74,7 @@ where
                         shared.stats.items_in.fetch_add(1, Relaxed);
                         shared.stats.skipped.fetch_add(1, Relaxed);
                         // The value's `Drop` is user code.
-                        let _ = panic::catch(move || drop(item));
+                        let _ = panic::catch(false, move || drop(item));
                     }
                     Ok(item) => {
                         let _ = shared.spill_tx.send(item);
@@ -146,7 +146,7 @@ where
             // A panicking `Serialize` (or `Drop`) fails its item, not this
             // thread.
             let encoded = self.frames.push(|v| {
-                panic::catch(move || {
+                panic::catch(false, move || {
                     let r = codec.encode_into(v, &x);
                     drop(x);
                     r

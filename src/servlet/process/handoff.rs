@@ -129,7 +129,7 @@ where
         // A failure here (including a panicking `Serialize`) is the
         // supervisor's to report, with its usual error: give the item back.
         let encoded = frames.push(|v| {
-            panic::catch(|| codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
+            panic::catch(false, || codec.encode_into(v, &x)).unwrap_or_else(|_| Err(String::new()))
         });
         if !matches!(encoded, Ok(size) if size <= self.shared.max_frame / 2) {
             return Err((ticket, x));

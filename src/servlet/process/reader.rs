@@ -73,19 +73,19 @@ pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d
     match d {
         Delivery::Value(ticket, v) => {
             let again = ticket.clone();
-            if let Err(error) = panic::catch(|| out.push(ticket, v)) {
+            if let Err(error) = panic::catch(false, || out.push(ticket, v)) {
                 tracing::error!(worker = %who, %error, "panic while delivering a result");
                 let worker = who.clone();
-                let _ = panic::catch(|| out.fail(again, Error::Worker { worker, error }));
+                let _ = panic::catch(false, || out.fail(again, Error::Worker { worker, error }));
             }
         }
         Delivery::Failure(ticket, e) => {
-            if let Err(error) = panic::catch(|| out.fail(ticket, e)) {
+            if let Err(error) = panic::catch(false, || out.fail(ticket, e)) {
                 tracing::error!(worker = %who, %error, "panic while delivering a failure");
             }
         }
         Delivery::Release(ticket) => {
-            let _ = panic::catch(|| drop(ticket));
+            let _ = panic::catch(false, || drop(ticket));
         }
     }
 }
@@ -540,7 +540,7 @@ fn decode<Out: DeserializeOwned>(
     };
     match status {
         // A panicking `Deserialize` fails its item, not this thread.
-        frame::STATUS_OK => panic::catch(|| value_codec.decode::<Out>(payload))
+        frame::STATUS_OK => panic::catch(false, || value_codec.decode::<Out>(payload))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
             .map_err(|e| codec(CodecDirection::DecodeOutput, e)),
         frame::STATUS_WORKER_ERROR => Err(match postcard::from_bytes::<WorkerError>(payload) {

@@ -114,7 +114,7 @@ impl Results {
         let codec = self.codec;
         // A panicking `Serialize` fails its item, not the worker.
         let r = self.buf.put_payload(|v| {
-            panic::catch(|| codec.encode_into(v, value))
+            panic::catch(false, || codec.encode_into(v, value))
                 .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
         });
         let too_big = self.buf.len() - mark > self.entry_limit();

@@ -269,7 +269,7 @@ where
                     break;
                 };
                 shared.stats.items_in.fetch_add(1, Relaxed);
-                let _ = crate::worker::panic::catch(move || drop(x));
+                let _ = crate::worker::panic::catch(false, move || drop(x));
                 if ticket.is_cancelled() {
                     shared.stats.skipped.fetch_add(1, Relaxed);
                     continue;

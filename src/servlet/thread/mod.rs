@@ -84,10 +84,9 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
                 stats: stats.clone(),
                 status,
                 abort: ctx.abort_flag(),
+                backtraces: config.backtraces,
             };
-            let backtraces = config.backtraces;
             ctx.spawn_pinned(format!("{}#{index}", config.name), cpu.clone(), move || {
-                panic::set_backtraces(backtraces);
                 run.run(ready)
             })?;
         }
@@ -111,11 +110,14 @@ struct ThreadWorker<W: Worker> {
     stats: Arc<ServletStats>,
     status: Arc<WorkerStatus>,
     abort: Arc<AtomicBool>,
+    /// Capture backtraces of the worker's errors and panics.
+    backtraces: bool,
 }
 
 impl<W: Worker> ThreadWorker<W> {
     fn run(mut self, ready: crossbeam_channel::Sender<Result<(), StartError>>) {
-        let init = panic::catch(|| self.worker.init(&self.context)).and_then(|r| r);
+        let init =
+            panic::catch(self.backtraces, || self.worker.init(&self.context)).and_then(|r| r);
         if let Err(error) = init {
             let _ = ready.send(Err(StartError::Init {
                 worker: self.id.clone(),
@@ -131,7 +133,7 @@ impl<W: Worker> ThreadWorker<W> {
         } else {
             self.serve_single();
         }
-        let _ = panic::catch(|| self.worker.cleanup());
+        let _ = panic::catch(self.backtraces, || self.worker.cleanup());
         self.status.alive.store(false, Relaxed);
         tracing::debug!(worker = %self.id, "thread worker stopped");
     }
@@ -152,7 +154,7 @@ impl<W: Worker> ThreadWorker<W> {
             if !self.admit(&ticket) {
                 continue;
             }
-            let r = panic::catch(|| self.worker.call(x)).and_then(|r| r);
+            let r = panic::catch(self.backtraces, || self.worker.call(x)).and_then(|r| r);
             self.status.items.fetch_add(1, Relaxed);
             self.deliver(ticket, r);
         }
@@ -189,7 +191,7 @@ impl<W: Worker> ThreadWorker<W> {
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.batch_sizes.record(n as u64);
         self.status.items.fetch_add(n as u64, Relaxed);
-        match panic::catch(|| self.worker.call_batch(values)) {
+        match panic::catch(self.backtraces, || self.worker.call_batch(values)) {
             Ok(results) if results.len() == n => {
                 for (t, r) in tickets.into_iter().zip(results) {
                     self.deliver(t, r);
