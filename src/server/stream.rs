@@ -541,15 +541,24 @@ impl<S, In: Send + 'static, Out: Send + 'static> AsyncOrdered<S, In, Out> {
     }
 }
 
+impl<I: Iterator, Out: Send + 'static> Ordered<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("in_flight", &self.inflight.len())
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<I: Iterator, Out: Send + 'static> std::fmt::Debug for ResultStream<I, Out>
 where
     I::Item: Send + 'static,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResultStream")
-            .field("in_flight", &self.0.inflight.len())
-            .field("window", &self.0.window)
-            .finish_non_exhaustive()
+        self.0.debug("ResultStream", f)
     }
 }
 
@@ -558,9 +567,6 @@ where
     I::Item: Send + 'static,
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PairStream")
-            .field("in_flight", &self.0.inflight.len())
-            .field("window", &self.0.window)
-            .finish_non_exhaustive()
+        self.0.debug("PairStream", f)
     }
 }

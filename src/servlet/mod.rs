@@ -74,6 +74,14 @@ pub(crate) struct SimpleConfig {
 }
 
 impl SimpleConfig {
+    /// The `Debug` form of a simple servlet of kind `kind` with this config.
+    pub(crate) fn debug(&self, kind: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(kind)
+            .field("name", &self.name)
+            .field("workers", &self.placement.0.len())
+            .finish_non_exhaustive()
+    }
+
     pub(crate) fn new(name: String) -> Self {
         SimpleConfig {
             name,

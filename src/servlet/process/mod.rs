@@ -290,9 +290,6 @@ where
 
 impl<W> std::fmt::Debug for ProcessServlet<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessServlet")
-            .field("name", &self.config.name)
-            .field("workers", &self.config.placement.0.len())
-            .finish_non_exhaustive()
+        self.config.debug("ProcessServlet", f)
     }
 }

@@ -240,9 +240,6 @@ impl<W: Worker> ThreadWorker<W> {
 
 impl<W> std::fmt::Debug for ThreadServlet<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadServlet")
-            .field("name", &self.config.name)
-            .field("workers", &self.config.placement.0.len())
-            .finish_non_exhaustive()
+        self.config.debug("ThreadServlet", f)
     }
 }
