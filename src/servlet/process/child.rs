@@ -114,9 +114,11 @@ enum Running {
 
 static RUNNING: Mutex<Running> = Mutex::new(Running::Nothing);
 
-fn running(now: Running) {
+/// Records what runs now; `now` is built only when panics abort, so the
+/// serve loop pays nothing per item otherwise.
+fn running(now: impl FnOnce() -> Running) {
     if cfg!(panic = "abort") {
-        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = now();
     }
 }
 
@@ -217,7 +219,7 @@ where
         cpus: config.cpus.cpus().map(<[usize]>::to_vec),
     };
     report_aborts(writer.try_clone()?, config.max_frame, config.codec);
-    running(Running::Init);
+    running(|| Running::Init);
     if let Some(hook) = start_hook
         && let Err(e) = panic::catch(backtraces, || hook(&ctx)).and_then(|r| r)
     {
@@ -230,7 +232,7 @@ where
         init_failed(&mut writer, &e)?;
         return Ok(());
     }
-    running(Running::Nothing);
+    running(|| Running::Nothing);
     send_frame(&mut writer, kind::READY, &std::process::id().to_le_bytes())?;
 
     let mut queue: VecDeque<Unit<W::Input>> = VecDeque::new();
@@ -297,7 +299,7 @@ where
                 match x {
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
                     Ok(x) => {
-                        running(Running::Items(vec![id]));
+                        running(|| Running::Items(vec![id]));
                         match panic::catch(backtraces, || worker.call(x)).and_then(|r| r) {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
@@ -305,7 +307,7 @@ where
                                 results.err(id, &e);
                             }
                         }
-                        running(Running::Nothing);
+                        running(|| Running::Nothing);
                     }
                 }
                 done += 1;
@@ -328,7 +330,7 @@ where
                 }
                 if !values.is_empty() {
                     let n = values.len();
-                    running(Running::Items(ids.clone()));
+                    running(|| Running::Items(ids.clone()));
                     match panic::catch(backtraces, || worker.call_batch(values)) {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -358,7 +360,7 @@ where
                             }
                         }
                     }
-                    running(Running::Nothing);
+                    running(|| Running::Nothing);
                     done += n as u64;
                 }
             }
