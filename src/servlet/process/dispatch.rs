@@ -188,7 +188,6 @@ where
                     (base + i as u64, InFlight::new(t, bytes))
                 })
                 .collect();
-            let ids: Vec<u64> = entries.iter().map(|(id, _)| *id).collect();
             let mut side = lock_side(&port.writer);
             side.next_id = base + n as u64;
             port.ledger.add(entries);
@@ -201,6 +200,7 @@ where
             drop(side);
             if let Err(e) = written {
                 let frames = self.frames.bytes().to_vec();
+                let ids: Vec<u64> = (base..base + n as u64).collect();
                 outcome = Err(write_failed(port, e, frames, &ids, unsent));
             }
         } else {

@@ -90,9 +90,7 @@ where
         worker_id,
     )?;
     let fail = |child: &mut Child, message: String| {
-        shared.registry.remove(pid);
-        let _ = child.kill();
-        let _ = child.wait();
+        spawn::discard(child, &shared.registry);
         spawn_err(message)
     };
     let ledger: Arc<Ledger> = Arc::default();
@@ -161,9 +159,7 @@ pub(super) fn configure(
         message,
     };
     let fail = |child: &mut Child, e: StartError| {
-        registry.remove(pid);
-        let _ = child.kill();
-        let _ = child.wait();
+        spawn::discard(child, registry);
         e
     };
     let body = match postcard::to_stdvec(config) {

@@ -274,7 +274,10 @@ pub(crate) fn read_small_frame(mut sock: &UnixStream, want: u8) -> io::Result<Op
 }
 
 /// Kills and reaps `child`, removing it from `registry` first.
-fn discard(child: &mut Child, registry: &ChildRegistry) -> Option<std::process::ExitStatus> {
+pub(super) fn discard(
+    child: &mut Child,
+    registry: &ChildRegistry,
+) -> Option<std::process::ExitStatus> {
     registry.remove(child.id());
     let _ = child.kill();
     child.wait().ok()

@@ -304,9 +304,6 @@ where
         let never = crossbeam_channel::never();
         let mut draining = false;
         let mut retiring = false;
-        // With `recycle_after(n)`, a process is sent at most n items (ids
-        // count every item sent), then retired once it has answered them.
-        let quota = shared.recycle_after_items.unwrap_or(u64::MAX);
         let who = self.worker_id(Some(p.pid));
         let port = p.port.clone();
         let ledger = &port.ledger;
@@ -360,7 +357,10 @@ where
             let max = ledger.limit(shared.min_inflight, shared.max_inflight);
             {
                 let mut side = lock_side(&port.writer);
-                if side.next_id >= quota {
+                // With `recycle_after(n)`, a process is sent at most n items
+                // (ids count every item sent: its `quota`), then retired once
+                // it has answered them.
+                if side.next_id >= side.quota {
                     retiring = true;
                 }
                 // Direct hand-off only while this worker takes new items one
@@ -532,17 +532,10 @@ where
         tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process stopped");
     }
 
-    fn kill(&self, mut p: Proc) {
-        self.shared.registry.remove(p.pid);
-        let _ = p.child.kill();
-        let _ = p.child.wait();
-        let _ = p.sock.shutdown(Shutdown::Both);
-        if let Some(h) = p.reader.take() {
-            let _ = h.join();
-        }
+    fn kill(&self, p: Proc) {
         // Dropping the held items completes their requests with a shutdown
         // error (or nothing, for requests that ended).
-        drop(p.port.ledger.drain());
+        drop(self.reap_crashed(p, true));
     }
 }
 
