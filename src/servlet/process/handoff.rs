@@ -31,7 +31,7 @@ use super::ledger::InFlight;
 use super::shared::Shared;
 use crate::error::Error;
 use crate::ipc::frame::ItemFrames;
-use crate::servlet::plumbing::{Claim, Push, Pushed, Sink, SinkRef, TicketRef};
+use crate::servlet::plumbing::{Claim, Push, Pushed, QueueSink, Sink, TicketRef};
 use crate::worker::Worker;
 use crate::worker::panic;
 
@@ -62,8 +62,8 @@ impl Door {
 /// The input of a process servlet: direct hand-off when a worker is idle,
 /// else the servlet's queue.
 pub(crate) struct ProcessSink<W: Worker> {
-    pub(super) tx: Sender<(TicketRef, W::Input)>,
-    pub(super) fail_to: SinkRef<W::Output>,
+    /// The servlet's queue (and where failures go).
+    pub(super) queue: QueueSink<W::Input, W::Output>,
     /// The worker slots' doors (empty when items are batched: batches are
     /// formed from the queue).
     pub(super) doors: Vec<Arc<Door>>,
@@ -91,7 +91,7 @@ where
     ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
         if self.doors.is_empty()
             || !kind.is_single()
-            || !self.tx.is_empty()
+            || !self.queue.tx.is_empty()
             || ticket.is_cancelled()
         {
             return Err((ticket, x));
@@ -197,17 +197,11 @@ where
     W::Input: Serialize,
 {
     fn push(&self, ticket: TicketRef, value: W::Input) {
-        // A send error means the stage has stopped; dropping the item
-        // completes its request with a shutdown error.
-        let _ = self.tx.send((ticket, value));
+        self.queue.push(ticket, value);
     }
 
     fn push_until(&self, ticket: TicketRef, value: W::Input, deadline: Instant) -> bool {
-        match self.tx.send_deadline((ticket, value), deadline) {
-            Ok(()) => true,
-            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => true,
-        }
+        self.queue.push_until(ticket, value, deadline)
     }
 
     /// A caller's single call goes straight to an idle worker if there is one
@@ -222,17 +216,11 @@ where
         match self.try_direct(ticket, value, kind) {
             Ok(Some(claim)) => Pushed::Claimed(claim),
             Ok(None) => Pushed::Delivered,
-            Err((ticket, value)) => {
-                if self.push_until(ticket, value, deadline) {
-                    Pushed::Delivered
-                } else {
-                    Pushed::TimedOut
-                }
-            }
+            Err((ticket, value)) => self.queue.push_call(ticket, value, deadline, kind),
         }
     }
 
     fn fail(&self, ticket: TicketRef, error: Error) {
-        self.fail_to.fail(ticket, error);
+        self.queue.fail(ticket, error);
     }
 }

@@ -57,7 +57,7 @@ use crate::error::StartError;
 use crate::ipc::Codec;
 use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::metrics::{ServletNode, WorkerStatus};
-use crate::servlet::plumbing::{SinkRef, StartContext, Started};
+use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
 use crate::worker::{self, Worker};
 
@@ -276,8 +276,10 @@ where
         }
         Ok(Started {
             input: Arc::new(handoff::ProcessSink {
-                tx,
-                fail_to: output,
+                queue: QueueSink {
+                    tx,
+                    fail_to: output,
+                },
                 doors,
                 shared,
                 next: AtomicUsize::new(0),
