@@ -35,7 +35,7 @@ use super::panic::capture_backtrace;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerError(Box<Inner>);
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Inner {
     type_name: String,
     message: String,
@@ -84,12 +84,8 @@ impl WorkerError {
         WorkerError(Box::new(Inner {
             type_name: type_name.into(),
             message: message.into(),
-            sources: Vec::new(),
             backtrace: capture_backtrace(),
-            panic: false,
-            invalid_input: false,
-            detail: None,
-            local: None,
+            ..Inner::default()
         }))
     }
 
@@ -116,12 +112,8 @@ impl WorkerError {
         WorkerError(Box::new(Inner {
             type_name: type_name.into(),
             message: message.into(),
-            sources: Vec::new(),
-            backtrace: None,
-            panic: false,
             invalid_input: true,
-            detail: None,
-            local: None,
+            ..Inner::default()
         }))
     }
 
@@ -143,12 +135,11 @@ impl WorkerError {
         WorkerError(Box::new(Inner {
             type_name: self.0.type_name.clone(),
             message,
-            sources: Vec::new(),
-            backtrace: None,
             panic: self.0.panic,
             invalid_input: self.0.invalid_input,
             detail: self.0.detail.clone(),
             local: self.0.local.clone(),
+            ..Inner::default()
         }))
     }
 
@@ -159,13 +150,7 @@ impl WorkerError {
 
     /// The error a caught panic becomes.
     pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
-        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
-            (*s).to_string()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "panic with a non-string payload".to_string()
-        };
+        let message = crate::worker::panic::payload_message(&*payload);
         let (location, backtrace) = crate::worker::panic::take_last_panic();
         Self::panicked(message, location, backtrace)
     }
@@ -183,12 +168,9 @@ impl WorkerError {
         WorkerError(Box::new(Inner {
             type_name: "panic".to_string(),
             message,
-            sources: Vec::new(),
             backtrace,
             panic: true,
-            invalid_input: false,
-            detail: None,
-            local: None,
+            ..Inner::default()
         }))
     }
 
@@ -282,10 +264,7 @@ where
             message: err.to_string(),
             sources,
             backtrace: capture_backtrace(),
-            panic: false,
-            invalid_input: false,
-            detail: None,
-            local: None,
+            ..Inner::default()
         }))
     }
 }

@@ -77,12 +77,7 @@ fn install_hook() {
                 let bt = capture_backtrace();
                 if cfg!(panic = "abort") {
                     // Nothing will catch it: tell everyone before the abort.
-                    let payload = info.payload();
-                    let message = payload
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic with a non-string payload".to_string());
+                    let message = payload_message(info.payload());
                     let error = WorkerError::panicked(message, location, bt);
                     if let Some(report) = ABORT_REPORTER.get() {
                         report(&error);
@@ -97,6 +92,18 @@ fn install_hook() {
             }
         }));
     });
+}
+
+/// The message a panic's payload carries (a `&str` or a `String`, as from
+/// `panic!`).
+pub(crate) fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
 }
 
 /// Location and backtrace of the last panic caught on this thread.
