@@ -333,16 +333,6 @@ impl ServletNode {
             m.for_each_named_worker(f);
         }
     }
-
-    /// Visits every worker status in the tree.
-    pub(crate) fn for_each_worker(&self, f: &mut dyn FnMut(&WorkerStatus)) {
-        for w in &self.workers {
-            f(w);
-        }
-        for m in &self.members {
-            m.for_each_worker(f);
-        }
-    }
 }
 
 /// A copy of one servlet's state and counters.

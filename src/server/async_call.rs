@@ -65,21 +65,14 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// back-pressure on. Needs no particular runtime: deadlines are kept by the
     /// server. Dropping the future cancels the request.
     pub async fn async_call(&self, x: In) -> Result<Out, Error> {
-        self.async_call_with(
-            x,
-            CallOptions {
-                timeout: self.core.timeout,
-                backpressure: true,
-            },
-        )
-        .await
+        self.async_call_with(x, CallOptions::timeout(self.core.timeout))
+            .await
     }
 
     /// Async call with explicit options. Without back-pressure, waiting for
     /// room does not block the executor.
     pub async fn async_call_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {
         let started = Instant::now();
-        self.entry()?;
         let permit = self.admit_async(started, opts).await?;
         // The flow's input is taken once admitted (see `admit_blocking`).
         let entry = self.entry()?;

@@ -47,12 +47,22 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         let adm = &self.core.admission;
         match adm.try_acquire() {
             Ok(p) => Ok(p),
-            Err(Refused::Full) if !opts.backpressure => adm
-                .join()
-                .wait(Some(started + opts.timeout))
-                .map_err(|m| self.missed(m, started)),
+            Err(Refused::Full) if !opts.backpressure => self.wait_in_line(started, opts.timeout),
             Err(r) => Err(self.refused(r)),
         }
+    }
+
+    /// Waits in line for room (blocking), up to `timeout` from `started`.
+    pub(super) fn wait_in_line(
+        &self,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<Permit, Error> {
+        self.core
+            .admission
+            .join()
+            .wait(Some(started + timeout))
+            .map_err(|m| self.missed(m, started))
     }
     fn admit_blocking(
         &self,
@@ -61,7 +71,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         opts: CallOptions,
         push: Push,
     ) -> Result<(Pending<Out>, Option<Claim>), Error> {
-        self.entry()?;
+        // A shut-down server refuses in `admit` (admission closes before the
+        // flow's input goes).
         let permit = self.admit(started, opts)?;
         // Taken after waiting for room, not before: holding it while waiting
         // would keep the flow's input open during a shutdown's drain.
@@ -86,10 +97,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     }
 
     fn backlog_full(&self, waited: Duration) -> Error {
-        let e = Error::BacklogFull(ServerBacklogFull {
-            capacity: self.core.admission.max(),
-            waited,
-        });
+        let e = Error::BacklogFull(ServerBacklogFull::new(self.core.admission.max(), waited));
         self.core.stats.error(&e);
         e
     }
@@ -107,13 +115,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// Calls the flow on `x` with the server's default timeout, failing at
     /// once with [`Error::BacklogFull`] if the server is full.
     pub fn call(&self, x: In) -> Result<Out, Error> {
-        self.call_with(
-            x,
-            CallOptions {
-                timeout: self.core.timeout,
-                backpressure: true,
-            },
-        )
+        self.call_with(x, CallOptions::timeout(self.core.timeout))
     }
 
     /// Calls the flow on `x` with explicit options.
@@ -170,8 +172,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     pub fn try_submit(&self, x: In, opts: CallOptions) -> Result<Pending<Out>, Rejected<In>> {
         let started = Instant::now();
         let admitted = self
-            .entry()
-            .and_then(|_| self.admit(started, opts))
+            .admit(started, opts)
             .and_then(|permit| Ok((permit, self.entry()?)));
         let (permit, entry) = match admitted {
             Ok(a) => a,

@@ -46,7 +46,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         let mut healthy = true;
         self.core
             .tree
-            .for_each_worker(&mut |w| healthy &= w.healthy.load(Ordering::Relaxed));
+            .for_each_named_worker(&mut |_, w| healthy &= w.healthy.load(Ordering::Relaxed));
         healthy
     }
 

@@ -150,11 +150,7 @@ impl<In: Send + 'static, Out: Send + 'static> tower_service::Service<In> for Han
     /// Submits `x` with the server's default timeout and back-pressure on
     /// (a full server fails the call at once with [`Error::BacklogFull`]).
     fn call(&mut self, x: In) -> CallFuture<Out> {
-        let opts = CallOptions {
-            timeout: self.core.timeout,
-            backpressure: true,
-        };
-        CallFuture::admitted(self.submit(x, opts))
+        CallFuture::admitted(self.submit(x, CallOptions::timeout(self.core.timeout)))
     }
 }
 

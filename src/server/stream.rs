@@ -125,10 +125,7 @@ where
             let permit = match adm.try_acquire() {
                 Ok(p) => Ok(p),
                 Err(Refused::Full) if !self.inflight.is_empty() => return,
-                Err(Refused::Full) => adm
-                    .join()
-                    .wait(Some(started + self.timeout))
-                    .map_err(|m| self.handle.missed(m, started)),
+                Err(Refused::Full) => self.handle.wait_in_line(started, self.timeout),
                 Err(r) => Err(self.handle.refused(r)),
             };
             // Room first, then the flow's input: a stream waiting for room
