@@ -198,22 +198,12 @@ impl<In: Clone + Send + 'static, Out: Send + 'static, M: Mode<Out>> Sink<In>
         last.push(slot, value);
     }
 
+    /// A stream's push: [`push_call`](Sink::push_call) as a stream item.
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
-        let slot = self.slot(ticket);
-        let Some((last, rest)) = self.members.split_last() else {
-            return true;
-        };
-        for m in rest {
-            if !m.push_until(slot.clone(), value.clone(), deadline) {
-                slot.failed.store(true, Ordering::Relaxed);
-                return false;
-            }
-        }
-        if !last.push_until(slot.clone(), value, deadline) {
-            slot.failed.store(true, Ordering::Relaxed);
-            return false;
-        }
-        true
+        !matches!(
+            self.push_call(ticket, value, deadline, Push::Stream),
+            Pushed::TimedOut
+        )
     }
 
     /// Every member gets the call's kind; at most one claim goes back (the

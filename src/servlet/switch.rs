@@ -81,13 +81,10 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for SwitchSink<In, Out> {
         }
     }
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
-        match self.pick(&value) {
-            Ok(i) => self.members[i].push_until(ticket, value, deadline),
-            Err(e) => {
-                self.out.fail(ticket, e);
-                true
-            }
-        }
+        !matches!(
+            self.push_call(ticket, value, deadline, Push::Stream),
+            Pushed::TimedOut
+        )
     }
     fn push_call(&self, ticket: TicketRef, value: In, deadline: Instant, kind: Push) -> Pushed {
         match self.pick(&value) {
