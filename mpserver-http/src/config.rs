@@ -197,13 +197,10 @@ impl HttpConfig {
         self.shutdown_grace
     }
 
+    /// [`retry_after`](HttpConfig::retry_after) in whole seconds, rounded up
+    /// (the header's unit).
     pub(crate) fn retry_after_secs(&self) -> u64 {
-        let s = self.retry_after.as_secs();
-        if self.retry_after.subsec_nanos() > 0 {
-            s + 1
-        } else {
-            s
-        }
+        crate::error::whole_secs(self.retry_after)
     }
 }
 

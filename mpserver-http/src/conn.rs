@@ -355,9 +355,7 @@ pub(crate) async fn run(
     mut close: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let answer = Arc::new(over_capacity_answer(crate::error::whole_secs(
-        config.retry_after,
-    )));
+    let answer = Arc::new(over_capacity_answer(config.retry_after_secs()));
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
     let refused_log = RateLimitedLog::new();

@@ -57,7 +57,12 @@ pub(crate) fn parse_json<In: DeserializeOwned>(text: &[u8]) -> Result<In, ParseE
             e.valid_up_to()
         )));
     }
-    // Syntax first, so `5 garbage` is "not JSON" even for a string input.
-    serde_json::from_slice::<IgnoredAny>(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
-    serde_json::from_slice::<In>(text).map_err(ParseError::Type)
+    // One typed parse; only when it fails, a syntax pass tells bad JSON
+    // (`5 garbage` is "not JSON" even for a string input) from a wrong type.
+    serde_json::from_slice::<In>(text).map_err(|e| {
+        match serde_json::from_slice::<IgnoredAny>(text) {
+            Err(syntax) => ParseError::Syntax(syntax.to_string()),
+            Ok(_) => ParseError::Type(e),
+        }
+    })
 }
