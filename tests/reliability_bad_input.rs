@@ -183,3 +183,30 @@ fn garbage_from_a_worker_is_a_crash_and_it_restarts() {
     }
     assert!(server.is_ready());
 }
+
+/// Echoes its bytes (one block on the wire).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EchoBytes;
+
+impl mpserver::Worker for EchoBytes {
+    type Input = mpserver::Bytes;
+    type Output = usize;
+    fn call(&mut self, x: mpserver::Bytes) -> Result<usize, mpserver::WorkerError> {
+        Ok(x.len())
+    }
+}
+
+/// `max_frame` above the default (256 MiB) holds on both sides of the
+/// boundary: the worker process reads frames up to the servlet's limit, not
+/// its own default.
+#[test]
+fn an_item_over_the_default_frame_limit_crosses_when_max_frame_allows() {
+    let big = 300usize << 20;
+    let server = Server::start(ProcessServlet::new(EchoBytes).max_frame(1 << 30)).unwrap();
+    let item = mpserver::Bytes::from(vec![7u8; big]);
+    let r = server.call_with(item, CallOptions::timeout(Duration::from_secs(60)));
+    assert_eq!(r.ok(), Some(big), "a 300 MiB item under a 1 GiB max_frame");
+    // The worker still serves.
+    let small = mpserver::Bytes::from(vec![1u8; 10]);
+    assert_eq!(server.call(small).unwrap(), 10);
+}

@@ -68,6 +68,12 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Accepts frames of at most `max` bytes from now on (a worker process
+    /// learns its servlet's limit from the CONFIG frame).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Bytes already read from the transport but not yet consumed.
     pub fn buffered(&self) -> usize {
         self.inner.buffer().len()

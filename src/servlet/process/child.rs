@@ -200,6 +200,8 @@ where
         Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
         _ => return Err("expected a CONFIG frame".into()),
     };
+    // Items may be as large as the servlet allows, not the default.
+    reader.set_max(config.max_frame);
     if let Err(e) = config.cpus.apply_to_current_thread() {
         init_failed(&mut writer, &WorkerError::from(e))?;
         return Ok(());
