@@ -43,6 +43,8 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
         let mut f = Fields::default();
         event.record(&mut f);
         f.0.insert("event_target".into(), event.metadata().target().into());
+        let thread = std::thread::current();
+        f.0.insert("thread".into(), thread.name().unwrap_or("").into());
         seen()
             .lock()
             .unwrap()
@@ -184,4 +186,52 @@ fn thread_worker_errors_are_logged_at_warn() {
                 && field(e, "error").contains("-7 is negative")
         })
     });
+}
+
+/// Logs one event per item (a message of its own, so the other tests'
+/// searches do not meet it).
+#[derive(Clone, Serialize, Deserialize)]
+struct Noting;
+
+impl Worker for Noting {
+    type Input = i64;
+    type Output = i64;
+    fn call(&mut self, x: i64) -> Result<i64, WorkerError> {
+        tracing::info!(x, "noted item");
+        Ok(x)
+    }
+}
+
+/// A caller that reads its own result (a single call handed to an idle
+/// worker) does not re-emit the worker's log events: they are the reader
+/// thread's to emit, outside the read lock and outside the caller's spans.
+#[test]
+fn worker_events_are_emitted_on_the_reader_thread_not_a_callers() {
+    install();
+    let server = Server::start(ProcessServlet::new(Noting).name("noting")).unwrap();
+    let handle = server.handle();
+    std::thread::Builder::new()
+        .name("a-caller".into())
+        .spawn(move || {
+            for x in 500..520 {
+                assert_eq!(handle.call(x).unwrap(), x);
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let noted = |e: &&Seen| field(e, "worker") == "noting" && field(e, "message") == "noted item";
+    wait_until("the 20 item events", |s| {
+        s.iter().filter(noted).count() >= 20
+    });
+    let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let on_caller: Vec<&Seen> = s
+        .iter()
+        .filter(noted)
+        .filter(|e| field(e, "thread") == "a-caller")
+        .collect();
+    assert!(
+        on_caller.is_empty(),
+        "worker events emitted on the caller's thread: {on_caller:?}"
+    );
 }

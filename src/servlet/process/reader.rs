@@ -65,7 +65,14 @@ pub(super) enum Delivery<Out> {
     Failure(TicketRef, Error),
     /// Skipped by the worker: the ticket is only dropped (its request ended).
     Release(TicketRef),
+    /// The worker process's `tracing` events (a LOG frame's body), re-emitted
+    /// outside the read lock, on the reader thread (`worker_log.rs`).
+    Log(Vec<u8>),
 }
+
+/// One settled item with its id, or a worker's log events (no id: they go
+/// to the reader thread, never to a caller reading its own result).
+type Settled<Out> = (Option<u64>, Delivery<Out>);
 
 /// Delivers one settled item to `out`. A panic in the code that runs there
 /// (the next stage, user `Clone`/`Drop`) fails that item only.
@@ -87,6 +94,10 @@ pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d
         Delivery::Release(ticket) => {
             let _ = panic::catch(false, || drop(ticket));
         }
+        // The subscriber is the application's code: its panic stays here.
+        Delivery::Log(body) => {
+            let _ = panic::catch(false, || super::worker_log::emit(who, &body));
+        }
     }
 }
 
@@ -105,10 +116,7 @@ pub(super) struct ReadSide {
 impl ReadSide {
     /// Reads one frame (blocking) and acts on it; results settled go to
     /// `out` with their ids. Returns how the connection ended, if it did.
-    fn step<Out: DeserializeOwned>(
-        &mut self,
-        out: &mut Vec<(u64, Delivery<Out>)>,
-    ) -> Option<Ended> {
+    fn step<Out: DeserializeOwned>(&mut self, out: &mut Vec<Settled<Out>>) -> Option<Ended> {
         match self.reader.read_frame() {
             Ok(None) => Some(None),
             // The worker died with bytes unread on its side: that is an end
@@ -148,7 +156,7 @@ impl ReadSide {
                             }
                         }
                     };
-                    out.push((id, d));
+                    out.push((Some(id), d));
                 }
                 self.status.items.fetch_add(done, Relaxed);
                 match send_cancels(&self.ledger, &self.writer, false) {
@@ -171,9 +179,9 @@ impl ReadSide {
                 let _ = self.events.send(Event::Retiring);
                 None
             }
-            // The worker process's `tracing` events (h2-life: worker_log.rs).
+            // The worker process's `tracing` events (`worker_log.rs`).
             Ok(Some((kind::LOG, body))) => {
-                super::worker_log::emit(&self.id, body);
+                out.push((None, Delivery::Log(body.to_vec())));
                 None
             }
             Ok(Some((k, _))) => Some(Some(format!("unexpected frame kind {k} from worker"))),
@@ -248,7 +256,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         self.ledger.held() == 0 && side.reader.buffered() == 0 && !input_pending(&self.sock)
     }
 
-    fn deliver_all(&self, batch: &mut Vec<(u64, Delivery<Out>)>) {
+    fn deliver_all(&self, batch: &mut Vec<Settled<Out>>) {
         for (_, d) in batch.drain(..) {
             deliver(&self.out, &self.who, d);
         }
@@ -357,18 +365,13 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Sorts what a caller read: its own result to `mine`, the others to
     /// the thread.
-    fn sort(
-        &self,
-        batch: &mut Vec<(u64, Delivery<Out>)>,
-        own: u64,
-        mine: &mut Option<Delivery<Out>>,
-    ) {
+    fn sort(&self, batch: &mut Vec<Settled<Out>>, own: u64, mine: &mut Option<Delivery<Out>>) {
         if batch.is_empty() {
             return;
         }
         let mut others = Vec::new();
         for (id, d) in batch.drain(..) {
-            if id == own {
+            if id == Some(own) {
                 *mine = Some(d);
             } else {
                 others.push(d);
