@@ -164,3 +164,25 @@ fn a_stream_can_leave_room_for_other_callers() {
     }
     assert_eq!(n, 200);
 }
+
+/// A stream of pairs on a server that has shut down says so, as a plain
+/// stream and the async pairs do: its first input comes back with
+/// `Error::Shutdown` instead of the stream ending as if the input were empty.
+#[test]
+fn pairs_on_a_shut_down_server_report_the_shutdown() {
+    let server = Server::start(ThreadServlet::new(worker_fn(|x: i64| 2 * x))).unwrap();
+    let handle = server.handle();
+    server.shutdown();
+    let plain: Vec<Result<i64, Error>> = handle.stream(vec![5, 1]).collect();
+    assert!(
+        matches!(plain.as_slice(), [Err(Error::Shutdown)]),
+        "{plain:?}"
+    );
+    let pairs: Vec<(i64, Result<i64, Error>)> = handle
+        .stream_pairs(vec![5, 1], StreamOptions::default())
+        .collect();
+    assert!(
+        matches!(pairs.as_slice(), [(5, Err(Error::Shutdown))]),
+        "{pairs:?}"
+    );
+}

@@ -134,8 +134,13 @@ where
             let (permit, entry) = match admitted {
                 Ok(a) => a,
                 Err(Error::Shutdown) => {
+                    // The next input (if any) ends the stream with the
+                    // shutdown, paired with it where inputs are kept.
+                    if let Some(x) = input.next() {
+                        self.inflight
+                            .push_back(((self.keep)(&x), Err(Error::Shutdown)));
+                    }
                     self.input = None;
-                    self.inflight.push_back((None, Err(Error::Shutdown)));
                     return;
                 }
                 Err(e) => {
@@ -211,16 +216,9 @@ where
 {
     type Item = (I::Item, Result<Out, Error>);
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (x, r) = self.0.next()?;
-            if let Some(x) = x {
-                return Some((x, r));
-            }
-            // Only a shutdown error has no input to pair with.
-            if r.is_err() {
-                return None;
-            }
-        }
+        // Every entry of a pairs stream keeps its input.
+        let (x, r) = self.0.next()?;
+        Some((x?, r))
     }
 }
 
