@@ -40,8 +40,9 @@ use super::handover::{Handover, Woken};
 use super::ledger::Ledger;
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
-use crate::ipc::frame::{self, kind};
+use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
+use crate::ipc::shm::{ShmError, SlotPool};
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
@@ -111,6 +112,35 @@ pub(super) struct ReadSide {
     pub(super) id: WorkerId,
     pub(super) codec: Codec,
     pub(super) events: Sender<Event>,
+    /// The connection's shared memory (large values), if it has some.
+    pub(super) shm: Option<Arc<SlotPool>>,
+}
+
+/// The bytes of a result: in the frame, or in the slot its item holds
+/// (checked: the descriptor must name that slot, at its generation).
+fn result_bytes<'a>(
+    shm: Option<&'a SlotPool>,
+    id: u64,
+    payload: Payload<'a>,
+) -> Result<&'a [u8], ShmError> {
+    match payload {
+        Payload::Inline(b) => Ok(b),
+        Payload::Shared(d) => {
+            let pool = shm.ok_or(ShmError::NoRegion)?;
+            match pool.bound(id) {
+                Some(held) if (held.slot, held.tag, held.gen_) == (d.slot, d.tag, d.gen_) => {
+                    pool.region().view(d)
+                }
+                held => Err(ShmError::Stale {
+                    slot: d.slot,
+                    tag: d.tag,
+                    gen_: d.gen_,
+                    held_tag: held.map_or(0, |h| h.tag),
+                    held_gen: held.map_or(0, |h| h.gen_),
+                }),
+            }
+        }
+    }
 }
 
 impl ReadSide {
@@ -138,14 +168,28 @@ impl ReadSide {
                     let _ = self.events.send(Event::Credit);
                 }
                 let mut done = 0u64;
+                let shm = self.shm.as_deref();
                 for (entry, (id, st, payload)) in taken.into_iter().zip(parsed) {
-                    let Some(entry) = entry else { continue };
+                    let Some(entry) = entry else {
+                        if let Some(pool) = shm {
+                            pool.release(id);
+                        }
+                        continue;
+                    };
                     let d = if st == frame::STATUS_SKIPPED {
                         self.stats.skipped.fetch_add(1, Relaxed);
                         Delivery::Release(entry.ticket)
                     } else {
                         done += 1;
-                        match decode::<Out>(&self.id, self.codec, st, payload) {
+                        let decoded = match result_bytes(shm, id, payload) {
+                            Ok(bytes) => decode::<Out>(&self.id, self.codec, st, bytes),
+                            Err(e) => Err(Error::Codec(CodecError {
+                                worker: self.id.clone(),
+                                direction: CodecDirection::DecodeOutput,
+                                message: e.to_string(),
+                            })),
+                        };
+                        match decoded {
                             Ok(v) => {
                                 self.stats.items_ok.fetch_add(1, Relaxed);
                                 Delivery::Value(entry.ticket, v)
@@ -156,6 +200,10 @@ impl ReadSide {
                             }
                         }
                     };
+                    // Decoded: the item's slot is free for another.
+                    if let Some(pool) = shm {
+                        pool.release(id);
+                    }
                     out.push((Some(id), d));
                 }
                 self.status.items.fetch_add(done, Relaxed);

@@ -33,6 +33,8 @@ pub(crate) struct Shared<W: Worker> {
     pub(crate) max_inflight: usize,
     pub(crate) max_frame: usize,
     pub(crate) codec: Codec,
+    /// Shared memory for large values (h1-shm), `None`: off.
+    pub(crate) shm: Option<crate::ipc::shm::ShmSettings>,
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) shutdown_grace: Duration,
