@@ -709,6 +709,12 @@ impl<'a> PayloadWriter<'a> {
     }
 
     fn put(&mut self, b: &[u8]) {
+        // Spill before a write that passes the threshold, so that a large
+        // block (a byte payload) is copied once, into the slot.
+        if !self.tried && self.vec.len() - self.start + b.len() > self.threshold {
+            self.tried = true;
+            self.spill_now();
+        }
         if let Some(pos) = self.slot.as_ref().map(|s| s.1) {
             let (Some(region), Some(slot)) = (self.region(), self.slot_index()) else {
                 return;
@@ -728,10 +734,6 @@ impl<'a> PayloadWriter<'a> {
             self.slot = None;
         }
         self.vec.extend_from_slice(b);
-        if !self.tried && self.vec.len() - self.start > self.threshold {
-            self.tried = true;
-            self.spill_now();
-        }
     }
 
     fn spill_now(&mut self) {
