@@ -1,5 +1,6 @@
 //! Starting a flow (the builder), and shutting it down.
 
+use crate::sync::lock_std;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -308,10 +309,7 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
             Err(p) => p.into_inner().take(),
         };
         drop(entry);
-        let mut control = match self.control.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut control = lock_std(&self.control);
         let deadline = Instant::now() + grace;
         let drained = matches!(
             control.alive_rx.recv_deadline(deadline),
