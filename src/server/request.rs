@@ -115,6 +115,16 @@ impl<Out: Send + 'static> Request<Out> {
         }
     }
 
+    /// Ends the request whose push into the flow timed out (its caller gets
+    /// the error directly), unless something ended it first: its deadline
+    /// (the timer sent and counted a timeout) or a shutdown. True if this
+    /// call ended it, so that the caller counts the outcome exactly once.
+    pub(crate) fn end_unpushed(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Marks the request cancelled (the caller went away); workers skip it.
     pub(crate) fn cancel(&self) {
         let _ =
