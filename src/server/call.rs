@@ -207,15 +207,21 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         permit: Permit,
         opts: CallOptions,
     ) -> Result<Pending<Out>, Error> {
+        self.submit_reserved_at(x, permit, opts, Instant::now())
+    }
+
+    /// [`submit_reserved`](Self::submit_reserved) of a request whose time
+    /// limit counts from `started`.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(super) fn submit_reserved_at(
+        &self,
+        x: In,
+        permit: Permit,
+        opts: CallOptions,
+        started: Instant,
+    ) -> Result<Pending<Out>, Error> {
         let entry = self.entry()?;
-        self.enqueue(
-            &entry,
-            x,
-            permit,
-            Instant::now(),
-            opts.timeout,
-            Push::Single,
-        )
-        .map(|(pending, _)| pending)
+        self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single)
+            .map(|(pending, _)| pending)
     }
 }
