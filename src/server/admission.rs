@@ -248,6 +248,13 @@ impl Admission {
         }
     }
 
+    /// [`leave`](Self::leave), then wakes whom it says (the locks released).
+    fn leave_and_wake(&self, seat: &Seat, to: Status) {
+        for w in self.leave(seat, to).into_iter().flatten() {
+            w.wake();
+        }
+    }
+
     /// Stops admitting: every caller in line is turned away now, and
     /// [`try_acquire`](Self::try_acquire) and [`join`](Self::join) refuse
     /// from now on. Units already held or handed out are unaffected.
@@ -367,22 +374,13 @@ impl Waiter {
     }
 
     fn expire_seat(admission: &Admission, seat: &Seat) {
-        for w in admission.leave(seat, Status::Expired).into_iter().flatten() {
-            w.wake();
-        }
+        admission.leave_and_wake(seat, Status::Expired);
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        for w in self
-            .admission
-            .leave(&self.seat, Status::Left)
-            .into_iter()
-            .flatten()
-        {
-            w.wake();
-        }
+        self.admission.leave_and_wake(&self.seat, Status::Left);
     }
 }
 
