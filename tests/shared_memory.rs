@@ -204,18 +204,23 @@ fn a_worker_killed_while_holding_slots_frees_them() {
             slots_in_use(&server)
         );
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        // An item whose write had not begun when the worker died goes to
+        // the restarted worker (it never reached this one): let it pass.
+        let _ = std::fs::remove_file(&gate);
         calls
             .into_iter()
             .map(|c| c.join().unwrap())
             .collect::<Vec<_>>()
     });
-    let _ = std::fs::remove_file(&gate);
-    for r in &outcomes {
-        assert!(
-            matches!(r, Err(Error::WorkerCrashed(_))),
-            "expected WorkerCrashed, got {r:?}"
-        );
+    let mut crashed = 0;
+    for (i, r) in outcomes.iter().enumerate() {
+        match r {
+            Err(Error::WorkerCrashed(_)) => crashed += 1,
+            Ok(y) => assert!(y[..] == reversed(&pattern(500_000, i))[..], "item {i}"),
+            other => panic!("expected WorkerCrashed, got {other:?}"),
+        }
     }
+    assert!(crashed >= 1, "the item the worker ran failed as crashed");
     // The restarted worker serves large values, and no slot stays taken.
     assert!(wait_until(Duration::from_secs(10), || {
         server.worker_pids().first().is_some_and(|p| *p != pid)

@@ -613,3 +613,44 @@ fn decode<Out: DeserializeOwned>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result's descriptor must name the slot its item holds, at its
+    /// generation: another item's slot, a released slot or a connection
+    /// without shared memory is a typed error, never someone else's bytes.
+    #[test]
+    fn a_result_descriptor_is_checked_against_its_items_slot() {
+        let pool = SlotPool::create(2, 4096, 16).unwrap();
+        let (a, b) = (pool.try_take().unwrap(), pool.try_take().unwrap());
+        assert!(pool.region().write(a.slot(), 0, b"result of 1"));
+        let (da, db) = (a.slot_ref(11), b.slot_ref(0));
+        pool.bind(1, a);
+        pool.bind(2, b);
+        let p = Some(&*pool);
+        assert_eq!(
+            result_bytes(p, 1, Payload::Shared(da)).unwrap(),
+            b"result of 1"
+        );
+        // Item 2's answer naming item 1's slot.
+        assert!(matches!(
+            result_bytes(p, 2, Payload::Shared(da)),
+            Err(ShmError::Stale { .. })
+        ));
+        assert!(matches!(
+            result_bytes(None, 1, Payload::Shared(da)),
+            Err(ShmError::NoRegion)
+        ));
+        pool.release(1);
+        assert!(matches!(
+            result_bytes(p, 1, Payload::Shared(da)),
+            Err(ShmError::Stale { .. })
+        ));
+        assert_eq!(result_bytes(p, 2, Payload::Inline(b"x")).unwrap(), b"x");
+        assert_eq!(result_bytes(p, 2, Payload::Shared(db)).unwrap(), b"");
+        pool.release(2);
+        assert_eq!(pool.in_use(), 0);
+    }
+}
