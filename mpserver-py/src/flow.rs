@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{self, Carry};
-use crate::value::PyValue;
+use crate::value::{Failed, PyValue};
 use crate::worker::PyThreadWorker;
 
 /// A servlet of the Python flow.
@@ -106,7 +106,9 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
                     |rs: Vec<Result<PyValue, Error>>| {
                         PyValue::List(
                             rs.into_iter()
-                                .map(|r| r.unwrap_or_else(|e| PyValue::Failed(Arc::new(e))))
+                                .map(|r| {
+                                    r.unwrap_or_else(|e| PyValue::Failed(Arc::new(Failed::new(e))))
+                                })
                                 .collect(),
                         )
                     },

@@ -32,7 +32,27 @@ pub enum PyValue {
     /// The output of an ensemble: one value per member.
     List(Vec<PyValue>),
     /// A member's error in the output of an ensemble with `fail_fast=False`.
-    Failed(Arc<Error>),
+    Failed(Arc<Failed>),
+}
+
+/// An ensemble member's error standing in the ensemble's output, with its
+/// Python exception once made: every conversion of the value gives that one
+/// exception (an [`mpserver::error::EnsembleError`]'s partial values can be
+/// taken only once).
+pub struct Failed {
+    /// The member's error.
+    pub error: Error,
+    exception: PyOnceLock<Py<PyAny>>,
+}
+
+impl Failed {
+    /// A member's error.
+    pub fn new(error: Error) -> Self {
+        Failed {
+            error,
+            exception: PyOnceLock::new(),
+        }
+    }
 }
 
 impl fmt::Debug for PyValue {
@@ -41,7 +61,7 @@ impl fmt::Debug for PyValue {
             PyValue::Obj(_) => f.write_str("PyValue::Obj"),
             PyValue::Pickled(b) => write!(f, "PyValue::Pickled({} bytes)", b.len()),
             PyValue::List(v) => f.debug_tuple("PyValue::List").field(v).finish(),
-            PyValue::Failed(e) => write!(f, "PyValue::Failed({e})"),
+            PyValue::Failed(e) => write!(f, "PyValue::Failed({})", e.error),
         }
     }
 }
@@ -105,7 +125,12 @@ impl PyValue {
                 }
                 Ok(list.into_any())
             }
-            PyValue::Failed(e) => crate::errors::exception_value(py, e),
+            PyValue::Failed(e) => e
+                .exception
+                .get_or_try_init(py, || {
+                    crate::errors::exception_value(py, &e.error).map(Bound::unbind)
+                })
+                .map(|x| x.bind(py).clone()),
         }
     }
 

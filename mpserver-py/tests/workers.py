@@ -37,6 +37,14 @@ class Slow(Worker):
         return x
 
 
+class SlowFail(Worker):
+    """Raises ``ValueError`` after a delay (so faster ensemble members finish first)."""
+
+    def call(self, x):
+        time.sleep(0.2)
+        raise ValueError(f'slow failure: {x!r}')
+
+
 class BatchInfo(Worker):
     def call(self, xs):
         assert isinstance(xs, list)
