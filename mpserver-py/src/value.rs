@@ -1,15 +1,27 @@
-//! The value that flows through a Python flow.
+//! The value that flows through a Python flow, and its pickle.
 //!
-//! A [`PyValue`] is a Python object, or its pickle (protocol 5) where it came
-//! out of a worker process: bytes read from a worker's socket stay bytes until
-//! Python code needs the object (a thread worker, a switch, the caller), so a
-//! value passing from one process stage to the next is never unpickled in the
+//! A [`PyValue`] is a Python object, or its [`Pickle`] where it came out of a
+//! worker process: bytes read from a worker's socket stay bytes until Python
+//! code needs the object (a thread worker, a switch, the caller), so a value
+//! passing from one process stage to the next is never unpickled in the
 //! server process and never needs the GIL there. Ensemble outputs are lists of
 //! values, made into a Python `list` only when Python needs them.
 //!
-//! Crossing a process boundary uses serde: serializing pickles the object
-//! under the GIL (or writes the pickle it already is); deserializing keeps the
-//! bytes.
+//! Pickles are protocol 5 with out-of-band buffers: a `bytes` or `bytearray`
+//! object of at least [`OOB_MIN`] bytes crosses as itself (no pickling at
+//! all), and the `PickleBuffer`s of other objects (numpy arrays, objects
+//! holding a `PickleBuffer`, a `PickleBuffer` itself) cross beside the pickle
+//! instead of inside it. (Inside a container, `bytes` and `bytearray` are
+//! written into the pickle: pickle offers no hook for them.)
+//! On the sending side such a buffer is the Python `bytes` object itself
+//! (read in place when the frame is written); on the receiving side it is
+//! copied once from the frame into a `bytes` (read-only buffers) or
+//! `bytearray` (writable ones) that `pickle.loads` hands to the object's
+//! reconstructor, so a large `bytes` is rebuilt without a further copy and a
+//! numpy array uses that memory as it is.
+//!
+//! This module knows nothing of errors or of converting values back to Python
+//! objects; [`crate::convert`] does that (and serializes composite values).
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -17,9 +29,13 @@ use std::sync::{Arc, OnceLock};
 use mpserver::Error;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList};
-use serde::de::{self, Deserializer, Visitor};
-use serde::ser::{self, Serializer};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeTuple, Serializer};
+
+/// Smallest `bytes` or `bytearray` sent as itself rather than pickled
+/// (smaller ones are cheaper inside the pickle).
+pub const OOB_MIN: usize = 64 * 1024;
 
 /// A value in a Python flow.
 #[derive(Clone)]
@@ -28,11 +44,28 @@ pub enum PyValue {
     /// members in processes share one pickling).
     Obj(Arc<Live>),
     /// A pickle (from a worker process), unpickled when Python needs it.
-    Pickled(Arc<Vec<u8>>),
+    Pickled(Arc<Pickle>),
     /// The output of an ensemble: one value per member.
     List(Vec<PyValue>),
     /// A member's error in the output of an ensemble with `fail_fast=False`.
     Failed(Arc<Failed>),
+}
+
+impl fmt::Debug for PyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PyValue::Obj(_) => f.write_str("PyValue::Obj"),
+            PyValue::Pickled(p) => write!(f, "PyValue::Pickled({} bytes)", p.len()),
+            PyValue::List(v) => f.debug_tuple("PyValue::List").field(v).finish(),
+            PyValue::Failed(e) => write!(f, "PyValue::Failed({})", e.error),
+        }
+    }
+}
+
+/// A Python object and, once made, its pickle.
+pub struct Live {
+    pub(crate) obj: Py<PyAny>,
+    pub(crate) pickle: OnceLock<Arc<Pickle>>,
 }
 
 /// An ensemble member's error standing in the ensemble's output, with its
@@ -42,7 +75,7 @@ pub enum PyValue {
 pub struct Failed {
     /// The member's error.
     pub error: Error,
-    exception: PyOnceLock<Py<PyAny>>,
+    pub(crate) exception: PyOnceLock<Py<PyAny>>,
 }
 
 impl Failed {
@@ -53,40 +86,6 @@ impl Failed {
             exception: PyOnceLock::new(),
         }
     }
-}
-
-impl fmt::Debug for PyValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PyValue::Obj(_) => f.write_str("PyValue::Obj"),
-            PyValue::Pickled(b) => write!(f, "PyValue::Pickled({} bytes)", b.len()),
-            PyValue::List(v) => f.debug_tuple("PyValue::List").field(v).finish(),
-            PyValue::Failed(e) => write!(f, "PyValue::Failed({})", e.error),
-        }
-    }
-}
-
-/// A Python object and, once made, its pickle.
-pub struct Live {
-    obj: Py<PyAny>,
-    pickle: OnceLock<Arc<Vec<u8>>>,
-}
-
-static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `pickle.dumps(obj, protocol=5)`.
-pub fn pickle_dumps(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    let py = obj.py();
-    let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
-    let b = dumps.call1((obj, 5))?;
-    Ok(b.cast::<PyBytes>()?.as_bytes().to_vec())
-}
-
-/// `pickle.loads(bytes)`.
-pub fn pickle_loads<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let loads = PICKLE_LOADS.import(py, "pickle", "loads")?;
-    loads.call1((PyBytes::new(py, bytes),))
 }
 
 impl PyValue {
@@ -104,68 +103,241 @@ impl PyValue {
     /// then fails it as a codec error).
     pub fn from_obj_pickled(obj: Bound<'_, PyAny>) -> Self {
         let pickle = OnceLock::new();
-        if let Ok(b) = pickle_dumps(&obj) {
-            let _ = pickle.set(Arc::new(b));
+        if let Ok(p) = Pickle::dumps(&obj) {
+            let _ = pickle.set(Arc::new(p));
         }
         PyValue::Obj(Arc::new(Live {
             obj: obj.unbind(),
             pickle,
         }))
     }
+}
 
-    /// The Python object this value stands for (unpickling if needed).
-    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self {
-            PyValue::Obj(o) => Ok(o.obj.bind(py).clone()),
-            PyValue::Pickled(b) => pickle_loads(py, b),
-            PyValue::List(items) => {
-                let list = PyList::empty(py);
-                for v in items {
-                    list.append(v.to_py(py)?)?;
-                }
-                Ok(list.into_any())
-            }
-            PyValue::Failed(e) => e
-                .exception
-                .get_or_try_init(py, || {
-                    crate::errors::exception_value(py, &e.error).map(Bound::unbind)
-                })
-                .map(|x| x.bind(py).clone()),
-        }
-    }
+/// Bytes of a pickle: owned (read from a frame, or a small pickle), or a
+/// Python `bytes` object read in place.
+pub enum Chunk {
+    /// Bytes owned by the engine.
+    Owned(Vec<u8>),
+    /// A Python `bytes` object.
+    Py(PyBytesRef),
+}
 
-    /// The pickle of this value.
-    fn pickled(&self) -> PyResult<Arc<Vec<u8>>> {
+impl Chunk {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
         match self {
-            PyValue::Pickled(b) => Ok(b.clone()),
-            PyValue::Obj(o) => {
-                if let Some(b) = o.pickle.get() {
-                    return Ok(b.clone());
-                }
-                let b = Python::attach(|py| pickle_dumps(o.obj.bind(py)).map(Arc::new))?;
-                Ok(o.pickle.get_or_init(|| b).clone())
-            }
-            other => Python::attach(|py| Ok(Arc::new(pickle_dumps(&other.to_py(py)?)?))),
+            Chunk::Owned(v) => v,
+            Chunk::Py(b) => b.as_slice(),
         }
     }
 }
 
-impl serde::Serialize for PyValue {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bytes = self
-            .pickled()
-            .map_err(|e| ser::Error::custom(format!("cannot pickle: {e}")))?;
-        s.serialize_bytes(&bytes)
+/// A Python `bytes` object whose contents are read without the GIL.
+pub struct PyBytesRef {
+    _obj: Py<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: `ptr`/`len` describe the contents of the `bytes` object that `_obj`
+// keeps alive. CPython stores a `bytes` object's contents inline in the
+// object, never moves it and never changes it after creation, so the memory
+// stays valid and unchanged for as long as the reference is held, and reading
+// it needs no GIL. The pointer is never written through.
+unsafe impl Send for PyBytesRef {}
+// SAFETY: as for `Send`: shared access only ever reads immutable memory.
+unsafe impl Sync for PyBytesRef {}
+
+impl PyBytesRef {
+    /// Holds `b` and notes where its contents are.
+    pub fn new(b: Bound<'_, PyBytes>) -> Self {
+        let s = b.as_bytes();
+        let (ptr, len) = (s.as_ptr(), s.len());
+        PyBytesRef {
+            _obj: b.unbind(),
+            ptr,
+            len,
+        }
+    }
+
+    /// The contents.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: see the `Send` impl: the memory is the contents of the
+        // `bytes` object held by `self._obj`, alive and immutable while `self`
+        // lives, and `len` is its length.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
-impl<'de> serde::Deserialize<'de> for PyValue {
+/// An out-of-band buffer of a pickle.
+pub struct Buffer {
+    /// Whether the object it came from was read-only (`bytes`): rebuilt as
+    /// `bytes`, else as `bytearray`.
+    pub readonly: bool,
+    /// Its bytes.
+    pub data: Chunk,
+}
+
+/// A pickle (protocol 5) and its out-of-band buffers, or a large `bytes`
+/// object sent as itself.
+pub struct Pickle {
+    /// The value is the single buffer, a `bytes` (read-only) or `bytearray`
+    /// object (not pickled).
+    pub raw: bool,
+    /// The pickle (empty when `raw`).
+    pub data: Chunk,
+    /// Out-of-band buffers, in the order `pickle.loads` takes them.
+    pub buffers: Vec<Buffer>,
+}
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl Pickle {
+    /// Total bytes (pickle and buffers).
+    pub fn len(&self) -> usize {
+        self.data.as_slice().len()
+            + self
+                .buffers
+                .iter()
+                .map(|b| b.data.as_slice().len())
+                .sum::<usize>()
+    }
+
+    /// Whether there are no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `pickle.dumps(obj, protocol=5, buffer_callback=...)`, its
+    /// `PickleBuffer`s out-of-band; a large `bytes` or `bytearray` as itself.
+    pub fn dumps(obj: &Bound<'_, PyAny>) -> PyResult<Pickle> {
+        let py = obj.py();
+        if let Ok(b) = obj.cast_exact::<PyBytes>()
+            && b.as_bytes().len() >= OOB_MIN
+        {
+            return Ok(Pickle {
+                raw: true,
+                data: Chunk::Owned(Vec::new()),
+                buffers: vec![Buffer {
+                    readonly: true,
+                    data: Chunk::Py(PyBytesRef::new(b.clone())),
+                }],
+            });
+        }
+        if let Ok(b) = obj.cast_exact::<PyByteArray>()
+            && b.len() >= OOB_MIN
+        {
+            return Ok(Pickle {
+                raw: true,
+                data: Chunk::Owned(Vec::new()),
+                buffers: vec![Buffer {
+                    readonly: false,
+                    // A copy: a bytearray may change after it was sent.
+                    data: Chunk::Owned(b.to_vec()),
+                }],
+            });
+        }
+        let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
+        let collected = PyList::empty(py);
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(
+            pyo3::intern!(py, "buffer_callback"),
+            collected.getattr("append")?,
+        )?;
+        let data = dumps.call((obj, 5), Some(&kwargs))?;
+        let data = data.cast::<PyBytes>()?;
+        let mut buffers = Vec::with_capacity(collected.len());
+        for pb in collected.iter() {
+            // A contiguous view of the buffer's bytes (as pickle itself does).
+            let raw = pb.call_method0(pyo3::intern!(py, "raw"))?;
+            let readonly: bool = raw.getattr(pyo3::intern!(py, "readonly"))?.extract()?;
+            let base = raw.getattr(pyo3::intern!(py, "obj"))?;
+            let nbytes: usize = raw.getattr(pyo3::intern!(py, "nbytes"))?.extract()?;
+            // The exporting `bytes` object itself when the view is all of it;
+            // otherwise one copy.
+            let bytes = match base.cast_exact::<PyBytes>() {
+                Ok(b) if b.as_bytes().len() == nbytes => b.clone(),
+                _ => raw
+                    .call_method0(pyo3::intern!(py, "tobytes"))?
+                    .cast_into::<PyBytes>()?,
+            };
+            buffers.push(Buffer {
+                readonly,
+                data: Chunk::Py(PyBytesRef::new(bytes)),
+            });
+        }
+        Ok(Pickle {
+            raw: false,
+            data: Chunk::Owned(data.as_bytes().to_vec()),
+            buffers,
+        })
+    }
+
+    /// The object: `pickle.loads(data, buffers=...)`, or the `bytes` object.
+    pub fn loads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if self.raw {
+            return Ok(match self.buffers.first() {
+                Some(b) if !b.readonly => PyByteArray::new(py, b.data.as_slice()).into_any(),
+                Some(b) => PyBytes::new(py, b.data.as_slice()).into_any(),
+                None => PyBytes::new(py, &[]).into_any(),
+            });
+        }
+        let loads = PICKLE_LOADS.import(py, "pickle", "loads")?;
+        let data = PyBytes::new(py, self.data.as_slice());
+        if self.buffers.is_empty() {
+            return loads.call1((data,));
+        }
+        let bufs = PyList::empty(py);
+        for b in &self.buffers {
+            if b.readonly {
+                bufs.append(PyBytes::new(py, b.data.as_slice()))?;
+            } else {
+                bufs.append(PyByteArray::new(py, b.data.as_slice()))?;
+            }
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "buffers"), bufs)?;
+        loads.call((data,), Some(&kwargs))
+    }
+
+    /// Writes this pickle as a value of the wire format:
+    /// `(raw, pickle, [(readonly, buffer), ...])`.
+    pub fn serialize_into<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Bytes<'a>(&'a [u8]);
+        impl serde::Serialize for Bytes<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        struct Bufs<'a>(&'a [Buffer]);
+        impl serde::Serialize for Bufs<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(
+                    self.0
+                        .iter()
+                        .map(|b| (b.readonly, Bytes(b.data.as_slice()))),
+                )
+            }
+        }
+        let mut t = s.serialize_tuple(3)?;
+        t.serialize_element(&self.raw)?;
+        t.serialize_element(&Bytes(self.data.as_slice()))?;
+        t.serialize_element(&Bufs(&self.buffers))?;
+        t.end()
+    }
+}
+
+/// Bytes read from the wire.
+struct OwnedBytes(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for OwnedBytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Bytes;
-        impl<'de> Visitor<'de> for Bytes {
+        struct V;
+        impl<'de> Visitor<'de> for V {
             type Value = Vec<u8>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a pickle")
+                f.write_str("bytes")
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
                 Ok(v.to_vec())
@@ -174,7 +346,58 @@ impl<'de> serde::Deserialize<'de> for PyValue {
                 Ok(v)
             }
         }
-        d.deserialize_byte_buf(Bytes)
-            .map(|b| PyValue::Pickled(Arc::new(b)))
+        d.deserialize_byte_buf(V).map(OwnedBytes)
     }
+}
+
+impl<'de> serde::Deserialize<'de> for PyValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Pickle;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a pickle with its out-of-band buffers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pickle, A::Error> {
+                let missing = |i| de::Error::invalid_length(i, &"3 fields");
+                let raw: bool = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let data: OwnedBytes = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let bufs: Vec<(bool, OwnedBytes)> =
+                    seq.next_element()?.ok_or_else(|| missing(2))?;
+                if raw && bufs.len() != 1 {
+                    return Err(de::Error::custom("a raw value has exactly one buffer"));
+                }
+                Ok(Pickle {
+                    raw,
+                    data: Chunk::Owned(data.0),
+                    buffers: bufs
+                        .into_iter()
+                        .map(|(readonly, b)| Buffer {
+                            readonly,
+                            data: Chunk::Owned(b.0),
+                        })
+                        .collect(),
+                })
+            }
+        }
+        d.deserialize_tuple(3, V)
+            .map(|p| PyValue::Pickled(Arc::new(p)))
+    }
+}
+
+/// `(raw, pickle_len, [(readonly, buffer_len), ...])`.
+pub type Layout = (bool, usize, Vec<(bool, usize)>);
+
+/// How `obj` would cross a process boundary, for tests: see [`Layout`].
+#[pyfunction]
+pub fn _pickle_layout(obj: &Bound<'_, PyAny>) -> PyResult<Layout> {
+    let p = Pickle::dumps(obj)?;
+    Ok((
+        p.raw,
+        p.data.as_slice().len(),
+        p.buffers
+            .iter()
+            .map(|b| (b.readonly, b.data.as_slice().len()))
+            .collect(),
+    ))
 }

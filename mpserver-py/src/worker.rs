@@ -18,7 +18,7 @@ use pyo3::types::{PyDict, PyList, PySequence};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, Carry};
-use crate::value::{PyValue, pickle_dumps};
+use crate::value::{Pickle, PyValue};
 
 /// A live worker instance.
 struct Instance {
@@ -51,7 +51,7 @@ impl Instance {
     fn output(&self, y: Bound<'_, PyAny>) -> PyResult<PyValue> {
         match self.carry {
             Carry::Object => Ok(PyValue::from_obj(y)),
-            Carry::Pickle => Ok(PyValue::Pickled(std::sync::Arc::new(pickle_dumps(&y)?))),
+            Carry::Pickle => Ok(PyValue::Pickled(std::sync::Arc::new(Pickle::dumps(&y)?))),
         }
     }
 
