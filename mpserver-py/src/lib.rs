@@ -18,6 +18,7 @@ pub mod errors;
 pub mod flow;
 pub mod process;
 pub mod server;
+pub mod spec;
 pub mod value;
 pub mod worker;
 

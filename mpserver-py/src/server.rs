@@ -75,7 +75,7 @@ impl Core {
             return Err(PyValueError::new_err("capacity must be positive"));
         }
         let (servlet, info) = flow::build_flow(spec)?;
-        let main = flow::affinity(main_cpu)?;
+        let main = crate::spec::affinity(main_cpu)?;
         let grace = duration(shutdown_grace)?;
         let r = py.detach(|| {
             Server::builder(servlet)
