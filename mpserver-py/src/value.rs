@@ -29,7 +29,9 @@ use std::sync::{Arc, OnceLock};
 use mpserver::Error;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeTuple, Serializer};
 
@@ -190,6 +192,30 @@ pub struct Pickle {
     pub buffers: Vec<Buffer>,
 }
 
+/// Whether `obj` is a value of a built-in scalar type (or a short tuple or
+/// list of them, `depth` levels down), which pickles without buffers.
+fn plain(obj: &Bound<'_, PyAny>, depth: u32) -> bool {
+    if obj.is_none()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyBool>()
+        || obj.is_exact_instance_of::<PyBytes>()
+    {
+        return true;
+    }
+    if depth == 0 {
+        return false;
+    }
+    if let Ok(t) = obj.cast_exact::<PyTuple>() {
+        return t.len() <= 16 && t.iter().all(|x| plain(&x, depth - 1));
+    }
+    if let Ok(l) = obj.cast_exact::<PyList>() {
+        return l.len() <= 16 && l.iter().all(|x| plain(&x, depth - 1));
+    }
+    false
+}
+
 static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static PICKLE_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -239,6 +265,16 @@ impl Pickle {
             });
         }
         let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
+        if plain(obj, 1) {
+            // Nothing in it can be a PickleBuffer: no callback to collect
+            // them (saves a list, a bound method and a keyword dict per item).
+            let data = dumps.call1((obj, 5))?;
+            return Ok(Pickle {
+                raw: false,
+                data: Chunk::Owned(data.cast::<PyBytes>()?.as_bytes().to_vec()),
+                buffers: Vec::new(),
+            });
+        }
         let collected = PyList::empty(py);
         let kwargs = PyDict::new(py);
         kwargs.set_item(
