@@ -27,6 +27,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use mpserver::Error;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{
@@ -180,13 +181,64 @@ pub struct Buffer {
     pub data: Chunk,
 }
 
-/// A pickle (protocol 5) and its out-of-band buffers, or a large `bytes`
-/// object sent as itself.
-pub struct Pickle {
+/// How a value crosses: pickled, or (for the commonest values) as itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `data` is a pickle (protocol 5); `buffers` its out-of-band buffers.
+    Pickle,
     /// The value is the single buffer, a `bytes` (read-only) or `bytearray`
-    /// object (not pickled).
-    pub raw: bool,
-    /// The pickle (empty when `raw`).
+    /// object.
+    Raw,
+    /// An `int` that fits 64 bits: `data` is its 8 bytes, little-endian.
+    Int,
+    /// A `str`: `data` is its UTF-8.
+    Str,
+    /// A `float`: `data` is its 8 bytes, little-endian.
+    Float,
+}
+
+impl Form {
+    fn tag(self) -> u8 {
+        match self {
+            Form::Pickle => 0,
+            Form::Raw => 1,
+            Form::Int => 2,
+            Form::Str => 3,
+            Form::Float => 4,
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<Form> {
+        Some(match t {
+            0 => Form::Pickle,
+            1 => Form::Raw,
+            2 => Form::Int,
+            3 => Form::Str,
+            4 => Form::Float,
+            _ => return None,
+        })
+    }
+
+    /// Its name (for tests).
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Pickle => "pickle",
+            Form::Raw => "raw",
+            Form::Int => "int",
+            Form::Str => "str",
+            Form::Float => "float",
+        }
+    }
+}
+
+/// A value as it crosses a process boundary: a pickle (protocol 5) and its
+/// out-of-band buffers, a large `bytes` or `bytearray` as itself, or an
+/// `int`, `str` or `float` in its own encoding (no pickler or unpickler made
+/// for the commonest items).
+pub struct Pickle {
+    /// What `data` and `buffers` hold.
+    pub form: Form,
+    /// The pickle, or the scalar's bytes (empty for [`Form::Raw`]).
     pub data: Chunk,
     /// Out-of-band buffers, in the order `pickle.loads` takes them.
     pub buffers: Vec<Buffer>,
@@ -243,7 +295,7 @@ impl Pickle {
             && b.as_bytes().len() >= OOB_MIN
         {
             return Ok(Pickle {
-                raw: true,
+                form: Form::Raw,
                 data: Chunk::Owned(Vec::new()),
                 buffers: vec![Buffer {
                     readonly: true,
@@ -255,7 +307,7 @@ impl Pickle {
             && b.len() >= OOB_MIN
         {
             return Ok(Pickle {
-                raw: true,
+                form: Form::Raw,
                 data: Chunk::Owned(Vec::new()),
                 buffers: vec![Buffer {
                     readonly: false,
@@ -264,13 +316,16 @@ impl Pickle {
                 }],
             });
         }
+        if let Some(p) = Self::scalar(obj) {
+            return Ok(p);
+        }
         let dumps = PICKLE_DUMPS.import(py, "pickle", "dumps")?;
         if plain(obj, 1) {
             // Nothing in it can be a PickleBuffer: no callback to collect
             // them (saves a list, a bound method and a keyword dict per item).
             let data = dumps.call1((obj, 5))?;
             return Ok(Pickle {
-                raw: false,
+                form: Form::Pickle,
                 data: Chunk::Owned(data.cast::<PyBytes>()?.as_bytes().to_vec()),
                 buffers: Vec::new(),
             });
@@ -304,15 +359,55 @@ impl Pickle {
             });
         }
         Ok(Pickle {
-            raw: false,
+            form: Form::Pickle,
             data: Chunk::Owned(data.as_bytes().to_vec()),
             buffers,
         })
     }
 
-    /// The object: `pickle.loads(data, buffers=...)`, or the `bytes` object.
+    /// An exact `int` (within 64 bits), `str` (UTF-8 encodable) or `float`
+    /// in its own form; anything else (subclasses included) is pickled.
+    fn scalar(obj: &Bound<'_, PyAny>) -> Option<Pickle> {
+        let (form, data) = if obj.is_exact_instance_of::<PyInt>() {
+            (Form::Int, obj.extract::<i64>().ok()?.to_le_bytes().to_vec())
+        } else if let Ok(s) = obj.cast_exact::<PyString>() {
+            (Form::Str, s.to_cow().ok()?.as_bytes().to_vec())
+        } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            (Form::Float, f.value().to_le_bytes().to_vec())
+        } else {
+            return None;
+        };
+        Some(Pickle {
+            form,
+            data: Chunk::Owned(data),
+            buffers: Vec::new(),
+        })
+    }
+
+    /// The object: `pickle.loads(data, buffers=...)`, the `bytes` object, or
+    /// the scalar.
     pub fn loads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        if self.raw {
+        let eight = |d: &[u8]| -> PyResult<[u8; 8]> {
+            d.try_into()
+                .map_err(|_| PyValueError::new_err("corrupt value: expected 8 bytes"))
+        };
+        match self.form {
+            Form::Pickle | Form::Raw => {}
+            Form::Int => {
+                let v = i64::from_le_bytes(eight(self.data.as_slice())?);
+                return Ok(v.into_pyobject(py)?.into_any());
+            }
+            Form::Str => {
+                let s = std::str::from_utf8(self.data.as_slice())
+                    .map_err(|e| PyValueError::new_err(format!("corrupt str value: {e}")))?;
+                return Ok(PyString::new(py, s).into_any());
+            }
+            Form::Float => {
+                let v = f64::from_le_bytes(eight(self.data.as_slice())?);
+                return Ok(PyFloat::new(py, v).into_any());
+            }
+        }
+        if self.form == Form::Raw {
             return Ok(match self.buffers.first() {
                 Some(b) if !b.readonly => PyByteArray::new(py, b.data.as_slice()).into_any(),
                 Some(b) => PyBytes::new(py, b.data.as_slice()).into_any(),
@@ -338,7 +433,7 @@ impl Pickle {
     }
 
     /// Writes this pickle as a value of the wire format:
-    /// `(raw, pickle, [(readonly, buffer), ...])`.
+    /// `(form, data, [(readonly, buffer), ...])`.
     pub fn serialize_into<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         struct Bytes<'a>(&'a [u8]);
         impl serde::Serialize for Bytes<'_> {
@@ -357,7 +452,7 @@ impl Pickle {
             }
         }
         let mut t = s.serialize_tuple(3)?;
-        t.serialize_element(&self.raw)?;
+        t.serialize_element(&self.form.tag())?;
         t.serialize_element(&Bytes(self.data.as_slice()))?;
         t.serialize_element(&Bufs(&self.buffers))?;
         t.end()
@@ -396,15 +491,17 @@ impl<'de> serde::Deserialize<'de> for PyValue {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pickle, A::Error> {
                 let missing = |i| de::Error::invalid_length(i, &"3 fields");
-                let raw: bool = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let tag: u8 = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let form = Form::from_tag(tag)
+                    .ok_or_else(|| de::Error::custom(format!("unknown value form {tag}")))?;
                 let data: OwnedBytes = seq.next_element()?.ok_or_else(|| missing(1))?;
                 let bufs: Vec<(bool, OwnedBytes)> =
                     seq.next_element()?.ok_or_else(|| missing(2))?;
-                if raw && bufs.len() != 1 {
+                if form == Form::Raw && bufs.len() != 1 {
                     return Err(de::Error::custom("a raw value has exactly one buffer"));
                 }
                 Ok(Pickle {
-                    raw,
+                    form,
                     data: Chunk::Owned(data.0),
                     buffers: bufs
                         .into_iter()
@@ -421,15 +518,15 @@ impl<'de> serde::Deserialize<'de> for PyValue {
     }
 }
 
-/// `(raw, pickle_len, [(readonly, buffer_len), ...])`.
-pub type Layout = (bool, usize, Vec<(bool, usize)>);
+/// `(form, data_len, [(readonly, buffer_len), ...])`.
+pub type Layout = (&'static str, usize, Vec<(bool, usize)>);
 
 /// How `obj` would cross a process boundary, for tests: see [`Layout`].
 #[pyfunction]
 pub fn _pickle_layout(obj: &Bound<'_, PyAny>) -> PyResult<Layout> {
     let p = Pickle::dumps(obj)?;
     Ok((
-        p.raw,
+        p.form.name(),
         p.data.as_slice().len(),
         p.buffers
             .iter()

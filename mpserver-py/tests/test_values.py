@@ -4,7 +4,7 @@ out-of-band (beside the pickle, not copied into it)."""
 import pickle
 
 import pytest
-from workers import Describe, Echo, Holder
+from workers import Describe, Echo, Holder, IntEnumLike
 
 from mpserver import CodecError, ProcessServlet, SequentialServlet, Server, ThreadServlet, _mpserver
 
@@ -12,25 +12,48 @@ MIB = 1 << 20
 
 
 def test_large_bytes_cross_as_themselves_and_small_ones_in_the_pickle():
-    raw, data_len, bufs = _mpserver._pickle_layout(b'x' * MIB)
-    assert raw and data_len == 0 and bufs == [(True, MIB)]
-    raw, data_len, bufs = _mpserver._pickle_layout(b'x' * 100)
-    assert not raw and data_len > 100 and bufs == []
+    form, data_len, bufs = _mpserver._pickle_layout(b'x' * MIB)
+    assert form == 'raw' and data_len == 0 and bufs == [(True, MIB)]
+    form, data_len, bufs = _mpserver._pickle_layout(b'x' * 100)
+    assert form == 'pickle' and data_len > 100 and bufs == []
+
+
+def test_ints_strs_and_floats_cross_in_their_own_form():
+    assert _mpserver._pickle_layout(7)[:2] == ('int', 8)
+    assert _mpserver._pickle_layout(-(2**63))[0] == 'int'
+    assert _mpserver._pickle_layout('héllo')[:2] == ('str', 6)
+    assert _mpserver._pickle_layout(0.5)[:2] == ('float', 8)
+    # Beyond 64 bits, subclasses, bools, unencodable strs: pickled.
+    for v in (2**63, True, IntEnumLike.A, '\ud800', [1]):
+        assert _mpserver._pickle_layout(v)[0] == 'pickle', v
+
+
+def test_scalars_round_trip_through_process_workers():
+    values = [0, -1, 2**62, -(2**63), 2**63, 2**100, True, False, None, IntEnumLike.A,
+              '', 'héllo', '\ud800x', 0.0, -0.0, 1.5, float('inf'), 1e-300]
+    with Server(ProcessServlet(Echo)) as s:
+        out = list(s.stream(values))
+    assert out == values
+    assert [type(v) for v in out] == [type(v) for v in values]
+    assert [str(v) for v in out] == [str(v) for v in values]  # -0.0 stays -0.0
+    with Server(ProcessServlet(Echo)) as s:
+        y = s.call(float('nan'))
+    assert type(y) is float and y != y
 
 
 def test_pickle_buffers_go_out_of_band():
     data = bytes(range(256)) * 4096
-    raw, data_len, bufs = _mpserver._pickle_layout(Holder(data))
-    assert not raw
+    form, data_len, bufs = _mpserver._pickle_layout(Holder(data))
+    assert form == 'pickle'
     assert data_len < 1024, data_len
     assert bufs == [(True, len(data))]
-    raw, data_len, bufs = _mpserver._pickle_layout([Holder(bytearray(data)), Holder(b'ab')])
+    form, data_len, bufs = _mpserver._pickle_layout([Holder(bytearray(data)), Holder(b'ab')])
     assert data_len < 1024
     assert bufs == [(False, len(data)), (True, 2)]
     # A large bytearray on its own crosses as itself too (inside a
     # container, pickle writes a bytearray in-band).
-    raw, data_len, bufs = _mpserver._pickle_layout(bytearray(data))
-    assert raw and data_len == 0 and bufs == [(False, len(data))]
+    form, data_len, bufs = _mpserver._pickle_layout(bytearray(data))
+    assert form == 'raw' and data_len == 0 and bufs == [(False, len(data))]
 
 
 def test_large_bytes_round_trip_through_process_workers():
@@ -79,7 +102,7 @@ def test_values_with_buffers_survive_a_thread_stage_between_processes():
 def test_numpy_arrays_cross_out_of_band():
     np = pytest.importorskip('numpy')
     a = np.arange(1 << 18, dtype=np.float64).reshape(512, 512)
-    raw, data_len, bufs = _mpserver._pickle_layout(a)
+    form, data_len, bufs = _mpserver._pickle_layout(a)
     assert data_len < 1024 and bufs == [(False, a.nbytes)]
     f = np.asfortranarray(a)
     with Server(ProcessServlet(Echo)) as s:

@@ -1,5 +1,6 @@
 """Worker classes shared by the tests (importable by worker processes)."""
 
+import enum
 import os
 import time
 
@@ -163,3 +164,9 @@ class Holder:
 
     def __eq__(self, other):
         return isinstance(other, Holder) and bytes(other.data) == bytes(self.data)
+
+
+class IntEnumLike(enum.IntEnum):
+    """An int subclass: must keep its type across a process boundary."""
+
+    A = 1
