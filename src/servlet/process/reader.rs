@@ -2,13 +2,13 @@
 //! reads its own result.
 //!
 //! Results come back on the worker's socket. Whoever reads a frame settles
-//! its entries in the ledger (credit goes back), decodes the values, and
-//! acts on the worker's other frames, with the same code for every reader
-//! ([`ReadSide::step`]). The results are then delivered (to the next stage
-//! or the waiting callers) *outside* the read lock, each under its own
-//! panic guard: the next stage's sink, a switch's picker, a user `Clone` or
-//! `Drop` never run under an internal lock, and a panic there fails only its
-//! item.
+//! its entries in the ledger (credit goes back) and acts on the worker's
+//! other frames, with the same code for every reader ([`ReadSide::step`]).
+//! The results are then decoded and delivered (to the next stage or the
+//! waiting callers) *outside* the read lock, each under its own panic
+//! guard: the user's `Deserialize`, the next stage's sink, a switch's
+//! picker, a user `Clone` or `Drop` never run under an internal lock, and a
+//! panic there fails only its item.
 //!
 //! Normally the worker's reader thread reads. But a caller that handed its
 //! single call straight to an idle worker (see `handoff.rs`) and is about to
@@ -43,7 +43,7 @@ use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
-use crate::ipc::shm::{ShmError, SlotPool};
+use crate::ipc::shm::{ShmError, SlotPool, SlotRef};
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
@@ -63,6 +63,10 @@ type Ended = Option<String>;
 
 /// One settled item, to deliver outside the read lock.
 pub(super) enum Delivery<Out> {
+    /// A result as the worker sent it, decoded where it is delivered:
+    /// the user's `Deserialize` runs outside the read lock, on the thread
+    /// that delivers it (a caller decodes only its own result).
+    Encoded(TicketRef, Encoded<Out>),
     Value(TicketRef, Out),
     Failure(TicketRef, Error),
     /// Skipped by the worker: the ticket is only dropped (its request ended).
@@ -70,6 +74,63 @@ pub(super) enum Delivery<Out> {
     /// The worker process's `tracing` events (a LOG frame's body), re-emitted
     /// outside the read lock, on the reader thread (`worker_log.rs`).
     Log(Vec<u8>),
+}
+
+/// A result's bytes: copied out of the read buffer, or in the item's
+/// shared-memory slot.
+enum Held {
+    Owned(Vec<u8>),
+    Slot(SlotHold),
+}
+
+/// A result in its item's slot; the slot is released when this drops
+/// (after the result is decoded, or with an undelivered result).
+struct SlotHold {
+    pool: Arc<SlotPool>,
+    id: u64,
+    d: SlotRef,
+}
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        self.pool.release(self.id);
+    }
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Owned(v) => v,
+            // Checked when read (`result_bytes`); the slot stays bound to
+            // the item, at the same generation, while this lives.
+            Held::Slot(h) => h.pool.region().view(h.d).unwrap_or(&[]),
+        }
+    }
+}
+
+/// A result entry's status and bytes, and what decoding it needs.
+pub(super) struct Encoded<Out> {
+    status: u8,
+    bytes: Held,
+    codec: Codec,
+    stats: Arc<ServletStats>,
+    /// `decode::<Out>`, taken where `Out: DeserializeOwned` is known.
+    decode: fn(&WorkerId, Codec, u8, &[u8]) -> Result<Out, Error>,
+}
+
+impl<Out> Encoded<Out> {
+    /// Decodes the result, counting it as a success or a failure. A
+    /// panicking `Deserialize` fails this item only (see [`decode`]).
+    fn decode(self, who: &WorkerId) -> Result<Out, Error> {
+        let r = (self.decode)(who, self.codec, self.status, self.bytes.bytes());
+        let counter = if r.is_ok() {
+            &self.stats.items_ok
+        } else {
+            &self.stats.items_err
+        };
+        counter.fetch_add(1, Relaxed);
+        r
+    }
 }
 
 /// One settled item with its id, or a worker's log events (no id: they go
@@ -80,6 +141,10 @@ type Settled<Out> = (Option<u64>, Delivery<Out>);
 /// (the next stage, user `Clone`/`Drop`) fails that item only.
 pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d: Delivery<Out>) {
     match d {
+        Delivery::Encoded(ticket, e) => match e.decode(who) {
+            Ok(v) => deliver(out, who, Delivery::Value(ticket, v)),
+            Err(e) => deliver(out, who, Delivery::Failure(ticket, e)),
+        },
         Delivery::Value(ticket, v) => {
             let again = ticket.clone();
             if let Err(error) = panic::catch(false, || out.push(ticket, v)) {
@@ -182,27 +247,53 @@ impl ReadSide {
                         Delivery::Release(entry.ticket)
                     } else {
                         done += 1;
-                        let decoded = match result_bytes(shm, id, payload) {
-                            Ok(bytes) => decode::<Out>(&self.id, self.codec, st, bytes),
-                            Err(e) => Err(Error::Codec(CodecError {
-                                worker: self.id.clone(),
-                                direction: CodecDirection::DecodeOutput,
-                                message: e.to_string(),
-                            })),
+                        // Decoded where it is delivered, outside the read
+                        // lock (user `Deserialize`): bytes in the frame are
+                        // copied out of the read buffer; a value in shared
+                        // memory stays in its slot, which the item keeps
+                        // until then.
+                        let held = match payload {
+                            Payload::Inline(b) => Ok(Held::Owned(b.to_vec())),
+                            Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
+                            {
+                                (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
+                                    pool: pool.clone(),
+                                    id,
+                                    d,
+                                })),
+                                (Err(e), _) => Err(e),
+                                (Ok(_), None) => Err(ShmError::NoRegion),
+                            },
                         };
-                        match decoded {
-                            Ok(v) => {
-                                self.stats.items_ok.fetch_add(1, Relaxed);
-                                Delivery::Value(entry.ticket, v)
-                            }
+                        match held {
+                            Ok(bytes) => Delivery::Encoded(
+                                entry.ticket,
+                                Encoded {
+                                    status: st,
+                                    bytes,
+                                    codec: self.codec,
+                                    stats: self.stats.clone(),
+                                    decode: decode::<Out>,
+                                },
+                            ),
                             Err(e) => {
                                 self.stats.items_err.fetch_add(1, Relaxed);
-                                Delivery::Failure(entry.ticket, e)
+                                Delivery::Failure(
+                                    entry.ticket,
+                                    Error::Codec(CodecError {
+                                        worker: self.id.clone(),
+                                        direction: CodecDirection::DecodeOutput,
+                                        message: e.to_string(),
+                                    }),
+                                )
                             }
                         }
                     };
-                    // Decoded: the item's slot is free for another.
-                    if let Some(pool) = shm {
+                    // The item's slot is free for another, unless its
+                    // result is still in it (then it goes when decoded).
+                    if let Some(pool) = shm
+                        && !matches!(&d, Delivery::Encoded(_, e) if matches!(e.bytes, Held::Slot(_)))
+                    {
                         pool.release(id);
                     }
                     out.push((Some(id), d));
@@ -442,6 +533,7 @@ impl<Out: DeserializeOwned + Send + 'static> Readers for Arc<ReadPort<Out>> {
             Box::new(CallerRead {
                 port: self.clone(),
                 id,
+                released: AtomicBool::new(false),
             }) as Claim
         })
     }
@@ -471,6 +563,17 @@ impl CallerWake {
 struct CallerRead<Out: DeserializeOwned + Send + 'static> {
     port: Arc<ReadPort<Out>>,
     id: u64,
+    /// The reading was given back (once the caller's reading ended, before
+    /// it delivers its own result; else when the claim is dropped).
+    released: AtomicBool,
+}
+
+impl<Out: DeserializeOwned + Send + 'static> CallerRead<Out> {
+    fn release_once(&self) {
+        if !self.released.swap(true, SeqCst) {
+            self.port.release();
+        }
+    }
 }
 
 impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
@@ -481,6 +584,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
 
     fn read_until(&self, deadline: Instant, done: &dyn Fn() -> bool) {
         let port = &*self.port;
+        if self.released.load(SeqCst) {
+            // Read once already: the reading is no longer this caller's.
+            return;
+        }
         let mut batch = Vec::new();
         let mut mine = None;
         {
@@ -514,7 +621,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                 }
             }
         }
-        // Its own result, delivered outside the read lock.
+        // Its own result, delivered (and decoded: user `Deserialize`)
+        // outside the read lock, and after giving the reading back, so that
+        // other callers' results are read meanwhile.
+        self.release_once();
         if let Some(d) = mine {
             deliver(&port.out, &port.who, d);
         }
@@ -568,7 +678,7 @@ fn wait_readable<Out>(port: &ReadPort<Out>, deadline: Instant, done: &dyn Fn() -
 
 impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
     fn drop(&mut self) {
-        self.port.release();
+        self.release_once();
     }
 }
 
