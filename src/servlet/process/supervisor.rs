@@ -115,6 +115,7 @@ where
             self.status.pid.store(p.pid, Relaxed);
             self.status.alive.store(true, Relaxed);
             let answered_before = self.status.items.load(Relaxed);
+            let started = std::time::Instant::now();
             self.shared.worker_up();
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
             let end = self.feed(&mut p, &mut disp, &mut retry, &mut unsent, &mut health);
@@ -155,7 +156,9 @@ where
                     self.shared.stats.crashes.fetch_add(1, Relaxed);
                     // Health first, so that whoever hears of the crash sees
                     // its effect on readiness.
-                    let served = self.status.items.load(Relaxed) > answered_before;
+                    // It served: answered an item, or stayed up a while.
+                    let served = self.status.items.load(Relaxed) > answered_before
+                        || started.elapsed() >= self.shared.restart.stable_after;
                     let wait = self.note_crash(&mut health, served, &how);
                     let crash = WorkerCrashed {
                         worker: self.worker_id(Some(pid)),
