@@ -105,3 +105,111 @@ fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
     let opts = CallOptions::timeout(Duration::from_secs(10));
     assert_eq!(server.call_with(Op::Echo(2), opts).unwrap().0, 4);
 }
+
+/// With `retry_crashed`, the item a killed worker held is sent again to the
+/// first worker of the servlet that is free, here the other one (the killed
+/// slot backs off for 30 s): it returns its right answer, made by the
+/// surviving process, well before the killed slot could restart.
+#[test]
+fn a_killed_workers_item_is_retried_on_another_worker() {
+    let policy = RestartPolicy {
+        retry_crashed: true,
+        restart_served_at_once: false,
+        backoff: Duration::from_secs(30),
+        ..RestartPolicy::default()
+    };
+    let servlet = ProcessServlet::new(Chaos::new())
+        .workers(2)
+        .max_inflight(1)
+        .restart_policy(policy);
+    let server = Server::builder(servlet).capacity(8).start().unwrap();
+    let opts = CallOptions::timeout(Duration::from_secs(20));
+    let a = server.submit(Op::Sleep(1, 600), opts).unwrap();
+    let b = server.submit(Op::Sleep(2, 600), opts).unwrap();
+    // Each process holds one of them; kill one.
+    std::thread::sleep(Duration::from_millis(200));
+    let pids = server.worker_pids();
+    assert_eq!(pids.len(), 2);
+    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
+    let t = std::time::Instant::now();
+    let (ya, pa) = a.wait().unwrap();
+    let (yb, pb) = b.wait().unwrap();
+    assert_eq!((ya, yb), (2, 4));
+    assert_eq!((pa, pb), (pids[1], pids[1]), "both made by the survivor");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(server.servlets().crashes, 1);
+}
+
+/// An item in flight in two crashes is poison: with two workers it is not
+/// passed from one to the other forever. It fails as `PoisonItem`; the
+/// other items succeed.
+#[test]
+fn a_poison_item_is_not_retried_forever_across_workers() {
+    let policy = RestartPolicy {
+        retry_crashed: true,
+        backoff: Duration::from_millis(1),
+        ..RestartPolicy::default()
+    };
+    let servlet = ProcessServlet::new(Chaos::new().sleep_us(2000))
+        .workers(2)
+        .restart_policy(policy);
+    let server = Server::builder(servlet).capacity(64).start().unwrap();
+    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let mut pending = Vec::new();
+    for i in 0..10 {
+        pending.push(server.submit(Op::Echo(i), opts).unwrap());
+    }
+    let poison = server.submit(Op::Abort, opts).unwrap();
+    for i in 10..20 {
+        pending.push(server.submit(Op::Echo(i), opts).unwrap());
+    }
+    match poison.wait() {
+        Err(mpserver::Error::PoisonItem(p)) => assert_eq!(p.crashes, 2),
+        other => panic!("expected PoisonItem, got {other:?}"),
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        assert_eq!(p.wait().unwrap().0, 2 * i as i64, "item {i}");
+    }
+    assert_eq!(server.servlets().crashes, 2);
+}
+
+/// A retried item whose deadline passes while it waits (its worker backs
+/// off) is not run again: the caller gets its timeout on time, and the
+/// worker never starts it a second time.
+#[test]
+fn a_crashed_item_past_its_deadline_is_not_retried() {
+    let log = temp_path("retry-deadline");
+    let policy = RestartPolicy {
+        retry_crashed: true,
+        restart_served_at_once: false,
+        backoff: Duration::from_millis(1500),
+        ..RestartPolicy::default()
+    };
+    let servlet = ProcessServlet::new(Chaos::new().log(&log))
+        .restart_policy(policy)
+        .wait_for_worker(Duration::from_secs(10));
+    let server = Server::start(servlet).unwrap();
+    let pid = server.worker_pids()[0];
+    let t = std::time::Instant::now();
+    let pending = server
+        .submit(
+            Op::Sleep(1, 5000),
+            CallOptions::timeout(Duration::from_millis(800)),
+        )
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let r = pending.wait();
+    assert!(matches!(r, Err(mpserver::Error::Timeout(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The worker comes back after its back-off and serves, without the
+    // expired item.
+    let opts = CallOptions::timeout(Duration::from_secs(10));
+    assert_eq!(server.call_with(Op::Echo(3), opts).unwrap().0, 6);
+    assert_eq!(count_lines(&log), 2, "the expired item ran once");
+    let _ = std::fs::remove_file(&log);
+}

@@ -43,10 +43,19 @@ pub struct RestartPolicy {
     pub max_restarts: usize,
     /// The window for `max_restarts`.
     pub window: Duration,
-    /// Retry items that were in flight in a crashed worker (off by default:
-    /// work may have side effects).
+    /// Retry items that were in flight in a crashed worker: each is sent
+    /// again, alone, to the first worker process of the servlet that holds
+    /// nothing (another live one, or the restarted one), unless its request
+    /// ended meanwhile (deadline passed, cancelled). A retried item may run
+    /// twice — the crash may have come after the worker did its side effects
+    /// — so this is at-least-once delivery, right only for idempotent work.
+    /// Off by default: the library cannot know that a worker is idempotent,
+    /// and failing an item with a retryable `WorkerCrashed` (the caller
+    /// decides) is safe for every worker, while running a payment twice is
+    /// not.
     pub retry_crashed: bool,
-    /// Crashes an item may be part of before it is failed as poison.
+    /// Crashes an item may be part of before it is failed as poison (the
+    /// default 2: retried once).
     pub poison_threshold: u32,
     /// Restart at once a process that served before it died (see above);
     /// `false`: every death backs off and counts toward `max_restarts`.
