@@ -213,3 +213,26 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
     assert_eq!(count_lines(&log), 2, "the expired item ran once");
     let _ = std::fs::remove_file(&log);
 }
+
+/// Shutting the server down while a worker waits out a long restart
+/// back-off, with nothing queued, does not wait for the back-off.
+#[test]
+fn shutdown_does_not_wait_out_a_restart_back_off() {
+    let policy = RestartPolicy {
+        restart_served_at_once: false,
+        backoff: Duration::from_secs(60),
+        ..RestartPolicy::default()
+    };
+    let server = Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
+    let pid = server.worker_pids()[0];
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || server
+        .debug_info()
+        .servlets
+        .workers[0]
+        .backoff_until_unix_ms
+        .is_some()));
+    let t = std::time::Instant::now();
+    drop(server);
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
