@@ -22,6 +22,7 @@
 //! result, its deadline, the connection's end, or when its request completes
 //! by another route (its claim's interrupter, called by the request).
 
+use crate::sync::lock_std;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -245,7 +246,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
     }
 
     fn lock_side(&self) -> MutexGuard<'_, ReadSide> {
-        self.side.lock().unwrap_or_else(|p| p.into_inner())
+        lock_std(&self.side)
     }
 
     fn has_ended(&self) -> bool {
@@ -264,8 +265,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Delivers what callers read for others.
     fn deliver_outbox(&self) {
-        let handed: Vec<Delivery<Out>> =
-            std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let handed: Vec<Delivery<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
         for d in handed {
             deliver(&self.out, &self.who, d);
         }
@@ -286,7 +286,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
                 let mut side = self.lock_side();
                 // Only a caller holding the read lock sets `ended`: it can
                 // have changed only while this thread was parked.
-                if let Some(end) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(end) = lock_std(&self.ended).take() {
                     Next::End(end)
                 } else if self.idle(&side) && self.hand.park_if(|| self.ledger.held() == 0) {
                     Next::Park
@@ -378,10 +378,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             }
         }
         if !others.is_empty() {
-            self.outbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(others);
+            lock_std(&self.outbox).extend(others);
             let _ = self.wake.write(1);
         }
     }
@@ -464,7 +461,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                 let end = side.step(&mut batch);
                 port.sort(&mut batch, self.id, &mut mine);
                 if let Some(end) = end {
-                    *port.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                    *lock_std(&port.ended) = Some(end);
                     break;
                 }
             }
