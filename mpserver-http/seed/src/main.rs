@@ -363,3 +363,30 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variable of the front's configuration (but the signal switch,
+    /// which a binary that handles its signals has no use for) has its flag,
+    /// named after it: the flag list cannot drift from the library's table.
+    #[test]
+    fn every_front_variable_has_its_flag() {
+        let want: Vec<(String, &str)> = mpserver_http::ENV_VARS
+            .iter()
+            .filter(|(var, _)| *var != "MPSERVER_HTTP_HANDLE_SIGNALS")
+            .map(|(var, _)| {
+                let flag = var["MPSERVER_HTTP_".len()..]
+                    .to_lowercase()
+                    .replace('_', "-");
+                (flag, *var)
+            })
+            .collect();
+        let have: Vec<(String, &str)> = HTTP_FLAGS
+            .iter()
+            .map(|(flag, var, _)| (flag.to_string(), *var))
+            .collect();
+        assert_eq!(have, want);
+    }
+}
