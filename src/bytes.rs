@@ -12,7 +12,6 @@
 //! It is a type of its own rather than a re-export so that a later version can
 //! hand a worker a view of shared memory without changing the type.
 
-use crate::sync::lock_std;
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::{Deref, RangeBounds};
@@ -321,7 +320,7 @@ pub(crate) fn warn_if_slow_bytes<I: ?Sized, O: ?Sized>(servlet: &str) {
                 continue;
             }
             let first = {
-                let mut warned = lock_std(&WARNED);
+                let mut warned = crate::sync::lock_std(&WARNED);
                 let first = !warned.contains(&name);
                 if first {
                     warned.push(name);
