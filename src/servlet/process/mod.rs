@@ -273,6 +273,7 @@ where
             registry: ctx.shared.clone(),
             spill_tx,
             spill_rx,
+            retry: shared::Retry::default(),
             _worker: std::marker::PhantomData,
         });
         let mut doors = Vec::new();
