@@ -191,6 +191,7 @@ fn frame(c: &mut Criterion) {
             for (id, p) in black_box(&payloads).iter().enumerate() {
                 buf.put_u64(id as u64);
                 buf.put_u8(STATUS_OK);
+                buf.put_u64(0);
                 buf.put_payload(|v| {
                     v.extend_from_slice(p);
                     Ok::<(), ()>(())

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
             }
             kind::RESULTS => {
                 if let Ok(results) = parse_results(body) {
-                    for (_, status, payload) in results {
+                    for (_, status, _, payload) in results {
                         assert!(status <= 2);
                         assert!(payload.len() <= body.len());
                     }

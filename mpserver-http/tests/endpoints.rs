@@ -60,7 +60,7 @@ async fn call_health_ready_debug_metrics() {
         r.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain; version=0.0.4")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let text = r.text().await.unwrap();
     for needle in [

@@ -9,7 +9,9 @@
 //! ```text
 //! frame   := len:u32 kind:u8 body
 //! ITEMS   := batched:u8 count:u32 { id:u64 len:u32 bytes }*
-//! RESULTS := count:u32 { id:u64 status:u8 len:u32 bytes }*   status: 0 ok, 1 worker error, 2 codec error, 3 skipped
+//! RESULTS := count:u32 { id:u64 status:u8 compute_ns:u64 len:u32 bytes }*
+//!            status: 0 ok, 1 worker error, 2 codec error, 3 skipped;
+//!            compute_ns: the worker's time in its call for the item (0 if none)
 //! CANCEL  := count:u32 { id:u64 }*
 //! ```
 //!
@@ -431,8 +433,8 @@ impl<'a> Cursor<'a> {
 
 /// `(id, payload)` entries of an ITEMS frame.
 pub type Items<'a> = Vec<(u64, &'a [u8])>;
-/// `(id, status, payload)` entries of a RESULTS frame.
-pub type ResultEntries<'a> = Vec<(u64, u8, &'a [u8])>;
+/// `(id, status, compute_ns, payload)` entries of a RESULTS frame.
+pub type ResultEntries<'a> = Vec<(u64, u8, u64, &'a [u8])>;
 
 /// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
 pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
@@ -452,10 +454,10 @@ pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
     Ok((batched, items))
 }
 
-/// Parses a RESULTS body into `(id, status, payload)` entries.
+/// Parses a RESULTS body into `(id, status, compute_ns, payload)` entries.
 pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
     let mut c = Cursor::new(body);
-    let n = c.count(13)?;
+    let n = c.count(21)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let id = c.u64()?;
@@ -463,7 +465,8 @@ pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
         if status > STATUS_SKIPPED {
             return Err(FrameError::Malformed("bad result status"));
         }
-        out.push((id, status, c.payload()?));
+        let compute_ns = c.u64()?;
+        out.push((id, status, compute_ns, c.payload()?));
     }
     c.finish()?;
     Ok(out)

@@ -38,6 +38,9 @@ pub(super) struct Results {
     busy_items: u32,
     /// Forwarded `tracing` events, written with the results.
     pub(super) logs: Option<Forwarder>,
+    /// The worker's time in the call whose results come next (sent with
+    /// each of them, for the server's per-stage latency).
+    pub(super) compute: Duration,
 }
 
 impl Results {
@@ -53,6 +56,7 @@ impl Results {
             busy: Duration::ZERO,
             busy_items: 0,
             logs: None,
+            compute: Duration::ZERO,
         }
     }
 
@@ -89,6 +93,12 @@ impl Results {
         let mark = self.buf.len();
         self.buf.put_u64(id);
         self.buf.put_u8(status);
+        let compute = match status {
+            frame::STATUS_OK | frame::STATUS_WORKER_ERROR => self.compute,
+            _ => Duration::ZERO,
+        };
+        self.buf
+            .put_u64(compute.as_nanos().min(u64::MAX as u128) as u64);
         mark
     }
 
