@@ -70,7 +70,7 @@ where
     let call = async {
         match timeout {
             Some(t) => {
-                let mut svc = handle.service_with(CallOptions::timeout(t));
+                let mut svc = handle.service_with(CallOptions::default().timeout(t));
                 poll_fn(|cx| svc.poll_ready(cx)).await?;
                 Service::call(&mut svc, x).await
             }

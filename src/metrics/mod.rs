@@ -90,7 +90,6 @@ pub struct StageLatency {
     pub total_ns: HistogramSnapshot,
 }
 
-
 /// Counters of one servlet, recorded by the servlet (read them through
 /// [`ServletNode::snapshot`] or `Handle::servlets`). The counters are not
 /// public fields: only the servlet that owns them records, through the

@@ -223,17 +223,16 @@ fn http_config(m: &ArgMatches) -> Result<HttpConfig, mpserver_http::ConfigError>
 
 /// The restart policy of the process workers, from the flags.
 fn restart_policy(m: &ArgMatches) -> RestartPolicy {
-    RestartPolicy {
-        backoff: ms(m, "restart-backoff-ms"),
-        max_backoff: ms(m, "restart-max-backoff-ms"),
-        max_restarts: count(m, "restart-max-restarts"),
-        window: ms(m, "restart-window-ms"),
-        restart_served_at_once: m
-            .get_one::<bool>("restart-served-at-once")
-            .copied()
-            .unwrap_or(true),
-        ..RestartPolicy::default()
-    }
+    RestartPolicy::default()
+        .backoff(ms(m, "restart-backoff-ms"))
+        .max_backoff(ms(m, "restart-max-backoff-ms"))
+        .max_restarts(count(m, "restart-max-restarts"))
+        .window(ms(m, "restart-window-ms"))
+        .restart_served_at_once(
+            m.get_one::<bool>("restart-served-at-once")
+                .copied()
+                .unwrap_or(true),
+        )
 }
 
 fn ms(m: &ArgMatches, name: &str) -> Duration {

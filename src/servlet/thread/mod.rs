@@ -16,7 +16,7 @@ use crate::error::{Error, StartError, WorkerId};
 use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
-use crate::worker::{self, Worker, WorkerContext, WorkerError, WorkerKind, panic};
+use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
 
 /// Runs a [`Worker`] in N threads of the server process (default one).
 ///
@@ -35,9 +35,10 @@ pub struct ThreadServlet<W> {
 impl<W: Worker + Clone> ThreadServlet<W> {
     /// One thread running `worker` (each thread gets its own clone).
     pub fn new(worker: W) -> Self {
+        let name = worker.default_name();
         ThreadServlet {
             worker,
-            config: SimpleConfig::new(worker::default_name::<W>()),
+            config: SimpleConfig::new(name),
         }
     }
 
