@@ -2,36 +2,20 @@
 //! and the clock an item carries from stage to stage.
 //!
 //! A counter or histogram updated by many threads at once would bounce one
-//! cache line between their cores on every update. Here each is split into
-//! shards, each on cache lines of its own, and a thread always updates the
-//! same shard (chosen once per thread, round-robin, so threads that start
-//! together land on different shards). Reading sums the shards: reads are
-//! rare (a scrape, a snapshot), updates are on the hot path.
+//! cache line between their cores on every update. Here each has one shard
+//! per thread that updates it (`thread_local::ThreadLocal`), on cache lines
+//! of its own; only its thread writes a shard, so an update is a plain load
+//! and store, without a locked read-modify-write. Reading sums the shards:
+//! reads are rare (a scrape, a snapshot), updates are on the hot path. A
+//! thread's shards live as long as the counter or histogram.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
+use thread_local::ThreadLocal;
 
 use super::HistogramSnapshot;
-
-/// Shards per counter or histogram: a power of two, four per CPU, at most 16.
-fn shard_count() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cpus * 4).next_power_of_two().min(16)
-    })
-}
-
-/// This thread's shard number (taken modulo the shard count).
-fn shard_of_thread() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        // Only a number for spreading updates: it changes no behaviour.
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    SHARD.with(|s| *s) & (shard_count() - 1)
-}
 
 /// One cache-line-aligned atomic (128 bytes: adjacent-line prefetchers pull
 /// pairs of 64-byte lines).
@@ -42,33 +26,26 @@ struct Padded(AtomicU64);
 /// A counter split into per-thread shards (see the module docs). Its
 /// methods mirror an `AtomicU64`'s; the ordering argument is accepted for
 /// that symmetry and every operation is relaxed, as counters need.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Counter {
-    shards: Box<[Padded]>,
-}
-
-impl Default for Counter {
-    fn default() -> Self {
-        Counter {
-            shards: (0..shard_count()).map(|_| Padded::default()).collect(),
-        }
-    }
+    shards: ThreadLocal<Padded>,
 }
 
 impl Counter {
+    /// This thread's shard: written by this thread only.
+    fn mine(&self) -> &AtomicU64 {
+        &self.shards.get_or(Padded::default).0
+    }
+
     /// Adds `n`.
     pub fn fetch_add(&self, n: u64, _: Ordering) {
-        self.shards[shard_of_thread()]
-            .0
-            .fetch_add(n, Ordering::Relaxed);
+        add(self.mine(), n);
     }
 
     /// Subtracts `n` (an addition that is taken back; the total never goes
     /// below what was added).
     pub fn fetch_sub(&self, n: u64, _: Ordering) {
-        self.shards[shard_of_thread()]
-            .0
-            .fetch_sub(n, Ordering::Relaxed);
+        add(self.mine(), n.wrapping_neg());
     }
 
     /// The total.
@@ -77,6 +54,13 @@ impl Counter {
             .iter()
             .fold(0u64, |t, s| t.wrapping_add(s.0.load(Ordering::Relaxed)))
     }
+}
+
+/// Adds `n` to a shard that only this thread writes: a plain load and
+/// store, no locked read-modify-write (readers on other threads see either
+/// value, never a torn one).
+fn add(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 /// Sub-buckets per power of two, as a bit count (16 sub-buckets).
@@ -119,6 +103,15 @@ struct HistShard {
     sum: AtomicU64,
 }
 
+impl Default for HistShard {
+    fn default() -> Self {
+        HistShard {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A lock-free, sharded histogram with log-linear buckets, like an HDR
 /// histogram with 4 significant bits: values below 16 each have a bucket of
 /// their own, and every power of two above is cut into 16 equal buckets, so
@@ -134,30 +127,17 @@ struct HistShard {
 /// assert_eq!((s.count, s.sum), (1, 18_000));
 /// assert_eq!(s.bounds, [18_431]);
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Histogram {
-    shards: Box<[HistShard]>,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            shards: (0..shard_count())
-                .map(|_| HistShard {
-                    buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-                    sum: AtomicU64::new(0),
-                })
-                .collect(),
-        }
-    }
+    shards: ThreadLocal<HistShard>,
 }
 
 impl Histogram {
     /// Records one value.
     pub fn record(&self, v: u64) {
-        let s = &self.shards[shard_of_thread()];
-        s.buckets[bucket_of(v)].fetch_add(1, Ordering::Relaxed);
-        s.sum.fetch_add(v, Ordering::Relaxed);
+        let s = self.shards.get_or(HistShard::default);
+        add(&s.buckets[bucket_of(v)], 1);
+        add(&s.sum, v);
     }
 
     /// A consistent-enough copy for reporting: the buckets that hold values.

@@ -302,9 +302,8 @@ where
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
                     Ok(x) => {
                         running(|| Running::Items(vec![id]));
-                        let called = Instant::now();
                         let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
-                        results.compute = called.elapsed();
+                        results.compute = began.elapsed();
                         match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
