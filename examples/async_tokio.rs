@@ -109,7 +109,9 @@ async fn main() -> Result<(), Error> {
     println!("{tasks} tasks, capacity {CAPACITY}, 2 worker processes, batches of up to 16");
 
     // 1. Back-pressure off: wait for room, up to the timeout.
-    let patient = CallOptions::timeout(Duration::from_secs(30)).backpressure(false);
+    let patient = CallOptions::default()
+        .timeout(Duration::from_secs(30))
+        .backpressure(false);
     let t = Instant::now();
     let (ok, errors) = fan_out(&handle, tasks, patient).await;
     let secs = t.elapsed().as_secs_f64();
@@ -121,7 +123,7 @@ async fn main() -> Result<(), Error> {
     );
 
     // 2. Back-pressure on: a full server refuses at once.
-    let eager = CallOptions::timeout(Duration::from_secs(30));
+    let eager = CallOptions::default().timeout(Duration::from_secs(30));
     let (ok, errors) = fan_out(&handle, tasks, eager).await;
     let refused: u64 = errors
         .iter()
@@ -135,7 +137,7 @@ async fn main() -> Result<(), Error> {
 
     // 3. Deadlines. The server enforces its own: no runtime timer needed.
     match handle
-        .async_call_with(7, CallOptions::timeout(Duration::from_millis(1)))
+        .async_call_with(7, CallOptions::default().timeout(Duration::from_millis(1)))
         .await
     {
         Err(Error::Timeout(t)) => println!("3. 1 ms limit: timeout ({t})"),

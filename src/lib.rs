@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
 
 // Linux only, for now: worker processes are spawned from `/proc/self/exe`,
 // die with their server through `PR_SET_PDEATHSIG`, are pinned with
@@ -47,7 +48,7 @@ pub use servlet::{
     BoxServlet, Ensemble, EnsembleServlet, LenientEnsembleServlet, PassThrough, ProcessServlet,
     RestartPolicy, Sequential, SequentialServlet, Servlet, SwitchServlet, ThreadServlet,
 };
-pub use worker::{Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
+pub use worker::{ClosureInProcess, Worker, WorkerContext, WorkerKind, try_worker_fn, worker_fn};
 
 /// Turns this process into a worker process if the server started it as one;
 /// otherwise returns at once.

@@ -68,7 +68,9 @@ fn a_parked_async_waiter_does_not_block_admission() {
         .unwrap();
     let a = server.submit(1, CallOptions::default()).unwrap();
     let b = server.submit(2, CallOptions::default()).unwrap();
-    let opts = CallOptions::timeout(Duration::from_millis(600)).backpressure(false);
+    let opts = CallOptions::default()
+        .timeout(Duration::from_millis(600))
+        .backpressure(false);
     let mut parked = Box::pin(server.async_call_with(3, opts));
     assert!(poll_once(parked.as_mut()).is_pending());
     assert_eq!((a.wait().unwrap(), b.wait().unwrap()), (1, 2));
@@ -170,7 +172,9 @@ fn an_async_call_waiting_for_room_does_not_hold_the_drain_open() {
     let a = server.submit(1, CallOptions::default()).unwrap();
     let h = server.handle();
     let waiter = rt.spawn(async move {
-        let opts = CallOptions::timeout(Duration::from_secs(20)).backpressure(false);
+        let opts = CallOptions::default()
+            .timeout(Duration::from_secs(20))
+            .backpressure(false);
         h.async_call_with(2, opts).await
     });
     wait_for(|| server.backlog() == 1);
@@ -193,7 +197,9 @@ fn a_parked_async_call_does_not_turn_the_drain_into_an_abort() {
         .start()
         .unwrap();
     let a = server.submit(1, CallOptions::default()).unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(20)).backpressure(false);
+    let opts = CallOptions::default()
+        .timeout(Duration::from_secs(20))
+        .backpressure(false);
     let h = server.handle();
     let mut parked = Box::pin(h.async_call_with(2, opts));
     assert!(poll_once(parked.as_mut()).is_pending());

@@ -74,7 +74,7 @@ fn start_async_and_shutdown_async_do_not_block_the_executor() {
         // executor.
         let h = server.handle();
         let slow = tokio::spawn(async move {
-            h.async_call_with(-1, CallOptions::timeout(Duration::from_secs(10)))
+            h.async_call_with(-1, CallOptions::default().timeout(Duration::from_secs(10)))
                 .await
         });
         while server.backlog() == 0 {

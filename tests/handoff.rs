@@ -108,7 +108,7 @@ fn a_call_racing_the_death_of_an_idle_worker_is_not_lost() {
         let (y, pid) = server
             .call_with(
                 Op::Echo(round),
-                CallOptions::timeout(Duration::from_secs(10)),
+                CallOptions::default().timeout(Duration::from_secs(10)),
             )
             .unwrap();
         assert_eq!(y, 2 * round);
@@ -143,7 +143,10 @@ fn a_crash_under_a_call_read_by_its_caller_fails_only_that_call() {
         for _ in 0..10 {
             let before = server.servlets().handoffs;
             let err = server
-                .call_with(op.clone(), CallOptions::timeout(Duration::from_secs(10)))
+                .call_with(
+                    op.clone(),
+                    CallOptions::default().timeout(Duration::from_secs(10)),
+                )
                 .unwrap_err();
             crashes += 1;
             let handed_off = server.servlets().handoffs > before;
@@ -181,7 +184,7 @@ fn a_caller_reading_its_result_times_out_at_its_deadline() {
     let err = server
         .call_with(
             Op::Sleep(5, 400),
-            CallOptions::timeout(Duration::from_millis(100)),
+            CallOptions::default().timeout(Duration::from_millis(100)),
         )
         .unwrap_err();
     assert!(matches!(err, mpserver::Error::Timeout(_)), "{err:?}");
@@ -226,7 +229,9 @@ fn every_kind_of_caller_at_once_gets_its_own_results() {
             .unwrap(),
     );
     // Without back-pressure: callers wait for room the stream leaves.
-    let opts = CallOptions::timeout(Duration::from_secs(20)).backpressure(false);
+    let opts = CallOptions::default()
+        .timeout(Duration::from_secs(20))
+        .backpressure(false);
     let mut threads = Vec::new();
     for t in 0..4i64 {
         let s = server.clone();

@@ -51,7 +51,7 @@ fn a_running_item_keeps_its_capacity_unit_after_its_deadline() {
     let t0 = Instant::now();
     let r = server.call_with(
         Op::Sleep(1, 1200),
-        CallOptions::timeout(Duration::from_millis(200)),
+        CallOptions::default().timeout(Duration::from_millis(200)),
     );
     assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
     std::thread::sleep(Duration::from_millis(300));
@@ -130,7 +130,7 @@ fn fail_fast_reaches_every_calling_style_at_once() {
     // Let the worker processes settle (readers parked: a caller may read).
     std::thread::sleep(Duration::from_millis(200));
     let quick = Duration::from_millis(1200);
-    let opts = CallOptions::timeout(Duration::from_secs(20));
+    let opts = CallOptions::default().timeout(Duration::from_secs(20));
     for round in 0..4 {
         let t = Instant::now();
         let r = server.call_with(Op::Sleep(round, 3000), opts);
@@ -417,7 +417,7 @@ fn shutdown_does_not_wait_for_abandoned_work() {
         };
         let r = server.call_with(
             Op::Sleep(1, 8000),
-            CallOptions::timeout(Duration::from_millis(300)),
+            CallOptions::default().timeout(Duration::from_millis(300)),
         );
         assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
         let t = Instant::now();
@@ -437,7 +437,7 @@ fn shutdown_still_finishes_live_work() {
     let p = server
         .submit(
             Op::Sleep(4, 600),
-            CallOptions::timeout(Duration::from_secs(30)),
+            CallOptions::default().timeout(Duration::from_secs(30)),
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));
@@ -454,11 +454,9 @@ fn shutdown_still_finishes_live_work() {
 fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let policy = mpserver::RestartPolicy {
-        backoff: Duration::from_secs(3),
-        max_backoff: Duration::from_secs(5),
-        ..Default::default()
-    };
+    let policy = mpserver::RestartPolicy::default()
+        .backoff(Duration::from_secs(3))
+        .max_backoff(Duration::from_secs(5));
     let server = Server::start(
         ProcessServlet::new(Chaos::new())
             .name("victim")
@@ -498,12 +496,10 @@ fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
 fn an_item_waits_for_a_dead_stage_at_most_its_bound() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let policy = mpserver::RestartPolicy {
-        backoff: Duration::from_secs(3),
-        max_backoff: Duration::from_secs(5),
-        restart_served_at_once: false,
-        ..Default::default()
-    };
+    let policy = mpserver::RestartPolicy::default()
+        .backoff(Duration::from_secs(3))
+        .max_backoff(Duration::from_secs(5))
+        .restart_served_at_once(false);
     let server = Server::start(
         ProcessServlet::new(Chaos::new())
             .restart_policy(policy)
@@ -517,7 +513,10 @@ fn an_item_waits_for_a_dead_stage_at_most_its_bound() {
         .worker_pids()
         .is_empty()));
     let t = Instant::now();
-    let r = server.call_with(Op::Echo(2), CallOptions::timeout(Duration::from_secs(20)));
+    let r = server.call_with(
+        Op::Echo(2),
+        CallOptions::default().timeout(Duration::from_secs(20)),
+    );
     assert!(matches!(r, Err(Error::WorkerCrashed(_))), "{r:?}");
     assert!(
         t.elapsed() < Duration::from_millis(2000),

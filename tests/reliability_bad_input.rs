@@ -68,7 +68,7 @@ fn codec_failures_fail_only_their_request() {
                 "panics while deserializing",
             ),
         ];
-        let opts = CallOptions::timeout(Duration::from_secs(10));
+        let opts = CallOptions::default().timeout(Duration::from_secs(10));
         for (x, dir, msg) in cases {
             // The bad value travels between good ones, in the same frames.
             let before: Vec<_> = (10..15)
@@ -160,7 +160,7 @@ fn garbage_from_a_worker_is_a_crash_and_it_restarts() {
     .capacity(64)
     .start()
     .unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(20));
+    let opts = CallOptions::default().timeout(Duration::from_secs(20));
     for (i, (what, op)) in garbage_cases().into_iter().enumerate() {
         let pid = server.call(Op::Echo(1)).unwrap().1;
         let e = server.call_with(op, opts).unwrap_err();
@@ -204,7 +204,10 @@ fn an_item_over_the_default_frame_limit_crosses_when_max_frame_allows() {
     let big = 300usize << 20;
     let server = Server::start(ProcessServlet::new(EchoBytes).max_frame(1 << 30)).unwrap();
     let item = mpserver::Bytes::from(vec![7u8; big]);
-    let r = server.call_with(item, CallOptions::timeout(Duration::from_secs(60)));
+    let r = server.call_with(
+        item,
+        CallOptions::default().timeout(Duration::from_secs(60)),
+    );
     assert_eq!(r.ok(), Some(big), "a 300 MiB item under a 1 GiB max_frame");
     // The worker still serves.
     let small = mpserver::Bytes::from(vec![1u8; 10]);

@@ -42,7 +42,7 @@ fn timed_out_results_never_reach_another_caller() {
                         let x = t * 10_000 + i;
                         let ms = ((x * 7919) % 9) as u64;
                         let timeout = Duration::from_millis(1 + ((x * 104_729) % 12) as u64);
-                        let opts = CallOptions::timeout(timeout).backpressure(false);
+                        let opts = CallOptions::default().timeout(timeout).backpressure(false);
                         match h.call_with(Op::Sleep(x, ms), opts) {
                             Ok((y, _)) => {
                                 assert_eq!(y, 2 * x, "caller {t} got someone else's result");
@@ -81,10 +81,10 @@ fn expired_items_are_skipped_by_workers_that_have_not_started_them() {
         let log = temp_path("skip-log");
         let gate = temp_path("skip-gate");
         let server = Server::start(process_or_thread(process, Chaos::new().log(&log))).unwrap();
-        let long = CallOptions::timeout(Duration::from_secs(30));
+        let long = CallOptions::default().timeout(Duration::from_secs(30));
         let first = server.submit(Op::Gate(-1, gate.clone()), long).unwrap();
         assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
-        let short = CallOptions::timeout(Duration::from_millis(50));
+        let short = CallOptions::default().timeout(Duration::from_millis(50));
         let pending: Vec<_> = (0..20)
             .map(|i| server.submit(Op::Echo(i), short).unwrap())
             .collect();
@@ -120,7 +120,7 @@ fn dropped_pending_is_skipped() {
     let log = temp_path("drop-log");
     let gate = temp_path("drop-gate");
     let server = Server::start(ProcessServlet::new(Chaos::new().log(&log))).unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let opts = CallOptions::default().timeout(Duration::from_secs(30));
     let first = server.submit(Op::Gate(-1, gate.clone()), opts).unwrap();
     assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
     let dropped: Vec<_> = (0..10)
@@ -186,7 +186,7 @@ fn fail_fast_ensemble_cancels_sibling_work() {
             process_or_thread(process, Chaos::new().log(&log)),
         ];
         let server = Server::builder(flow).capacity(32).start().unwrap();
-        let opts = CallOptions::timeout(Duration::from_secs(30));
+        let opts = CallOptions::default().timeout(Duration::from_secs(30));
         // Member 0 passes the gate item at once; member 1 starts it and waits.
         let first = server.submit(Op::Gate(-1, gate.clone()), opts).unwrap();
         assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));

@@ -83,7 +83,7 @@ fn sigkill_fails_exactly_the_inflight_items() {
         .restart_policy(eager_restarts());
     let server = Server::builder(servlet).capacity(64).start().unwrap();
     let pid0 = server.worker_pids()[0];
-    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let opts = CallOptions::default().timeout(Duration::from_secs(30));
     let mut pending = vec![server.submit(Op::Gate(0, gate.clone()), opts).unwrap()];
     for i in 1..10 {
         pending.push(server.submit(Op::Echo(i), opts).unwrap());
@@ -133,7 +133,7 @@ fn abort_segfault_and_exit_fail_only_the_guilty_item() {
         (Op::Exit(3), "exited with code 3"),
     ];
     for (op, how) in ops {
-        let opts = CallOptions::timeout(Duration::from_secs(30));
+        let opts = CallOptions::default().timeout(Duration::from_secs(30));
         let mut pending = Vec::new();
         for i in 0..5 {
             pending.push(server.submit(Op::Echo(i), opts).unwrap());
@@ -161,13 +161,11 @@ fn abort_segfault_and_exit_fail_only_the_guilty_item() {
 /// is healthy again.
 #[test]
 fn crash_loop_marks_worker_unhealthy_then_it_recovers() {
-    let policy = RestartPolicy {
-        backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(800),
-        max_restarts: 3,
-        window: Duration::from_millis(1500),
-        ..Default::default()
-    };
+    let policy = RestartPolicy::default()
+        .backoff(Duration::from_millis(5))
+        .max_backoff(Duration::from_millis(800))
+        .max_restarts(3)
+        .window(Duration::from_millis(1500));
     let servlet = ProcessServlet::new(Chaos::new()).restart_policy(policy);
     let server = Server::start(servlet).unwrap();
     for _ in 0..3 {
@@ -192,7 +190,7 @@ fn crash_loop_marks_worker_unhealthy_then_it_recovers() {
     assert_eq!(server.servlets().restarts, restarts);
     assert!(server.worker_pids().is_empty());
     // It comes back and serves; after a quiet window it is ready again.
-    let opts = CallOptions::timeout(Duration::from_secs(10));
+    let opts = CallOptions::default().timeout(Duration::from_secs(10));
     assert_eq!(server.call_with(Op::Echo(1), opts).unwrap().0, 2);
     assert!(wait_until(Duration::from_secs(5), || server.is_ready()));
 }
@@ -259,10 +257,7 @@ fn killing_workers_under_a_stream_loses_nothing() {
 #[test]
 fn killing_workers_with_retry_succeeds_every_item() {
     const N: i64 = 1500;
-    let policy = RestartPolicy {
-        retry_crashed: true,
-        ..eager_restarts()
-    };
+    let policy = eager_restarts().retry_crashed(true);
     let servlet = ProcessServlet::new(Chaos::new().sleep_us(300))
         .workers(2)
         .restart_policy(policy);

@@ -49,7 +49,7 @@ fn one_round(i: usize) {
             let slow = server
                 .submit(
                     Op::Sleep(1, 5_000),
-                    CallOptions::timeout(Duration::from_secs(30)),
+                    CallOptions::default().timeout(Duration::from_secs(30)),
                 )
                 .unwrap();
             let mut s = server.stream((0..1000).map(Op::Echo));

@@ -41,7 +41,7 @@ fn orphan_helper_server() {
     let _busy = server
         .submit(
             Op::Sleep(1, 60_000),
-            CallOptions::timeout(Duration::from_secs(120)),
+            CallOptions::default().timeout(Duration::from_secs(120)),
         )
         .unwrap();
     let busy = wait_until(Duration::from_secs(5), || count_lines(&log) == 1);

@@ -57,7 +57,7 @@ fn flood_beyond_capacity_gets_backlog_full_at_once() {
             Box::new(ThreadServlet::new(Chaos::new()).workers(2))
         };
         let server = Server::builder(servlet).capacity(C).start().unwrap();
-        let opts = CallOptions::timeout(Duration::from_secs(30));
+        let opts = CallOptions::default().timeout(Duration::from_secs(30));
         let held: Vec<_> = (0..C as i64)
             .map(|i| server.submit(Op::Gate(i, gate.clone()), opts).unwrap())
             .collect();

@@ -12,10 +12,7 @@ use mpserver::{CallOptions, Error, ProcessServlet, RestartPolicy, Server};
 use reliability_support::*;
 
 fn retrying() -> RestartPolicy {
-    RestartPolicy {
-        retry_crashed: true,
-        ..eager_restarts()
-    }
+    eager_restarts().retry_crashed(true)
 }
 
 /// With retries on, the poison item crashes its worker twice (the default
@@ -27,7 +24,7 @@ fn poison_item_is_failed_as_poison_and_bystanders_survive() {
         .name("poisoned")
         .restart_policy(retrying());
     let server = Server::builder(servlet).capacity(64).start().unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let opts = CallOptions::default().timeout(Duration::from_secs(30));
     let mut pending = Vec::new();
     for i in 0..10 {
         pending.push(server.submit(Op::Echo(i), opts).unwrap());
@@ -58,10 +55,7 @@ fn poison_item_is_failed_as_poison_and_bystanders_survive() {
 /// A higher threshold allows more attempts.
 #[test]
 fn poison_threshold_is_honoured() {
-    let policy = RestartPolicy {
-        poison_threshold: 3,
-        ..retrying()
-    };
+    let policy = retrying().poison_threshold(3);
     let server = Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
     match server.call(Op::Segv) {
         Err(Error::PoisonItem(p)) => assert_eq!(p.crashes, 3),

@@ -18,7 +18,7 @@ use reliability_support::*;
 #[test]
 fn a_worker_killed_after_serving_restarts_at_once_every_time() {
     let server = Server::start(ProcessServlet::new(Chaos::new())).unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(10));
+    let opts = CallOptions::default().timeout(Duration::from_secs(10));
     for i in 0..25 {
         let (y, pid) = server.call_with(Op::Echo(i), opts).unwrap();
         assert_eq!(y, 2 * i);
@@ -50,11 +50,9 @@ fn an_idle_worker_up_long_enough_restarts_at_once() {
         (Duration::from_millis(100), true),
         (Duration::from_secs(3600), false),
     ] {
-        let policy = RestartPolicy {
-            backoff: Duration::from_secs(30),
-            stable_after,
-            ..RestartPolicy::default()
-        };
+        let policy = RestartPolicy::default()
+            .backoff(Duration::from_secs(30))
+            .stable_after(stable_after);
         let server =
             Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
         let pid = server.worker_pids()[0];
@@ -73,13 +71,11 @@ fn an_idle_worker_up_long_enough_restarts_at_once() {
 #[test]
 fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
     let marker = temp_path("init-abort");
-    let policy = RestartPolicy {
-        backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(800),
-        max_restarts: 3,
-        window: Duration::from_secs(60),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .backoff(Duration::from_millis(50))
+        .max_backoff(Duration::from_millis(800))
+        .max_restarts(3)
+        .window(Duration::from_secs(60));
     let worker = Chaos {
         init_abort_if: Some(marker.clone()),
         ..Chaos::new()
@@ -102,7 +98,7 @@ fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
     assert!(wait_until(Duration::from_secs(10), || !server
         .worker_pids()
         .is_empty()));
-    let opts = CallOptions::timeout(Duration::from_secs(10));
+    let opts = CallOptions::default().timeout(Duration::from_secs(10));
     assert_eq!(server.call_with(Op::Echo(2), opts).unwrap().0, 4);
 }
 
@@ -112,18 +108,16 @@ fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
 /// surviving process, well before the killed slot could restart.
 #[test]
 fn a_killed_workers_item_is_retried_on_another_worker() {
-    let policy = RestartPolicy {
-        retry_crashed: true,
-        restart_served_at_once: false,
-        backoff: Duration::from_secs(30),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .retry_crashed(true)
+        .restart_served_at_once(false)
+        .backoff(Duration::from_secs(30));
     let servlet = ProcessServlet::new(Chaos::new())
         .workers(2)
         .max_inflight(1)
         .restart_policy(policy);
     let server = Server::builder(servlet).capacity(8).start().unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(20));
+    let opts = CallOptions::default().timeout(Duration::from_secs(20));
     let a = server.submit(Op::Sleep(1, 600), opts).unwrap();
     let b = server.submit(Op::Sleep(2, 600), opts).unwrap();
     // Each process holds one of them; kill one.
@@ -145,16 +139,14 @@ fn a_killed_workers_item_is_retried_on_another_worker() {
 /// other items succeed.
 #[test]
 fn a_poison_item_is_not_retried_forever_across_workers() {
-    let policy = RestartPolicy {
-        retry_crashed: true,
-        backoff: Duration::from_millis(1),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .retry_crashed(true)
+        .backoff(Duration::from_millis(1));
     let servlet = ProcessServlet::new(Chaos::new().sleep_us(2000))
         .workers(2)
         .restart_policy(policy);
     let server = Server::builder(servlet).capacity(64).start().unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(30));
+    let opts = CallOptions::default().timeout(Duration::from_secs(30));
     let mut pending = Vec::new();
     for i in 0..10 {
         pending.push(server.submit(Op::Echo(i), opts).unwrap());
@@ -179,12 +171,10 @@ fn a_poison_item_is_not_retried_forever_across_workers() {
 #[test]
 fn a_crashed_item_past_its_deadline_is_not_retried() {
     let log = temp_path("retry-deadline");
-    let policy = RestartPolicy {
-        retry_crashed: true,
-        restart_served_at_once: false,
-        backoff: Duration::from_millis(1500),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .retry_crashed(true)
+        .restart_served_at_once(false)
+        .backoff(Duration::from_millis(1500));
     let servlet = ProcessServlet::new(Chaos::new().log(&log))
         .restart_policy(policy)
         .wait_for_worker(Duration::from_secs(10));
@@ -194,7 +184,7 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
     let pending = server
         .submit(
             Op::Sleep(1, 5000),
-            CallOptions::timeout(Duration::from_millis(800)),
+            CallOptions::default().timeout(Duration::from_millis(800)),
         )
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
@@ -208,7 +198,7 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
     );
     // The worker comes back after its back-off and serves, without the
     // expired item.
-    let opts = CallOptions::timeout(Duration::from_secs(10));
+    let opts = CallOptions::default().timeout(Duration::from_secs(10));
     assert_eq!(server.call_with(Op::Echo(3), opts).unwrap().0, 6);
     assert_eq!(count_lines(&log), 2, "the expired item ran once");
     let _ = std::fs::remove_file(&log);
@@ -218,11 +208,9 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
 /// back-off, with nothing queued, does not wait for the back-off.
 #[test]
 fn shutdown_does_not_wait_out_a_restart_back_off() {
-    let policy = RestartPolicy {
-        restart_served_at_once: false,
-        backoff: Duration::from_secs(60),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .restart_served_at_once(false)
+        .backoff(Duration::from_secs(60));
     let server = Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
     let pid = server.worker_pids()[0];
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();

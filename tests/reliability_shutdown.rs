@@ -34,7 +34,9 @@ fn load(h: &Handle<Op, Out>, op: fn(i64) -> Op) -> Vec<JoinHandle<Tally>> {
         let h = h.clone();
         threads.push(std::thread::spawn(move || {
             let mut tally = (0, 0);
-            let opts = CallOptions::timeout(Duration::from_secs(60)).backpressure(false);
+            let opts = CallOptions::default()
+                .timeout(Duration::from_secs(60))
+                .backpressure(false);
             for i in 0.. {
                 let r = h.call_with(op(t * 1_000_000 + i), opts);
                 let stop = matches!(r, Err(Error::Shutdown));
@@ -94,7 +96,7 @@ fn explicit_shutdown_under_load_drains() {
         .unwrap();
     // Twenty slower items first (admitted at once, still in flight when the
     // shutdown starts), then the load.
-    let opts = CallOptions::timeout(Duration::from_secs(60));
+    let opts = CallOptions::default().timeout(Duration::from_secs(60));
     let submitted: Vec<_> = (0..20)
         .map(|i| server.submit(Op::Sleep(i, 40), opts).unwrap())
         .collect();
@@ -125,7 +127,7 @@ fn drop_under_load_cancels_after_grace() {
         .start()
         .unwrap();
     // The slow items first (admitted at once), then the load.
-    let opts = CallOptions::timeout(Duration::from_secs(60));
+    let opts = CallOptions::default().timeout(Duration::from_secs(60));
     let slow: Vec<_> = (0..4)
         .map(|i| server.submit(Op::Sleep(i, 30_000), opts).unwrap())
         .collect();
@@ -166,14 +168,16 @@ fn shutdown_with_a_stuck_thread_worker_answers_everyone() {
         .shutdown_grace(Duration::from_millis(100))
         .start()
         .unwrap();
-    let opts = CallOptions::timeout(Duration::from_secs(600));
+    let opts = CallOptions::default().timeout(Duration::from_secs(600));
     let pending: Vec<_> = (0..8).map(|i| server.submit(i, opts).unwrap()).collect();
     let h = server.handle();
     let caller = std::thread::spawn(move || h.call_with(100, opts));
     // The server is now full: this one waits for room (for up to 30 s).
     assert!(wait_until(Duration::from_secs(5), || server.backlog() == 9));
     let h = server.handle();
-    let wait_opts = CallOptions::timeout(Duration::from_secs(30)).backpressure(false);
+    let wait_opts = CallOptions::default()
+        .timeout(Duration::from_secs(30))
+        .backpressure(false);
     let waiter = std::thread::spawn(move || h.call_with(101, wait_opts));
     std::thread::sleep(Duration::from_millis(100));
     let t = Instant::now();
@@ -216,7 +220,9 @@ fn async_callers_during_shutdown_get_an_answer() {
             let h = h.clone();
             rt.spawn(async move {
                 let mut tally = (0u64, 0u64);
-                let opts = CallOptions::timeout(Duration::from_secs(60)).backpressure(false);
+                let opts = CallOptions::default()
+                    .timeout(Duration::from_secs(60))
+                    .backpressure(false);
                 for i in 0.. {
                     let r = h.async_call_with(Op::Sleep(t * 1000 + i, 5), opts).await;
                     let stop = matches!(r, Err(Error::Shutdown));

@@ -44,7 +44,9 @@ fn racing_timeouts_and_rejections_keep_accounting_exact() {
                 for i in 0..400u64 {
                     let x = t * 100_000 + i * 7;
                     let timeout = Duration::from_micros(50 + (x * 31) % 350);
-                    let opts = CallOptions::timeout(timeout).backpressure(i % 2 == 0);
+                    let opts = CallOptions::default()
+                        .timeout(timeout)
+                        .backpressure(i % 2 == 0);
                     match h.call_with(x, opts) {
                         Ok(y) => {
                             assert_eq!(y, 3 * x);
@@ -101,8 +103,9 @@ fn abandoned_async_calls_release_capacity() {
                     for i in 0..40i64 {
                         let x = t * 1000 + i;
                         let op = Op::Sleep(x, (x % 3) as u64);
-                        let opts =
-                            CallOptions::timeout(Duration::from_secs(30)).backpressure(false);
+                        let opts = CallOptions::default()
+                            .timeout(Duration::from_secs(30))
+                            .backpressure(false);
                         let call = h.async_call_with(op, opts);
                         if x % 3 == 0 {
                             let r = tokio::time::timeout(Duration::from_micros(500), call).await;
@@ -161,7 +164,9 @@ fn concurrent_streams_stay_separate_and_ordered() {
         .map(|t| {
             let h = server.handle();
             std::thread::spawn(move || {
-                let opts = CallOptions::timeout(Duration::from_secs(30)).backpressure(false);
+                let opts = CallOptions::default()
+                    .timeout(Duration::from_secs(30))
+                    .backpressure(false);
                 for i in 0..300 {
                     let x = -(t * 10_000 + i) - 1;
                     assert_eq!(h.call_with(Op::Echo(x), opts).unwrap().0, 2 * x);

@@ -125,7 +125,9 @@ fn waiting_for_room_in_vain_is_backlog_full_with_the_time_waited() {
 
     // Blocking, back-pressure off: waits up to its limit, then BacklogFull.
     let t = Instant::now();
-    let patient = CallOptions::timeout(Duration::from_millis(100)).backpressure(false);
+    let patient = CallOptions::default()
+        .timeout(Duration::from_millis(100))
+        .backpressure(false);
     let e = server.call_with(3, patient).unwrap_err();
     let Error::BacklogFull(full) = &e else {
         panic!("{e:?}")
@@ -158,7 +160,7 @@ fn waiting_for_room_in_vain_is_backlog_full_with_the_time_waited() {
     assert_eq!(busy.wait().unwrap(), 1);
     // An admitted request that runs out of time is a time-out.
     let e = server
-        .call_with(6, CallOptions::timeout(Duration::from_millis(50)))
+        .call_with(6, CallOptions::default().timeout(Duration::from_millis(50)))
         .unwrap_err();
     assert!(
         matches!(&e, Error::Timeout(t) if !t.while_enqueuing),

@@ -17,7 +17,10 @@ fn timeout_of_a_slow_process_worker_states_enqueue_and_total() {
     let server = Server::start(ProcessServlet::new(Slow { ms: 400, log: None })).unwrap();
     let t = Instant::now();
     let err = server
-        .call_with(1, CallOptions::timeout(Duration::from_millis(100)))
+        .call_with(
+            1,
+            CallOptions::default().timeout(Duration::from_millis(100)),
+        )
         .unwrap_err();
     let waited = t.elapsed();
     let Error::Timeout(te) = &err else {
@@ -47,12 +50,12 @@ fn timeout_of_an_ensemble() {
     ];
     let server = Server::start(flow).unwrap();
     let err = server
-        .call_with(3, CallOptions::timeout(Duration::from_millis(80)))
+        .call_with(3, CallOptions::default().timeout(Duration::from_millis(80)))
         .unwrap_err();
     assert!(matches!(err, Error::Timeout(_)), "{err:?}");
     assert_eq!(
         server
-            .call_with(4, CallOptions::timeout(Duration::from_secs(5)))
+            .call_with(4, CallOptions::default().timeout(Duration::from_secs(5)))
             .unwrap(),
         vec![8, 4]
     );
@@ -79,7 +82,9 @@ fn backpressure_with_small_capacity() {
     let v = server
         .call_with(
             4,
-            CallOptions::timeout(Duration::from_secs(10)).backpressure(false),
+            CallOptions::default()
+                .timeout(Duration::from_secs(10))
+                .backpressure(false),
         )
         .unwrap();
     assert_eq!(v, 4);
@@ -90,7 +95,9 @@ fn backpressure_with_small_capacity() {
     let d = server.submit(6, CallOptions::default());
     let blocked = server.call_with(
         7,
-        CallOptions::timeout(Duration::from_millis(50)).backpressure(false),
+        CallOptions::default()
+            .timeout(Duration::from_millis(50))
+            .backpressure(false),
     );
     if let Ok(d) = d {
         assert!(
@@ -155,7 +162,7 @@ fn async_timeout_without_a_runtime_timer() {
     let server = Server::start(ProcessServlet::new(Slow { ms: 300, log: None })).unwrap();
     let t = Instant::now();
     let r = futures::executor::block_on(
-        server.async_call_with(1, CallOptions::timeout(Duration::from_millis(50))),
+        server.async_call_with(1, CallOptions::default().timeout(Duration::from_millis(50))),
     );
     assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
     assert!(t.elapsed() < Duration::from_millis(290));
@@ -174,7 +181,10 @@ fn cancelled_items_are_not_executed() {
     let pending: Vec<_> = (0..20)
         .map(|i| {
             server
-                .submit(i, CallOptions::timeout(Duration::from_millis(150)))
+                .submit(
+                    i,
+                    CallOptions::default().timeout(Duration::from_millis(150)),
+                )
                 .unwrap()
         })
         .collect();
@@ -404,7 +414,9 @@ fn waiting_callers_get_room_ahead_of_refilling_streams() {
         })
         .collect();
     wait_for(|| streamed.load(Ordering::Relaxed) > 100);
-    let opts = CallOptions::timeout(Duration::from_secs(60)).backpressure(false);
+    let opts = CallOptions::default()
+        .timeout(Duration::from_secs(60))
+        .backpressure(false);
     for i in 0..5u64 {
         assert_eq!(server.call_with(1000 + i, opts).unwrap(), 1000 + i);
     }
@@ -468,7 +480,7 @@ fn a_push_that_times_out_counts_one_timeout() {
     let n = 3;
     for _ in 0..n {
         let err = server
-            .call_with(1, CallOptions::timeout(Duration::from_millis(50)))
+            .call_with(1, CallOptions::default().timeout(Duration::from_millis(50)))
             .unwrap_err();
         assert!(
             matches!(&err, Error::Timeout(t) if t.while_enqueuing),

@@ -15,6 +15,8 @@
 //!   (`batch_wait_time(0)`), swept over the batch size.
 //! * `stream`: ordered `server.stream(0..10_000)` (reorder window) over a
 //!   `ThreadServlet`, swept over the worker count.
+//! * `metrics`: a shared `AtomicU64` against the sharded `metrics::Counter`
+//!   under two threads, `Histogram::record`, `ServletStats::record_stages`.
 //!
 //! Run: `cargo bench -p mpserver-benches --bench micro` (add `-- <filter>` to
 //! pick groups, `-- --quick` for a fast pass). Sample size and measurement
@@ -191,6 +193,7 @@ fn frame(c: &mut Criterion) {
             for (id, p) in black_box(&payloads).iter().enumerate() {
                 buf.put_u64(id as u64);
                 buf.put_u8(STATUS_OK);
+                buf.put_u64(0);
                 buf.put_payload(|v| {
                     v.extend_from_slice(p);
                     Ok::<(), ()>(())
@@ -309,6 +312,73 @@ fn stream(c: &mut Criterion) {
     g.finish();
 }
 
+/// Counting on the hot path (issue 14 item 6): two threads adding to one
+/// shared `AtomicU64` (one cache line bouncing between cores) against the
+/// sharded `metrics::Counter`, and the per-item cost of recording a
+/// histogram value and a simple servlet's four stage latencies.
+fn metrics(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::time::Instant;
+
+    const ADDS: u64 = 100_000;
+    let mut g = c.benchmark_group("metrics");
+    g.throughput(Throughput::Elements(2 * ADDS));
+    fn two_threads(add: Arc<dyn Fn() + Send + Sync>, iters: u64) -> Duration {
+        let start = Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let add = add.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..iters * ADDS {
+                        add();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        start.elapsed()
+    }
+    let shared = Arc::new(AtomicU64::new(0));
+    g.bench_function("shared_atomic_2_threads", |b| {
+        let a = shared.clone();
+        b.iter_custom(|iters| {
+            let a = a.clone();
+            two_threads(
+                Arc::new(move || {
+                    a.fetch_add(1, Relaxed);
+                }),
+                iters,
+            )
+        })
+    });
+    let sharded = Arc::new(mpserver::metrics::Counter::default());
+    g.bench_function("sharded_counter_2_threads", |b| {
+        let a = sharded.clone();
+        b.iter_custom(|iters| {
+            let a = a.clone();
+            two_threads(Arc::new(move || a.fetch_add(1, Relaxed)), iters)
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let h = mpserver::metrics::Histogram::default();
+    let mut v = 1u64;
+    g.bench_function("histogram_record", |b| {
+        b.iter(|| {
+            v = v.wrapping_mul(6364136223846793005).wrapping_add(1);
+            h.record(black_box(v >> 40));
+        })
+    });
+    let stats = mpserver::metrics::ServletStats::default();
+    let d = Duration::from_micros(18);
+    g.bench_function("record_stages", |b| {
+        b.iter(|| stats.record_stages(Some(d), Some(d), Some(d), Some(black_box(d))))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -319,6 +389,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = codec, frame, server_overhead, dispatch, batch, stream
+    targets = codec, frame, server_overhead, dispatch, batch, stream, metrics
 }
 criterion_main!(micro);

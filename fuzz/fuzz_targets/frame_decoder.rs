@@ -37,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
             }
             kind::RESULTS => {
                 if let Ok(results) = parse_results(body) {
-                    for (_, status, payload) in results {
-                        assert!(status <= 2);
+                    for (_, status, _, payload) in results {
+                        assert!(status <= mpserver::ipc::frame::STATUS_SKIPPED);
                         assert!(payload.len() <= body.len());
                     }
                 }

@@ -10,8 +10,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use mpserver::metrics::Histogram;
-
-use mpserver::metrics::prometheus::{header, histogram, sample};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// The routes, as metric labels. Anything else is `other`.
 pub(crate) const ROUTES: [&str; 7] = [
@@ -26,14 +27,14 @@ fn route_index(path: &str) -> usize {
 }
 
 /// Counters of the HTTP front.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct HttpMetrics {
     /// Answers by (route, status code).
     answers: Mutex<BTreeMap<(usize, u16), u64>>,
     /// Requests being handled now (for streams: until the headers are sent).
     in_flight: AtomicI64,
-    /// Time to the response headers, per route, microseconds.
-    latency_us: [Histogram; ROUTES.len()],
+    /// Time to the response headers, per route, nanoseconds.
+    latency_ns: [Histogram; ROUTES.len()],
     /// Connections open now.
     connections_open: AtomicI64,
     /// Connections the front closed or refused, by reason.
@@ -62,7 +63,8 @@ impl HttpMetrics {
     }
 
     fn record(&self, route: usize, status: u16, started: Instant) {
-        self.latency_us[route].record(started.elapsed().as_micros() as u64);
+        let ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.latency_ns[route].record(ns);
         let mut answers = match self.answers.lock() {
             Ok(a) => a,
             Err(p) => p.into_inner(),
@@ -70,83 +72,93 @@ impl HttpMetrics {
         *answers.entry((route, status)).or_insert(0) += 1;
     }
 
-    /// Appends the HTTP families in Prometheus text.
-    pub(crate) fn render_into(&self, out: &mut String) {
-        header(
-            out,
-            "mpserver_http_requests_total",
-            "counter",
-            "HTTP answers by route and status code.",
-        );
+    /// Encodes the HTTP families (`ready`: whether `/readyz` answers 200).
+    fn encode(&self, e: &mut DescriptorEncoder, ready: bool) -> Result<(), std::fmt::Error> {
         {
-            let answers = match self.answers.lock() {
-                Ok(a) => a,
-                Err(p) => p.into_inner(),
+            let mut m = e.encode_descriptor(
+                "mpserver_http_requests",
+                "HTTP answers by route and status code.",
+                None,
+                MetricType::Counter,
+            )?;
+            let answers: Vec<((usize, u16), u64)> = {
+                let answers = match self.answers.lock() {
+                    Ok(a) => a,
+                    Err(p) => p.into_inner(),
+                };
+                answers.iter().map(|(k, n)| (*k, *n)).collect()
             };
-            for ((route, code), n) in answers.iter() {
+            for ((route, code), n) in answers {
                 let code = code.to_string();
-                sample(
-                    out,
-                    "mpserver_http_requests_total",
-                    &[("route", ROUTES[*route]), ("code", &code)],
-                    *n as f64,
-                );
+                m.encode_family(&[("route", ROUTES[route]), ("code", code.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
         }
-        header(
-            out,
+        gauge(
+            e,
             "mpserver_http_requests_in_flight",
-            "gauge",
             "HTTP requests being handled (streams count until their headers are sent).",
-        );
-        sample(
-            out,
-            "mpserver_http_requests_in_flight",
-            &[],
-            self.in_flight.load(Ordering::Relaxed) as f64,
-        );
-        header(
-            out,
+            self.in_flight.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            e,
             "mpserver_http_connections_open",
-            "gauge",
             "HTTP connections open now (served by `serve`).",
-        );
-        sample(
-            out,
-            "mpserver_http_connections_open",
-            &[],
-            self.connections_open.load(Ordering::Relaxed) as f64,
-        );
-        header(
-            out,
-            "mpserver_http_connections_closed_total",
-            "counter",
+            self.connections_open.load(Ordering::Relaxed),
+        )?;
+        let mut m = e.encode_descriptor(
+            "mpserver_http_connections_closed",
             "Connections the front closed or refused because a limit tripped, by reason.",
-        );
+            None,
+            MetricType::Counter,
+        )?;
         for why in CloseReason::ALL {
-            sample(
-                out,
-                "mpserver_http_connections_closed_total",
-                &[("reason", why.as_str())],
-                self.connections_closed[why as usize].load(Ordering::Relaxed) as f64,
-            );
+            let n = self.connections_closed[why as usize].load(Ordering::Relaxed);
+            m.encode_family(&[("reason", why.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
-        header(
-            out,
+        let mut m = e.encode_descriptor(
             "mpserver_http_request_duration_seconds",
-            "histogram",
             "Time from an HTTP request's arrival to its response headers, by route.",
-        );
+            None,
+            MetricType::Histogram,
+        )?;
         for (i, route) in ROUTES.iter().enumerate() {
-            histogram(
-                out,
-                "mpserver_http_request_duration_seconds",
+            mpserver::metrics::prometheus::encode_latency(
+                &mut m,
                 &[("route", route)],
-                &self.latency_us[i].snapshot(),
-                1e6,
-                usize::MAX,
-            );
+                &self.latency_ns[i].snapshot(),
+            )?;
         }
+        gauge(
+            e,
+            "mpserver_http_ready",
+            "1 when /readyz answers 200 (every stage has its minimum of live workers).",
+            i64::from(ready),
+        )
+    }
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> Result<(), std::fmt::Error> {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+/// The HTTP front's families as a `prometheus-client` collector.
+#[derive(Debug)]
+pub(crate) struct HttpCollector {
+    pub(crate) metrics: Arc<HttpMetrics>,
+    pub(crate) ready: bool,
+}
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.metrics.encode(&mut encoder, self.ready)
     }
 }
 

@@ -24,7 +24,8 @@ use crate::config::HttpConfig;
 use crate::error::ErrorResponse;
 use crate::json::parse_json;
 use crate::ndjson;
-use crate::observe::observe;
+use crate::observe::{HttpCollector, observe};
+use prometheus_client::registry::Registry;
 
 /// The header that sets a request's time limit, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
@@ -67,7 +68,7 @@ where
     let retry = app.config.retry_after_secs();
     // Through the flow's `tower::Service`: ready unless shutting down.
     let limit = timeout.unwrap_or_else(|| handle.default_timeout());
-    let mut svc = handle.service_with(CallOptions::timeout(limit));
+    let mut svc = handle.service_with(CallOptions::default().timeout(limit));
     let call = async {
         poll_fn(|cx| svc.poll_ready(cx)).await?;
         Service::call(&mut svc, x).await
@@ -152,15 +153,21 @@ where
     }
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: the flow's and the front's metrics, encoded by
+/// `prometheus-client` (OpenMetrics text).
 pub(crate) async fn metrics<In, Out>(State(app): App<In, Out>) -> Response
 where
     In: Send + 'static,
     Out: Send + 'static,
 {
-    let mut out = String::with_capacity(16 * 1024);
+    let mut registry = Registry::default();
     match app.handle() {
-        Some(h) => prometheus::render_into(&mut out, &h.debug_info()),
+        Some(h) => {
+            let info = h.debug_info();
+            registry.register_collector(Box::new(prometheus::ServerCollector::from_fn(
+                move || Some(info.clone()),
+            )));
+        }
         None => {
             let current = match app.phase() {
                 Phase::Failed => "stopped",
@@ -168,42 +175,38 @@ where
                 Phase::Draining | Phase::Leaving => "draining",
                 Phase::Stopped => "stopped",
             };
-            prometheus::header(
-                &mut out,
-                "mpserver_server_state",
-                "gauge",
-                "Life-cycle state of the server (1 for the current one).",
-            );
-            for state in ["starting", "running", "draining", "stopped"] {
-                let v = if state == current { 1.0 } else { 0.0 };
-                prometheus::sample(&mut out, "mpserver_server_state", &[("state", state)], v);
-            }
-            prometheus::header(
-                &mut out,
-                "mpserver_server_ready",
-                "gauge",
-                "1 when the server runs and no worker was given up on.",
-            );
-            prometheus::sample(&mut out, "mpserver_server_ready", &[], 0.0);
+            registry.register_collector(Box::new(StateOnly(current)));
         }
     }
-    app.metrics.render_into(&mut out);
-    prometheus::header(
-        &mut out,
-        "mpserver_http_ready",
-        "gauge",
-        "1 when /readyz answers 200 (every stage has its minimum of live workers).",
-    );
-    let ready = if app.readiness().is_ok() { 1.0 } else { 0.0 };
-    prometheus::sample(&mut out, "mpserver_http_ready", &[], ready);
+    registry.register_collector(Box::new(HttpCollector {
+        metrics: app.metrics.clone(),
+        ready: app.readiness().is_ok(),
+    }));
+    let mut out = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    }
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS))],
         out,
     )
         .into_response()
+}
+
+/// The content type of `/metrics`.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The server's state while there is no server (starting, or failed).
+#[derive(Debug)]
+struct StateOnly(&'static str);
+
+impl prometheus_client::collector::Collector for StateOnly {
+    fn encode(
+        &self,
+        mut e: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        prometheus::encode_state(&mut e, self.0, false)
+    }
 }
 
 /// `GET /debug`: the server's `DebugInfo` as JSON.

@@ -34,10 +34,7 @@ impl Worker for Judge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_in_an_ensemble_is_503_with_retry_after_and_counted_as_crashed() {
-    let policy = RestartPolicy {
-        max_backoff: Duration::from_millis(300),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default().max_backoff(Duration::from_millis(300));
     let flow = sequential![
         ensemble![
             ProcessServlet::new(Judge).restart_policy(policy),

@@ -60,7 +60,7 @@ async fn call_health_ready_debug_metrics() {
         r.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain; version=0.0.4")
+            .starts_with("application/openmetrics-text; version=1.0.0")
     );
     let text = r.text().await.unwrap();
     for needle in [
@@ -68,8 +68,8 @@ async fn call_health_ready_debug_metrics() {
         "mpserver_server_ready 1\n",
         "mpserver_requests_total{outcome=\"ok\"} 1\n",
         "mpserver_request_duration_seconds_count 1\n",
-        "mpserver_servlet_items_in_total{servlet=\"/\",kind=\"thread\",name=\"FnWorker\"} 1\n",
-        "mpserver_worker_alive{servlet=\"/\",name=\"FnWorker\",index=\"0\"} 1\n",
+        "mpserver_servlet_items_in_total{servlet=\"/\",kind=\"thread\",name=\"upper\"} 1\n",
+        "mpserver_worker_alive{servlet=\"/\",name=\"upper\",index=\"0\"} 1\n",
         "mpserver_http_requests_total{route=\"/call\",code=\"200\"} 1\n",
         "# TYPE mpserver_http_request_duration_seconds histogram\n",
     ] {
@@ -221,11 +221,9 @@ impl Worker for Crasher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_crash_is_503_with_retry_after() {
     // Short back-offs keep shutdown quick (it waits out a back-off).
-    let policy = RestartPolicy {
-        max_restarts: 0,
-        max_backoff: Duration::from_millis(300),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .max_restarts(0)
+        .max_backoff(Duration::from_millis(300));
     let flow = ProcessServlet::new(Crasher).restart_policy(policy);
     let app = start(Server::builder(flow), support::config()).await;
     app.wait_ready().await;
@@ -349,7 +347,7 @@ async fn stream_keeps_input_order_with_errors_in_place() {
     assert!(lines[3]["message"].as_str().unwrap().starts_with("line 4 "));
     assert_eq!(lines[4]["error"], "worker");
     assert_eq!(lines[4]["type"], "ValueError");
-    assert_eq!(lines[4]["worker"]["name"], "FnWorker");
+    assert_eq!(lines[4]["worker"]["name"], "scrambled");
     assert_eq!(lines[5], json!(50));
     assert_eq!(lines[6], json!(60));
 

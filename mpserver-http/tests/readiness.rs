@@ -30,11 +30,7 @@ impl Worker for Echo {
 /// A restart policy whose every back-off is `b`: a killed worker stays
 /// down that long.
 fn slow_restarts(b: Duration) -> RestartPolicy {
-    RestartPolicy {
-        backoff: b,
-        max_backoff: b,
-        ..RestartPolicy::default()
-    }
+    RestartPolicy::default().backoff(b).max_backoff(b)
 }
 
 /// Pids of the process workers of the stage at `stage` (a path of member

@@ -128,11 +128,9 @@ impl Worker for Echo {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_shows_back_off_and_last_exit() {
-    let policy = RestartPolicy {
-        backoff: Duration::from_millis(2000),
-        max_backoff: Duration::from_millis(2000),
-        ..RestartPolicy::default()
-    };
+    let policy = RestartPolicy::default()
+        .backoff(Duration::from_millis(2000))
+        .max_backoff(Duration::from_millis(2000));
     let flow = ProcessServlet::new(Echo).restart_policy(policy);
     let app = start(Server::builder(flow), support::config()).await;
     app.wait_ready().await;

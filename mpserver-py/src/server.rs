@@ -104,7 +104,9 @@ impl Core {
         timeout: f64,
         backpressure: bool,
     ) -> PyResult<Py<PyAny>> {
-        let opts = CallOptions::timeout(duration(timeout)?).backpressure(backpressure);
+        let opts = CallOptions::default()
+            .timeout(duration(timeout)?)
+            .backpressure(backpressure);
         let v = self.input(x)?;
         let handle = &self.handle;
         let r = py.detach(|| handle.call_with(v, opts));
@@ -123,7 +125,9 @@ impl Core {
         timeout: f64,
         backpressure: bool,
     ) -> PyResult<crate::aio::Call> {
-        let opts = CallOptions::timeout(duration(timeout)?).backpressure(backpressure);
+        let opts = CallOptions::default()
+            .timeout(duration(timeout)?)
+            .backpressure(backpressure);
         let v = self.input(x)?;
         let handle = self.handle.clone();
         let fut = Box::pin(async move { handle.async_call_with(v, opts).await });

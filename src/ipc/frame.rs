@@ -9,7 +9,9 @@
 //! ```text
 //! frame   := len:u32 kind:u8 body
 //! ITEMS   := batched:u8 count:u32 { id:u64 payload }*
-//! RESULTS := count:u32 { id:u64 status:u8 payload }*   status: 0 ok, 1 worker error, 2 codec error, 3 skipped
+//! RESULTS := count:u32 { id:u64 status:u8 compute_ns:u64 payload }*
+//!            status: 0 ok, 1 worker error, 2 codec error, 3 skipped;
+//!            compute_ns: the worker's time in its call for the item (0 if none)
 //! CANCEL  := count:u32 { id:u64 }*
 //! payload := len:u32 bytes                      (len < u32::MAX)
 //!          | 0xFFFF_FFFF slot:u32 tag:u32 gen:u32 len:u32   (the value is in shared memory)
@@ -618,8 +620,8 @@ impl<'a> Cursor<'a> {
 
 /// `(id, payload)` entries of an ITEMS frame.
 pub type Items<'a> = Vec<(u64, Payload<'a>)>;
-/// `(id, status, payload)` entries of a RESULTS frame.
-pub type ResultEntries<'a> = Vec<(u64, u8, Payload<'a>)>;
+/// `(id, status, compute_ns, payload)` entries of a RESULTS frame.
+pub type ResultEntries<'a> = Vec<(u64, u8, u64, Payload<'a>)>;
 
 /// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
 pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
@@ -640,10 +642,10 @@ pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
     Ok((batched, items))
 }
 
-/// Parses a RESULTS body into `(id, status, payload)` entries.
+/// Parses a RESULTS body into `(id, status, compute_ns, payload)` entries.
 pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
     let mut c = Cursor::new(body);
-    let n = c.count(13)?;
+    let n = c.count(21)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let id = c.u64()?;
@@ -651,8 +653,9 @@ pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
         if status > STATUS_SKIPPED {
             return Err(FrameError::Malformed("bad result status"));
         }
+        let compute_ns = c.u64()?;
         let p = c.value()?;
-        out.push((id, status, p));
+        out.push((id, status, compute_ns, p));
     }
     c.finish()?;
     Ok(out)

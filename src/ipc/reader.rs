@@ -39,6 +39,14 @@ pub struct FrameReader<R> {
     max: usize,
 }
 
+impl<R> std::fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<R: Read + AsRawFd> FrameReader<R> {
     /// A reader of a socket, which can also look for input without waiting
     /// ([`FrameReader::fill_nowait`]).

@@ -9,6 +9,7 @@
 use crate::sync::lock_std;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,54 +23,15 @@ pub use debug::{DebugInfo, RequestInfo, ServerState};
 pub(crate) use requests::ServerStats;
 pub use requests::{ERROR_KINDS, RequestStats};
 
-const BUCKETS: usize = 40;
+mod shard;
+pub use shard::{Counter, Histogram, StageClock};
 
-/// A lock-free histogram with power-of-two buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS],
-    sum: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    /// Records one value.
-    pub fn record(&self, v: u64) {
-        let b = (64 - v.leading_zeros() as usize).min(BUCKETS - 1);
-        self.buckets[b].fetch_add(1, Relaxed);
-        self.sum.fetch_add(v, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// A consistent-enough copy for reporting.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
-        // Bucket b holds values in [2^(b-1), 2^b - 1]; its upper bound is 2^b - 1.
-        let bounds = (0..BUCKETS).map(|b| (1u64 << b) - 1).collect();
-        HistogramSnapshot {
-            bounds,
-            counts,
-            sum: self.sum.load(Relaxed),
-            count: self.count.load(Relaxed),
-        }
-    }
-}
-
-/// A histogram's content: `counts[i]` values were `<= bounds[i]` and above the
-/// previous bound.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A histogram's content: `counts[i]` values were `<= bounds[i]` and above
+/// the previous bucket's bound. Only buckets that hold values are listed
+/// (see [`Histogram`] for the bucket layout).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistogramSnapshot {
-    /// Inclusive upper bound of each bucket.
+    /// Inclusive upper bound of each bucket listed.
     pub bounds: Vec<u64>,
     /// Values per bucket (not cumulative).
     pub counts: Vec<u64>,
@@ -80,7 +42,8 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
-    /// An upper estimate of the q-quantile (0..=1), from the bucket bounds.
+    /// An upper estimate of the q-quantile (0..=1), from the bucket bounds
+    /// (for latency histograms: within about 6% of the true value).
     pub fn quantile(&self, q: f64) -> u64 {
         let target = (self.count as f64 * q).ceil() as u64;
         let mut seen = 0;
@@ -92,6 +55,40 @@ impl HistogramSnapshot {
         }
         *self.bounds.last().unwrap_or(&0)
     }
+
+    /// The mean value (0 when empty).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
+    }
+}
+
+/// Per-stage latency of one simple servlet, in nanoseconds (see
+/// [`ServletStats::record_stages`]).
+///
+/// * `queue_ns`: from the item's entry into the servlet until a worker
+///   takes it (thread servlets) or it is written to a worker process.
+/// * `transfer_ns` (process servlets): from the write until its result is
+///   read back, less the worker's own time: the socket both ways, the
+///   codec, waiting in the worker process behind items sent before it, and
+///   the coalescing of results.
+/// * `compute_ns`: the worker's own time in `call` (or `call_batch`, for
+///   each item of the batch), measured where the worker runs (in the worker
+///   process, and carried back with the result).
+/// * `total_ns`: from entry until the result leaves the servlet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageLatency {
+    /// Waiting for a worker.
+    pub queue_ns: HistogramSnapshot,
+    /// Crossing to a worker process and back (empty for thread servlets).
+    pub transfer_ns: HistogramSnapshot,
+    /// The worker's own time.
+    pub compute_ns: HistogramSnapshot,
+    /// The whole stage.
+    pub total_ns: HistogramSnapshot,
 }
 
 /// Counters of one servlet, recorded by the servlet (read them through
@@ -113,24 +110,29 @@ impl HistogramSnapshot {
 #[derive(Debug, Default)]
 pub struct ServletStats {
     /// Items that entered the servlet.
-    pub(crate) items_in: AtomicU64,
+    pub(crate) items_in: Counter,
     /// Items it produced a value for.
-    pub(crate) items_ok: AtomicU64,
+    pub(crate) items_ok: Counter,
     /// Items it failed.
-    pub(crate) items_err: AtomicU64,
+    pub(crate) items_err: Counter,
     /// Items skipped because their request was cancelled.
-    pub(crate) skipped: AtomicU64,
+    pub(crate) skipped: Counter,
     /// Items a caller handed straight to an idle worker process, without
     /// the queue (process servlets; see the servlet design notes).
-    pub(crate) handoffs: AtomicU64,
+    pub(crate) handoffs: Counter,
     /// Worker calls made in batch form.
-    pub(crate) batches: AtomicU64,
+    pub(crate) batches: Counter,
     /// Sizes of the batches handed to workers.
     pub(crate) batch_sizes: Histogram,
     /// Worker crashes.
-    pub(crate) crashes: AtomicU64,
+    pub(crate) crashes: Counter,
     /// Worker restarts (after crashes and recycling).
-    pub(crate) restarts: AtomicU64,
+    pub(crate) restarts: Counter,
+    /// Per-stage latency, nanoseconds (see [`StageLatency`]).
+    pub(crate) queue_ns: Histogram,
+    pub(crate) transfer_ns: Histogram,
+    pub(crate) compute_ns: Histogram,
+    pub(crate) total_ns: Histogram,
 }
 
 impl ServletStats {
@@ -153,6 +155,42 @@ impl ServletStats {
     pub fn record_skipped(&self, n: u64) {
         self.skipped.fetch_add(n, Relaxed);
     }
+
+    /// Records one item's latency through the servlet's stages (see
+    /// [`StageLatency`]); `None` leaves a stage out.
+    pub fn record_stages(
+        &self,
+        queue: Option<Duration>,
+        transfer: Option<Duration>,
+        compute: Option<Duration>,
+        total: Option<Duration>,
+    ) {
+        for (h, d) in [
+            (&self.queue_ns, queue),
+            (&self.transfer_ns, transfer),
+            (&self.compute_ns, compute),
+            (&self.total_ns, total),
+        ] {
+            if let Some(d) = d {
+                h.record(nanos(d));
+            }
+        }
+    }
+
+    /// A copy of the per-stage latency histograms.
+    pub fn stage_latency(&self) -> StageLatency {
+        StageLatency {
+            queue_ns: self.queue_ns.snapshot(),
+            transfer_ns: self.transfer_ns.snapshot(),
+            compute_ns: self.compute_ns.snapshot(),
+            total_ns: self.total_ns.snapshot(),
+        }
+    }
+}
+
+/// A duration in nanoseconds, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 /// Live state of one worker, kept by its servlet; read it through
@@ -320,6 +358,7 @@ impl ServletNode {
             batch_sizes: s.batch_sizes.snapshot(),
             crashes: s.crashes.load(Relaxed),
             restarts: s.restarts.load(Relaxed),
+            latency: s.stage_latency(),
             queue_depth: self.queue_depth.as_ref().map(|f| f()),
             workers: self.workers.iter().map(|w| w.snapshot()).collect(),
             members: self.members.iter().map(ServletNode::snapshot).collect(),
@@ -362,6 +401,9 @@ pub struct ServletSnapshot {
     pub crashes: u64,
     /// Worker restarts.
     pub restarts: u64,
+    /// Per-stage latency (simple servlets; empty for compound ones).
+    #[serde(default)]
+    pub latency: StageLatency,
     /// Items waiting in the input queue.
     pub queue_depth: Option<usize>,
     /// The workers.

@@ -1,10 +1,10 @@
-//! Prometheus text exposition of a server's [`DebugInfo`].
+//! Prometheus exposition of a server's [`DebugInfo`], through `prometheus-client`.
 //!
-//! [`render`] turns one snapshot into the [text format] (version 0.0.4) that
-//! Prometheus scrapes; the HTTP front serves it on `GET /metrics`. Nothing is
-//! registered globally and nothing is recorded here: the counters live in the
-//! server (relaxed atomics), and rendering only reads a snapshot, so a scrape
-//! never changes scheduling.
+//! A [`ServerCollector`] exports a server's metrics into a registry; [`render`]
+//! turns one snapshot into text; the HTTP front serves them on `GET /metrics`.
+//! Nothing is registered globally and nothing is recorded here: the counters
+//! live in the server (sharded atomics), and encoding only reads a snapshot,
+//! so a scrape never changes scheduling.
 //!
 //! # Metrics
 //!
@@ -35,115 +35,163 @@
 //! `mpserver_worker_alive` and `mpserver_worker_healthy`, counters
 //! `mpserver_worker_restarts_total` and `mpserver_worker_items_total`.
 //!
-//! Latency histograms come from power-of-two microsecond buckets: bucket `b`
-//! holds integer values up to `2^b - 1` µs, so its `le` is `(2^b - 1) / 1e6`
-//! seconds, exactly. Counts are made cumulative, as Prometheus requires.
+//! Per-stage latency of simple servlets: the histogram
+//! `mpserver_servlet_stage_duration_seconds`, labelled `servlet`, `kind`,
+//! `name` and `stage` (`queue`, `transfer`, `compute`, `total`: see
+//! [`StageLatency`](crate::metrics::StageLatency)).
 //!
-//! The helpers [`header`], [`sample`] and [`histogram`] let an embedding
-//! program (such as the HTTP front) append its own families in the same
-//! format.
+//! Latency histograms are exported with 8 buckets per power of two from
+//! about 1 µs to 34 s (bounds that are bucket bounds of the server's own
+//! [`Histogram`](crate::metrics::Histogram), so nothing is approximated on
+//! the way: a bucket is at most 12.5% wide); batch sizes with one bucket per
+//! size below 32, then 8 per power of two.
+//!
+//! # Through `prometheus-client`
+//!
+//! The families are encoded by the [`prometheus_client`] crate: a
+//! [`ServerCollector`] registered in an application's own
+//! [`Registry`](prometheus_client::registry::Registry) exports them beside
+//! the application's metrics; it reads the server's counters when the
+//! registry is encoded (nothing is recorded into the registry, so a scrape
+//! costs the hot path nothing). The output is the OpenMetrics text format,
+//! which Prometheus scrapes natively (counters are declared without their
+//! `_total` suffix in `# TYPE`; samples keep the names above).
 //!
 //! ```
 //! use mpserver::{worker_fn, Server, ThreadServlet};
+//! use prometheus_client::registry::Registry;
 //!
 //! let server = Server::start(ThreadServlet::new(worker_fn(|x: u8| x))).unwrap();
 //! server.call(1).unwrap();
-//! let text = mpserver::metrics::prometheus::render(&server.debug_info());
+//! let mut registry = Registry::default();
+//! registry.register_collector(Box::new(
+//!     mpserver::metrics::prometheus::ServerCollector::new(server.handle().clone()),
+//! ));
+//! let mut text = String::new();
+//! prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
 //! assert!(text.contains("mpserver_requests_total{outcome=\"ok\"} 1\n"));
 //! assert!(text.contains("# TYPE mpserver_request_duration_seconds histogram\n"));
 //! ```
 //!
 //! [text format]: https://prometheus.io/docs/instrumenting/exposition_formats/
 
-use std::fmt::Write;
+use std::fmt::Error as FmtError;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::metrics::shard::{BUCKETS, bucket_bounds};
 use crate::metrics::{DebugInfo, ERROR_KINDS, ServerState};
 use crate::metrics::{HistogramSnapshot, ServletSnapshot};
 
-/// Microseconds per second.
-const MICROS: f64 = 1e6;
-/// Finite buckets kept for batch sizes (up to 65535 items).
-const BATCH_BUCKETS: usize = 17;
+/// Nanoseconds per second.
+const NANOS: f64 = 1e9;
 
-/// Renders `info` as Prometheus text (format version 0.0.4).
+/// Labels of one series.
+type Labels<'a> = [(&'a str, &'a str)];
+
+/// Exports a running server's metrics into a `prometheus-client` registry
+/// (see the [module docs](self)).
+pub struct ServerCollector {
+    info: Box<dyn Fn() -> Option<DebugInfo> + Send + Sync>,
+}
+
+impl ServerCollector {
+    /// A collector reading `handle`'s state at each encoding.
+    pub fn new<In: Send + 'static, Out: Send + 'static>(handle: crate::Handle<In, Out>) -> Self {
+        ServerCollector {
+            info: Box::new(move || Some(handle.debug_info())),
+        }
+    }
+
+    /// A collector reading the state `f` returns at each encoding (`None`:
+    /// nothing to export now, e.g. a server not started yet).
+    pub fn from_fn(f: impl Fn() -> Option<DebugInfo> + Send + Sync + 'static) -> Self {
+        ServerCollector { info: Box::new(f) }
+    }
+}
+
+impl std::fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), FmtError> {
+        match (self.info)() {
+            Some(info) => encode_info(&mut encoder, &info),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Renders `info` alone as OpenMetrics text (with its `# EOF` line).
 pub fn render(info: &DebugInfo) -> String {
-    let mut out = String::with_capacity(8 * 1024);
-    render_into(&mut out, info);
+    let snapshot = info.clone();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(ServerCollector::from_fn(move || {
+        Some(snapshot.clone())
+    })));
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
-/// Appends the rendering of `info` to `out` (see [`render`]).
-pub fn render_into(out: &mut String, info: &DebugInfo) {
-    header(
-        out,
-        "mpserver_server_state",
-        "gauge",
-        "Life-cycle state of the server (1 for the current one).",
-    );
-    for (state, name) in [
+/// Encodes the families of `info` (see the [module docs](self)).
+pub fn encode_info(e: &mut DescriptorEncoder, info: &DebugInfo) -> Result<(), FmtError> {
+    let states = [
         (ServerState::Starting, "starting"),
         (ServerState::Running, "running"),
         (ServerState::Draining, "draining"),
         (ServerState::Stopped, "stopped"),
-    ] {
-        let v = if info.state == state { 1.0 } else { 0.0 };
-        sample(out, "mpserver_server_state", &[("state", name)], v);
-    }
+    ];
+    let current = states
+        .iter()
+        .find(|(s, _)| *s == info.state)
+        .map(|(_, n)| *n);
+    encode_state(e, current.unwrap_or("stopped"), info.ready)?;
     gauge(
-        out,
-        "mpserver_server_ready",
-        "1 when the server runs and no worker was given up on.",
-        bool_value(info.ready),
-    );
-    gauge(
-        out,
+        e,
         "mpserver_server_capacity",
         "Requests allowed in flight across all stages.",
-        info.capacity as f64,
-    );
+        info.capacity as i64,
+    )?;
     gauge(
-        out,
+        e,
         "mpserver_server_backlog",
         "Requests in flight now.",
-        info.backlog as f64,
-    );
+        info.backlog as i64,
+    )?;
     let oldest = info
         .oldest_requests
         .iter()
         .map(|r| r.age_ms)
         .fold(0.0_f64, f64::max);
     gauge(
-        out,
+        e,
         "mpserver_oldest_request_age_seconds",
         "Age of the oldest pending request (0 if none).",
         oldest / 1e3,
-    );
+    )?;
 
     let req = &info.requests;
-    header(
-        out,
-        "mpserver_requests_submitted_total",
-        "counter",
+    let mut m = e.encode_descriptor(
+        "mpserver_requests_submitted",
         "Requests admitted into the flow.",
-    );
-    sample(
-        out,
-        "mpserver_requests_submitted_total",
-        &[],
-        req.submitted as f64,
-    );
-    header(
-        out,
-        "mpserver_requests_total",
-        "counter",
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut m, &[], req.submitted)?;
+    let mut m = e.encode_descriptor(
+        "mpserver_requests",
         "Requests that finished or were refused, by outcome (ok or error kind).",
-    );
-    sample(
-        out,
-        "mpserver_requests_total",
-        &[("outcome", "ok")],
-        req.ok as f64,
-    );
+        None,
+        MetricType::Counter,
+    )?;
+    counter(&mut m, &[("outcome", "ok")], req.ok)?;
     for kind in ERROR_KINDS {
         let n = req
             .errors
@@ -151,25 +199,20 @@ pub fn render_into(out: &mut String, info: &DebugInfo) {
             .filter(|(k, _)| k == kind)
             .map(|(_, n)| *n)
             .sum::<u64>();
-        sample(
-            out,
-            "mpserver_requests_total",
-            &[("outcome", kind)],
-            n as f64,
-        );
+        counter(&mut m, &[("outcome", kind)], n)?;
     }
     // Kinds this build does not know about (from a newer core) still show.
     for (k, n) in &req.errors {
         if !ERROR_KINDS.contains(&k.as_str()) {
-            sample(out, "mpserver_requests_total", &[("outcome", k)], *n as f64);
+            counter(&mut m, &[("outcome", k)], *n)?;
         }
     }
-    header(
-        out,
-        "mpserver_request_errors_total",
-        "counter",
+    let mut m = e.encode_descriptor(
+        "mpserver_request_errors",
         "Requests that failed, by error class.",
-    );
+        None,
+        MetricType::Counter,
+    )?;
     for class in crate::error::ErrorClass::ALL {
         let n = req
             .error_classes
@@ -177,150 +220,185 @@ pub fn render_into(out: &mut String, info: &DebugInfo) {
             .filter(|(c, _)| *c == class)
             .map(|(_, n)| *n)
             .sum::<u64>();
-        sample(
-            out,
-            "mpserver_request_errors_total",
-            &[("class", class.as_str())],
-            n as f64,
-        );
+        counter(&mut m, &[("class", class.as_str())], n)?;
     }
-    header(
-        out,
+    let mut m = e.encode_descriptor(
         "mpserver_request_duration_seconds",
-        "histogram",
         "End-to-end latency of finished requests.",
-    );
-    histogram(
-        out,
-        "mpserver_request_duration_seconds",
-        &[],
-        &req.latency_us,
-        MICROS,
-        usize::MAX,
-    );
+        None,
+        MetricType::Histogram,
+    )?;
+    latency_histogram(&mut m, &[], &req.latency_ns)?;
 
     let mut nodes = Vec::new();
     flatten(&info.servlets, "/".to_string(), &mut nodes);
-    render_servlets(out, &nodes);
-    render_workers(out, &nodes);
+    encode_servlets(e, &nodes)?;
+    encode_workers(e, &nodes)
 }
 
-fn render_servlets(out: &mut String, nodes: &[(String, &ServletSnapshot)]) {
+/// Encodes `mpserver_server_state` (1 for `current`) and
+/// `mpserver_server_ready`: for a front that has no server yet.
+pub fn encode_state(e: &mut DescriptorEncoder, current: &str, ready: bool) -> Result<(), FmtError> {
+    let mut m = e.encode_descriptor(
+        "mpserver_server_state",
+        "Life-cycle state of the server (1 for the current one).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in ["starting", "running", "draining", "stopped"] {
+        let v: i64 = if state == current { 1 } else { 0 };
+        m.encode_family(&[("state", state)])?.encode_gauge(&v)?;
+    }
+    gauge(
+        e,
+        "mpserver_server_ready",
+        "1 when the server runs and no worker was given up on.",
+        bool_value(ready),
+    )
+}
+
+fn encode_servlets(
+    e: &mut DescriptorEncoder,
+    nodes: &[(String, &ServletSnapshot)],
+) -> Result<(), FmtError> {
     type Field = fn(&ServletSnapshot) -> u64;
     let counters: [(&str, &str, Field); 8] = [
         (
-            "mpserver_servlet_items_in_total",
+            "mpserver_servlet_items_in",
             "Items that entered the servlet.",
             |s| s.items_in,
         ),
         (
-            "mpserver_servlet_items_ok_total",
+            "mpserver_servlet_items_ok",
             "Items the servlet produced a value for.",
             |s| s.items_ok,
         ),
         (
-            "mpserver_servlet_items_err_total",
+            "mpserver_servlet_items_err",
             "Items that failed in the servlet.",
             |s| s.items_err,
         ),
         (
-            "mpserver_servlet_skipped_total",
+            "mpserver_servlet_skipped",
             "Items skipped because their request was cancelled or expired.",
             |s| s.skipped,
         ),
         (
-            "mpserver_servlet_handoffs_total",
+            "mpserver_servlet_handoffs",
             "Items a caller handed straight to an idle worker process (no queue).",
             |s| s.handoffs,
         ),
         (
-            "mpserver_servlet_batches_total",
+            "mpserver_servlet_batches",
             "Worker calls made in batch form.",
             |s| s.batches,
         ),
+        ("mpserver_servlet_crashes", "Worker process crashes.", |s| {
+            s.crashes
+        }),
         (
-            "mpserver_servlet_crashes_total",
-            "Worker process crashes.",
-            |s| s.crashes,
-        ),
-        (
-            "mpserver_servlet_restarts_total",
+            "mpserver_servlet_restarts",
             "Worker restarts (after crashes and recycling).",
             |s| s.restarts,
         ),
     ];
     for (name, help, field) in counters {
-        header(out, name, "counter", help);
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
         for (path, s) in nodes {
-            sample(out, name, &servlet_labels(path, s), field(s) as f64);
+            counter(&mut m, &servlet_labels(path, s), field(s))?;
         }
     }
-    header(
-        out,
+    let mut m = e.encode_descriptor(
         "mpserver_servlet_queue_depth",
-        "gauge",
         "Items waiting in the servlet's input queue.",
-    );
+        None,
+        MetricType::Gauge,
+    )?;
     for (path, s) in nodes {
         if let Some(d) = s.queue_depth {
-            sample(
-                out,
-                "mpserver_servlet_queue_depth",
-                &servlet_labels(path, s),
-                d as f64,
-            );
+            m.encode_family(&servlet_labels(path, s))?
+                .encode_gauge(&(d as i64))?;
         }
     }
-    header(
-        out,
+    let mut m = e.encode_descriptor(
         "mpserver_servlet_batch_size",
-        "histogram",
         "Sizes of the batches handed to workers.",
-    );
+        None,
+        MetricType::Histogram,
+    )?;
     for (path, s) in nodes {
         if !s.workers.is_empty() {
-            histogram(
-                out,
-                "mpserver_servlet_batch_size",
-                &servlet_labels(path, s),
-                &s.batch_sizes,
-                1.0,
-                BATCH_BUCKETS,
-            );
+            let buckets = export_buckets(&s.batch_sizes, &BATCH_BOUNDS, 1.0);
+            m.encode_family(&servlet_labels(path, s))?
+                .encode_histogram::<NoLabelSet>(
+                    s.batch_sizes.sum as f64,
+                    s.batch_sizes.count,
+                    &buckets,
+                    None,
+                )?;
         }
     }
+    let mut m = e.encode_descriptor(
+        "mpserver_servlet_stage_duration_seconds",
+        "Latency of items in a simple servlet, by stage: queue (waiting for a worker), transfer (to a worker process and back, less its own time), compute (the worker's own time), total.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (path, s) in nodes {
+        if s.workers.is_empty() {
+            continue;
+        }
+        let l = &s.latency;
+        for (stage, h) in [
+            ("queue", &l.queue_ns),
+            ("transfer", &l.transfer_ns),
+            ("compute", &l.compute_ns),
+            ("total", &l.total_ns),
+        ] {
+            if stage == "transfer" && s.kind != "process" {
+                continue;
+            }
+            let [a, b, c] = servlet_labels(path, s);
+            latency_histogram(&mut m, &[a, b, c, ("stage", stage)], h)?;
+        }
+    }
+    Ok(())
 }
 
-fn render_workers(out: &mut String, nodes: &[(String, &ServletSnapshot)]) {
-    type Field = fn(&crate::metrics::WorkerSnapshot) -> f64;
-    let families: [(&str, &str, &str, Field); 4] = [
+fn encode_workers(
+    e: &mut DescriptorEncoder,
+    nodes: &[(String, &ServletSnapshot)],
+) -> Result<(), FmtError> {
+    type Field = fn(&crate::metrics::WorkerSnapshot) -> i64;
+    let families: [(&str, MetricType, &str, Field); 4] = [
         (
             "mpserver_worker_alive",
-            "gauge",
+            MetricType::Gauge,
             "1 while the worker runs.",
             |w| bool_value(w.alive),
         ),
         (
             "mpserver_worker_healthy",
-            "gauge",
+            MetricType::Gauge,
             "0 once the worker crashed more often than its restart policy allows.",
             |w| bool_value(w.healthy),
         ),
         (
-            "mpserver_worker_restarts_total",
-            "counter",
+            "mpserver_worker_restarts",
+            MetricType::Counter,
             "Times the worker was restarted.",
-            |w| w.restarts as f64,
+            |w| w.restarts as i64,
         ),
         (
-            "mpserver_worker_items_total",
-            "counter",
+            "mpserver_worker_items",
+            MetricType::Counter,
             "Items the worker handled.",
-            |w| w.items as f64,
+            |w| w.items as i64,
         ),
     ];
     for (name, kind, help, field) in families {
-        header(out, name, kind, help);
+        let counter_kind = matches!(kind, MetricType::Counter);
+        let mut m = e.encode_descriptor(name, help, None, kind)?;
         for (path, s) in nodes {
             for w in &s.workers {
                 let index = w.index.to_string();
@@ -329,10 +407,16 @@ fn render_workers(out: &mut String, nodes: &[(String, &ServletSnapshot)]) {
                     ("name", s.name.as_str()),
                     ("index", index.as_str()),
                 ];
-                sample(out, name, &labels, field(w));
+                let mut f = m.encode_family(&labels)?;
+                if counter_kind {
+                    f.encode_counter::<NoLabelSet, _, u64>(&(field(w) as u64), None)?;
+                } else {
+                    f.encode_gauge(&field(w))?;
+                }
             }
         }
     }
+    Ok(())
 }
 
 fn servlet_labels<'a>(path: &'a str, s: &'a ServletSnapshot) -> [(&'a str, &'a str); 3] {
@@ -362,145 +446,131 @@ fn flatten<'a>(s: &'a ServletSnapshot, path: String, out: &mut Vec<(String, &'a 
     }
 }
 
-fn bool_value(b: bool) -> f64 {
-    if b { 1.0 } else { 0.0 }
+fn bool_value(b: bool) -> i64 {
+    i64::from(b)
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    header(out, name, "gauge", help);
-    sample(out, name, &[], v);
-}
-
-/// Writes a family's `# HELP` and `# TYPE` lines. `kind` is `"counter"`,
-/// `"gauge"` or `"histogram"`. Write the header once, then all the family's
-/// samples.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes one sample line, `name{labels} value`; label values are escaped.
-pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    write_labels(out, labels, None);
-    let _ = writeln!(out, " {}", format_value(value));
-}
-
-/// Writes the samples of one histogram series: cumulative `_bucket` lines
-/// (with `le` = bucket bound ÷ `divisor`, at most `max_buckets` finite ones,
-/// then `+Inf`), `_sum` (÷ `divisor`) and `_count`. Use `divisor` 1e6 for a
-/// microsecond histogram reported in seconds, 1 for plain counts.
-///
-/// A [`HistogramSnapshot`]'s last bucket also takes every value above its
-/// bound, so it is reported under `+Inf` only.
-pub fn histogram(
-    out: &mut String,
+fn gauge(
+    e: &mut DescriptorEncoder,
     name: &str,
-    labels: &[(&str, &str)],
+    help: &str,
+    v: impl prometheus_client::encoding::EncodeGaugeValue,
+) -> Result<(), FmtError> {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+fn counter(
+    m: &mut prometheus_client::encoding::MetricEncoder,
+    labels: &Labels,
+    v: u64,
+) -> Result<(), FmtError> {
+    m.encode_family(&labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// Encodes one latency series (a nanosecond histogram) in seconds, with the
+/// buckets described in the [module docs](self): for an embedding program's
+/// own latency families.
+pub fn encode_latency(
+    m: &mut prometheus_client::encoding::MetricEncoder,
+    labels: &Labels,
     h: &HistogramSnapshot,
-    divisor: f64,
-    max_buckets: usize,
-) {
-    let finite = h.bounds.len().saturating_sub(1).min(max_buckets);
-    let bucket = format!("{name}_bucket");
-    let mut cumulative = 0u64;
-    for i in 0..finite {
-        cumulative += h.counts.get(i).copied().unwrap_or(0);
-        let le = format_value(h.bounds[i] as f64 / divisor);
-        out.push_str(&bucket);
-        write_labels(out, labels, Some(&le));
-        let _ = writeln!(out, " {cumulative}");
-    }
-    // +Inf and _count agree with the buckets even if the snapshot's counters
-    // were read a moment apart.
-    let total: u64 = h.counts.iter().sum();
-    out.push_str(&bucket);
-    write_labels(out, labels, Some("+Inf"));
-    let _ = writeln!(out, " {total}");
-    sample(out, &format!("{name}_sum"), labels, h.sum as f64 / divisor);
-    sample(out, &format!("{name}_count"), labels, total as f64);
+) -> Result<(), FmtError> {
+    latency_histogram(m, labels, h)
 }
 
-fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
-    if labels.is_empty() && le.is_none() {
-        return;
-    }
-    out.push('{');
-    let mut first = true;
-    let all = labels.iter().copied().chain(le.map(|le| ("le", le)));
-    for (k, v) in all {
-        if !first {
-            out.push(',');
+fn latency_histogram(
+    m: &mut prometheus_client::encoding::MetricEncoder,
+    labels: &Labels,
+    h: &HistogramSnapshot,
+) -> Result<(), FmtError> {
+    let buckets = export_buckets(h, &LATENCY_BOUNDS, NANOS);
+    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+        h.sum as f64 / NANOS,
+        h.count,
+        &buckets,
+        None,
+    )
+}
+
+/// Inclusive upper bounds (in the histogram's unit) of the exported buckets:
+/// 8 per power of two, from `2^lo_exp` to `2^hi_exp`, with every value below
+/// `2^lo_exp` in the first, and (when `lo_exp` is 4) every value below 32 in
+/// a bucket of its own. Each is a bucket bound of [`Histogram`](crate::metrics::Histogram).
+fn export_bounds(lo_exp: u32, hi_exp: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in 0..BUCKETS {
+        let (lo, hi) = bucket_bounds(i);
+        if hi + 1 > 1u64 << hi_exp {
+            break;
         }
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
+        if lo < 16 {
+            if lo_exp <= 4 {
+                out.push(hi);
             }
+            continue;
         }
-        out.push('"');
+        let e = 63 - lo.leading_zeros();
+        let sub = (lo >> (e - 4)) & 15;
+        if e >= lo_exp && (sub % 2 == 1 || e == 4) {
+            out.push(hi);
+        }
     }
-    out.push('}');
+    if lo_exp > 4 {
+        out.insert(0, (1u64 << lo_exp) - 1);
+    }
+    out
 }
 
-fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_string()
-    } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        // Shortest round-trip form, never in exponent notation.
-        format!("{v}")
+/// Latency buckets, nanoseconds: about 1 µs to 34 s.
+static LATENCY_BOUNDS: std::sync::LazyLock<Vec<u64>> =
+    std::sync::LazyLock::new(|| export_bounds(10, 35));
+/// Batch-size buckets: one per size below 32, then 8 per power of two up to 65536.
+static BATCH_BOUNDS: std::sync::LazyLock<Vec<u64>> =
+    std::sync::LazyLock::new(|| export_bounds(4, 16));
+
+/// The exported buckets' bounds, for a scale `divisor` (1e9: nanoseconds to
+/// seconds), in the `(upper bound, count)` form of `prometheus-client`
+/// (counts per bucket, the encoder makes them cumulative), ending with +Inf.
+fn export_buckets(h: &HistogramSnapshot, bounds: &[u64], divisor: f64) -> Vec<(f64, u64)> {
+    let mut out: Vec<(f64, u64)> = bounds.iter().map(|b| (*b as f64 / divisor, 0)).collect();
+    out.push((f64::INFINITY, 0));
+    for (hi, c) in h.bounds.iter().zip(&h.counts) {
+        let i = bounds.partition_point(|b| b < hi);
+        out[i].1 += c;
     }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Histogram;
 
-    fn hist(counts: &[u64]) -> HistogramSnapshot {
-        HistogramSnapshot {
-            bounds: (0..counts.len()).map(|b| (1u64 << b) - 1).collect(),
-            counts: counts.to_vec(),
-            sum: 42,
-            count: counts.iter().sum(),
+    #[test]
+    fn exported_buckets_are_histogram_bounds_and_count_exactly() {
+        let b = &*LATENCY_BOUNDS;
+        assert_eq!(b[0], 1023);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+        // 8 per power of two: each at most 12.5% wider than the last bound.
+        assert!(b.windows(2).skip(1).all(|w| (w[1] - w[0]) * 8 <= w[0] + 1));
+        assert_eq!(*b.last().unwrap(), (1 << 35) - 1);
+        let h = Histogram::default();
+        for v in [10, 18_000, 18_000, 40_000_000_000_000] {
+            h.record(v);
         }
-    }
-
-    #[test]
-    fn histogram_is_cumulative_with_inf_bucket() {
-        let mut out = String::new();
-        histogram(
-            &mut out,
-            "x",
-            &[("a", "b\"c")],
-            &hist(&[1, 2, 0, 3]),
-            1.0,
-            usize::MAX,
+        let out = export_buckets(&h.snapshot(), b, NANOS);
+        assert_eq!(out.iter().map(|(_, c)| c).sum::<u64>(), 4);
+        assert_eq!(out[0], (1023.0 / NANOS, 1));
+        let (le, c) = out.iter().find(|(_, c)| *c == 2).unwrap();
+        assert!(
+            *le >= 18_000.0 / NANOS && *le <= 18_000.0 * 1.125 / NANOS,
+            "{le} {c}"
         );
-        assert_eq!(
-            out,
-            "x_bucket{a=\"b\\\"c\",le=\"0\"} 1\n\
-             x_bucket{a=\"b\\\"c\",le=\"1\"} 3\n\
-             x_bucket{a=\"b\\\"c\",le=\"3\"} 3\n\
-             x_bucket{a=\"b\\\"c\",le=\"+Inf\"} 6\n\
-             x_sum{a=\"b\\\"c\"} 42\n\
-             x_count{a=\"b\\\"c\"} 6\n"
-        );
-    }
-
-    #[test]
-    fn seconds_bounds_are_exact() {
-        let mut out = String::new();
-        histogram(&mut out, "t", &[], &hist(&[0, 0, 5, 0]), MICROS, 3);
-        assert!(out.contains("t_bucket{le=\"0.000003\"} 5\n"), "{out}");
-        assert!(out.contains("t_sum 0.000042\n"), "{out}");
+        assert_eq!(*out.last().unwrap(), (f64::INFINITY, 1));
+        assert_eq!(&BATCH_BOUNDS[..32], &(0..32).collect::<Vec<u64>>()[..]);
+        assert_eq!(BATCH_BOUNDS[32], 35);
     }
 
     #[test]
@@ -514,9 +584,10 @@ mod tests {
             skipped: 0,
             handoffs: 0,
             batches: 0,
-            batch_sizes: hist(&[0; 4]),
+            batch_sizes: HistogramSnapshot::default(),
             crashes: 0,
             restarts: 0,
+            latency: Default::default(),
             queue_depth: Some(0),
             workers: Vec::new(),
             members: Vec::new(),

@@ -3,24 +3,24 @@
 //! The server records into [`ServerStats`]; users read [`RequestStats`]
 //! snapshots (`Handle::request_stats`).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Histogram, HistogramSnapshot};
+use super::{Counter, Histogram, HistogramSnapshot};
 use crate::error::{Error, ErrorClass};
 
 /// Error kinds counted separately (see [`Error::kind`]).
 pub const ERROR_KINDS: [&str; 11] = Error::KINDS;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct ServerStats {
-    pub(crate) submitted: AtomicU64,
-    pub(crate) ok: AtomicU64,
-    pub(crate) errors: [AtomicU64; ERROR_KINDS.len()],
-    pub(crate) classes: [AtomicU64; ErrorClass::ALL.len()],
-    pub(crate) latency_us: Histogram,
+    pub(crate) submitted: Counter,
+    pub(crate) ok: Counter,
+    pub(crate) errors: [Counter; ERROR_KINDS.len()],
+    pub(crate) classes: [Counter; ErrorClass::ALL.len()],
+    pub(crate) latency_ns: Histogram,
 }
 
 impl ServerStats {
@@ -31,7 +31,7 @@ impl ServerStats {
             }
             Err(e) => self.error(e),
         }
-        self.latency_us.record(latency.as_micros() as u64);
+        self.latency_ns.record(super::nanos(latency));
     }
 
     pub(crate) fn error(&self, e: &Error) {
@@ -55,7 +55,7 @@ impl ServerStats {
                 .map(|(k, c)| (*k, c.load(Relaxed)))
                 .filter(|(_, c)| *c > 0)
                 .collect(),
-            latency_us: self.latency_us.snapshot(),
+            latency_ns: self.latency_ns.snapshot(),
         }
     }
 }
@@ -73,6 +73,7 @@ pub struct RequestStats {
     /// an ensemble counts as `crashed` here, though its kind is `ensemble`.
     #[serde(default)]
     pub error_classes: Vec<(ErrorClass, u64)>,
-    /// End-to-end latency of finished requests, microseconds.
-    pub latency_us: HistogramSnapshot,
+    /// End-to-end latency of finished requests, nanoseconds (log-linear
+    /// buckets: see [`Histogram`](super::Histogram)).
+    pub latency_ns: HistogramSnapshot,
 }

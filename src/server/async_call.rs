@@ -65,7 +65,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// back-pressure on. Needs no particular runtime: deadlines are kept by the
     /// server. Dropping the future cancels the request.
     pub async fn async_call(&self, x: In) -> Result<Out, Error> {
-        self.async_call_with(x, CallOptions::timeout(self.core.timeout))
+        self.async_call_with(x, CallOptions::default().timeout(self.core.timeout))
             .await
     }
 

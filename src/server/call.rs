@@ -125,7 +125,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// Calls the flow on `x` with the server's default timeout, failing at
     /// once with [`Error::BacklogFull`] if the server is full.
     pub fn call(&self, x: In) -> Result<Out, Error> {
-        self.call_with(x, CallOptions::timeout(self.core.timeout))
+        self.call_with(x, CallOptions::default().timeout(self.core.timeout))
     }
 
     /// Calls the flow on `x` with explicit options.
@@ -135,7 +135,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// use mpserver::{worker_fn, CallOptions, Server, ThreadServlet};
     ///
     /// let server = Server::start(ThreadServlet::new(worker_fn(|x: u8| x))).unwrap();
-    /// let opts = CallOptions::timeout(Duration::from_secs(1)).backpressure(false);
+    /// let opts = CallOptions::default().timeout(Duration::from_secs(1)).backpressure(false);
     /// assert_eq!(server.call_with(7, opts).unwrap(), 7);
     /// ```
     pub fn call_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {

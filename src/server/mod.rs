@@ -83,12 +83,16 @@ impl Default for CallOptions {
 }
 
 impl CallOptions {
-    /// Options with the given timeout.
-    pub fn timeout(timeout: Duration) -> Self {
-        CallOptions {
-            timeout,
-            ..Self::default()
-        }
+    /// Sets the time limit, counted from the call's start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let o = mpserver::CallOptions::default().timeout(Duration::from_secs(2)).backpressure(false);
+    /// assert_eq!((o.timeout, o.backpressure), (Duration::from_secs(2), false));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sets whether a full server fails the call at once.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::admission::Permit;
 use super::timer::Expire;
 use crate::error::{Error, TimeoutError};
-use crate::metrics::ServerStats;
+use crate::metrics::{ServerStats, StageClock};
 use crate::servlet::plumbing::{Interrupt, Sink, Ticket, TicketRef};
 
 const PENDING: u8 = 0;
@@ -26,6 +26,8 @@ pub(crate) struct Request<Out> {
     slot: Mutex<Slot<Out>>,
     pub(crate) started: Instant,
     enqueue_nanos: AtomicU64,
+    /// When the item entered the servlet it is in (stage latency).
+    clock: StageClock,
     pub(crate) timeout: Duration,
     stats: Arc<ServerStats>,
 }
@@ -62,6 +64,7 @@ impl<Out: Send + 'static> Request<Out> {
             }),
             started,
             enqueue_nanos: AtomicU64::new(0),
+            clock: StageClock::default(),
             timeout,
             stats,
         });
@@ -143,6 +146,9 @@ impl<Out: Send + 'static> Ticket for Request<Out> {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn clock(&self) -> Option<&StageClock> {
+        Some(&self.clock)
     }
 }
 

@@ -55,7 +55,7 @@
 //! assert_eq!(Service::call(&mut svc, 4).await.unwrap(), 40);
 //!
 //! // With a per-call time limit and waiting for room when full:
-//! let mut svc = server.service_with(CallOptions::timeout(Duration::from_secs(1)).backpressure(false));
+//! let mut svc = server.service_with(CallOptions::default().timeout(Duration::from_secs(1)).backpressure(false));
 //! assert_eq!(Service::call(&mut svc, 5).await.unwrap(), 50);
 //! # }
 //! ```
@@ -150,7 +150,7 @@ impl<In: Send + 'static, Out: Send + 'static> tower_service::Service<In> for Han
     /// Submits `x` with the server's default timeout and back-pressure on
     /// (a full server fails the call at once with [`Error::BacklogFull`]).
     fn call(&mut self, x: In) -> CallFuture<Out> {
-        CallFuture::admitted(self.submit(x, CallOptions::timeout(self.core.timeout)))
+        CallFuture::admitted(self.submit(x, CallOptions::default().timeout(self.core.timeout)))
     }
 }
 
@@ -407,15 +407,19 @@ mod tests {
     #[tokio::test]
     async fn service_with_waits_for_room_and_keeps_its_timeout() {
         let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
-        let mut waiting =
-            server.service_with(CallOptions::timeout(Duration::from_secs(5)).backpressure(false));
+        let mut waiting = server.service_with(
+            CallOptions::default()
+                .timeout(Duration::from_secs(5))
+                .backpressure(false),
+        );
         assert!(!waiting.options().backpressure);
         let first = Service::call(&mut waiting, 100);
         let second = Service::call(&mut waiting, 3);
         let (a, b) = futures::join!(first, second);
         assert_eq!((a.unwrap(), b.unwrap()), (100, 3));
 
-        let mut short = server.service_with(CallOptions::timeout(Duration::from_millis(50)));
+        let mut short =
+            server.service_with(CallOptions::default().timeout(Duration::from_millis(50)));
         assert!(matches!(
             Service::call(&mut short, 200).await,
             Err(Error::Timeout(_))
@@ -429,7 +433,11 @@ mod tests {
     async fn service_with_waiting_admits_at_call_time() {
         let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
         let waiting = |ms| {
-            server.service_with(CallOptions::timeout(Duration::from_millis(ms)).backpressure(false))
+            server.service_with(
+                CallOptions::default()
+                    .timeout(Duration::from_millis(ms))
+                    .backpressure(false),
+            )
         };
         // Room free: the call is in the flow before its future is polled.
         let first = Service::call(&mut waiting(5_000), 100);
@@ -472,7 +480,7 @@ mod tests {
     async fn load_shed_sees_a_full_server_through_poll_ready() {
         use tower::{ServiceBuilder, ServiceExt};
         let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
-        let opts = CallOptions::timeout(Duration::from_secs(5));
+        let opts = CallOptions::default().timeout(Duration::from_secs(5));
         let mut bare = server.reserving_service(opts);
         poll_fn(|cx| bare.poll_ready(cx)).await.unwrap();
         assert!(bare.is_reserved());
@@ -507,7 +515,7 @@ mod tests {
     async fn concurrency_limit_waits_for_room_through_poll_ready() {
         use tower::{ServiceBuilder, ServiceExt};
         let server = Server::builder(slow_echo()).capacity(2).start().unwrap();
-        let opts = CallOptions::timeout(Duration::from_secs(10));
+        let opts = CallOptions::default().timeout(Duration::from_secs(10));
         let limited = ServiceBuilder::new()
             .concurrency_limit(8)
             .service(server.reserving_service(opts));

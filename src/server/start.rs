@@ -39,7 +39,8 @@ impl<S: Servlet> Builder<S> {
         self
     }
 
-    /// Default per-request time limit (default 60 s).
+    /// Default per-request time limit (default 60 s). Zero is refused when
+    /// the server starts.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
         self
@@ -52,7 +53,8 @@ impl<S: Servlet> Builder<S> {
         self
     }
 
-    /// Longest wait for all workers to initialise (default 5 minutes).
+    /// Longest wait for all workers to initialise (default 5 minutes). Zero
+    /// is refused when the server starts.
     pub fn start_timeout(mut self, t: Duration) -> Self {
         self.start_timeout = t;
         self
@@ -146,6 +148,14 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
                 "capacity(0): a server needs room for at least one request".into(),
             )
             .into());
+        }
+        for (what, d) in [("timeout", b.timeout), ("start_timeout", b.start_timeout)] {
+            if d.is_zero() {
+                return Err(StartError::Config(format!(
+                    "{what}(0): every request (or start) would fail at once"
+                ))
+                .into());
+            }
         }
         b.main_cpu.validate()?;
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded();

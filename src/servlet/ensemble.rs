@@ -162,6 +162,9 @@ impl<Out: Send + 'static> Ticket for Slot<Out> {
     fn as_any(&self) -> &dyn Any {
         self
     }
+    fn clock(&self) -> Option<&crate::metrics::StageClock> {
+        self.parent.clock()
+    }
 }
 
 struct EntrySink<In, Out, M: Mode<Out>> {

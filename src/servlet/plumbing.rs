@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::affinity::CpuAffinity;
 use crate::error::{Error, StartError};
-use crate::metrics::ServletNode;
+use crate::metrics::{ServletNode, StageClock};
 
 /// One request's identity as seen by a pipeline stage.
 pub trait Ticket: Send + Sync + 'static {
@@ -34,6 +34,19 @@ pub trait Ticket: Send + Sync + 'static {
     fn is_cancelled(&self) -> bool;
     /// For downcasting at the sink that owns the ticket type.
     fn as_any(&self) -> &dyn Any;
+    /// The item's stage clock, set as it enters each simple servlet, for
+    /// per-stage latency (see [`StageClock`]). The default has none: the
+    /// servlets then record only the stages they can time alone.
+    fn clock(&self) -> Option<&StageClock> {
+        None
+    }
+}
+
+/// Sets `ticket`'s stage clock to now: the item enters a servlet.
+pub(crate) fn enter_stage(ticket: &TicketRef) {
+    if let Some(c) = ticket.clock() {
+        c.enter();
+    }
 }
 
 /// A shared ticket.
@@ -146,11 +159,13 @@ pub(crate) struct QueueSink<In, Out> {
 
 impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
     fn push(&self, ticket: TicketRef, value: In) {
+        enter_stage(&ticket);
         // A send error means the stage has stopped; dropping the item completes
         // its request with a shutdown error.
         let _ = self.tx.send((ticket, value));
     }
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
+        enter_stage(&ticket);
         match self.tx.send_deadline((ticket, value), deadline) {
             Ok(()) => true,
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,

@@ -89,6 +89,24 @@ pub trait Worker: Send + 'static {
 
     /// Runs once in the worker's own process or thread when it stops.
     fn cleanup(&mut self) {}
+
+    /// The worker's default name in errors, logs and metrics, used unless
+    /// the servlet is given one (`.name(...)`). The default is the type's
+    /// name without its path and generics; a closure worker
+    /// ([`worker_fn`], [`try_worker_fn`]) is named after the function that
+    /// wrote the closure (or the function it was given).
+    ///
+    /// ```
+    /// use mpserver::{worker_fn, Worker};
+    ///
+    /// fn doubler() -> impl Worker<Input = i64, Output = i64> {
+    ///     worker_fn(|x: i64| x * 2)
+    /// }
+    /// assert_eq!(doubler().default_name(), "doubler");
+    /// ```
+    fn default_name(&self) -> String {
+        default_name::<Self>()
+    }
 }
 
 /// Whether a worker runs in a process or a thread.
@@ -132,10 +150,33 @@ impl WorkerContext {
 }
 
 /// The default worker name for a type: its last path segment, without generics.
-pub(crate) fn default_name<W>() -> String {
+pub(crate) fn default_name<W: ?Sized>() -> String {
     let full = std::any::type_name::<W>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base).to_string()
+}
+
+/// The name of the function that a closure (or function item) of type `F`
+/// was written in (or is): its type name less generics, module path and
+/// `{{closure}}` segments; `"closure"` if nothing is left.
+pub(crate) fn fn_name<F>() -> String {
+    let full = std::any::type_name::<F>();
+    // Drop generic arguments (which may hold paths of their own).
+    let mut plain = String::with_capacity(full.len());
+    let mut depth = 0usize;
+    for c in full.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            c if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+        .split("::")
+        .filter(|s| !s.is_empty() && !s.starts_with("{{"))
+        .last()
+        .map_or_else(|| "closure".to_string(), str::to_string)
 }
 
 /// A worker made from a closure; see [`worker_fn`] and [`try_worker_fn`].
@@ -220,6 +261,9 @@ where
     fn call(&mut self, x: In) -> Result<Out, WorkerError> {
         Ok((self.f.0)(x))
     }
+    fn default_name(&self) -> String {
+        fn_name::<F>()
+    }
 }
 
 impl<F, In, Out> Worker for FnWorker<Fallible<F>, In, Out>
@@ -233,6 +277,9 @@ where
     fn call(&mut self, x: In) -> Result<Out, WorkerError> {
         (self.f.0)(x)
     }
+    fn default_name(&self) -> String {
+        fn_name::<F>()
+    }
 }
 
 impl<F> std::fmt::Debug for Infallible<F> {
@@ -244,5 +291,49 @@ impl<F> std::fmt::Debug for Infallible<F> {
 impl<F> std::fmt::Debug for Fallible<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Fallible")
+    }
+}
+
+/// Marks a closure that could be sent to a worker process: no closure can,
+/// so nothing implements this trait (it is sealed). It exists to turn the
+/// compiler's answer to a closure worker in a
+/// [`ProcessServlet`](crate::ProcessServlet) into one direct message:
+///
+/// ```compile_fail,E0277
+/// use mpserver::{worker_fn, ProcessServlet};
+///
+/// // error[E0277]: a closure worker (`worker_fn`, `try_worker_fn`) cannot
+/// //               run in a `ProcessServlet`
+/// let servlet = ProcessServlet::new(worker_fn(|x: i64| x + 1));
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a closure worker (`worker_fn`, `try_worker_fn`) cannot run in a `ProcessServlet`",
+    label = "a closure cannot be sent to a worker process",
+    note = "run it in a `ThreadServlet`, or write the worker as a type that implements `Worker` with `#[derive(Serialize, Deserialize)]`"
+)]
+pub trait ClosureInProcess: sealed::Sealed {}
+
+mod sealed {
+    /// Implemented by nothing.
+    pub trait Sealed {}
+}
+
+/// Only to point the compiler at [`ClosureInProcess`]: a closure worker is
+/// never serialized (the bound cannot be met).
+impl<F: ClosureInProcess, In, Out> serde::Serialize for FnWorker<F, In, Out> {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "a closure worker cannot be serialized",
+        ))
+    }
+}
+
+/// Only to point the compiler at [`ClosureInProcess`] (see the `Serialize`
+/// impl).
+impl<'de, F: ClosureInProcess, In, Out> serde::Deserialize<'de> for FnWorker<F, In, Out> {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "a closure worker cannot be deserialized",
+        ))
     }
 }

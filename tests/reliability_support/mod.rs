@@ -277,13 +277,11 @@ pub fn rss_bytes() -> u64 {
 /// A restart policy that restarts at once and never gives up (for tests that
 /// kill workers many times).
 pub fn eager_restarts() -> mpserver::RestartPolicy {
-    mpserver::RestartPolicy {
-        backoff: Duration::from_millis(1),
-        max_backoff: Duration::from_millis(20),
-        max_restarts: 100_000,
-        window: Duration::from_secs(60),
-        ..Default::default()
-    }
+    mpserver::RestartPolicy::default()
+        .backoff(Duration::from_millis(1))
+        .max_backoff(Duration::from_millis(20))
+        .max_restarts(100_000)
+        .window(Duration::from_secs(60))
 }
 
 /// Marker values of [`Touchy`].

@@ -245,19 +245,19 @@ fn http_config(m: &ArgMatches) -> Result<HttpConfig, mpserver_http::ConfigError>
 
 /// The restart policy of the process workers, from the flags.
 fn restart_policy(m: &ArgMatches) -> RestartPolicy {
-    RestartPolicy {
-        backoff: ms(m, "restart-backoff-ms"),
-        max_backoff: ms(m, "restart-max-backoff-ms"),
-        max_restarts: count(m, "restart-max-restarts"),
-        window: ms(m, "restart-window-ms"),
-        restart_served_at_once: m
-            .get_one::<bool>("restart-served-at-once")
-            .copied()
-            .unwrap_or(true),
-        stable_after: ms(m, "restart-stable-after-ms"),
-        retry_crashed: m.get_one::<bool>("retry-crashed").copied().unwrap_or(true),
-        poison_threshold: u32::try_from(count(m, "poison-threshold")).unwrap_or(u32::MAX),
-    }
+    RestartPolicy::default()
+        .backoff(ms(m, "restart-backoff-ms"))
+        .max_backoff(ms(m, "restart-max-backoff-ms"))
+        .max_restarts(count(m, "restart-max-restarts"))
+        .window(ms(m, "restart-window-ms"))
+        .restart_served_at_once(
+            m.get_one::<bool>("restart-served-at-once")
+                .copied()
+                .unwrap_or(true),
+        )
+        .stable_after(ms(m, "restart-stable-after-ms"))
+        .retry_crashed(m.get_one::<bool>("retry-crashed").copied().unwrap_or(true))
+        .poison_threshold(u32::try_from(count(m, "poison-threshold")).unwrap_or(u32::MAX))
 }
 
 fn ms(m: &ArgMatches, name: &str) -> Duration {

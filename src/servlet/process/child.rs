@@ -343,7 +343,9 @@ where
                     Err(msg) => results.codec(id, CodecDirection::DecodeInput, &msg),
                     Ok(x) => {
                         running(|| Running::Items(vec![id]));
-                        match panic::catch(backtraces, || worker.call(x)).and_then(|r| r) {
+                        let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
+                        results.compute = began.elapsed();
+                        match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
                                 log_error(&e);
@@ -374,7 +376,10 @@ where
                 if !values.is_empty() {
                     let n = values.len();
                     running(|| Running::Items(ids.clone()));
-                    match panic::catch(backtraces, || worker.call_batch(values)) {
+                    let called = Instant::now();
+                    let r = panic::catch(backtraces, || worker.call_batch(values));
+                    results.compute = called.elapsed();
+                    match r {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
                                 match r {

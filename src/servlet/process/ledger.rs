@@ -24,7 +24,7 @@
 //! at the end of this file check it under every interleaving.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::servlet::plumbing::TicketRef;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, lock};
@@ -38,6 +38,8 @@ pub(super) struct InFlight {
     pub(super) bytes: Option<Vec<u8>>,
     /// A cancellation was sent for it; the worker's answer is awaited.
     pub(super) cancel_sent: bool,
+    /// When it was handed to the worker (for its transfer time).
+    pub(super) sent: Instant,
 }
 
 impl InFlight {
@@ -47,6 +49,7 @@ impl InFlight {
             crashes: 0,
             bytes,
             cancel_sent: false,
+            sent: Instant::now(),
         }
     }
 }

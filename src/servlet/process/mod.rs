@@ -60,7 +60,7 @@ use crate::ipc::frame::DEFAULT_MAX_FRAME;
 use crate::metrics::{ServletNode, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
-use crate::worker::{self, Worker};
+use crate::worker::Worker;
 
 /// Runs a [`Worker`] in N processes (default one, unpinned).
 ///
@@ -107,9 +107,10 @@ where
 {
     /// One unpinned process running `worker`.
     pub fn new(worker: W) -> Self {
+        let name = worker.default_name();
         ProcessServlet {
             worker,
-            config: SimpleConfig::new(worker::default_name::<W>()),
+            config: SimpleConfig::new(name),
             restart: RestartPolicy::default(),
             max_inflight: None,
             max_frame: DEFAULT_MAX_FRAME,
@@ -138,14 +139,16 @@ where
     /// its speed is measured it may hold about 2 ms of queued work, at most 64
     /// items (twice the batch size when batching). Set it to pipeline a
     /// fixed number of items regardless of speed.
+    /// Zero is refused when the server starts.
     pub fn max_inflight(mut self, n: usize) -> Self {
-        self.max_inflight = Some(n.max(1));
+        self.max_inflight = Some(n);
         self
     }
 
-    /// Largest frame accepted from or sent to a worker (default 256 MiB).
+    /// Largest frame accepted from or sent to a worker (default 256 MiB);
+    /// less than 1 KiB is refused when the server starts.
     pub fn max_frame(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes.max(1024);
+        self.max_frame = bytes;
         self
     }
 
@@ -184,8 +187,9 @@ where
     /// Restarts a worker process after it handled `n` items, without failing
     /// any request: each process is sent at most `n` items, and is replaced
     /// once it has answered them.
+    /// Zero is refused when the server starts.
     pub fn recycle_after(mut self, n: u64) -> Self {
-        self.recycle_after_items = Some(n.max(1));
+        self.recycle_after_items = Some(n);
         self
     }
 
@@ -208,6 +212,28 @@ where
     }
 }
 
+impl<W> ProcessServlet<W> {
+    /// Checks the process settings when the server starts: zero values are
+    /// errors naming the servlet and the setting, not silent clamps.
+    fn validate(&self) -> Result<(), StartError> {
+        let name = &self.config.name;
+        let refuse = |what: &str| Err(StartError::Config(format!("servlet {name}: {what}")));
+        if self.max_inflight == Some(0) {
+            return refuse("max_inflight(0): a worker process must be able to hold an item");
+        }
+        if self.recycle_after_items == Some(0) {
+            return refuse("recycle_after(0): a worker process must be able to handle an item");
+        }
+        if self.max_frame < 1024 {
+            return refuse(&format!(
+                "max_frame({}): frames need at least 1024 bytes",
+                self.max_frame
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<W> Servlet for ProcessServlet<W>
 where
     W: Worker + Serialize + DeserializeOwned,
@@ -224,6 +250,7 @@ where
     ) -> Result<Started<W::Input>, StartError> {
         let this = *self;
         this.config.validate()?;
+        this.validate()?;
         crate::bytes::warn_if_slow_bytes::<W::Input, W::Output>(&this.config.name);
         let mut worker_bytes = Vec::new();
         this.codec

@@ -38,7 +38,7 @@ use serde::de::DeserializeOwned;
 
 use super::connection::{Readers, Writer, send_cancels};
 use super::handover::{Handover, Woken};
-use super::ledger::Ledger;
+use super::ledger::{InFlight, Ledger};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, Payload, kind};
@@ -229,13 +229,14 @@ impl ReadSide {
                 // Credit goes back before the results are delivered: a caller
                 // woken by its result and calling again at once finds the
                 // worker idle (and may hand it the next item).
-                let (taken, wake) = self.ledger.settle(parsed.iter().map(|(id, _, _)| *id));
+                let (taken, wake) = self.ledger.settle(parsed.iter().map(|(id, ..)| *id));
                 if wake {
                     let _ = self.events.send(Event::Credit);
                 }
+                let now = Instant::now();
                 let mut done = 0u64;
                 let shm = self.shm.as_deref();
-                for (entry, (id, st, payload)) in taken.into_iter().zip(parsed) {
+                for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
                     let Some(entry) = entry else {
                         if let Some(pool) = shm {
                             pool.release(id);
@@ -247,6 +248,7 @@ impl ReadSide {
                         Delivery::Release(entry.ticket)
                     } else {
                         done += 1;
+                        time_stages(&self.stats, &entry, now, compute_ns);
                         // Decoded where it is delivered, outside the read
                         // lock (user `Deserialize`): bytes in the frame are
                         // copied out of the read buffer; a value in shared
@@ -680,6 +682,22 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
     fn drop(&mut self) {
         self.release_once();
     }
+}
+
+/// Records a settled item's stage latency (before it is delivered: the next
+/// stage resets the clock).
+fn time_stages(stats: &ServletStats, entry: &InFlight, now: Instant, compute_ns: u64) {
+    let compute = Duration::from_nanos(compute_ns);
+    let entered = entry.ticket.clock().and_then(|c| c.entered());
+    stats.record_stages(
+        entered.map(|e| entry.sent.saturating_duration_since(e)),
+        Some(
+            now.saturating_duration_since(entry.sent)
+                .saturating_sub(compute),
+        ),
+        Some(compute),
+        entered.map(|e| now.saturating_duration_since(e)),
+    );
 }
 
 /// Decodes one result entry.

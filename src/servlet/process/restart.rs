@@ -33,7 +33,19 @@ use crate::error::{Error, PoisonItem, WorkerCrashed};
 /// (an operator, the OOM killer, a chaos test) is never marked unhealthy for
 /// it. Deaths in start-up (init fails or the process dies before READY) or
 /// before the first answer after a (re)start back off and count.
+///
+/// Build one from the default with its setters:
+///
+/// ```
+/// use std::time::Duration;
+/// let p = mpserver::RestartPolicy::default()
+///     .backoff(Duration::from_millis(5))
+///     .max_restarts(3)
+///     .retry_crashed(true);
+/// assert_eq!((p.backoff, p.max_restarts, p.retry_crashed), (Duration::from_millis(5), 3, true));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RestartPolicy {
     /// First back-off after a crash.
     pub backoff: Duration,
@@ -78,6 +90,58 @@ impl Default for RestartPolicy {
             restart_served_at_once: true,
             stable_after: Duration::from_secs(1),
         }
+    }
+}
+
+impl RestartPolicy {
+    /// Sets the first back-off after a crash.
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.backoff = d;
+        self
+    }
+
+    /// Sets the longest back-off.
+    pub fn max_backoff(mut self, d: Duration) -> Self {
+        self.max_backoff = d;
+        self
+    }
+
+    /// Sets the crashes tolerated within the window before the worker is
+    /// unhealthy.
+    pub fn max_restarts(mut self, n: usize) -> Self {
+        self.max_restarts = n;
+        self
+    }
+
+    /// Sets the window for `max_restarts`.
+    pub fn window(mut self, d: Duration) -> Self {
+        self.window = d;
+        self
+    }
+
+    /// Sets whether items in flight in a crashed worker are retried.
+    pub fn retry_crashed(mut self, on: bool) -> Self {
+        self.retry_crashed = on;
+        self
+    }
+
+    /// Sets the crashes an item may be part of before it fails as poison.
+    pub fn poison_threshold(mut self, n: u32) -> Self {
+        self.poison_threshold = n;
+        self
+    }
+
+    /// Sets whether a process that answered items before it died restarts
+    /// at once.
+    pub fn restart_served_at_once(mut self, on: bool) -> Self {
+        self.restart_served_at_once = on;
+        self
+    }
+
+    /// Sets how long a process must stay up to count as having served.
+    pub fn stable_after(mut self, d: Duration) -> Self {
+        self.stable_after = d;
+        self
     }
 }
 

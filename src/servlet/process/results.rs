@@ -45,6 +45,9 @@ pub(super) struct Results {
     /// one holds: a large result goes back in its item's slot.
     pub(super) shm: Option<(Arc<Region>, usize)>,
     pub(super) lent: HashMap<u64, SlotRef>,
+    /// The worker's time in the call whose results come next (sent with
+    /// each of them, for the server's per-stage latency).
+    pub(super) compute: Duration,
 }
 
 impl Results {
@@ -62,6 +65,7 @@ impl Results {
             logs: None,
             shm: None,
             lent: HashMap::new(),
+            compute: Duration::ZERO,
         }
     }
 
@@ -103,6 +107,12 @@ impl Results {
         let mark = self.buf.len();
         self.buf.put_u64(id);
         self.buf.put_u8(status);
+        let compute = match status {
+            frame::STATUS_OK | frame::STATUS_WORKER_ERROR => self.compute,
+            _ => Duration::ZERO,
+        };
+        self.buf
+            .put_u64(compute.as_nanos().min(u64::MAX as u128) as u64);
         mark
     }
 

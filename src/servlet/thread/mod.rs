@@ -16,7 +16,7 @@ use crate::error::{Error, StartError, WorkerId};
 use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
-use crate::worker::{self, Worker, WorkerContext, WorkerError, WorkerKind, panic};
+use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
 
 /// Runs a [`Worker`] in N threads of the server process (default one).
 ///
@@ -35,9 +35,10 @@ pub struct ThreadServlet<W> {
 impl<W: Worker + Clone> ThreadServlet<W> {
     /// One thread running `worker` (each thread gets its own clone).
     pub fn new(worker: W) -> Self {
+        let name = worker.default_name();
         ThreadServlet {
             worker,
-            config: SimpleConfig::new(worker::default_name::<W>()),
+            config: SimpleConfig::new(name),
         }
     }
 
@@ -154,8 +155,10 @@ impl<W: Worker> ThreadWorker<W> {
             if !self.admit(&ticket) {
                 continue;
             }
+            let began = Instant::now();
             let r = panic::catch(self.backtraces, || self.worker.call(x)).and_then(|r| r);
             self.status.items.fetch_add(1, Relaxed);
+            self.time_stages(&ticket, began, Instant::now());
             self.deliver(ticket, r);
         }
     }
@@ -191,7 +194,13 @@ impl<W: Worker> ThreadWorker<W> {
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.batch_sizes.record(n as u64);
         self.status.items.fetch_add(n as u64, Relaxed);
-        match panic::catch(self.backtraces, || self.worker.call_batch(values)) {
+        let began = Instant::now();
+        let results = panic::catch(self.backtraces, || self.worker.call_batch(values));
+        let done = Instant::now();
+        for t in &tickets {
+            self.time_stages(t, began, done);
+        }
+        match results {
             Ok(results) if results.len() == n => {
                 for (t, r) in tickets.into_iter().zip(results) {
                     self.deliver(t, r);
@@ -215,6 +224,18 @@ impl<W: Worker> ThreadWorker<W> {
                 }
             }
         }
+    }
+
+    /// Records an item's stage latency: its call ran from `began` to `done`
+    /// (before it is delivered: the next stage resets the clock).
+    fn time_stages(&self, ticket: &TicketRef, began: Instant, done: Instant) {
+        let entered = ticket.clock().and_then(|c| c.entered());
+        self.stats.record_stages(
+            entered.map(|e| began.saturating_duration_since(e)),
+            None,
+            Some(done - began),
+            entered.map(|e| done.saturating_duration_since(e)),
+        );
     }
 
     fn deliver(&self, ticket: TicketRef, r: Result<W::Output, WorkerError>) {
