@@ -10,12 +10,13 @@
 //! item taken that cannot be sent after all goes to the servlet's spill
 //! queue, which every supervisor with credit takes from first.
 
+use std::sync::MutexGuard;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 
-use super::connection::{Port, WriteError, lock_side, send_all};
+use super::connection::{Port, SendSide, WriteError, lock_side, send_all};
 use super::ledger::InFlight;
 use super::reader::{Delivery, deliver};
 use super::shared::{Item, Shared};
@@ -42,7 +43,46 @@ pub(super) struct Dispatcher<'a, W: Worker> {
     pub(super) shared: &'a Shared<W>,
     pub(super) rx: &'a Receiver<Item<W>>,
     pub(super) out: &'a SinkRef<W::Output>,
-    pub(super) frames: ItemFrames,
+    frames: ItemFrames,
+}
+
+impl<'a, W: Worker> Dispatcher<'a, W> {
+    pub(super) fn new(
+        shared: &'a Shared<W>,
+        rx: &'a Receiver<Item<W>>,
+        out: &'a SinkRef<W::Output>,
+    ) -> Self {
+        Dispatcher {
+            shared,
+            rx,
+            out,
+            frames: ItemFrames::default(),
+        }
+    }
+}
+
+/// Takes what is queued now in the spill queue and then in `rx` (at most
+/// what each held when it began, so items put back are not seen twice):
+/// items of ended requests are dropped and counted as skipped (they never
+/// ran); the others go to `live`.
+pub(super) fn drain_queued<W: Worker>(
+    shared: &Shared<W>,
+    rx: &Receiver<Item<W>>,
+    mut live: impl FnMut(Item<W>),
+) {
+    for rx in [&shared.spill_rx, rx] {
+        for _ in 0..rx.len() {
+            let Ok(item) = rx.try_recv() else { break };
+            if item.0.is_cancelled() {
+                shared.stats.items_in.fetch_add(1, Relaxed);
+                shared.stats.skipped.fetch_add(1, Relaxed);
+                // The value's `Drop` is user code.
+                let _ = panic::catch(false, move || drop(item));
+            } else {
+                live(item);
+            }
+        }
+    }
 }
 
 impl<W> Dispatcher<'_, W>
@@ -66,23 +106,10 @@ where
     /// supervisor with credit takes them first. Without this, a cancelled
     /// item would sit in the queue until some worker had credit for it.
     pub(super) fn sweep(&self) {
-        let shared = self.shared;
-        for rx in [&shared.spill_rx, self.rx] {
-            for _ in 0..rx.len() {
-                match rx.try_recv() {
-                    Ok(item) if item.0.is_cancelled() => {
-                        shared.stats.items_in.fetch_add(1, Relaxed);
-                        shared.stats.skipped.fetch_add(1, Relaxed);
-                        // The value's `Drop` is user code.
-                        let _ = panic::catch(false, move || drop(item));
-                    }
-                    Ok(item) => {
-                        let _ = shared.spill_tx.send(item);
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        let spill = &self.shared.spill_tx;
+        drain_queued(self.shared, self.rx, |item| {
+            let _ = spill.send(item);
+        });
     }
 
     /// Sends `first` and whatever else is ready (a batch, or up to the free
@@ -188,16 +215,10 @@ where
                     (base + i as u64, InFlight::new(t, bytes))
                 })
                 .collect();
-            let mut side = lock_side(&port.writer);
-            side.next_id = base + n as u64;
-            port.ledger.add(entries);
+            let side = lock_side(&port.writer);
             port.ledger.unreserve(credit - n);
-            // Someone reads before the write starts: a write larger than
-            // the socket's buffers needs the worker to go on reading, which
-            // it does only while its results are read.
-            port.read.ensure_reader();
-            let written = send_all(&side.sock, self.frames.bytes());
-            drop(side);
+            let written =
+                hold_and_write(port, side, base + n as u64, entries, 0, self.frames.bytes());
             if let Err(e) = written {
                 let frames = self.frames.bytes().to_vec();
                 let ids: Vec<u64> = (base..base + n as u64).collect();
@@ -235,24 +256,16 @@ where
         };
         self.frames.reset(self.shared.policy.batched(), usize::MAX);
         self.frames.push_raw(bytes);
-        let mut side = lock_side(&port.writer);
+        let side = lock_side(&port.writer);
         let id = side.next_id;
-        side.next_id += 1;
         self.frames.set_id(0, id);
-        port.ledger.reserve(1);
-        port.ledger.add([(id, item)]);
-        port.read.ensure_reader();
-        let written = send_all(&side.sock, self.frames.bytes());
-        drop(side);
-        match written {
-            Ok(()) => Ok(()),
+        hold_and_write(port, side, id + 1, vec![(id, item)], 1, self.frames.bytes()).map_err(|e| {
             // Nothing got out: not an attempt.
-            Err(e) if e.written == 0 => {
-                let back = port.ledger.take_back(&[id]).pop().map(|(_, it)| it);
-                Err((e.reason(), back))
-            }
-            Err(e) => Err((e.reason(), None)),
-        }
+            let back = (e.written == 0)
+                .then(|| port.ledger.take_back(&[id]).pop().map(|(_, it)| it))
+                .flatten();
+            (e.reason(), back)
+        })
     }
 
     /// Sends items that never reached the previous process, as they were.
@@ -263,18 +276,34 @@ where
         unsent: &mut Option<Unsent>,
     ) -> Result<(), Failed> {
         let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
-        let mut side = lock_side(&port.writer);
-        side.next_id = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
-        port.ledger.reserve(u.entries.len());
-        port.ledger.add(u.entries);
-        port.read.ensure_reader();
-        let written = send_all(&side.sock, &u.frames);
-        drop(side);
-        match written {
-            Ok(()) => Ok(()),
-            Err(e) => Err(write_failed(port, e, u.frames, &ids, unsent)),
-        }
+        let side = lock_side(&port.writer);
+        let next = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
+        let n = u.entries.len();
+        hold_and_write(port, side, next, u.entries, n, &u.frames)
+            .map_err(|e| write_failed(port, e, u.frames, &ids, unsent))
     }
+}
+
+/// Under the send lock `side`: the worker holds `entries` from now on
+/// (`reserve`: credit to take for them, unless it was reserved before), the
+/// next id is `next_id`, and `frames` are written. Someone reads before the
+/// write starts: a write larger than the socket's buffers needs the worker to
+/// go on reading, which it does only while its results are read.
+fn hold_and_write(
+    port: &Port,
+    mut side: MutexGuard<'_, SendSide>,
+    next_id: u64,
+    entries: Vec<(u64, InFlight)>,
+    reserve: usize,
+    frames: &[u8],
+) -> Result<(), WriteError> {
+    side.next_id = next_id;
+    port.ledger.reserve(reserve);
+    port.ledger.add(entries);
+    port.read.ensure_reader();
+    let written = send_all(&side.sock, frames);
+    drop(side);
+    written
 }
 
 /// A write to the worker failed. If nothing went out, the items of the write
