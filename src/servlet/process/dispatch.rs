@@ -9,6 +9,13 @@
 //! encoded (user `Serialize`) without it, and written under it again. An
 //! item taken that cannot be sent after all goes to the servlet's spill
 //! queue, which every supervisor with credit takes from first.
+//!
+//! Batches follow the servlet's [`Batching`] policy (`crate::batch`). Under
+//! the adaptive one, a worker that holds nothing gets what is queued at once;
+//! a busy worker's next batch may take a whole batch of credit beyond what
+//! the worker holds and is held open, filling, until the worker is predicted
+//! to be free (from its measured batch service time), so that it arrives
+//! just as the worker needs it, as large as the queue allows.
 
 use std::sync::MutexGuard;
 use std::time::Instant;
@@ -20,7 +27,7 @@ use super::connection::{Port, SendSide, WriteError, lock_side, send_all};
 use super::ledger::InFlight;
 use super::reader::{Delivery, deliver};
 use super::shared::{Item, Shared};
-use crate::batch;
+use crate::batch::{self, Batching, Busy};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::frame::ItemFrames;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
@@ -44,6 +51,9 @@ pub(super) struct Dispatcher<'a, W: Worker> {
     pub(super) rx: &'a Receiver<Item<W>>,
     pub(super) out: &'a SinkRef<W::Output>,
     frames: ItemFrames,
+    /// When the worker is predicted to be done with what it holds
+    /// (adaptive batching; `None`: unknown).
+    busy_until: Option<Instant>,
 }
 
 impl<'a, W: Worker> Dispatcher<'a, W> {
@@ -57,6 +67,7 @@ impl<'a, W: Worker> Dispatcher<'a, W> {
             rx,
             out,
             frames: ItemFrames::default(),
+            busy_until: None,
         }
     }
 }
@@ -127,21 +138,32 @@ where
         let stats = &shared.stats;
         let policy = &shared.policy;
         let start = Instant::now();
+        let adaptive = policy.size > 1 && policy.mode == Batching::Adaptive;
+        // A busy worker's next batch waits (below) until the worker is
+        // about to be free: it may take a whole batch beyond what the worker
+        // holds, within `max_inflight`.
+        let max = if adaptive {
+            max.max(shared.max_inflight)
+        } else {
+            max
+        };
         // Credit and ids are reserved under the send lock: callers may have
         // handed the worker an item since the supervisor last looked, and
         // none can while the reservation stands (the worker looks busy).
-        let (credit, base) = {
+        let (credit, base, held) = {
             let side = lock_side(&port.writer);
+            let held = port.ledger.held();
             let left = side.quota.saturating_sub(side.next_id);
             let credit = max
-                .saturating_sub(port.ledger.held())
+                .saturating_sub(held)
                 .min(left.min(usize::MAX as u64) as usize);
             if credit == 0 {
                 return Ok(Some(first));
             }
             port.ledger.reserve(credit);
-            (credit, side.next_id)
+            (credit, side.next_id, held)
         };
+        let model = port.ledger.model();
         let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
         stats.items_in.fetch_add(1, Relaxed);
         if self.live(&first.0) {
@@ -151,19 +173,24 @@ where
             stats.items_in.fetch_add(1, Relaxed);
             self.live(t)
         };
-        // Spilled items first (they are older), then the queue.
         let max = if policy.batched() {
-            policy.size.min(credit)
+            policy.limit(&model).min(credit)
         } else {
             credit
         };
-        batch::fill(&shared.spill_rx, &mut items, max, None, keep);
-        let wait = if policy.batched() {
-            batch::deadline(policy, start)
+        let busy = if held == 0 {
+            Busy::Idle
         } else {
-            None
+            Busy::Until(self.busy_until)
         };
-        batch::fill(self.rx, &mut items, max, wait, keep);
+        let wait = policy.deadline(start, busy, &model);
+        // Spilled items first (they are older), then the queue.
+        for rx in [&shared.spill_rx, self.rx] {
+            batch::fill(rx, &mut items, max, None, keep);
+        }
+        if wait.is_some() {
+            batch::fill(self.rx, &mut items, max, wait, keep);
+        }
         let half = shared.max_frame / 2;
         self.frames.reset(policy.batched(), half);
         let mut tickets = Vec::with_capacity(items.len());
@@ -217,8 +244,10 @@ where
                 .collect();
             let side = lock_side(&port.writer);
             port.ledger.unreserve(credit - n);
+            let sent = Instant::now();
             let written =
                 hold_and_write(port, side, base + n as u64, entries, 0, self.frames.bytes());
+            self.predict(held, sent, n, &model);
             if let Err(e) = written {
                 let frames = self.frames.bytes().to_vec();
                 let ids: Vec<u64> = (base..base + n as u64).collect();
@@ -241,6 +270,17 @@ where
         outcome
     }
 
+    /// Updates when the worker is predicted to be free, after `n` items
+    /// were sent at `sent` to a worker that held `held` items.
+    fn predict(&mut self, held: usize, sent: Instant, n: usize, model: &batch::ServiceModel) {
+        let from = match self.busy_until {
+            _ if held == 0 => Some(sent),
+            Some(t) => Some(t.max(sent)),
+            None => None,
+        };
+        self.busy_until = from.zip(model.cost(n)).map(|(t, c)| t + c);
+    }
+
     /// Sends one item of a crashed worker again, alone, as it was encoded.
     /// Returns it if it never reached the worker.
     pub(super) fn send_retry(
@@ -259,6 +299,7 @@ where
         let side = lock_side(&port.writer);
         let id = side.next_id;
         self.frames.set_id(0, id);
+        self.busy_until = None;
         hold_and_write(port, side, id + 1, vec![(id, item)], 1, self.frames.bytes()).map_err(|e| {
             // Nothing got out: not an attempt.
             let back = (e.written == 0)
@@ -278,6 +319,7 @@ where
         let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
         let side = lock_side(&port.writer);
         let next = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
+        self.busy_until = None;
         let n = u.entries.len();
         hold_and_write(port, side, next, u.entries, n, &u.frames)
             .map_err(|e| write_failed(port, e, u.frames, &ids, unsent))

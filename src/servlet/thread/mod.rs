@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::batch::{self, BatchPolicy, Fill};
+use crate::batch::{self, BatchPolicy, Busy, Fill, ServiceModel};
 use crate::error::{Error, StartError, WorkerId};
 use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
@@ -81,6 +81,7 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
                 rx: rx.clone(),
                 out: output.clone(),
                 policy,
+                model: ServiceModel::default(),
                 stats: stats.clone(),
                 status,
                 abort: ctx.abort_flag(),
@@ -107,6 +108,8 @@ struct ThreadWorker<W: Worker> {
     rx: Receiver<(TicketRef, W::Input)>,
     out: SinkRef<W::Output>,
     policy: BatchPolicy,
+    /// This thread's measured batch service time (adaptive batching).
+    model: ServiceModel,
     stats: Arc<ServletStats>,
     status: Arc<WorkerStatus>,
     abort: Arc<AtomicBool>,
@@ -168,14 +171,13 @@ impl<W: Worker> ThreadWorker<W> {
             if self.admit(&first.0) {
                 batch.push(first);
             }
-            let deadline = batch::deadline(&self.policy, start);
-            let fill = batch::fill(
-                &self.rx,
-                &mut batch,
-                self.policy.size,
-                deadline,
-                |(t, _)| self.admit(t),
-            );
+            // A thread forms its batch when it is idle: under the adaptive
+            // policy it takes what is queued and starts.
+            let deadline = self.policy.deadline(start, Busy::Idle, &self.model);
+            let limit = self.policy.limit(&self.model);
+            let fill = batch::fill(&self.rx, &mut batch, limit, deadline, |(t, _)| {
+                self.admit(t)
+            });
             if !batch.is_empty() {
                 self.run_batch(&mut batch);
             }
@@ -191,7 +193,10 @@ impl<W: Worker> ThreadWorker<W> {
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.batch_sizes.record(n as u64);
         self.status.items.fetch_add(n as u64, Relaxed);
-        match panic::catch(self.backtraces, || self.worker.call_batch(values)) {
+        let began = Instant::now();
+        let done = panic::catch(self.backtraces, || self.worker.call_batch(values));
+        self.model.observe(1, n as u64, began.elapsed());
+        match done {
             Ok(results) if results.len() == n => {
                 for (t, r) in tickets.into_iter().zip(results) {
                     self.deliver(t, r);
