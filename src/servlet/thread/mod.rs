@@ -210,15 +210,28 @@ impl<W: Worker> ThreadWorker<W> {
                         results.len()
                     ),
                 );
-                for t in tickets {
-                    self.deliver(t, Err(e.clone()));
-                }
+                self.fail_batch(tickets, e);
             }
-            Err(e) => {
-                for t in tickets {
-                    self.deliver(t, Err(e.clone()));
-                }
-            }
+            Err(e) => self.fail_batch(tickets, e),
+        }
+    }
+
+    /// A whole batch failed (a panic, or a wrong number of results): one
+    /// error for each item, logged once for the batch.
+    fn fail_batch(&self, tickets: Vec<TicketRef>, error: WorkerError) {
+        self.log(&error, tickets.len());
+        for t in tickets {
+            self.fail(t, error.clone());
+        }
+    }
+
+    /// Worker errors are logged at warn, once per call (`batch`: the items
+    /// it failed), as a worker process does.
+    fn log(&self, error: &WorkerError, batch: usize) {
+        if error.is_panic() {
+            tracing::warn!(worker = %self.id, error = %error, batch, "worker panicked");
+        } else {
+            tracing::warn!(worker = %self.id, error = %error, batch, "worker call failed");
         }
     }
 
@@ -229,17 +242,21 @@ impl<W: Worker> ThreadWorker<W> {
                 self.out.push(ticket, y);
             }
             Err(error) => {
-                self.stats.items_err.fetch_add(1, Relaxed);
-                tracing::warn!(worker = %self.id, error = %error, "worker call failed");
-                self.out.fail(
-                    ticket,
-                    Error::Worker {
-                        worker: self.id.clone(),
-                        error,
-                    },
-                );
+                self.log(&error, 1);
+                self.fail(ticket, error);
             }
         }
+    }
+
+    fn fail(&self, ticket: TicketRef, error: WorkerError) {
+        self.stats.items_err.fetch_add(1, Relaxed);
+        self.out.fail(
+            ticket,
+            Error::Worker {
+                worker: self.id.clone(),
+                error,
+            },
+        );
     }
 }
 
