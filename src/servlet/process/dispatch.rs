@@ -54,6 +54,8 @@ pub(super) struct Dispatcher<'a, W: Worker> {
     /// When the worker is predicted to be done with what it holds
     /// (adaptive batching; `None`: unknown).
     busy_until: Option<Instant>,
+    /// Items of the last batch sent.
+    last_sent: usize,
 }
 
 impl<'a, W: Worker> Dispatcher<'a, W> {
@@ -68,6 +70,7 @@ impl<'a, W: Worker> Dispatcher<'a, W> {
             out,
             frames: ItemFrames::default(),
             busy_until: None,
+            last_sent: 0,
         }
     }
 }
@@ -180,6 +183,12 @@ where
         };
         let busy = if held == 0 {
             Busy::Idle
+        } else if held > self.last_sent {
+            // More than the last batch is held: the worker is behind its
+            // prediction (a batch already waits in it). The prediction is
+            // not trusted: the batch fills for the policy's longest hold,
+            // rather than going out small behind another.
+            Busy::Until(None)
         } else {
             Busy::Until(self.busy_until)
         };
@@ -279,6 +288,7 @@ where
             None => None,
         };
         self.busy_until = from.zip(model.cost(n)).map(|(t, c)| t + c);
+        self.last_sent = n;
     }
 
     /// Sends one item of a crashed worker again, alone, as it was encoded.
@@ -300,6 +310,7 @@ where
         let id = side.next_id;
         self.frames.set_id(0, id);
         self.busy_until = None;
+        self.last_sent = 1;
         hold_and_write(port, side, id + 1, vec![(id, item)], 1, self.frames.bytes()).map_err(|e| {
             // Nothing got out: not an attempt.
             let back = (e.written == 0)
@@ -321,6 +332,7 @@ where
         let next = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
         self.busy_until = None;
         let n = u.entries.len();
+        self.last_sent = n;
         hold_and_write(port, side, next, u.entries, n, &u.frames)
             .map_err(|e| write_failed(port, e, u.frames, &ids, unsent))
     }
