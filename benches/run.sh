@@ -6,6 +6,7 @@
 #
 # Usage: benches/run.sh [--quick] [--runs N] [--scenarios S1,S13,...]
 #                       [--placements pinned1,unpinned] [--defaults] [--no-build]
+#                       [--baseline BIN]
 #
 #   --quick       smaller counts, 1 run, short quiet waits, no reruns (smoke test)
 #   --runs N      runs per figure (default 3; each run is a separate invocation
@@ -15,6 +16,9 @@
 #   --placements  placements to measure (default: pinned1,unpinned)
 #   --defaults    run the mpservice peers at their default settings
 #   --no-build    use the binaries already in the target directory
+#   --baseline BIN  also run BIN (an mpserver_scenarios built from another
+#                 commit) as contender `mpserver-baseline`, alternating with
+#                 the others: before/after figures of a change in one sitting
 #
 # Protocol (see benches/README.md): before each contender's run of a scenario,
 # wait until other processes use less than BENCH_MAX_FOREIGN cores (default
@@ -44,6 +48,7 @@ runs_given=0
 build=1
 best=1
 selection=""
+baseline=""
 placements="pinned1,unpinned"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +61,8 @@ while [ $# -gt 0 ]; do
         --placements=*) placements="${1#--placements=}" ;;
         --defaults) best=0 ;;
         --no-build) build=0 ;;
+        --baseline) baseline="$2"; shift ;;
+        --baseline=*) baseline="${1#--baseline=}" ;;
         -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -106,6 +113,14 @@ if [ -x "$bin/mpserver_scenarios" ]; then
     defines[mpserver]=" $("$bin/mpserver_scenarios" --list | tr '\n' ' ') "
 else
     echo "run.sh: $bin/mpserver_scenarios not built; mpserver shows as n/a" >&2
+fi
+if [ -n "$baseline" ]; then
+    [ -x "$baseline" ] || { echo "run.sh: baseline $baseline is not an executable" >&2; exit 2; }
+    contenders+=(mpserver-baseline)
+    cmd[mpserver-baseline]="$baseline"
+    # Older builds have no --list: they define at least S1-S10.
+    defines[mpserver-baseline]=" $("$baseline" --list 2>/dev/null | tr '\n' ' ' || true) "
+    [ "${defines[mpserver-baseline]}" = "  " ] && defines[mpserver-baseline]=" S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 "
 fi
 for version in 0.12.9 0.16.8; do
     venv="$benches/.venv-$version"
@@ -196,6 +211,11 @@ for id in "${wanted[@]}"; do
             done
         done
     done
+done
+
+# A baseline binary names itself `mpserver`: rename its figures.
+for f in "$results"/mpserver-baseline-*.jsonl; do
+    [ -f "$f" ] && sed -i 's/"contender":"mpserver"/"contender":"mpserver-baseline"/' "$f"
 done
 
 say "report"

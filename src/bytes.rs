@@ -320,7 +320,7 @@ pub(crate) fn warn_if_slow_bytes<I: ?Sized, O: ?Sized>(servlet: &str) {
                 continue;
             }
             let first = {
-                let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+                let mut warned = crate::sync::lock_std(&WARNED);
                 let first = !warned.contains(&name);
                 if first {
                     warned.push(name);

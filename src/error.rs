@@ -4,6 +4,7 @@
 //! [`Error::kind`] for a stable short name (used by the HTTP front and in
 //! metrics) and [`Error::worker`] to learn which worker was involved.
 
+use crate::sync::lock_std;
 use std::any::Any;
 use std::fmt;
 use std::time::Duration;
@@ -167,7 +168,7 @@ impl EnsembleError {
     /// Takes the successful members' values (`Some(value)` in their slots),
     /// if the member output type is `T` (fail-fast ensembles keep them).
     pub fn take_values<T: 'static>(&self) -> Option<Vec<Option<T>>> {
-        let mut guard = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock_std(&self.values);
         let b = guard.take()?;
         match b.downcast::<Vec<Option<T>>>() {
             Ok(v) => Some(*v),

@@ -34,3 +34,16 @@ pub(crate) use loom::sync::{
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// [`lock`] for a `std::sync::Mutex` that stays `std`'s under the model
+/// checker (bookkeeping outside the checked protocols): takes the data of a
+/// poisoned lock as it is, for the same reason.
+pub(crate) fn lock_std<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `m.get_mut()` for a `std::sync::Mutex`, poisoned or not.
+pub(crate) fn get_mut_std<T: ?Sized>(m: &mut std::sync::Mutex<T>) -> &mut T {
+    m.get_mut()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -134,23 +134,40 @@ fn a_crash_under_a_call_read_by_its_caller_fails_only_that_call() {
         assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
     }
     let pid = server.worker_pids()[0];
+    let mut crashes = 0;
     for op in [Op::Abort, Op::Exit(3)] {
-        let err = server
-            .call_with(op, CallOptions::timeout(Duration::from_secs(10)))
-            .unwrap_err();
-        let mpserver::Error::WorkerCrashed(c) = &err else {
-            panic!("expected a crash, got {err:?}")
-        };
-        assert_eq!(c.worker.name, "reader");
-        for i in 0..5 {
-            assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+        // A call is read by its caller only when it finds the process idle
+        // and its send side free; on a loaded machine the supervisor may
+        // hold it for a moment. Repeat until the crashing call was one.
+        let mut read_by_caller = false;
+        for _ in 0..10 {
+            let before = server.servlets().handoffs;
+            let err = server
+                .call_with(op.clone(), CallOptions::timeout(Duration::from_secs(10)))
+                .unwrap_err();
+            crashes += 1;
+            let handed_off = server.servlets().handoffs > before;
+            let mpserver::Error::WorkerCrashed(c) = &err else {
+                panic!("expected a crash, got {err:?}")
+            };
+            assert_eq!(c.worker.name, "reader");
+            for i in 0..5 {
+                assert_eq!(server.call(Op::Echo(i)).unwrap().0, 2 * i);
+            }
+            if handed_off {
+                read_by_caller = true;
+                break;
+            }
         }
+        assert!(
+            read_by_caller,
+            "{op:?}: no crashing call was read by its caller"
+        );
     }
     assert_ne!(server.worker_pids()[0], pid);
     let snap = server.servlets();
-    assert_eq!(snap.crashes, 2);
-    assert_eq!(snap.items_err, 2);
-    assert!(snap.handoffs >= 15, "handoffs: {}", snap.handoffs);
+    assert_eq!(snap.crashes, crashes);
+    assert_eq!(snap.items_err, crashes);
 }
 
 /// A caller reading its own result times out: it gets the timeout at its

@@ -337,6 +337,67 @@ fn a_user_panic_where_results_are_delivered_fails_only_its_item() {
     }
 }
 
+/// A result whose `Deserialize` is slow when `slow` is set (user code that
+/// runs in the server where a worker process's results are read).
+#[derive(Debug, Serialize, Deserialize)]
+struct Plain {
+    slow: bool,
+    v: u64,
+}
+
+#[derive(Debug)]
+struct SlowDecode(Plain);
+
+impl Serialize for SlowDecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SlowDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = Plain::deserialize(d)?;
+        if p.slow {
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Ok(SlowDecode(p))
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct MakeSlowDecode;
+
+impl Worker for MakeSlowDecode {
+    type Input = (bool, u64);
+    type Output = SlowDecode;
+    fn call(&mut self, (slow, v): (bool, u64)) -> Result<SlowDecode, WorkerError> {
+        Ok(SlowDecode(Plain { slow, v }))
+    }
+}
+
+/// Results are decoded outside the read lock: a result whose `Deserialize`
+/// takes 3 s (read by its own caller, the worker being idle when it called)
+/// does not hold up another caller's result from the same worker process.
+#[test]
+fn a_slow_result_decode_does_not_hold_up_another_callers_result() {
+    let server = Arc::new(Server::start(ProcessServlet::new(MakeSlowDecode)).unwrap());
+    // Warm: the worker is up and idle.
+    assert_eq!(server.call((false, 1)).unwrap().0.v, 1);
+    let s = server.clone();
+    let slow = std::thread::spawn(move || s.call((true, 2)).map(|r| r.0.v));
+    // Let the slow result be read and its decoding begin.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let r = server.call((false, 3)).unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.0.v, 3);
+    assert!(
+        took < Duration::from_millis(1500),
+        "the other caller's result took {took:?} (held up by the slow decode)"
+    );
+    assert_eq!(slow.join().unwrap().unwrap(), 2);
+}
+
 // ---------------------------------------------------------------- item 12
 
 /// At shutdown a worker process that runs only an item whose request timed

@@ -9,6 +9,9 @@ import json
 import sys
 
 CONTENDERS = ['mpserver-py', 'mpservice-0.12.9', 'mpservice-0.16.8']
+# A previous build of mpserver-py measured in the same sitting (relabel its
+# figures' "contender" to this name), shown after the others when present.
+BEFORE = 'mpserver-py-before'
 # Metrics where smaller is better.
 LOWER = ('_us', '_ms', '_mib')
 
@@ -34,6 +37,7 @@ def main(paths):
                 d = json.loads(line)
                 key = (d['scenario'], d['placement'], d['metric'], d['unit'])
                 figs.setdefault(key, {})[d['contender']] = d
+    shown = CONTENDERS + ([BEFORE] if any(BEFORE in row for row in figs.values()) else [])
     print('# Python scenarios: mpserver-py beside mpservice\n')
     print(
         'The same scenario script and worker code (`benches/python/mpservice_bench.py`; '
@@ -41,13 +45,13 @@ def main(paths):
         '(`benches/python/run_python.sh`). Median of the runs [min-max]; the ratio is '
         'mpserver-py against the better mpservice (> 1 is better).\n'
     )
-    print('| scenario | placement | metric | ' + ' | '.join(CONTENDERS) + ' | vs best mpservice |')
-    print('|---|---|---|' + '---:|' * len(CONTENDERS) + '---:|')
+    print('| scenario | placement | metric | ' + ' | '.join(shown) + ' | vs best mpservice |')
+    print('|---|---|---|' + '---:|' * len(shown) + '---:|')
     for key in sorted(figs):
         scenario, placement, metric, unit = key
         row = figs[key]
         cells = []
-        for c in CONTENDERS:
+        for c in shown:
             d = row.get(c)
             cells.append('n/a' if d is None else f"{fmt(d['median'])} [{fmt(d['min'])}-{fmt(d['max'])}]")
         lower = metric.endswith(LOWER)

@@ -22,7 +22,7 @@ use mpserver::Error;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::errors;
+use crate::convert;
 use crate::value::PyValue;
 
 type CallFuture = Pin<Box<dyn Future<Output = Result<PyValue, Error>> + Send>>;
@@ -93,7 +93,7 @@ impl Task {
                     pyfut.call_method1("set_result", (v.to_py(py)?,))?;
                 }
                 Err(e) => {
-                    pyfut.call_method1("set_exception", (errors::exception_value(py, &e)?,))?;
+                    pyfut.call_method1("set_exception", (convert::exception_value(py, &e)?,))?;
                 }
             }
         }

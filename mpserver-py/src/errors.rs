@@ -1,24 +1,17 @@
-//! Errors between Python and the engine.
+//! Python exceptions raised by worker code, as engine errors.
 //!
-//! * A Python exception raised by a worker becomes a [`WorkerError`] carrying
-//!   the exception itself: the object (thread workers) or its pickle together
-//!   with the formatted traceback (process workers, as `mpservice`'s
-//!   `RemoteException` does).
-//! * An engine [`Error`] reaching a caller becomes a Python exception: the
-//!   worker's own exception where there is one (a process worker's with its
-//!   traceback as `__cause__`, a `RemoteTraceback`), otherwise one of the
-//!   package's classes (`TimeoutError`, `ServerBacklogFull`, `EnsembleError`,
-//!   `WorkerCrashed`, ...), built by `mpserver._errors._from_core`.
+//! A Python exception raised by a worker becomes a [`WorkerError`] carrying
+//! the exception itself: the object (thread workers) or its pickle together
+//! with the formatted traceback (process workers, as `mpservice`'s
+//! `RemoteException` does). The other way, engine errors as Python
+//! exceptions, is [`crate::convert`].
 
 use std::sync::Arc;
 
-use mpserver::error::{StartError, WorkerId};
-use mpserver::{Error, WorkerError};
+use mpserver::WorkerError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList};
-
-use crate::value::PyValue;
+use pyo3::types::PyBytes;
 
 static HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -78,105 +71,5 @@ pub fn worker_error(py: Python<'_>, err: PyErr, carry: Carry) -> WorkerError {
                 Err(_) => we,
             }
         }
-    }
-}
-
-/// The exception of a worker's error, if the worker was Python code.
-fn python_exception<'py>(py: Python<'py>, e: &WorkerError) -> PyResult<Option<Bound<'py, PyAny>>> {
-    if let Some(obj) = e.local().and_then(|a| a.downcast_ref::<Py<PyAny>>()) {
-        return Ok(Some(obj.bind(py).clone()));
-    }
-    if let Some(d) = e.detail() {
-        let exc = helpers(py)?.call_method1("_load_exception", (PyBytes::new(py, d),))?;
-        return Ok(Some(exc));
-    }
-    Ok(None)
-}
-
-fn from_core<'py>(
-    py: Python<'py>,
-    kind: &str,
-    message: String,
-    extra: Bound<'py, PyDict>,
-) -> PyResult<Bound<'py, PyAny>> {
-    helpers(py)?.call_method1("_from_core", (kind, message, extra))
-}
-
-fn worker_extra<'py>(py: Python<'py>, worker: Option<&WorkerId>) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    if let Some(w) = worker {
-        d.set_item("worker", w.to_string())?;
-        d.set_item("worker_name", &w.name)?;
-        d.set_item("worker_index", w.index)?;
-        d.set_item("pid", w.pid)?;
-    }
-    Ok(d)
-}
-
-fn worker_failure<'py>(
-    py: Python<'py>,
-    kind: &str,
-    message: String,
-    worker: &WorkerId,
-    error: &WorkerError,
-) -> PyResult<Bound<'py, PyAny>> {
-    if let Some(exc) = python_exception(py, error)? {
-        return Ok(exc);
-    }
-    let extra = worker_extra(py, Some(worker))?;
-    extra.set_item("type_name", error.type_name())?;
-    extra.set_item("panic", error.is_panic())?;
-    extra.set_item("backtrace", error.backtrace())?;
-    from_core(py, kind, message, extra)
-}
-
-/// The Python exception object for an engine error.
-pub fn exception_value<'py>(py: Python<'py>, e: &Error) -> PyResult<Bound<'py, PyAny>> {
-    let message = e.to_string();
-    match e {
-        Error::Worker { worker, error } => worker_failure(py, "worker", message, worker, error),
-        Error::Start(StartError::Init { worker, error }) => {
-            worker_failure(py, "start", message, worker, error)
-        }
-        Error::Ensemble(ens) => {
-            let values = ens.take_values::<PyValue>();
-            let y = PyList::empty(py);
-            let mut n = 0usize;
-            for (i, err) in ens.errors().iter().enumerate() {
-                let value = values.as_ref().and_then(|v| v.get(i).cloned().flatten());
-                match (err, value) {
-                    (Some(err), _) => {
-                        n += 1;
-                        y.append(exception_value(py, err)?)?;
-                    }
-                    (None, Some(v)) => {
-                        n += 1;
-                        y.append(v.to_py(py)?)?;
-                    }
-                    (None, None) => y.append(py.None())?,
-                }
-            }
-            let extra = PyDict::new(py);
-            extra.set_item("y", y)?;
-            extra.set_item("n", n)?;
-            from_core(py, "ensemble", message, extra)
-        }
-        other => {
-            let extra = worker_extra(py, other.worker())?;
-            if let Error::Timeout(t) = other {
-                extra.set_item("enqueue", t.enqueue.as_secs_f64())?;
-                extra.set_item("total", t.total.as_secs_f64())?;
-                extra.set_item("while_enqueuing", t.while_enqueuing)?;
-            }
-            from_core(py, other.kind(), message, extra)
-        }
-    }
-}
-
-/// The Python exception for an engine error, ready to raise.
-pub fn to_pyerr(py: Python<'_>, e: &Error) -> PyErr {
-    match exception_value(py, e) {
-        Ok(v) => PyErr::from_value(v),
-        Err(err) => err,
     }
 }

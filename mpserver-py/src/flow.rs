@@ -13,24 +13,19 @@
 //! GIL); the switch calls the Python object's `switch(x)` method.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mpserver::error::{StartError, WorkerId};
-use mpserver::metrics::ServletNode;
 use mpserver::servlet::plumbing::{Sink, SinkRef, StartContext, Started, TicketRef};
-use mpserver::{
-    BoxServlet, CpuAffinity, EnsembleServlet, Error, SequentialServlet, Servlet, ThreadServlet,
-};
+use mpserver::{EnsembleServlet, Error, SequentialServlet, Servlet, SwitchServlet, ThreadServlet};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{self, Carry};
-use crate::value::PyValue;
+use crate::spec::{PyServlet, seconds};
+use crate::value::{Failed, PyValue};
 use crate::worker::PyThreadWorker;
-
-/// A servlet of the Python flow.
-pub type PyServlet = BoxServlet<PyValue, PyValue>;
 
 /// What the server needs to know about the flow besides the servlet tree.
 #[derive(Debug, Default, Clone, Copy)]
@@ -106,7 +101,9 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
                     |rs: Vec<Result<PyValue, Error>>| {
                         PyValue::List(
                             rs.into_iter()
-                                .map(|r| r.unwrap_or_else(|e| PyValue::Failed(Arc::new(e))))
+                                .map(|r| {
+                                    r.unwrap_or_else(|e| PyValue::Failed(Arc::new(Failed::new(e))))
+                                })
                                 .collect(),
                         )
                     },
@@ -114,19 +111,22 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
             }
         }
         "switch" => {
-            let obj = t.get_item(1)?.unbind();
-            let name = t
-                .get_item(1)?
+            let obj = t.get_item(1)?;
+            let name = obj
                 .get_type()
                 .qualname()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "SwitchServlet".into());
+            let obj = obj.unbind();
             let members = members(&t.get_item(2)?)?;
-            Ok(Box::new(PySwitch {
-                obj: Arc::new(obj),
-                name,
-                members,
-            }))
+            let n = members.len();
+            let picker_name = format!("{name}.switch");
+            let mut s = SwitchServlet::try_new(move |x: &PyValue| pick(&obj, &picker_name, n, x))
+                .name(name);
+            for m in members {
+                s = s.member(m);
+            }
+            Ok(Box::new(s))
         }
         other => Err(PyValueError::new_err(format!(
             "unknown servlet kind {other:?}"
@@ -137,33 +137,6 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
 fn members(list: &Bound<'_, PyAny>) -> PyResult<Vec<PyServlet>> {
     let list = list.cast::<PyList>()?;
     list.iter().map(|s| build(&s)).collect()
-}
-
-/// Seconds (a Python float) as a duration.
-pub fn seconds(v: &Bound<'_, PyAny>) -> PyResult<Option<Duration>> {
-    if v.is_none() {
-        return Ok(None);
-    }
-    let s: f64 = v.extract()?;
-    Duration::try_from_secs_f64(s)
-        .map(Some)
-        .map_err(|e| PyValueError::new_err(format!("invalid duration {s}: {e}")))
-}
-
-/// A CPU spec (`None`, an int, or a list of ints) as an affinity.
-pub fn affinity(v: &Bound<'_, PyAny>) -> PyResult<CpuAffinity> {
-    if v.is_none() {
-        return Ok(CpuAffinity::any());
-    }
-    if let Ok(c) = v.extract::<usize>() {
-        return Ok(CpuAffinity::cpu(c));
-    }
-    let cpus: Vec<usize> = v.extract()?;
-    Ok(if cpus.is_empty() {
-        CpuAffinity::any()
-    } else {
-        CpuAffinity::set(cpus)
-    })
 }
 
 fn thread(t: &Bound<'_, PyTuple>) -> PyResult<PyServlet> {
@@ -244,97 +217,24 @@ where
     }
 }
 
-/// The seed's `SwitchServlet`: `switch(x)` of the Python object picks the
-/// member for each item. An exception in `switch` fails that item with that
-/// exception.
-struct PySwitch {
-    obj: Arc<Py<PyAny>>,
-    name: String,
-    members: Vec<PyServlet>,
-}
-
-struct SwitchSink {
-    obj: Arc<Py<PyAny>>,
-    name: String,
-    members: Vec<SinkRef<PyValue>>,
-    out: SinkRef<PyValue>,
-}
-
-impl SwitchSink {
-    fn pick(&self, x: &PyValue) -> Result<usize, Error> {
-        let n = self.members.len();
-        let picked = Python::attach(|py| {
-            let r = (|| -> PyResult<isize> {
-                let x = x.to_py(py)?;
-                self.obj.bind(py).call_method1("switch", (x,))?.extract()
-            })();
-            r.map_err(|e| Error::Worker {
-                worker: WorkerId {
-                    name: format!("{}.switch", self.name),
-                    index: 0,
-                    pid: None,
-                },
-                error: errors::worker_error(py, e, Carry::Object),
-            })
-        })?;
-        match usize::try_from(picked) {
-            Ok(i) if i < n => Ok(i),
-            _ => Err(Error::Route {
-                picked: picked.max(0) as usize,
-                members: n,
-            }),
-        }
-    }
-}
-
-impl Sink<PyValue> for SwitchSink {
-    fn push(&self, ticket: TicketRef, value: PyValue) {
-        match self.pick(&value) {
-            Ok(i) => self.members[i].push(ticket, value),
-            Err(e) => self.out.fail(ticket, e),
-        }
-    }
-    fn push_until(&self, ticket: TicketRef, value: PyValue, deadline: Instant) -> bool {
-        match self.pick(&value) {
-            Ok(i) => self.members[i].push_until(ticket, value, deadline),
-            Err(e) => {
-                self.out.fail(ticket, e);
-                true
-            }
-        }
-    }
-    fn fail(&self, ticket: TicketRef, error: Error) {
-        self.out.fail(ticket, error);
-    }
-}
-
-impl Servlet for PySwitch {
-    type Input = PyValue;
-    type Output = PyValue;
-    fn start(
-        self: Box<Self>,
-        output: SinkRef<PyValue>,
-        ctx: &mut StartContext,
-    ) -> Result<Started<PyValue>, StartError> {
-        let PySwitch { obj, name, members } = *self;
-        if members.is_empty() {
-            return Err(StartError::Config("SwitchServlet has no members".into()));
-        }
-        let mut node = ServletNode::new("switch", name.clone());
-        let mut inputs = Vec::new();
-        for m in members {
-            let s = m.start(output.clone(), ctx)?;
-            inputs.push(s.input);
-            node = node.with_member(s.node);
-        }
-        Ok(Started {
-            input: Arc::new(SwitchSink {
-                obj,
-                name,
-                members: inputs,
-                out: output,
-            }),
-            node,
+/// The member the Python object's `switch(x)` picks for `x` (the seed's
+/// `SwitchServlet`). An exception in `switch` fails that item with that
+/// exception; an index with no member fails it as a route error.
+fn pick(obj: &Py<PyAny>, name: &str, members: usize, x: &PyValue) -> Result<usize, Error> {
+    let picked = Python::attach(|py| {
+        let r = (|| -> PyResult<isize> {
+            let x = x.to_py(py)?;
+            obj.bind(py).call_method1("switch", (x,))?.extract()
+        })();
+        r.map_err(|e| Error::Worker {
+            worker: WorkerId {
+                name: name.to_string(),
+                index: 0,
+                pid: None,
+            },
+            error: errors::worker_error(py, e, Carry::Object),
         })
-    }
+    })?;
+    // A negative index is no member either.
+    usize::try_from(picked).map_err(|_| Error::Route { picked: 0, members })
 }

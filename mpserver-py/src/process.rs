@@ -20,7 +20,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::flow::{PyServlet, affinity, seconds};
+use crate::spec::{PyServlet, affinity, seconds};
 use crate::worker::PyProcessWorker;
 
 /// How long a new worker interpreter may take to start and import the

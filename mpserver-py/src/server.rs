@@ -15,8 +15,9 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyIterator, PyTuple};
 
-use crate::errors;
+use crate::convert;
 use crate::flow::{self, FlowInfo};
+use crate::value::PyValue;
 
 impl Core {
     /// An item entering the flow (pickled now if it goes to a process first).
@@ -28,7 +29,6 @@ impl Core {
         })
     }
 }
-use crate::value::PyValue;
 
 type PyHandle = Handle<PyValue, PyValue>;
 
@@ -75,7 +75,7 @@ impl Core {
             return Err(PyValueError::new_err("capacity must be positive"));
         }
         let (servlet, info) = flow::build_flow(spec)?;
-        let main = flow::affinity(main_cpu)?;
+        let main = crate::spec::affinity(main_cpu)?;
         let grace = duration(shutdown_grace)?;
         let r = py.detach(|| {
             Server::builder(servlet)
@@ -90,7 +90,7 @@ impl Core {
                 server: Mutex::new(Some(server)),
                 info,
             }),
-            Err(e) => Err(errors::to_pyerr(py, &e)),
+            Err(e) => Err(convert::to_pyerr(py, &e)),
         }
     }
 
@@ -199,7 +199,7 @@ impl Core {
 fn finish(py: Python<'_>, r: Result<PyValue, Error>) -> PyResult<Py<PyAny>> {
     match r {
         Ok(v) => v.to_py(py).map(Bound::unbind),
-        Err(e) => Err(errors::to_pyerr(py, &e)),
+        Err(e) => Err(convert::to_pyerr(py, &e)),
     }
 }
 
@@ -281,10 +281,10 @@ impl Stream {
         };
         let y = match r {
             Ok(v) => v.to_py(py)?,
-            Err(e) if self.return_exceptions => errors::exception_value(py, &e)?,
+            Err(e) if self.return_exceptions => convert::exception_value(py, &e)?,
             Err(e) => {
                 *guard = None;
-                return Err(errors::to_pyerr(py, &e));
+                return Err(convert::to_pyerr(py, &e));
             }
         };
         match x {

@@ -12,13 +12,15 @@
 //! `__init__` says which form its `call` takes; the adapter bridges any
 //! difference (single items to `call([x])[0]`, or a batch item by item).
 
+use std::sync::Arc;
+
 use mpserver::{Worker, WorkerContext, WorkerError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PySequence};
+use pyo3::types::{PyBytes, PyDict, PyList, PySequence};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, Carry};
-use crate::value::{PyValue, pickle_dumps};
+use crate::value::{Pickle, PyValue};
 
 /// A live worker instance.
 struct Instance {
@@ -51,7 +53,7 @@ impl Instance {
     fn output(&self, y: Bound<'_, PyAny>) -> PyResult<PyValue> {
         match self.carry {
             Carry::Object => Ok(PyValue::from_obj(y)),
-            Carry::Pickle => Ok(PyValue::Pickled(std::sync::Arc::new(pickle_dumps(&y)?))),
+            Carry::Pickle => Ok(PyValue::Pickled(Arc::new(Pickle::dumps(&y)?))),
         }
     }
 
@@ -123,57 +125,39 @@ impl Instance {
     }
 }
 
-/// A Python worker class run in threads of the server process.
-#[derive(Clone)]
-pub struct PyThreadWorker {
-    cls: std::sync::Arc<Py<PyAny>>,
-    kwargs: std::sync::Arc<Py<PyDict>>,
-    inst: Option<std::sync::Arc<Instance>>,
-}
+/// A worker's instance once made in its thread or process (empty before
+/// `init` and after `cleanup`): the part of [`PyThreadWorker`] and
+/// [`PyProcessWorker`] that is the same.
+#[derive(Clone, Default)]
+struct Slot(Option<Arc<Instance>>);
 
-impl PyThreadWorker {
-    /// A worker of class `cls`, instantiated in its thread with `kwargs`.
-    pub fn new(cls: Bound<'_, PyAny>, kwargs: Bound<'_, PyDict>) -> Self {
-        PyThreadWorker {
-            cls: std::sync::Arc::new(cls.unbind()),
-            kwargs: std::sync::Arc::new(kwargs.unbind()),
-            inst: None,
-        }
-    }
-}
-
-impl Worker for PyThreadWorker {
-    type Input = PyValue;
-    type Output = PyValue;
-
-    fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
-        Python::attach(|py| {
-            let r = (|| {
-                let obj = errors::helpers(py)?.call_method1(
-                    "_make_worker",
-                    (self.cls.bind(py), self.kwargs.bind(py), ctx.worker_index()),
-                )?;
-                Instance::new(obj, Carry::Object)
-            })();
-            match r {
+impl Slot {
+    /// Makes the instance with `make` (under the GIL).
+    fn init(
+        &mut self,
+        carry: Carry,
+        make: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
+    ) -> Result<(), WorkerError> {
+        Python::attach(
+            |py| match make(py).and_then(|obj| Instance::new(obj, carry)) {
                 Ok(inst) => {
-                    self.inst = Some(std::sync::Arc::new(inst));
+                    self.0 = Some(Arc::new(inst));
                     Ok(())
                 }
-                Err(e) => Err(errors::worker_error(py, e, Carry::Object)),
-            }
-        })
+                Err(e) => Err(errors::worker_error(py, e, carry)),
+            },
+        )
     }
 
-    fn call(&mut self, x: PyValue) -> Result<PyValue, WorkerError> {
-        match &self.inst {
+    fn call(&self, x: PyValue) -> Result<PyValue, WorkerError> {
+        match &self.0 {
             Some(inst) => inst.call_one(x),
             None => Err(WorkerError::msg("worker not initialised")),
         }
     }
 
-    fn call_batch(&mut self, batch: Vec<PyValue>) -> Vec<Result<PyValue, WorkerError>> {
-        match &self.inst {
+    fn call_batch(&self, batch: Vec<PyValue>) -> Vec<Result<PyValue, WorkerError>> {
+        match &self.0 {
             Some(inst) => inst.call_many(batch),
             None => batch
                 .iter()
@@ -183,9 +167,55 @@ impl Worker for PyThreadWorker {
     }
 
     fn cleanup(&mut self) {
-        if let Some(inst) = self.inst.take() {
+        if let Some(inst) = self.0.take() {
             inst.cleanup();
         }
+    }
+}
+
+/// A Python worker class run in threads of the server process.
+#[derive(Clone)]
+pub struct PyThreadWorker {
+    cls: Arc<Py<PyAny>>,
+    kwargs: Arc<Py<PyDict>>,
+    inst: Slot,
+}
+
+impl PyThreadWorker {
+    /// A worker of class `cls`, instantiated in its thread with `kwargs`.
+    pub fn new(cls: Bound<'_, PyAny>, kwargs: Bound<'_, PyDict>) -> Self {
+        PyThreadWorker {
+            cls: Arc::new(cls.unbind()),
+            kwargs: Arc::new(kwargs.unbind()),
+            inst: Slot::default(),
+        }
+    }
+}
+
+impl Worker for PyThreadWorker {
+    type Input = PyValue;
+    type Output = PyValue;
+
+    fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
+        let (cls, kwargs) = (&self.cls, &self.kwargs);
+        self.inst.init(Carry::Object, |py| {
+            errors::helpers(py)?.call_method1(
+                "_make_worker",
+                (cls.bind(py), kwargs.bind(py), ctx.worker_index()),
+            )
+        })
+    }
+
+    fn call(&mut self, x: PyValue) -> Result<PyValue, WorkerError> {
+        self.inst.call(x)
+    }
+
+    fn call_batch(&mut self, batch: Vec<PyValue>) -> Vec<Result<PyValue, WorkerError>> {
+        self.inst.call_batch(batch)
+    }
+
+    fn cleanup(&mut self) {
+        self.inst.cleanup();
     }
 }
 
@@ -200,7 +230,7 @@ pub struct PyProcessWorker {
     /// `pickle.dumps((worker_cls, init_kwargs))`.
     payload: Vec<u8>,
     #[serde(skip)]
-    inst: Option<Instance>,
+    inst: Slot,
 }
 
 impl PyProcessWorker {
@@ -209,7 +239,7 @@ impl PyProcessWorker {
         PyProcessWorker {
             prep,
             payload,
-            inst: None,
+            inst: Slot::default(),
         }
     }
 }
@@ -219,48 +249,28 @@ impl Worker for PyProcessWorker {
     type Output = PyValue;
 
     fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
-        Python::attach(|py| {
-            let r = (|| {
-                let obj = errors::helpers(py)?.call_method1(
-                    "_load_worker",
-                    (
-                        pyo3::types::PyBytes::new(py, &self.prep),
-                        pyo3::types::PyBytes::new(py, &self.payload),
-                        ctx.worker_index(),
-                    ),
-                )?;
-                Instance::new(obj, Carry::Pickle)
-            })();
-            match r {
-                Ok(inst) => {
-                    self.inst = Some(inst);
-                    Ok(())
-                }
-                Err(e) => Err(errors::worker_error(py, e, Carry::Pickle)),
-            }
+        let (prep, payload) = (&self.prep, &self.payload);
+        self.inst.init(Carry::Pickle, |py| {
+            errors::helpers(py)?.call_method1(
+                "_load_worker",
+                (
+                    PyBytes::new(py, prep),
+                    PyBytes::new(py, payload),
+                    ctx.worker_index(),
+                ),
+            )
         })
     }
 
     fn call(&mut self, x: PyValue) -> Result<PyValue, WorkerError> {
-        match &self.inst {
-            Some(inst) => inst.call_one(x),
-            None => Err(WorkerError::msg("worker not initialised")),
-        }
+        self.inst.call(x)
     }
 
     fn call_batch(&mut self, batch: Vec<PyValue>) -> Vec<Result<PyValue, WorkerError>> {
-        match &self.inst {
-            Some(inst) => inst.call_many(batch),
-            None => batch
-                .iter()
-                .map(|_| Err(WorkerError::msg("worker not initialised")))
-                .collect(),
-        }
+        self.inst.call_batch(batch)
     }
 
     fn cleanup(&mut self) {
-        if let Some(inst) = self.inst.take() {
-            inst.cleanup();
-        }
+        self.inst.cleanup();
     }
 }

@@ -19,6 +19,7 @@ from workers import (
     ReturnsUnpicklable,
     Sign,
     Slow,
+    SlowFail,
     WithKwargs,
 )
 
@@ -285,6 +286,26 @@ def test_ensemble_without_fail_fast_keeps_errors_in_place(kind):
             s.call('bad')
         assert info.value.args[1]['n'] == 2
         assert all(isinstance(v, ValueError) for v in info.value.args[1]['y'])
+
+
+def test_ensemble_partial_values_survive_a_second_conversion():
+    # An inner fail-fast ensemble fails after its PassThrough answered; the
+    # outer ensemble (fail_fast=False) keeps that EnsembleError in its list,
+    # and the list goes on to two thread members, each converting it.
+    inner = EnsembleServlet(ThreadServlet(PassThrough), ThreadServlet(SlowFail))
+    outer = EnsembleServlet(inner, ThreadServlet(PassThrough), fail_fast=False)
+    flow = SequentialServlet(outer, EnsembleServlet(ThreadServlet(PassThrough), ThreadServlet(PassThrough)))
+    with Server(flow) as s:
+        y = s.call('x')
+    assert len(y) == 2
+    for copy in y:
+        err, passed = copy
+        assert passed == 'x'
+        assert isinstance(err, EnsembleError)
+        members = err.args[1]['y']
+        assert members[0] == 'x', members
+        assert isinstance(members[1], ValueError)
+        assert err.args[1]['n'] == 2
 
 
 @pytest.mark.parametrize('kind', KINDS)

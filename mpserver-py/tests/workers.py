@@ -1,5 +1,6 @@
 """Worker classes shared by the tests (importable by worker processes)."""
 
+import enum
 import os
 import time
 
@@ -35,6 +36,14 @@ class Slow(Worker):
     def call(self, x):
         time.sleep(self.delay)
         return x
+
+
+class SlowFail(Worker):
+    """Raises ``ValueError`` after a delay (so faster ensemble members finish first)."""
+
+    def call(self, x):
+        time.sleep(0.2)
+        raise ValueError(f'slow failure: {x!r}')
 
 
 class BatchInfo(Worker):
@@ -124,3 +133,40 @@ class OwnBatchInBody(Worker):
 
     def call(self, xs):
         return [(x, len(xs)) for x in xs]
+
+
+class Echo(Worker):
+    def call(self, x):
+        return x
+
+
+class Describe(Worker):
+    """Returns the type name and length of what it got, and the item itself."""
+
+    def call(self, x):
+        data = x.data if isinstance(x, Holder) else x
+        return (type(x).__name__, type(data).__name__, len(data), x)
+
+
+class Holder:
+    """An object whose data pickles as a ``PickleBuffer`` (out-of-band with
+    protocol 5), as numpy arrays do."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        if protocol >= 5:
+            return Holder, (pickle.PickleBuffer(self.data),)
+        return Holder, (self.data,)
+
+    def __eq__(self, other):
+        return isinstance(other, Holder) and bytes(other.data) == bytes(self.data)
+
+
+class IntEnumLike(enum.IntEnum):
+    """An int subclass: must keep its type across a process boundary."""
+
+    A = 1

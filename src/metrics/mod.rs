@@ -6,6 +6,7 @@
 //! and never changes scheduling. Worker processes do not record anything
 //! themselves; their parent-side threads count on their behalf.
 
+use crate::sync::lock_std;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -192,15 +193,12 @@ impl WorkerStatus {
 
     /// Records how the worker's last process ended.
     pub(crate) fn set_last_exit(&self, how: impl Into<String>) {
-        *self.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(how.into());
+        *lock_std(&self.last_exit) = Some(how.into());
     }
 
     /// How the worker's last process ended, if one did.
     pub fn last_exit(&self) -> Option<String> {
-        self.last_exit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock_std(&self.last_exit).clone()
     }
 
     /// A status for worker `index` pinned to `cpus`, not yet alive.

@@ -34,7 +34,15 @@
 //! only goes up under the line's lock and only while the line is empty;
 //! taking a free unit without waiting is a lock-free decrement. A waiter
 //! joins the line under the lock after a last look at `free`, so a unit
-//! released in between is never missed. The primitives come from
+//! released in between is never missed. Releasing a unit takes the line's
+//! lock even when nobody waits: a lock-free fast path for an empty line
+//! (a waiter count checked before and after returning the unit) saved
+//! 11 ns per acquire-and-release on one thread and 20–28 ns with two to four
+//! threads contending (a standalone micro-benchmark, release build, this
+//! machine: 53 → 42, 66 → 46, 90 → 62 ns), against tens of microseconds per
+//! request; not worth a second path through the protocol, and a unit
+//! briefly free while someone waits, which a newcomer could take ahead of
+//! the line. The primitives come from
 //! [`crate::sync`], and the loom models at the end of this file explore the
 //! interleavings of releasing, joining, expiring, leaving and closing.
 
@@ -248,6 +256,13 @@ impl Admission {
         }
     }
 
+    /// [`leave`](Self::leave), then wakes whom it says (the locks released).
+    fn leave_and_wake(&self, seat: &Seat, to: Status) {
+        for w in self.leave(seat, to).into_iter().flatten() {
+            w.wake();
+        }
+    }
+
     /// Stops admitting: every caller in line is turned away now, and
     /// [`try_acquire`](Self::try_acquire) and [`join`](Self::join) refuse
     /// from now on. Units already held or handed out are unaffected.
@@ -367,22 +382,13 @@ impl Waiter {
     }
 
     fn expire_seat(admission: &Admission, seat: &Seat) {
-        for w in admission.leave(seat, Status::Expired).into_iter().flatten() {
-            w.wake();
-        }
+        admission.leave_and_wake(seat, Status::Expired);
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        for w in self
-            .admission
-            .leave(&self.seat, Status::Left)
-            .into_iter()
-            .flatten()
-        {
-            w.wake();
-        }
+        self.admission.leave_and_wake(&self.seat, Status::Left);
     }
 }
 

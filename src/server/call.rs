@@ -35,10 +35,18 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
         req.set_enqueued(started.elapsed());
         let pending = Pending::new(rx, weak);
+        // Kept to settle a push that times out: the timer may end the
+        // request at its deadline while the push is still waiting for room.
+        let kept = Arc::clone(&req);
         match entry.push_call(req as TicketRef, x, deadline, push) {
             Pushed::Delivered => Ok((pending, None)),
             Pushed::Claimed(claim) => Ok((pending, Some(claim))),
-            Pushed::TimedOut => Err(self.enqueue_timeout(started, timeout)),
+            Pushed::TimedOut => {
+                // Counted once: here, unless the timer ended it first (and
+                // counted its timeout then).
+                let count = kept.end_unpushed();
+                Err(self.enqueue_timeout(started, timeout, count))
+            }
         }
     }
     /// Admits one request: room at once, or (back-pressure off) room
@@ -102,14 +110,16 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         e
     }
 
-    fn enqueue_timeout(&self, started: Instant, limit: Duration) -> Error {
+    fn enqueue_timeout(&self, started: Instant, limit: Duration, count: bool) -> Error {
         let e = Error::Timeout(TimeoutError {
             enqueue: started.elapsed(),
             total: started.elapsed(),
             limit,
             while_enqueuing: true,
         });
-        self.core.stats.error(&e);
+        if count {
+            self.core.stats.error(&e);
+        }
         e
     }
     /// Calls the flow on `x` with the server's default timeout, failing at
@@ -197,15 +207,21 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         permit: Permit,
         opts: CallOptions,
     ) -> Result<Pending<Out>, Error> {
+        self.submit_reserved_at(x, permit, opts, Instant::now())
+    }
+
+    /// [`submit_reserved`](Self::submit_reserved) of a request whose time
+    /// limit counts from `started`.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(super) fn submit_reserved_at(
+        &self,
+        x: In,
+        permit: Permit,
+        opts: CallOptions,
+        started: Instant,
+    ) -> Result<Pending<Out>, Error> {
         let entry = self.entry()?;
-        self.enqueue(
-            &entry,
-            x,
-            permit,
-            Instant::now(),
-            opts.timeout,
-            Push::Single,
-        )
-        .map(|(pending, _)| pending)
+        self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single)
+            .map(|(pending, _)| pending)
     }
 }

@@ -1,5 +1,6 @@
 //! One request's life: capacity permit, result slot, cancellation, deadline.
 
+use crate::sync::{get_mut_std, lock_std};
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
@@ -74,7 +75,7 @@ impl<Out: Send + 'static> Request<Out> {
 
     fn send(&self, r: Result<Out, Error>, release: bool) {
         let (tx, permit, wake) = {
-            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = lock_std(&self.slot);
             let permit = if release { slot.permit.take() } else { None };
             (slot.tx.take(), permit, slot.on_complete.take())
         };
@@ -91,7 +92,7 @@ impl<Out: Send + 'static> Request<Out> {
     /// Calls `f` once the request completed (at once if it has).
     pub(crate) fn on_complete(&self, f: Interrupt) {
         {
-            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = lock_std(&self.slot);
             if self.is_pending() {
                 slot.on_complete = Some(f);
                 return;
@@ -112,6 +113,16 @@ impl<Out: Send + 'static> Request<Out> {
         } else {
             false
         }
+    }
+
+    /// Ends the request whose push into the flow timed out (its caller gets
+    /// the error directly), unless something ended it first: its deadline
+    /// (the timer sent and counted a timeout) or a shutdown. True if this
+    /// call ended it, so that the caller counts the outcome exactly once.
+    pub(crate) fn end_unpushed(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Marks the request cancelled (the caller went away); workers skip it.
@@ -171,7 +182,7 @@ impl<Out: Send + 'static> Expire for Request<Out> {
         } else {
             // Timed out or cancelled earlier: its permit is still held.
             let permit = {
-                let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+                let mut slot = lock_std(&self.slot);
                 slot.permit.take()
             };
             drop(permit);
@@ -184,7 +195,7 @@ impl<Out> Drop for Request<Out> {
         // Dropped by the pipeline without an outcome: only a stopping server
         // does that. The caller learns it instead of waiting forever.
         if self.state.load(Ordering::Acquire) == PENDING {
-            let slot = self.slot.get_mut().unwrap_or_else(|p| p.into_inner());
+            let slot = get_mut_std(&mut self.slot);
             drop(slot.permit.take());
             let tx = slot.tx.take();
             let wake = slot.on_complete.take();

@@ -200,19 +200,30 @@ impl<In: Send + 'static, Out: Send + 'static> tower_service::Service<In> for Cal
         poll_running(&self.handle)
     }
 
-    /// Submits `x` with this service's options. With back-pressure off, the
-    /// future waits for room (without blocking the executor) up to the
-    /// timeout.
+    /// Submits `x` with this service's options. With back-pressure off and
+    /// the server full, the call takes its place in line now and the future
+    /// waits for room (without blocking the executor) up to the timeout,
+    /// counted from this call.
     fn call(&mut self, x: In) -> CallFuture<Out> {
         if self.opts.backpressure {
             return CallFuture::admitted(self.handle.submit(x, self.opts));
         }
-        let handle = self.handle.clone();
+        let started = Instant::now();
         let opts = self.opts;
-        CallFuture {
-            state: State::Waiting(Box::pin(
-                async move { handle.async_call_with(x, opts).await },
-            )),
+        let handle = &self.handle;
+        match handle.core.admission.try_acquire() {
+            Ok(permit) => CallFuture::admitted(handle.submit_reserved_at(x, permit, opts, started)),
+            Err(Refused::Full) => {
+                let room = handle.wait_for_room(started + opts.timeout);
+                let handle = handle.clone();
+                CallFuture {
+                    state: State::Waiting(Box::pin(async move {
+                        let permit = room.await.map_err(|m| handle.missed(m, started))?;
+                        handle.submit_reserved_at(x, permit, opts, started)?.await
+                    })),
+                }
+            }
+            Err(r) => CallFuture::admitted(Err(handle.refused(r))),
         }
     }
 }
@@ -409,6 +420,29 @@ mod tests {
             Service::call(&mut short, 200).await,
             Err(Error::Timeout(_))
         ));
+    }
+
+    /// Without back-pressure, as with it, the request is admitted (or takes
+    /// its place in line) when `call` is made, and its time limit counts
+    /// from then, not from the future's first poll.
+    #[tokio::test]
+    async fn service_with_waiting_admits_at_call_time() {
+        let server = Server::builder(slow_echo()).capacity(1).start().unwrap();
+        let waiting = |ms| {
+            server.service_with(CallOptions::timeout(Duration::from_millis(ms)).backpressure(false))
+        };
+        // Room free: the call is in the flow before its future is polled.
+        let first = Service::call(&mut waiting(5_000), 100);
+        assert_eq!(server.backlog(), 1, "admitted by `call`");
+        // Full: this one stands in line from `call`, for 200 ms. It is polled
+        // only after that (the 300 ms item has finished by then): its place
+        // lapsed while the server was full, so it fails.
+        let second = Service::call(&mut waiting(200), 2);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(first.await.unwrap(), 100);
+        let r = second.await;
+        assert!(matches!(r, Err(Error::BacklogFull(_))), "{r:?}");
+        assert_eq!(server.backlog(), 0);
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! Starting a flow (the builder), and shutting it down.
 
+use crate::sync::lock_std;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -162,17 +164,35 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
             shared: registry.clone(),
         };
         let completion: SinkRef<Out> = Arc::new(CompletionSink(PhantomData));
-        let abort = |abort_tx: Sender<()>, alive_rx: &Receiver<()>| {
-            abort_flag.store(true, Ordering::SeqCst);
-            drop(abort_tx);
-            registry.kill_all();
-            let _ = alive_rx.recv_timeout(Duration::from_secs(10));
+        // The timer thread starts before any worker does, so that failing to
+        // spawn it leaves nothing to clean up; from here on every failure
+        // goes through `abort`, which stops the workers and the timer.
+        let timer = Arc::new(Timer::new());
+        let timer_thread = {
+            let t = timer.clone();
+            let cpu = b.main_cpu.clone();
+            std::thread::Builder::new()
+                .name("mpserver-timer".into())
+                .spawn(move || {
+                    let _ = cpu.apply_to_current_thread();
+                    t.run()
+                })
+                .map_err(|e| StartError::Config(format!("cannot spawn timer thread: {e}")))?
         };
+        let abort =
+            |abort_tx: Sender<()>, alive_rx: &Receiver<()>, timer_thread: JoinHandle<()>| {
+                abort_flag.store(true, Ordering::SeqCst);
+                drop(abort_tx);
+                registry.kill_all();
+                let _ = alive_rx.recv_timeout(Duration::from_secs(10));
+                timer.stop();
+                let _ = timer_thread.join();
+            };
         let started = match Box::new(b.servlet).start(completion, &mut ctx) {
             Ok(s) => s,
             Err(e) => {
                 drop(ctx);
-                abort(abort_tx, &alive_rx);
+                abort(abort_tx, &alive_rx, timer_thread);
                 return Err(e.into());
             }
         };
@@ -205,20 +225,10 @@ impl<In: Send + 'static, Out: Send + 'static> Server<In, Out> {
         }
         if let Some(e) = failure {
             drop(started);
-            abort(abort_tx, &alive_rx);
+            abort(abort_tx, &alive_rx, timer_thread);
             tracing::warn!(error = %e, "server start failed");
             return Err(e.into());
         }
-        let timer = Arc::new(Timer::new());
-        let t = timer.clone();
-        let cpu = b.main_cpu.clone();
-        let timer_thread = std::thread::Builder::new()
-            .name("mpserver-timer".into())
-            .spawn(move || {
-                let _ = cpu.apply_to_current_thread();
-                t.run()
-            })
-            .map_err(|e| StartError::Config(format!("cannot spawn timer thread: {e}")))?;
         let core = Arc::new(Core {
             entry: RwLock::new(Some(started.input)),
             admission: Admission::new(b.capacity),
@@ -308,10 +318,7 @@ impl<In: Send + 'static, Out: Send + 'static> Core<In, Out> {
             Err(p) => p.into_inner().take(),
         };
         drop(entry);
-        let mut control = match self.control.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut control = lock_std(&self.control);
         let deadline = Instant::now() + grace;
         let drained = matches!(
             control.alive_rx.recv_deadline(deadline),

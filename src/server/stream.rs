@@ -150,6 +150,9 @@ where
                         return;
                     };
                     self.inflight.push_back(((self.keep)(&x), Err(e)));
+                    if self.stops_at_failure() {
+                        return;
+                    }
                     continue;
                 }
             };
@@ -162,8 +165,22 @@ where
                 .handle
                 .enqueue(&entry, x, permit, started, self.timeout, Push::Stream)
                 .map(|(p, _)| p);
+            let failed = r.is_err();
             self.inflight.push_back((kept, r));
+            if failed && self.stops_at_failure() {
+                return;
+            }
         }
+    }
+
+    /// After an item that failed as it was admitted: a stream that stops at
+    /// its first error ends there, so nothing more is admitted (it would only
+    /// be cancelled). True if so.
+    fn stops_at_failure(&mut self) -> bool {
+        if !self.return_exceptions {
+            self.input = None;
+        }
+        !self.return_exceptions
     }
 
     fn next(&mut self) -> Option<Finished<I::Item, Out>> {
@@ -433,8 +450,14 @@ where
                     .enqueue(&e, x, permit, started, self.timeout, Push::Stream)
                     .map(|(p, _)| p)
             });
-            // As the blocking stream: a shut-down server ends the input.
-            let shut = matches!(r, Err(Error::Shutdown));
+            // As the blocking stream: a shut-down server ends the input, and
+            // so does a failed item in a stream that stops at its first error
+            // (anything admitted behind it would only be cancelled).
+            let shut = match &r {
+                Err(Error::Shutdown) => true,
+                Err(_) => !self.return_exceptions,
+                Ok(_) => false,
+            };
             self.inflight.push_back((kept, r));
             if shut {
                 self.input = None;

@@ -9,9 +9,10 @@
 //! past twice its size after the last sweep, so memory stays proportional to
 //! the requests in flight.
 
+use crate::sync::lock_std;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 /// Something with a deadline.
@@ -79,7 +80,7 @@ impl Timer {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock_std(&self.state)
     }
 
     /// Registers `target` to expire at `at`.
@@ -118,7 +119,7 @@ impl Timer {
             let now = Instant::now();
             match s.heap.peek() {
                 None => {
-                    s = self.cv.wait(s).unwrap_or_else(|p| p.into_inner());
+                    s = self.cv.wait(s).unwrap_or_else(PoisonError::into_inner);
                 }
                 Some(e) if e.at <= now => {
                     let e = s.heap.pop();

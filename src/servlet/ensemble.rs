@@ -9,6 +9,7 @@
 //! `fail_fast=False`), errors sit in their slots and only an item on which
 //! every member failed is an error.
 
+use crate::sync::lock_std;
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -260,10 +261,7 @@ impl<Out: Send + 'static, M: Mode<Out>> MemberSink<Out, M> {
             tracing::error!("ensemble member delivered an item of another flow; dropped");
             return;
         };
-        let mut st = match slot.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut st = lock_std(&slot.state);
         if st.done {
             return;
         }

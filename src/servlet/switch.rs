@@ -8,7 +8,7 @@ use crate::metrics::ServletNode;
 use crate::servlet::plumbing::{Push, Pushed, Sink, SinkRef, StartContext, Started, TicketRef};
 use crate::servlet::{BoxServlet, Servlet};
 
-type Picker<In> = Arc<dyn Fn(&In) -> usize + Send + Sync>;
+type Picker<In> = Arc<dyn Fn(&In) -> Result<usize, Error> + Send + Sync>;
 
 /// Sends each item to exactly one member, chosen by a function of the item.
 /// Every member has the same input and output types. A pick outside the
@@ -27,16 +27,30 @@ type Picker<In> = Arc<dyn Fn(&In) -> usize + Send + Sync>;
 pub struct SwitchServlet<In, Out> {
     members: Vec<BoxServlet<In, Out>>,
     picker: Picker<In>,
+    name: String,
 }
 
 impl<In: Send + 'static, Out: Send + 'static> SwitchServlet<In, Out> {
     /// A switch that routes by `picker` (an index into the members, in the
     /// order they are added).
     pub fn new(picker: impl Fn(&In) -> usize + Send + Sync + 'static) -> Self {
+        Self::try_new(move |x| Ok(picker(x)))
+    }
+
+    /// A switch whose picker may fail an item: its error is the item's
+    /// error (e.g. a picker written in another language raising).
+    pub fn try_new(picker: impl Fn(&In) -> Result<usize, Error> + Send + Sync + 'static) -> Self {
         SwitchServlet {
             members: Vec::new(),
             picker: Arc::new(picker),
+            name: "switch".into(),
         }
+    }
+
+    /// Names the switch in `debug_info` (default `"switch"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Adds a member.
@@ -56,8 +70,9 @@ impl<In: Send + 'static, Out: Send + 'static> SwitchSink<In, Out> {
     fn pick(&self, value: &In) -> Result<usize, Error> {
         let n = self.members.len();
         match crate::worker::panic::catch(false, || (self.picker)(value)) {
-            Ok(i) if i < n => Ok(i),
-            Ok(i) => Err(Error::Route {
+            Ok(Ok(i)) if i < n => Ok(i),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(i)) => Err(Error::Route {
                 picked: i,
                 members: n,
             }),
@@ -111,7 +126,7 @@ impl<In: Send + 'static, Out: Send + 'static> Servlet for SwitchServlet<In, Out>
         if self.members.is_empty() {
             return Err(StartError::Config("SwitchServlet has no members".into()));
         }
-        let mut node = ServletNode::new("switch", "switch");
+        let mut node = ServletNode::new("switch", self.name);
         let mut members = Vec::new();
         for m in self.members {
             let s = m.start(output.clone(), ctx)?;

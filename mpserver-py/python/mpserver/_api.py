@@ -382,16 +382,21 @@ class ThreadServlet(Servlet):
         )
 
 
+def _members(kind: str, servlets) -> tuple:
+    """The members of a compound servlet, checked."""
+    if not servlets:
+        raise ValueError(f"{kind} needs at least one servlet")
+    for s in servlets:
+        if not isinstance(s, Servlet):
+            raise TypeError(f"expected a Servlet, got {s!r}")
+    return servlets
+
+
 class SequentialServlet(Servlet):
     """Servlets in order, each one's output the next one's input."""
 
     def __init__(self, *servlets: Servlet):
-        if not servlets:
-            raise ValueError("SequentialServlet needs at least one servlet")
-        for s in servlets:
-            if not isinstance(s, Servlet):
-                raise TypeError(f"expected a Servlet, got {s!r}")
-        self._servlets = servlets
+        self._servlets = _members('SequentialServlet', servlets)
 
     def _spec(self):
         return ('sequential', [s._spec() for s in self._servlets])
@@ -409,12 +414,7 @@ class EnsembleServlet(Servlet):
     """
 
     def __init__(self, *servlets: Servlet, fail_fast: bool = True):
-        if len(servlets) < 1:
-            raise ValueError("EnsembleServlet needs servlets")
-        for s in servlets:
-            if not isinstance(s, Servlet):
-                raise TypeError(f"expected a Servlet, got {s!r}")
-        self._servlets = servlets
+        self._servlets = _members('EnsembleServlet', servlets)
         self._fail_fast = bool(fail_fast)
 
     def _spec(self):
@@ -425,12 +425,7 @@ class SwitchServlet(Servlet):
     """Each item goes to the one member picked by :meth:`switch`."""
 
     def __init__(self, *servlets: Servlet):
-        if not servlets:
-            raise ValueError("SwitchServlet needs at least one servlet")
-        for s in servlets:
-            if not isinstance(s, Servlet):
-                raise TypeError(f"expected a Servlet, got {s!r}")
-        self._servlets = servlets
+        self._servlets = _members('SwitchServlet', servlets)
 
     @abstractmethod
     def switch(self, x) -> int:
@@ -646,16 +641,19 @@ class Server:
         window = asyncio.Queue(maxsize=self._capacity)
         end = object()
 
+        async def items():
+            if isinstance(data_stream, AsyncIterable):
+                async for x in data_stream:
+                    yield x
+            else:
+                for x in data_stream:
+                    yield x
+
         async def feed():
             try:
-                if isinstance(data_stream, AsyncIterable):
-                    async for x in data_stream:
-                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
-                        await window.put((x, fut))
-                else:
-                    for x in data_stream:
-                        fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
-                        await window.put((x, fut))
+                async for x in items():
+                    fut = asyncio.ensure_future(self.async_call(x, timeout=timeout, backpressure=False))
+                    await window.put((x, fut))
             except Exception as e:
                 await window.put((end, e))
             else:

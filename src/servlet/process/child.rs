@@ -7,6 +7,7 @@
 //! stream from the server means "finish what you have, clean up, exit"; if the
 //! server dies, the socket closes (or `PDEATHSIG` fires) and the process exits.
 
+use crate::sync::lock_std;
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -118,7 +119,7 @@ static RUNNING: Mutex<Running> = Mutex::new(Running::Nothing);
 /// serve loop pays nothing per item otherwise.
 fn running(now: impl FnOnce() -> Running) {
     if cfg!(panic = "abort") {
-        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = now();
+        *lock_std(&RUNNING) = now();
     }
 }
 
@@ -139,10 +140,7 @@ fn report_aborts(link: UnixStream, max_frame: usize, codec: Codec) {
         // process instead of being lost with this one.
         let _ = link.shutdown(std::net::Shutdown::Read);
         let mut w = &link;
-        let now = std::mem::replace(
-            &mut *RUNNING.lock().unwrap_or_else(|p| p.into_inner()),
-            Running::Nothing,
-        );
+        let now = std::mem::replace(&mut *lock_std(&RUNNING), Running::Nothing);
         match now {
             Running::Nothing => {}
             Running::Init => {

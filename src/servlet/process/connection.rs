@@ -14,6 +14,7 @@
 //! free ([`send_cancels`] with `wait = false`), leaving them to the
 //! supervisor's next scan otherwise. Callers only ever try the lock.
 
+use crate::sync::lock_std;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -39,7 +40,7 @@ pub(super) struct SendSide {
 pub(super) type Writer = Arc<Mutex<SendSide>>;
 
 pub(super) fn lock_side(w: &Writer) -> MutexGuard<'_, SendSide> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
+    lock_std(w)
 }
 
 /// A failed write, with how many bytes got out before it failed.

@@ -19,6 +19,7 @@
 //! cancelled request, an encoding failure, a worker found dead before
 //! anything was written) the item simply takes the queue.
 
+use crate::sync::lock_std;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Instant;
@@ -44,13 +45,13 @@ pub(super) struct Door {
 impl Door {
     /// Publishes a newly started process.
     pub(super) fn open(&self, port: Arc<Port>) {
-        *self.port.lock().unwrap_or_else(|p| p.into_inner()) = Some(port);
+        *lock_std(&self.port) = Some(port);
     }
 
     /// Withdraws the process. Once this returns, no hand-off to it is under
     /// way and none can start.
     pub(super) fn close(&self, writer: &Writer) {
-        self.port.lock().unwrap_or_else(|p| p.into_inner()).take();
+        lock_std(&self.port).take();
         lock_side(writer).direct = false;
     }
 

@@ -2,13 +2,13 @@
 //! reads its own result.
 //!
 //! Results come back on the worker's socket. Whoever reads a frame settles
-//! its entries in the ledger (credit goes back), decodes the values, and
-//! acts on the worker's other frames, with the same code for every reader
-//! ([`ReadSide::step`]). The results are then delivered (to the next stage
-//! or the waiting callers) *outside* the read lock, each under its own
-//! panic guard: the next stage's sink, a switch's picker, a user `Clone` or
-//! `Drop` never run under an internal lock, and a panic there fails only its
-//! item.
+//! its entries in the ledger (credit goes back) and acts on the worker's
+//! other frames, with the same code for every reader ([`ReadSide::step`]).
+//! The results are then decoded and delivered (to the next stage or the
+//! waiting callers) *outside* the read lock, each under its own panic
+//! guard: the user's `Deserialize`, the next stage's sink, a switch's
+//! picker, a user `Clone` or `Drop` never run under an internal lock, and a
+//! panic there fails only its item.
 //!
 //! Normally the worker's reader thread reads. But a caller that handed its
 //! single call straight to an idle worker (see `handoff.rs`) and is about to
@@ -22,6 +22,7 @@
 //! result, its deadline, the connection's end, or when its request completes
 //! by another route (its claim's interrupter, called by the request).
 
+use crate::sync::lock_std;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -61,6 +62,10 @@ type Ended = Option<String>;
 
 /// One settled item, to deliver outside the read lock.
 pub(super) enum Delivery<Out> {
+    /// A result as the worker sent it, decoded where it is delivered:
+    /// the user's `Deserialize` runs outside the read lock, on the thread
+    /// that delivers it (a caller decodes only its own result).
+    Encoded(TicketRef, Encoded<Out>),
     Value(TicketRef, Out),
     Failure(TicketRef, Error),
     /// Skipped by the worker: the ticket is only dropped (its request ended).
@@ -68,6 +73,31 @@ pub(super) enum Delivery<Out> {
     /// The worker process's `tracing` events (a LOG frame's body), re-emitted
     /// outside the read lock, on the reader thread (`worker_log.rs`).
     Log(Vec<u8>),
+}
+
+/// A result entry's status and bytes, and what decoding it needs.
+pub(super) struct Encoded<Out> {
+    status: u8,
+    bytes: Vec<u8>,
+    codec: Codec,
+    stats: Arc<ServletStats>,
+    /// `decode::<Out>`, taken where `Out: DeserializeOwned` is known.
+    decode: fn(&WorkerId, Codec, u8, &[u8]) -> Result<Out, Error>,
+}
+
+impl<Out> Encoded<Out> {
+    /// Decodes the result, counting it as a success or a failure. A
+    /// panicking `Deserialize` fails this item only (see [`decode`]).
+    fn decode(self, who: &WorkerId) -> Result<Out, Error> {
+        let r = (self.decode)(who, self.codec, self.status, &self.bytes);
+        let counter = if r.is_ok() {
+            &self.stats.items_ok
+        } else {
+            &self.stats.items_err
+        };
+        counter.fetch_add(1, Relaxed);
+        r
+    }
 }
 
 /// One settled item with its id, or a worker's log events (no id: they go
@@ -78,6 +108,10 @@ type Settled<Out> = (Option<u64>, Delivery<Out>);
 /// (the next stage, user `Clone`/`Drop`) fails that item only.
 pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d: Delivery<Out>) {
     match d {
+        Delivery::Encoded(ticket, e) => match e.decode(who) {
+            Ok(v) => deliver(out, who, Delivery::Value(ticket, v)),
+            Err(e) => deliver(out, who, Delivery::Failure(ticket, e)),
+        },
         Delivery::Value(ticket, v) => {
             let again = ticket.clone();
             if let Err(error) = panic::catch(false, || out.push(ticket, v)) {
@@ -145,16 +179,18 @@ impl ReadSide {
                         Delivery::Release(entry.ticket)
                     } else {
                         done += 1;
-                        match decode::<Out>(&self.id, self.codec, st, payload) {
-                            Ok(v) => {
-                                self.stats.items_ok.fetch_add(1, Relaxed);
-                                Delivery::Value(entry.ticket, v)
-                            }
-                            Err(e) => {
-                                self.stats.items_err.fetch_add(1, Relaxed);
-                                Delivery::Failure(entry.ticket, e)
-                            }
-                        }
+                        // Decoded where it is delivered, outside the read
+                        // lock (user `Deserialize`).
+                        Delivery::Encoded(
+                            entry.ticket,
+                            Encoded {
+                                status: st,
+                                bytes: payload.to_vec(),
+                                codec: self.codec,
+                                stats: self.stats.clone(),
+                                decode: decode::<Out>,
+                            },
+                        )
                     };
                     out.push((Some(id), d));
                 }
@@ -244,7 +280,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
     }
 
     fn lock_side(&self) -> MutexGuard<'_, ReadSide> {
-        self.side.lock().unwrap_or_else(|p| p.into_inner())
+        lock_std(&self.side)
     }
 
     fn has_ended(&self) -> bool {
@@ -263,8 +299,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Delivers what callers read for others.
     fn deliver_outbox(&self) {
-        let handed: Vec<Delivery<Out>> =
-            std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let handed: Vec<Delivery<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
         for d in handed {
             deliver(&self.out, &self.who, d);
         }
@@ -285,7 +320,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
                 let mut side = self.lock_side();
                 // Only a caller holding the read lock sets `ended`: it can
                 // have changed only while this thread was parked.
-                if let Some(end) = self.ended.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                if let Some(end) = lock_std(&self.ended).take() {
                     Next::End(end)
                 } else if self.idle(&side) && self.hand.park_if(|| self.ledger.held() == 0) {
                     Next::Park
@@ -377,10 +412,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             }
         }
         if !others.is_empty() {
-            self.outbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(others);
+            lock_std(&self.outbox).extend(others);
             let _ = self.wake.write(1);
         }
     }
@@ -396,6 +428,7 @@ impl<Out: DeserializeOwned + Send + 'static> Readers for Arc<ReadPort<Out>> {
             Box::new(CallerRead {
                 port: self.clone(),
                 id,
+                released: AtomicBool::new(false),
             }) as Claim
         })
     }
@@ -425,6 +458,17 @@ impl CallerWake {
 struct CallerRead<Out: DeserializeOwned + Send + 'static> {
     port: Arc<ReadPort<Out>>,
     id: u64,
+    /// The reading was given back (once the caller's reading ended, before
+    /// it delivers its own result; else when the claim is dropped).
+    released: AtomicBool,
+}
+
+impl<Out: DeserializeOwned + Send + 'static> CallerRead<Out> {
+    fn release_once(&self) {
+        if !self.released.swap(true, SeqCst) {
+            self.port.release();
+        }
+    }
 }
 
 impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
@@ -435,6 +479,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
 
     fn read_until(&self, deadline: Instant, done: &dyn Fn() -> bool) {
         let port = &*self.port;
+        if self.released.load(SeqCst) {
+            // Read once already: the reading is no longer this caller's.
+            return;
+        }
         let mut batch = Vec::new();
         let mut mine = None;
         {
@@ -463,12 +511,15 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                 let end = side.step(&mut batch);
                 port.sort(&mut batch, self.id, &mut mine);
                 if let Some(end) = end {
-                    *port.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+                    *lock_std(&port.ended) = Some(end);
                     break;
                 }
             }
         }
-        // Its own result, delivered outside the read lock.
+        // Its own result, delivered (and decoded: user `Deserialize`)
+        // outside the read lock, and after giving the reading back, so that
+        // other callers' results are read meanwhile.
+        self.release_once();
         if let Some(d) = mine {
             deliver(&port.out, &port.who, d);
         }
@@ -522,7 +573,7 @@ fn wait_readable<Out>(port: &ReadPort<Out>, deadline: Instant, done: &dyn Fn() -
 
 impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
     fn drop(&mut self) {
-        self.port.release();
+        self.release_once();
     }
 }
 

@@ -1,6 +1,7 @@
 //! Settings and counters shared by the supervisors (and the input sink) of
 //! one process servlet.
 
+use crate::sync::lock_std;
 use std::marker::PhantomData;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -62,7 +63,7 @@ pub(crate) struct Live {
 
 impl<W: Worker> Shared<W> {
     fn live(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        lock_std(&self.live)
     }
 
     /// A worker process is up.
