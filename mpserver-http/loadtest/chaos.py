@@ -188,6 +188,12 @@ def stage_down(node):
     return any(stage_down(m) for m in node.get("members") or [])
 
 
+def sum_restarts(node):
+    """Restarts of every worker under `node`, per /debug."""
+    n = sum(w.get("restarts", 0) for w in node.get("workers") or [])
+    return n + sum(sum_restarts(m) for m in node.get("members") or [])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "seed_http"))
@@ -244,6 +250,12 @@ def main():
         t.join(a.deadline_ms / 1000 + 15)
     t_end = time.monotonic()
     seen.update(children(server.pid))
+    # How many worker restarts the server itself counted (a kill of a
+    # process already dying or still starting may lose nothing).
+    try:
+        restarts = sum_restarts(json.loads(run.get("/debug")[1])["servlets"])
+    except Exception as e:  # the server is the thing under test
+        restarts = "unknown (%s)" % type(e).__name__
     server.send_signal(signal.SIGTERM)
     try:
         code = server.wait(60)
@@ -292,7 +304,7 @@ def main():
     print("# chaos run: seed_http, %d clients, kill every %.2f s for %.0f s, deadline %d ms"
           % (a.clients, a.kill_every, a.chaos, a.deadline_ms))
     print("extra flags:", " ".join(a.extra) or "(none)")
-    print("requests:", len(res), " kills:", len(run.kills))
+    print("requests:", len(res), " kills:", len(run.kills), " worker restarts (per /debug):", restarts)
     print("status counts:", json.dumps(dict(sorted(statuses.items()))))
     print("non-200 by kind:", json.dumps(dict(sorted(kinds.items(), key=lambda kv: -kv[1]))))
     print("wrong answers:", wrong)

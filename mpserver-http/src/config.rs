@@ -217,29 +217,113 @@ pub struct ConfigError {
     pub expected: &'static str,
 }
 
-/// The environment variables [`HttpConfig::from_env`] reads, each with the
-/// setting it sets. Durations are whole milliseconds, sizes whole bytes.
-pub const ENV_VARS: [(&str, &str); 16] = [
-    ("MPSERVER_HTTP_MAX_TIMEOUT_MS", "max_timeout"),
-    ("MPSERVER_HTTP_DEFAULT_TIMEOUT_MS", "default_timeout"),
-    ("MPSERVER_HTTP_GRACE_MS", "shutdown_grace"),
-    ("MPSERVER_HTTP_DRAIN_DELAY_MS", "drain_delay"),
-    ("MPSERVER_HTTP_CLOSE_TIMEOUT_MS", "close_timeout"),
-    ("MPSERVER_HTTP_MAX_BODY_BYTES", "max_body_bytes"),
-    ("MPSERVER_HTTP_MAX_DISCARD_BYTES", "max_discard_bytes"),
-    ("MPSERVER_HTTP_MAX_LINE_BYTES", "max_line_bytes"),
-    ("MPSERVER_HTTP_RETRY_AFTER_MS", "retry_after"),
-    ("MPSERVER_HTTP_MIN_LIVE_WORKERS", "min_live_workers"),
+/// How a variable's value is read, and the setting it sets.
+#[derive(Clone, Copy)]
+enum Set {
+    /// Whole milliseconds.
+    Ms(fn(&mut HttpConfig, Duration)),
+    /// A whole number (bytes, a count).
+    Size(fn(&mut HttpConfig, usize)),
+    /// `true`/`1` or `false`/`0`.
+    Flag(fn(&mut HttpConfig, bool)),
+}
+
+/// Every variable: its name, the setting's name, how it sets it. Both
+/// [`ENV_VARS`] and [`HttpConfig::with_vars`] are this table.
+const VARS: [(&str, &str, Set); 16] = [
+    (
+        "MPSERVER_HTTP_MAX_TIMEOUT_MS",
+        "max_timeout",
+        Set::Ms(|c, t| c.max_timeout = t),
+    ),
+    (
+        "MPSERVER_HTTP_DEFAULT_TIMEOUT_MS",
+        "default_timeout",
+        Set::Ms(|c, t| c.default_timeout = Some(t)),
+    ),
+    (
+        "MPSERVER_HTTP_GRACE_MS",
+        "shutdown_grace",
+        Set::Ms(|c, t| c.shutdown_grace = t),
+    ),
+    (
+        "MPSERVER_HTTP_DRAIN_DELAY_MS",
+        "drain_delay",
+        Set::Ms(|c, t| c.drain_delay = t),
+    ),
+    (
+        "MPSERVER_HTTP_CLOSE_TIMEOUT_MS",
+        "close_timeout",
+        Set::Ms(|c, t| c.close_timeout = t),
+    ),
+    (
+        "MPSERVER_HTTP_MAX_BODY_BYTES",
+        "max_body_bytes",
+        Set::Size(|c, n| c.max_body_bytes = n),
+    ),
+    (
+        "MPSERVER_HTTP_MAX_DISCARD_BYTES",
+        "max_discard_bytes",
+        Set::Size(|c, n| c.max_discard_bytes = n),
+    ),
+    (
+        "MPSERVER_HTTP_MAX_LINE_BYTES",
+        "max_line_bytes",
+        Set::Size(|c, n| c.max_line_bytes = n.max(1)),
+    ),
+    (
+        "MPSERVER_HTTP_RETRY_AFTER_MS",
+        "retry_after",
+        Set::Ms(|c, t| c.retry_after = t),
+    ),
+    (
+        "MPSERVER_HTTP_MIN_LIVE_WORKERS",
+        "min_live_workers",
+        Set::Size(|c, n| c.min_live_workers = n),
+    ),
     (
         "MPSERVER_HTTP_HEADER_READ_TIMEOUT_MS",
         "header_read_timeout",
+        Set::Ms(|c, t| c.header_read_timeout = t),
     ),
-    ("MPSERVER_HTTP_BODY_READ_TIMEOUT_MS", "body_read_timeout"),
-    ("MPSERVER_HTTP_IDLE_TIMEOUT_MS", "idle_timeout"),
-    ("MPSERVER_HTTP_WRITE_TIMEOUT_MS", "write_timeout"),
-    ("MPSERVER_HTTP_MAX_CONNECTIONS", "max_connections"),
-    ("MPSERVER_HTTP_HANDLE_SIGNALS", "handle_signals"),
+    (
+        "MPSERVER_HTTP_BODY_READ_TIMEOUT_MS",
+        "body_read_timeout",
+        Set::Ms(|c, t| c.body_read_timeout = t),
+    ),
+    (
+        "MPSERVER_HTTP_IDLE_TIMEOUT_MS",
+        "idle_timeout",
+        Set::Ms(|c, t| c.idle_timeout = t),
+    ),
+    (
+        "MPSERVER_HTTP_WRITE_TIMEOUT_MS",
+        "write_timeout",
+        Set::Ms(|c, t| c.write_timeout = t),
+    ),
+    (
+        "MPSERVER_HTTP_MAX_CONNECTIONS",
+        "max_connections",
+        Set::Size(|c, n| c.max_connections = n),
+    ),
+    (
+        "MPSERVER_HTTP_HANDLE_SIGNALS",
+        "handle_signals",
+        Set::Flag(|c, on| c.handle_signals = on),
+    ),
 ];
+
+/// The environment variables [`HttpConfig::from_env`] reads, each with the
+/// setting it sets. Durations are whole milliseconds, sizes whole bytes.
+pub const ENV_VARS: [(&str, &str); 16] = {
+    let mut out = [("", ""); 16];
+    let mut i = 0;
+    while i < VARS.len() {
+        out[i] = (VARS[i].0, VARS[i].1);
+        i += 1;
+    }
+    out
+};
 
 impl HttpConfig {
     /// The defaults, overridden by the `MPSERVER_HTTP_*` environment
@@ -272,77 +356,83 @@ impl HttpConfig {
         mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let num = |var: &str| -> Result<Option<u64>, ConfigError> {
-            match lookup(var) {
-                None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError {
-                    var: var.to_string(),
-                    value: v,
-                    expected: "a whole number",
-                }),
-            }
-        };
-        let ms = |var: &str| num(var).map(|n| n.map(Duration::from_millis));
-        let size =
-            |var: &str| num(var).map(|n| n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)));
-        if let Some(t) = ms("MPSERVER_HTTP_MAX_TIMEOUT_MS")? {
-            self.max_timeout = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_DEFAULT_TIMEOUT_MS")? {
-            self.default_timeout = Some(t);
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_GRACE_MS")? {
-            self.shutdown_grace = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_DRAIN_DELAY_MS")? {
-            self.drain_delay = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_CLOSE_TIMEOUT_MS")? {
-            self.close_timeout = t;
-        }
-        if let Some(n) = size("MPSERVER_HTTP_MAX_BODY_BYTES")? {
-            self.max_body_bytes = n;
-        }
-        if let Some(n) = size("MPSERVER_HTTP_MAX_DISCARD_BYTES")? {
-            self.max_discard_bytes = n;
-        }
-        if let Some(n) = size("MPSERVER_HTTP_MAX_LINE_BYTES")? {
-            self = self.max_line_bytes(n);
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_RETRY_AFTER_MS")? {
-            self.retry_after = t;
-        }
-        if let Some(n) = size("MPSERVER_HTTP_MIN_LIVE_WORKERS")? {
-            self.min_live_workers = n;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_HEADER_READ_TIMEOUT_MS")? {
-            self.header_read_timeout = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_BODY_READ_TIMEOUT_MS")? {
-            self.body_read_timeout = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_IDLE_TIMEOUT_MS")? {
-            self.idle_timeout = t;
-        }
-        if let Some(t) = ms("MPSERVER_HTTP_WRITE_TIMEOUT_MS")? {
-            self.write_timeout = t;
-        }
-        if let Some(n) = size("MPSERVER_HTTP_MAX_CONNECTIONS")? {
-            self.max_connections = n;
-        }
-        if let Some(v) = lookup("MPSERVER_HTTP_HANDLE_SIGNALS") {
-            self.handle_signals = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => {
-                    return Err(ConfigError {
-                        var: "MPSERVER_HTTP_HANDLE_SIGNALS".into(),
-                        value: v,
-                        expected: "true or false",
-                    });
-                }
+        for (var, _, set) in VARS {
+            let Some(value) = lookup(var) else {
+                continue;
             };
+            let bad = |expected| ConfigError {
+                var: var.to_string(),
+                value: value.clone(),
+                expected,
+            };
+            let whole = || -> Result<u64, ConfigError> {
+                value.trim().parse().map_err(|_| bad("a whole number"))
+            };
+            match set {
+                Set::Ms(f) => f(&mut self, Duration::from_millis(whole()?)),
+                Set::Size(f) => f(&mut self, usize::try_from(whole()?).unwrap_or(usize::MAX)),
+                Set::Flag(f) => match value.trim() {
+                    "true" | "1" => f(&mut self, true),
+                    "false" | "0" => f(&mut self, false),
+                    _ => return Err(bad("true or false")),
+                },
+            }
         }
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each variable of the table sets its own setting, and `ENV_VARS`
+    /// lists exactly the table's variables.
+    #[test]
+    fn every_variable_sets_its_setting() {
+        let c = HttpConfig::default()
+            .with_vars(|k| {
+                let v = if k == "MPSERVER_HTTP_HANDLE_SIGNALS" {
+                    "false"
+                } else {
+                    "7"
+                };
+                Some(v.to_string())
+            })
+            .unwrap();
+        let ms = Duration::from_millis(7);
+        assert_eq!(
+            [
+                c.max_timeout,
+                c.default_timeout.unwrap(),
+                c.shutdown_grace,
+                c.drain_delay,
+                c.close_timeout,
+                c.retry_after,
+                c.header_read_timeout,
+                c.body_read_timeout,
+                c.idle_timeout,
+                c.write_timeout,
+            ],
+            [ms; 10]
+        );
+        assert_eq!(
+            [
+                c.max_body_bytes,
+                c.max_discard_bytes,
+                c.max_line_bytes,
+                c.min_live_workers,
+                c.max_connections,
+            ],
+            [7; 5]
+        );
+        assert!(!c.handle_signals);
+        let names: Vec<_> = VARS.iter().map(|(v, s, _)| (*v, *s)).collect();
+        assert_eq!(names, ENV_VARS.to_vec());
+        // A bad flag names its variable.
+        let e = HttpConfig::default()
+            .with_vars(|k| (k == "MPSERVER_HTTP_HANDLE_SIGNALS").then(|| "maybe".into()))
+            .unwrap_err();
+        assert_eq!(e.expected, "true or false");
     }
 }

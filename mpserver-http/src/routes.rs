@@ -66,19 +66,11 @@ where
     let x: In = parse_json(&body).map_err(|e| e.into_api_error("the body"))?;
     let retry = app.config.retry_after_secs();
     // Through the flow's `tower::Service`: ready unless shutting down.
+    let limit = timeout.unwrap_or_else(|| handle.default_timeout());
+    let mut svc = handle.service_with(CallOptions::timeout(limit));
     let call = async {
-        match timeout {
-            Some(t) => {
-                let mut svc = handle.service_with(CallOptions::timeout(t));
-                poll_fn(|cx| svc.poll_ready(cx)).await?;
-                Service::call(&mut svc, x).await
-            }
-            None => {
-                let mut svc = handle;
-                poll_fn(|cx| svc.poll_ready(cx)).await?;
-                Service::call(&mut svc, x).await
-            }
-        }
+        poll_fn(|cx| svc.poll_ready(cx)).await?;
+        Service::call(&mut svc, x).await
     };
     let result = tokio::select! {
         // Biased: a result that is already there wins over the stop signal.

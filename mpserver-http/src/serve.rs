@@ -2,6 +2,7 @@
 //! gracefully on a signal.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -133,8 +134,6 @@ where
             _ = shutdown => {}
         }
     };
-    tokio::pin!(stop);
-
     let app = AppState::starting(config.clone());
     let router = crate::routes::build(app.clone());
     let (close_tx, close_rx) = watch::channel(false);
@@ -146,11 +145,29 @@ where
         app.metrics.clone(),
         close_rx,
     );
-    let mut http = Some(tokio::spawn(http));
     tracing::info!(%addr, "listening");
+    run(app, http, close_tx, flow.into(), config, stop).await
+}
 
+/// The life of a served flow once its HTTP server (`http`, ended by
+/// `close_tx`) exists: start the flow, serve until `stop` or until the HTTP
+/// server ends by itself, then shut down.
+async fn run<In, Out>(
+    app: Arc<AppState<In, Out>>,
+    http: impl Future<Output = std::io::Result<()>> + Send + 'static,
+    close_tx: watch::Sender<bool>,
+    flow: Flow<In, Out>,
+    config: HttpConfig,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    In: DeserializeOwned + Send + 'static,
+    Out: Serialize + Send + 'static,
+{
+    tokio::pin!(stop);
+    let mut http = Some(tokio::spawn(http));
     let mut http_failure = None;
-    let mut started = start(flow.into())?;
+    let mut started = start(flow)?;
     let first = tokio::select! {
         r = &mut started => Some(r),
         _ = &mut stop => None,
@@ -209,9 +226,11 @@ where
     };
 
     // Readiness 503 first, still taking work while load balancers notice;
-    // then intake stops and the flow drains.
+    // then intake stops and the flow drains. Without an HTTP server nobody
+    // can reach us: no delay.
     app.begin_leaving();
-    if !config.drain_delay.is_zero() && app.phase() == app::Phase::Leaving {
+    if http_failure.is_none() && !config.drain_delay.is_zero() && app.phase() == app::Phase::Leaving
+    {
         tracing::info!(
             delay_ms = config.drain_delay.as_millis() as u64,
             "readiness 503; still taking work for the drain delay"
@@ -307,6 +326,43 @@ impl Signals {
                 }
             }
             None => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpserver::{ThreadServlet, worker_fn};
+
+    /// When the HTTP server ends by itself (a listener error), `serve`
+    /// returns its error promptly: the drain delay is for load balancers,
+    /// and none can reach a server without a listener.
+    #[tokio::test]
+    async fn a_failed_http_server_ends_serving_without_the_drain_delay() {
+        let config = HttpConfig::default()
+            .drain_delay(Duration::from_secs(30))
+            .handle_signals(false);
+        let app = AppState::starting(config.clone());
+        let (close_tx, _close_rx) = watch::channel(false);
+        let http = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err(std::io::Error::other("the listener failed"))
+        };
+        let flow = Server::builder(ThreadServlet::new(worker_fn(|x: u32| x + 1)));
+        let served = run(
+            app,
+            http,
+            close_tx,
+            flow.into(),
+            config,
+            std::future::pending(),
+        );
+        let r = tokio::time::timeout(Duration::from_secs(10), served).await;
+        match r {
+            Ok(Err(ServeError::Io(e))) => assert!(e.to_string().contains("listener"), "{e}"),
+            Ok(other) => panic!("expected the HTTP server's error, got {other:?}"),
+            Err(_) => panic!("serve did not end within 10 s (drain delay 30 s)"),
         }
     }
 }

@@ -21,10 +21,11 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// Appends the encoding of `value` to `out`.
-    pub fn encode_into<T: Serialize + ?Sized>(
+    /// Appends the encoding of `value` to `out` (a `Vec<u8>`, or the
+    /// payload writer of a frame, which may put it in shared memory).
+    pub fn encode_into<T: Serialize + ?Sized, W: std::io::Write>(
         self,
-        out: &mut Vec<u8>,
+        out: &mut W,
         value: &T,
     ) -> Result<(), String> {
         match self {

@@ -8,16 +8,25 @@
 //!
 //! ```text
 //! frame   := len:u32 kind:u8 body
-//! ITEMS   := batched:u8 count:u32 { id:u64 len:u32 bytes }*
-//! RESULTS := count:u32 { id:u64 status:u8 len:u32 bytes }*   status: 0 ok, 1 worker error, 2 codec error, 3 skipped
+//! ITEMS   := batched:u8 count:u32 { id:u64 payload }*
+//! RESULTS := count:u32 { id:u64 status:u8 payload }*   status: 0 ok, 1 worker error, 2 codec error, 3 skipped
 //! CANCEL  := count:u32 { id:u64 }*
+//! payload := len:u32 bytes                      (len < u32::MAX)
+//!          | 0xFFFF_FFFF slot:u32 tag:u32 gen:u32 len:u32   (the value is in shared memory)
 //! ```
+//!
+//! A payload in shared memory ([`super::shm`]) is a [`SlotRef`]: the value
+//! sits in a slot of the connection's region. The sentinel cannot be a real
+//! length (a frame's own length is a `u32` that counts more than the payload).
 //!
 //! Decoding never panics and never trusts a length: a truncated, oversized or
 //! malformed frame is an [`FrameError`], after which the server treats the
 //! worker as crashed.
 
 use std::io;
+use std::sync::Arc;
+
+use super::shm::{Lease, PayloadWriter, Placed, SlotPool, SlotRef, Spill};
 
 /// Frame kinds.
 pub mod kind {
@@ -61,6 +70,9 @@ pub const STATUS_CODEC_ERROR: u8 = 2;
 /// Result status byte: the worker skipped the item (cancelled before it
 /// began); empty payload.
 pub const STATUS_SKIPPED: u8 = 3;
+
+/// Payload length announcing a shared-memory descriptor instead of bytes.
+pub const IN_SHARED_MEMORY: u32 = u32::MAX;
 
 /// Default largest frame accepted (256 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 256 << 20;
@@ -187,6 +199,48 @@ impl FrameBuf {
         }
     }
 
+    /// Appends a payload produced by `write`: in the frame, or, once it
+    /// passes `threshold` bytes and `spill` has a slot, in shared memory
+    /// (the frame then holds its descriptor, which is returned). If `write`
+    /// fails, the buffer is restored.
+    pub fn put_value<E>(
+        &mut self,
+        threshold: usize,
+        spill: Spill<'_>,
+        write: impl FnOnce(&mut PayloadWriter<'_>) -> Result<(), E>,
+    ) -> Result<Option<SlotRef>, E> {
+        let at = self.reserve_u32();
+        let placed = {
+            let mut w = PayloadWriter::new(&mut self.buf, threshold, spill);
+            write(&mut w).map(|()| w.finish())
+        };
+        match placed {
+            Ok(Placed::Inline) => {
+                let len = (self.buf.len() - at - 4) as u32;
+                self.patch_u32(at, len);
+                Ok(None)
+            }
+            Ok(Placed::Lent(d)) => {
+                self.patch_u32(at, IN_SHARED_MEMORY);
+                self.put_bytes(&d.to_bytes());
+                Ok(Some(d))
+            }
+            Ok(Placed::Leased(lease, n)) => {
+                // A pool's slot is bound to an item by `ItemFrames`, not
+                // here: the value goes back into the frame.
+                let bytes = lease.data(n).to_vec();
+                self.put_bytes(&bytes);
+                let len = (self.buf.len() - at - 4) as u32;
+                self.patch_u32(at, len);
+                Ok(None)
+            }
+            Err(e) => {
+                self.buf.truncate(at);
+                Err(e)
+            }
+        }
+    }
+
     /// Rolls the buffer back to `len` bytes.
     pub fn truncate(&mut self, len: usize) {
         self.buf.truncate(len);
@@ -211,6 +265,11 @@ pub struct ItemFrames {
     count: u32,
     /// Where each item's id, and its payload, sit in `buf`.
     entries: Vec<(usize, usize, usize)>,
+    /// Shared memory for large payloads, if the connection has it.
+    shm: Option<Arc<SlotPool>>,
+    /// For each entry in a slot: the slot (until bound to the item's id)
+    /// and the descriptor.
+    slots: Vec<Option<(Option<Lease>, SlotRef)>>,
 }
 
 impl ItemFrames {
@@ -231,6 +290,15 @@ impl ItemFrames {
         self.open = None;
         self.count = 0;
         self.entries.clear();
+        self.slots.clear();
+        self.shm = None;
+    }
+
+    /// Payloads larger than the pool's threshold go into its slots (from
+    /// the next [`ItemFrames::push`] until the next reset); `None`: all in
+    /// the frame.
+    pub fn use_shm(&mut self, pool: Option<&Arc<SlotPool>>) {
+        self.shm = pool.cloned();
     }
 
     fn seal(&mut self) {
@@ -241,11 +309,14 @@ impl ItemFrames {
         }
     }
 
-    /// Appends an item whose payload `write` appends; returns the size of
-    /// its entry. A failed `write` leaves the frames as they were.
+    /// Appends an item whose payload `write` writes; returns the size of
+    /// its entry in the frame. A failed `write` leaves the frames as they
+    /// were. With shared memory ([`ItemFrames::use_shm`]), a payload that
+    /// passes the threshold is written into a slot, and the entry is a
+    /// descriptor.
     pub fn push<E>(
         &mut self,
-        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        write: impl FnOnce(&mut PayloadWriter<'_>) -> Result<(), E>,
     ) -> Result<usize, E> {
         if !self.batched
             && self.count > 0
@@ -263,9 +334,37 @@ impl ItemFrames {
         }
         let mark = self.buf.len();
         self.buf.put_u64(0);
-        match self.buf.put_payload(write) {
-            Ok(()) => {
+        let at = self.buf.reserve_u32();
+        let placed = {
+            let (threshold, spill) = match &self.shm {
+                Some(pool) => (pool.threshold(), Spill::Pool(pool)),
+                None => (usize::MAX, Spill::None),
+            };
+            let mut w = PayloadWriter::new(&mut self.buf.buf, threshold, spill);
+            write(&mut w).map(|()| w.finish())
+        };
+        match placed {
+            Ok(placed) => {
+                let slot = match placed {
+                    Placed::Inline => {
+                        let len = (self.buf.len() - at - 4) as u32;
+                        self.buf.patch_u32(at, len);
+                        None
+                    }
+                    Placed::Leased(lease, n) => {
+                        let d = lease.slot_ref(n);
+                        self.buf.patch_u32(at, IN_SHARED_MEMORY);
+                        self.buf.put_bytes(&d.to_bytes());
+                        Some((Some(lease), d))
+                    }
+                    Placed::Lent(d) => {
+                        self.buf.patch_u32(at, IN_SHARED_MEMORY);
+                        self.buf.put_bytes(&d.to_bytes());
+                        Some((None, d))
+                    }
+                };
                 self.entries.push((mark, mark + 12, self.buf.len()));
+                self.slots.push(slot);
                 self.count += 1;
                 Ok(self.buf.len() - mark)
             }
@@ -281,6 +380,14 @@ impl ItemFrames {
         }
     }
 
+    /// Size of item `i`'s value (in the frame or in shared memory).
+    pub fn value_len(&self, i: usize) -> usize {
+        match self.slots.get(i) {
+            Some(Some((_, d))) => d.len as usize,
+            _ => self.payload(i).len(),
+        }
+    }
+
     /// Appends an item whose payload is already encoded.
     pub fn push_raw(&mut self, payload: &[u8]) -> usize {
         self.push(|v| {
@@ -293,6 +400,7 @@ impl ItemFrames {
     /// Removes the item appended last (say, one found too large).
     pub fn pop(&mut self) {
         if let Some((mark, _, _)) = self.entries.pop() {
+            self.slots.pop();
             self.buf.truncate(mark);
             self.count -= 1;
             if self.count == 0
@@ -320,16 +428,48 @@ impl ItemFrames {
         self.open.map_or(0, |(start, _)| self.buf.len() - start)
     }
 
-    /// The encoded payload of item `i` (kept to resend it elsewhere).
+    /// The encoded value of item `i` (kept to resend it elsewhere): its
+    /// bytes also when it is in shared memory (read from its slot, which
+    /// the worker does not touch before the frame is sent).
     pub fn payload(&self, i: usize) -> &[u8] {
         let (_, from, to) = self.entries[i];
+        if let (Some(Some((_, d))), Some(pool)) = (self.slots.get(i), &self.shm)
+            && let Ok(b) = pool.region().view(*d)
+        {
+            return b;
+        }
         &self.buf.as_bytes()[from..to]
     }
 
-    /// Gives item `i` the id `id`.
+    /// Gives item `i` the id `id`; a slot it has goes with the id (freed
+    /// when the server reads the item's answer, `SlotPool::release`).
     pub fn set_id(&mut self, i: usize, id: u64) {
         let at = self.entries[i].0;
         self.buf.buf[at..at + 8].copy_from_slice(&id.to_le_bytes());
+        if let Some(Some((lease, _))) = self.slots.get_mut(i)
+            && let Some(lease) = lease.take()
+            && let Some(pool) = &self.shm
+        {
+            pool.bind(id, lease);
+        }
+    }
+
+    /// The finished frames with every value in the frame (values in shared
+    /// memory copied back in): to send to another process.
+    pub fn inline_bytes(&mut self) -> Vec<u8> {
+        self.seal();
+        if self.slots.iter().all(Option::is_none) {
+            return self.buf.as_bytes().to_vec();
+        }
+        let mut out = ItemFrames::new(self.batched, self.split_above);
+        for i in 0..self.entries.len() {
+            let (mark, _, _) = self.entries[i];
+            let id = &self.buf.as_bytes()[mark..mark + 8];
+            let id = u64::from_le_bytes(id.try_into().unwrap_or([0; 8]));
+            out.push_raw(self.payload(i));
+            out.set_id(i, id);
+        }
+        out.bytes().to_vec()
     }
 
     /// Gives the items the ids `first`, `first + 1`, ... in order.
@@ -429,10 +569,57 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// A value in a frame: its bytes, or where it is in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// The encoded value.
+    Inline(&'a [u8]),
+    /// The value is in a slot of the connection's shared-memory region.
+    Shared(SlotRef),
+}
+
+impl<'a> Payload<'a> {
+    /// The value's length.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Inline(b) => b.len(),
+            Payload::Shared(d) => d.len as usize,
+        }
+    }
+
+    /// True for an empty value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, when in the frame.
+    pub fn inline(&self) -> Option<&'a [u8]> {
+        match self {
+            Payload::Inline(b) => Some(b),
+            Payload::Shared(_) => None,
+        }
+    }
+}
+
+impl<'a> Cursor<'a> {
+    /// Reads a payload: length-prefixed bytes or a shared-memory descriptor.
+    pub fn value(&mut self) -> Result<Payload<'a>, FrameError> {
+        let n = self.u32()?;
+        if n == IN_SHARED_MEMORY {
+            let b = self.bytes(SlotRef::WIRE)?;
+            let mut d = [0u8; 16];
+            d.copy_from_slice(b);
+            Ok(Payload::Shared(SlotRef::from_bytes(&d)))
+        } else {
+            Ok(Payload::Inline(self.bytes(n as usize)?))
+        }
+    }
+}
+
 /// `(id, payload)` entries of an ITEMS frame.
-pub type Items<'a> = Vec<(u64, &'a [u8])>;
+pub type Items<'a> = Vec<(u64, Payload<'a>)>;
 /// `(id, status, payload)` entries of a RESULTS frame.
-pub type ResultEntries<'a> = Vec<(u64, u8, &'a [u8])>;
+pub type ResultEntries<'a> = Vec<(u64, u8, Payload<'a>)>;
 
 /// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
 pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
@@ -446,7 +633,8 @@ pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         let id = c.u64()?;
-        items.push((id, c.payload()?));
+        let p = c.value()?;
+        items.push((id, p));
     }
     c.finish()?;
     Ok((batched, items))
@@ -463,7 +651,8 @@ pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {
         if status > STATUS_SKIPPED {
             return Err(FrameError::Malformed("bad result status"));
         }
-        out.push((id, status, c.payload()?));
+        let p = c.value()?;
+        out.push((id, status, p));
     }
     c.finish()?;
     Ok(out)

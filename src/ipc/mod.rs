@@ -8,5 +8,6 @@
 pub mod codec;
 pub mod frame;
 pub mod reader;
+pub mod shm;
 
 pub use codec::Codec;

@@ -149,7 +149,7 @@ impl<R: Read> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::frame::{DEFAULT_MAX_FRAME, FrameBuf, ItemFrames, kind, parse_items};
+    use crate::ipc::frame::{DEFAULT_MAX_FRAME, FrameBuf, ItemFrames, Payload, kind, parse_items};
 
     #[test]
     fn socket_reader_looks_without_waiting_and_knows_when_it_drained() {
@@ -212,7 +212,11 @@ mod tests {
             let (batched, items) = parse_items(body).unwrap();
             assert!(!batched);
             assert!(body.len() <= 40 + 33, "split: {}", body.len());
-            seen.extend(items.into_iter().map(|(id, p)| (id, p[0])));
+            seen.extend(
+                items
+                    .into_iter()
+                    .map(|(id, p)| (id, p.inline().unwrap()[0])),
+            );
         }
         assert_eq!(
             seen,
@@ -230,7 +234,11 @@ mod tests {
         assert!(batched);
         assert_eq!(
             items,
-            vec![(1, &b"ab"[..]), (7, &b""[..]), (9, &b"xyz"[..])]
+            vec![
+                (1, Payload::Inline(&b"ab"[..])),
+                (7, Payload::Inline(&b""[..])),
+                (9, Payload::Inline(&b"xyz"[..]))
+            ]
         );
         assert!(r.read_frame().unwrap().is_none());
     }

@@ -178,6 +178,8 @@ pub struct WorkerStatus {
     pub(crate) backoff_until_unix_ms: AtomicU64,
     /// How its last process ended (e.g. "killed by signal 9 (SIGKILL)").
     pub(crate) last_exit: std::sync::Mutex<Option<String>>,
+    /// Shared-memory slots its process's items hold now (process workers).
+    pub(crate) shm_slots_in_use: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl WorkerStatus {
@@ -213,6 +215,7 @@ impl WorkerStatus {
             items: AtomicU64::new(0),
             backoff_until_unix_ms: AtomicU64::new(0),
             last_exit: std::sync::Mutex::new(None),
+            shm_slots_in_use: Arc::default(),
         })
     }
 
@@ -249,6 +252,7 @@ impl WorkerStatus {
                 t => Some(t),
             },
             last_exit: self.last_exit(),
+            shm_slots_in_use: self.shm_slots_in_use.load(Relaxed),
         }
     }
 }
@@ -390,6 +394,10 @@ pub struct WorkerSnapshot {
     /// How its last process ended, if one did.
     #[serde(default)]
     pub last_exit: Option<String>,
+    /// Shared-memory slots (large values) its process's items hold now;
+    /// 0 for thread workers.
+    #[serde(default)]
+    pub shm_slots_in_use: usize,
 }
 
 impl std::fmt::Debug for ServletNode {

@@ -56,6 +56,10 @@ pub struct Chaos {
     /// Fail every item at once (with a worker error), before logging it;
     /// except `Gate` items, which succeed at once (without waiting).
     pub fail: bool,
+    /// While this file exists, `init` appends a line `init` to it and
+    /// aborts the process (a worker that dies in start-up).
+    #[serde(default)]
+    pub init_abort_if: Option<PathBuf>,
     #[serde(skip)]
     pub leaked: Vec<Vec<u8>>,
 }
@@ -98,6 +102,12 @@ impl Worker for Chaos {
     fn init(&mut self, _: &WorkerContext) -> Result<(), WorkerError> {
         if let Some(m) = &self.init_panic {
             panic!("{m}");
+        }
+        if let Some(p) = &self.init_abort_if
+            && let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(p)
+        {
+            let _ = writeln!(f, "init");
+            std::process::abort();
         }
         Ok(())
     }

@@ -13,7 +13,9 @@
 //! flags win): the front's own settings through
 //! [`HttpConfig::with_vars`](mpserver_http::HttpConfig::with_vars) (the
 //! variables of `HttpConfig::from_env`), the flow's through clap. The
-//! process workers' restart policy is `--restart-*`. Logs go through
+//! process workers' restart policy is `--restart-*`; `--retry-crashed`
+//! (on: the seed's workers are pure, so running an item twice is harmless)
+//! sends an item whose worker died once more to a free worker. Logs go through
 //! `tracing-subscriber`, set up here only: the library never installs a
 //! subscriber. `--flow echo` serves a trivial thread flow instead, to
 //! measure the HTTP front's own cost. The bound address is printed on stdout
@@ -194,6 +196,26 @@ fn command() -> Command {
                 .help("Process workers: restart a worker that had served at once (back-off only for start-up deaths)."),
         )
         .arg(num(
+            "restart-stable-after-ms",
+            "MPSERVER_HTTP_RESTART_STABLE_AFTER_MS",
+            "1000",
+            "Process workers: a process up this long counts as having served (restarted at once, not counted as a crash loop).",
+        ))
+        .arg(
+            Arg::new("retry-crashed")
+                .long("retry-crashed")
+                .env("MPSERVER_HTTP_RETRY_CRASHED")
+                .default_value("true")
+                .value_parser(value_parser!(bool))
+                .help("Process workers: send an item whose worker died again, once, to a free worker (at-least-once: the seed's workers are pure, so on by default)."),
+        )
+        .arg(num(
+            "poison-threshold",
+            "MPSERVER_HTTP_POISON_THRESHOLD",
+            "2",
+            "Process workers, with --retry-crashed: crashes an item may be in before it fails as poison (2: retried once).",
+        ))
+        .arg(num(
             "wait-for-worker-ms",
             "MPSERVER_HTTP_WAIT_FOR_WORKER_MS",
             "1000",
@@ -232,7 +254,9 @@ fn restart_policy(m: &ArgMatches) -> RestartPolicy {
             .get_one::<bool>("restart-served-at-once")
             .copied()
             .unwrap_or(true),
-        ..RestartPolicy::default()
+        stable_after: ms(m, "restart-stable-after-ms"),
+        retry_crashed: m.get_one::<bool>("retry-crashed").copied().unwrap_or(true),
+        poison_threshold: u32::try_from(count(m, "poison-threshold")).unwrap_or(u32::MAX),
     }
 }
 
@@ -337,5 +361,32 @@ fn main() -> ExitCode {
             eprintln!("seed_http: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variable of the front's configuration (but the signal switch,
+    /// which a binary that handles its signals has no use for) has its flag,
+    /// named after it: the flag list cannot drift from the library's table.
+    #[test]
+    fn every_front_variable_has_its_flag() {
+        let want: Vec<(String, &str)> = mpserver_http::ENV_VARS
+            .iter()
+            .filter(|(var, _)| *var != "MPSERVER_HTTP_HANDLE_SIGNALS")
+            .map(|(var, _)| {
+                let flag = var["MPSERVER_HTTP_".len()..]
+                    .to_lowercase()
+                    .replace('_', "-");
+                (flag, *var)
+            })
+            .collect();
+        let have: Vec<(String, &str)> = HTTP_FLAGS
+            .iter()
+            .map(|(flag, var, _)| (flag.to_string(), *var))
+            .collect();
+        assert_eq!(have, want);
     }
 }

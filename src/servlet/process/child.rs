@@ -12,7 +12,7 @@ use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -27,8 +27,9 @@ use super::worker_log;
 use crate::affinity::CpuAffinity;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
-use crate::ipc::frame::{self, FrameBuf, kind};
+use crate::ipc::frame::{self, FrameBuf, Payload, kind};
 use crate::ipc::reader::FrameReader;
+use crate::ipc::shm::{self, Region, ShmConfig, ShmError};
 use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
 
 /// What the server tells a worker process about itself.
@@ -42,6 +43,9 @@ pub(crate) struct ChildConfig {
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) worker: Vec<u8>,
+    /// The shape of the shared-memory region whose descriptor came with
+    /// this frame, if the servlet uses one.
+    pub(crate) shm: Option<ShmConfig>,
 }
 
 enum Unit<In> {
@@ -172,6 +176,11 @@ fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Largest CONFIG frame accepted (the worker value travels in it).
+fn config_limit() -> usize {
+    frame::DEFAULT_MAX_FRAME
+}
+
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
@@ -194,9 +203,24 @@ where
         log_level,
         ..
     } = boot;
-    let config: ChildConfig = match reader.read_frame()? {
-        Some((kind::CONFIG, body)) => postcard::from_bytes(body)?,
-        _ => return Err("expected a CONFIG frame".into()),
+    // CONFIG comes with the shared-memory region's descriptor, if any: it
+    // is read with `recvmsg`, straight from the socket (the server sends
+    // nothing between HELLO and CONFIG, so nothing is buffered).
+    let (config, shm_fd): (ChildConfig, _) = if reader.buffered() == 0 {
+        match shm::recv_frame_with_fd(reader.get_ref(), config_limit())? {
+            Some((kind::CONFIG, body, fd)) => (postcard::from_bytes(&body)?, fd),
+            _ => return Err("expected a CONFIG frame".into()),
+        }
+    } else {
+        match reader.read_frame()? {
+            Some((kind::CONFIG, body)) => (postcard::from_bytes(body)?, None),
+            _ => return Err("expected a CONFIG frame".into()),
+        }
+    };
+    let region = match (config.shm, shm_fd) {
+        (Some(c), Some(fd)) => Some(Arc::new(Region::open(fd, c.slots, c.slot_size)?)),
+        (Some(_), None) => return Err("shared memory announced, no region received".into()),
+        (None, _) => None,
     };
     // Items may be as large as the servlet allows, not the default.
     reader.set_max(config.max_frame);
@@ -242,6 +266,9 @@ where
     let mut max_seen: Option<u64> = None;
     let mut results = Results::new(config.max_frame, config.codec);
     results.logs = logs;
+    if let (Some(region), Some(c)) = (&region, config.shm) {
+        results.shm = Some((region.clone(), c.threshold));
+    }
     let mut eof = false;
     let mut done: u64 = 0;
     let mut retire = RetireCheck::default();
@@ -272,7 +299,23 @@ where
                     if let Some(top) = items.iter().map(|(id, _)| *id).max() {
                         max_seen = Some(max_seen.map_or(top, |m| m.max(top)));
                     }
-                    let decoded = items.into_iter().map(|(id, b)| (id, decode(b)));
+                    // A value in shared memory is decoded from its slot,
+                    // which the item keeps for its result.
+                    let lent = &mut results.lent;
+                    let decoded = items.into_iter().map(|(id, p)| {
+                        let x = match p {
+                            Payload::Inline(b) => decode(b),
+                            Payload::Shared(d) => match region.as_deref().map(|r| r.view(d)) {
+                                Some(Ok(b)) => {
+                                    lent.insert(id, d);
+                                    decode(b)
+                                }
+                                Some(Err(e)) => Err(e.to_string()),
+                                None => Err(ShmError::NoRegion.to_string()),
+                            },
+                        };
+                        (id, x)
+                    });
                     if batched {
                         queue.push_back(Unit::Batch(decoded.collect()));
                     } else {

@@ -131,4 +131,6 @@ pub(super) struct Port {
     pub(super) writer: Writer,
     pub(super) ledger: Arc<Ledger>,
     pub(super) read: Arc<dyn Readers>,
+    /// Shared memory for large values, if the process has it.
+    pub(super) shm: Option<Arc<crate::ipc::shm::SlotPool>>,
 }

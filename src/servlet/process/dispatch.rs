@@ -202,6 +202,7 @@ where
         }
         let half = shared.max_frame / 2;
         self.frames.reset(policy.batched(), half);
+        self.frames.use_shm(port.shm.as_ref());
         let mut tickets = Vec::with_capacity(items.len());
         let mut failed: Vec<(TicketRef, String)> = Vec::new();
         let codec = shared.codec;
@@ -258,7 +259,9 @@ where
                 hold_and_write(port, side, base + n as u64, entries, 0, self.frames.bytes());
             self.predict(held, sent, n, &model);
             if let Err(e) = written {
-                let frames = self.frames.bytes().to_vec();
+                // For another process: values in this one's shared memory
+                // go back into the frames.
+                let frames = self.frames.inline_bytes();
                 let ids: Vec<u64> = (base..base + n as u64).collect();
                 outcome = Err(write_failed(port, e, frames, &ids, unsent));
             }
@@ -305,6 +308,7 @@ where
             return Ok(());
         };
         self.frames.reset(self.shared.policy.batched(), usize::MAX);
+        self.frames.use_shm(port.shm.as_ref());
         self.frames.push_raw(bytes);
         let side = lock_side(&port.writer);
         let id = side.next_id;

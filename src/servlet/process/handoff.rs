@@ -127,6 +127,7 @@ where
     ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
         let codec = self.shared.codec;
         let mut frames = ItemFrames::new(false, usize::MAX);
+        frames.use_shm(port.shm.as_ref());
         // A failure here (including a panicking `Serialize`) is the
         // supervisor's to report, with its usual error: give the item back.
         let encoded = frames.push(|v| {

@@ -4,6 +4,7 @@
 //! thread). The worker's side of the CONFIG exchange is at the top of
 //! `child.rs` (`serve`).
 
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use crate::affinity::CpuAffinity;
 use crate::error::{StartError, WorkerId};
 use crate::ipc::frame::{FrameBuf, kind};
 use crate::ipc::reader::FrameReader;
+use crate::ipc::shm::{self, SlotPool};
 use crate::metrics::WorkerStatus;
 use crate::servlet::plumbing::ChildRegistry;
 use crate::servlet::plumbing::SinkRef;
@@ -71,7 +73,25 @@ where
     let (mut child, sock) = spawn::spawn(&shared.spawn, &target, &who, &shared.registry)
         .map_err(|e| spawn_err(e.to_string()))?;
     let pid = child.id();
+    // The process's shared memory, if the servlet uses it: a region made
+    // for this process alone, dropped with its connection.
+    let shm = match shared.shm {
+        Some(s) => match SlotPool::counted(
+            s.slots,
+            s.slot_size,
+            s.threshold,
+            Some(status.shm_slots_in_use.clone()),
+        ) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                spawn::discard(&mut child, &shared.registry);
+                return Err(spawn_err(format!("shared memory: {e}")));
+            }
+        },
+        None => None,
+    };
     let config = ChildConfig {
+        shm: shm.as_ref().map(|p| p.config()),
         index,
         name: shared.name.clone(),
         cpus: cpus.clone(),
@@ -85,6 +105,7 @@ where
         &mut child,
         &sock,
         &config,
+        shm.as_ref().map(|p| p.region().fd()),
         &shared.registry,
         shared.max_frame,
         worker_id,
@@ -113,16 +134,23 @@ where
         id: worker_id(Some(pid)),
         codec: shared.codec,
         events: ev_tx.clone(),
+        shm: shm.clone(),
     };
     let read = match ReadPort::<W::Output>::new(side, out.clone()) {
         Ok(r) => r,
         Err(e) => return Err(fail(&mut child, e.to_string())),
     };
     let thread_read = read.clone();
+    let thread_shm = shm.clone();
     let handle = std::thread::Builder::new()
         .name(format!("{}#{}-reader", shared.name, index))
         .spawn(move || {
             let end = thread_read.run_thread();
+            // The connection ended: its region is never used again (a
+            // restarted process gets a new one), so its slots are free.
+            if let Some(pool) = thread_shm {
+                pool.close();
+            }
             let _ = ev_tx.send(Event::Dead(end));
         });
     let handle = match handle {
@@ -137,6 +165,7 @@ where
             writer,
             ledger,
             read: Arc::new(read),
+            shm,
         }),
         events: ev_rx,
         reader: Some(handle),
@@ -149,6 +178,7 @@ pub(super) fn configure(
     child: &mut Child,
     sock: &UnixStream,
     config: &ChildConfig,
+    shm_fd: Option<BorrowedFd<'_>>,
     registry: &ChildRegistry,
     max_frame: usize,
     who: impl Fn(Option<u32>) -> WorkerId,
@@ -168,8 +198,13 @@ pub(super) fn configure(
     };
     let mut frame_bytes = FrameBuf::new();
     frame_bytes.frame(kind::CONFIG, &body);
-    if let Err(e) = send_all(sock, frame_bytes.as_bytes()) {
-        return Err(fail(child, spawn_err(format!("handshake: {}", e.error))));
+    // The region's descriptor goes with the CONFIG frame (`SCM_RIGHTS`).
+    let sent = match shm_fd {
+        Some(fd) => shm::send_with_fd(sock, frame_bytes.as_bytes(), fd),
+        None => send_all(sock, frame_bytes.as_bytes()).map_err(|e| e.error),
+    };
+    if let Err(e) = sent {
+        return Err(fail(child, spawn_err(format!("handshake: {e}"))));
     }
     let read_half = match sock.try_clone() {
         Ok(r) => r,

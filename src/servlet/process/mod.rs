@@ -39,6 +39,7 @@ pub(crate) mod spawn;
 mod supervisor;
 mod worker_log;
 
+pub use crate::ipc::shm::ShmSettings;
 pub(crate) use crate::servlet::plumbing::ChildRegistry;
 pub use boot::BootError;
 pub(crate) use boot::bootstrap_if_worker;
@@ -90,6 +91,7 @@ pub struct ProcessServlet<W> {
     max_inflight: Option<usize>,
     max_frame: usize,
     codec: Codec,
+    shm: Option<ShmSettings>,
     recycle_after_items: Option<u64>,
     recycle_above_rss: Option<u64>,
     shutdown_grace: Duration,
@@ -112,6 +114,7 @@ where
             max_inflight: None,
             max_frame: DEFAULT_MAX_FRAME,
             codec: Codec::Postcard,
+            shm: Some(ShmSettings::default()),
             recycle_after_items: None,
             recycle_above_rss: None,
             shutdown_grace: Duration::from_secs(10),
@@ -151,6 +154,30 @@ where
     /// `serde_json::Value`).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// Values (inputs and outputs) whose encoding passes `bytes` cross
+    /// to and from the worker process through shared memory instead of its
+    /// socket (default 64 KiB).
+    ///
+    /// Each worker process gets a region of slots (default 8 slots of
+    /// 4 MiB, see [`ProcessServlet::shared_memory`]); a large input is
+    /// encoded straight into a free slot, the worker decodes it from there
+    /// and writes a large result back into the same slot. Values larger
+    /// than a slot, values sent while every slot is taken, and large
+    /// results of small inputs go by the socket as before, so the slots
+    /// never make anyone wait.
+    pub fn shm_threshold(mut self, bytes: usize) -> Self {
+        self.shm.get_or_insert_with(ShmSettings::default).threshold = bytes;
+        self
+    }
+
+    /// Shared memory for large values with these settings, or off
+    /// (`None`: every value goes by the socket). See
+    /// [`ProcessServlet::shm_threshold`].
+    pub fn shared_memory(mut self, settings: Option<ShmSettings>) -> Self {
+        self.shm = settings;
         self
     }
 
@@ -231,6 +258,7 @@ where
             max_inflight,
             max_frame: this.max_frame,
             codec: this.codec,
+            shm: this.shm,
             recycle_after_items: this.recycle_after_items,
             recycle_above_rss: this.recycle_above_rss,
             shutdown_grace: this.shutdown_grace,
@@ -245,6 +273,7 @@ where
             registry: ctx.shared.clone(),
             spill_tx,
             spill_rx,
+            retry: shared::Retry::default(),
             _worker: std::marker::PhantomData,
         });
         let mut doors = Vec::new();

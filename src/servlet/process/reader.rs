@@ -41,8 +41,9 @@ use super::handover::{Handover, Woken};
 use super::ledger::Ledger;
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
-use crate::ipc::frame::{self, kind};
+use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
+use crate::ipc::shm::{ShmError, SlotPool, SlotRef};
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
@@ -75,10 +76,42 @@ pub(super) enum Delivery<Out> {
     Log(Vec<u8>),
 }
 
+/// A result's bytes: copied out of the read buffer, or in the item's
+/// shared-memory slot.
+enum Held {
+    Owned(Vec<u8>),
+    Slot(SlotHold),
+}
+
+/// A result in its item's slot; the slot is released when this drops
+/// (after the result is decoded, or with an undelivered result).
+struct SlotHold {
+    pool: Arc<SlotPool>,
+    id: u64,
+    d: SlotRef,
+}
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        self.pool.release(self.id);
+    }
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Owned(v) => v,
+            // Checked when read (`result_bytes`); the slot stays bound to
+            // the item, at the same generation, while this lives.
+            Held::Slot(h) => h.pool.region().view(h.d).unwrap_or(&[]),
+        }
+    }
+}
+
 /// A result entry's status and bytes, and what decoding it needs.
 pub(super) struct Encoded<Out> {
     status: u8,
-    bytes: Vec<u8>,
+    bytes: Held,
     codec: Codec,
     stats: Arc<ServletStats>,
     /// `decode::<Out>`, taken where `Out: DeserializeOwned` is known.
@@ -89,7 +122,7 @@ impl<Out> Encoded<Out> {
     /// Decodes the result, counting it as a success or a failure. A
     /// panicking `Deserialize` fails this item only (see [`decode`]).
     fn decode(self, who: &WorkerId) -> Result<Out, Error> {
-        let r = (self.decode)(who, self.codec, self.status, &self.bytes);
+        let r = (self.decode)(who, self.codec, self.status, self.bytes.bytes());
         let counter = if r.is_ok() {
             &self.stats.items_ok
         } else {
@@ -145,6 +178,35 @@ pub(super) struct ReadSide {
     pub(super) id: WorkerId,
     pub(super) codec: Codec,
     pub(super) events: Sender<Event>,
+    /// The connection's shared memory (large values), if it has some.
+    pub(super) shm: Option<Arc<SlotPool>>,
+}
+
+/// The bytes of a result: in the frame, or in the slot its item holds
+/// (checked: the descriptor must name that slot, at its generation).
+fn result_bytes<'a>(
+    shm: Option<&'a SlotPool>,
+    id: u64,
+    payload: Payload<'a>,
+) -> Result<&'a [u8], ShmError> {
+    match payload {
+        Payload::Inline(b) => Ok(b),
+        Payload::Shared(d) => {
+            let pool = shm.ok_or(ShmError::NoRegion)?;
+            match pool.bound(id) {
+                Some(held) if (held.slot, held.tag, held.gen_) == (d.slot, d.tag, d.gen_) => {
+                    pool.region().view(d)
+                }
+                held => Err(ShmError::Stale {
+                    slot: d.slot,
+                    tag: d.tag,
+                    gen_: d.gen_,
+                    held_tag: held.map_or(0, |h| h.tag),
+                    held_gen: held.map_or(0, |h| h.gen_),
+                }),
+            }
+        }
+    }
 }
 
 impl ReadSide {
@@ -172,26 +234,68 @@ impl ReadSide {
                     let _ = self.events.send(Event::Credit);
                 }
                 let mut done = 0u64;
+                let shm = self.shm.as_deref();
                 for (entry, (id, st, payload)) in taken.into_iter().zip(parsed) {
-                    let Some(entry) = entry else { continue };
+                    let Some(entry) = entry else {
+                        if let Some(pool) = shm {
+                            pool.release(id);
+                        }
+                        continue;
+                    };
                     let d = if st == frame::STATUS_SKIPPED {
                         self.stats.skipped.fetch_add(1, Relaxed);
                         Delivery::Release(entry.ticket)
                     } else {
                         done += 1;
                         // Decoded where it is delivered, outside the read
-                        // lock (user `Deserialize`).
-                        Delivery::Encoded(
-                            entry.ticket,
-                            Encoded {
-                                status: st,
-                                bytes: payload.to_vec(),
-                                codec: self.codec,
-                                stats: self.stats.clone(),
-                                decode: decode::<Out>,
+                        // lock (user `Deserialize`): bytes in the frame are
+                        // copied out of the read buffer; a value in shared
+                        // memory stays in its slot, which the item keeps
+                        // until then.
+                        let held = match payload {
+                            Payload::Inline(b) => Ok(Held::Owned(b.to_vec())),
+                            Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
+                            {
+                                (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
+                                    pool: pool.clone(),
+                                    id,
+                                    d,
+                                })),
+                                (Err(e), _) => Err(e),
+                                (Ok(_), None) => Err(ShmError::NoRegion),
                             },
-                        )
+                        };
+                        match held {
+                            Ok(bytes) => Delivery::Encoded(
+                                entry.ticket,
+                                Encoded {
+                                    status: st,
+                                    bytes,
+                                    codec: self.codec,
+                                    stats: self.stats.clone(),
+                                    decode: decode::<Out>,
+                                },
+                            ),
+                            Err(e) => {
+                                self.stats.items_err.fetch_add(1, Relaxed);
+                                Delivery::Failure(
+                                    entry.ticket,
+                                    Error::Codec(CodecError {
+                                        worker: self.id.clone(),
+                                        direction: CodecDirection::DecodeOutput,
+                                        message: e.to_string(),
+                                    }),
+                                )
+                            }
+                        }
                     };
+                    // The item's slot is free for another, unless its
+                    // result is still in it (then it goes when decoded).
+                    if let Some(pool) = shm
+                        && !matches!(&d, Delivery::Encoded(_, e) if matches!(e.bytes, Held::Slot(_)))
+                    {
+                        pool.release(id);
+                    }
                     out.push((Some(id), d));
                 }
                 self.status.items.fetch_add(done, Relaxed);
@@ -616,5 +720,46 @@ fn decode<Out: DeserializeOwned>(
             };
             Err(codec(direction, String::from_utf8_lossy(msg).into_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A result's descriptor must name the slot its item holds, at its
+    /// generation: another item's slot, a released slot or a connection
+    /// without shared memory is a typed error, never someone else's bytes.
+    #[test]
+    fn a_result_descriptor_is_checked_against_its_items_slot() {
+        let pool = SlotPool::create(2, 4096, 16).unwrap();
+        let (a, b) = (pool.try_take().unwrap(), pool.try_take().unwrap());
+        assert!(pool.region().write(a.slot(), 0, b"result of 1"));
+        let (da, db) = (a.slot_ref(11), b.slot_ref(0));
+        pool.bind(1, a);
+        pool.bind(2, b);
+        let p = Some(&*pool);
+        assert_eq!(
+            result_bytes(p, 1, Payload::Shared(da)).unwrap(),
+            b"result of 1"
+        );
+        // Item 2's answer naming item 1's slot.
+        assert!(matches!(
+            result_bytes(p, 2, Payload::Shared(da)),
+            Err(ShmError::Stale { .. })
+        ));
+        assert!(matches!(
+            result_bytes(None, 1, Payload::Shared(da)),
+            Err(ShmError::NoRegion)
+        ));
+        pool.release(1);
+        assert!(matches!(
+            result_bytes(p, 1, Payload::Shared(da)),
+            Err(ShmError::Stale { .. })
+        ));
+        assert_eq!(result_bytes(p, 2, Payload::Inline(b"x")).unwrap(), b"x");
+        assert_eq!(result_bytes(p, 2, Payload::Shared(db)).unwrap(), b"");
+        pool.release(2);
+        assert_eq!(pool.in_use(), 0);
     }
 }

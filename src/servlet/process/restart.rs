@@ -26,10 +26,13 @@ use crate::error::{Error, PoisonItem, WorkerCrashed};
 ///
 /// Back-off is for workers that cannot get going: with
 /// [`restart_served_at_once`](RestartPolicy::restart_served_at_once) (the
-/// default), a process that answered items before it died (killed from
-/// outside, say) is replaced at once; deaths during start-up or before the
-/// first answer after a (re)start back off. An unhealthy worker always waits
-/// `max_backoff`.
+/// default), a process that *served* before it died — it answered at least
+/// one item, or stayed up for [`stable_after`](RestartPolicy::stable_after)
+/// — is replaced at once, and its death counts neither toward the back-off
+/// nor toward `max_restarts`: a worker killed from outside again and again
+/// (an operator, the OOM killer, a chaos test) is never marked unhealthy for
+/// it. Deaths in start-up (init fails or the process dies before READY) or
+/// before the first answer after a (re)start back off and count.
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     /// First back-off after a crash.
@@ -40,14 +43,27 @@ pub struct RestartPolicy {
     pub max_restarts: usize,
     /// The window for `max_restarts`.
     pub window: Duration,
-    /// Retry items that were in flight in a crashed worker (off by default:
-    /// work may have side effects).
+    /// Retry items that were in flight in a crashed worker: each is sent
+    /// again, alone, to the first worker process of the servlet that holds
+    /// nothing (another live one, or the restarted one), unless its request
+    /// ended meanwhile (deadline passed, cancelled). A retried item may run
+    /// twice — the crash may have come after the worker did its side effects
+    /// — so this is at-least-once delivery, right only for idempotent work.
+    /// Off by default: the library cannot know that a worker is idempotent,
+    /// and failing an item with a retryable `WorkerCrashed` (the caller
+    /// decides) is safe for every worker, while running a payment twice is
+    /// not.
     pub retry_crashed: bool,
-    /// Crashes an item may be part of before it is failed as poison.
+    /// Crashes an item may be part of before it is failed as poison (the
+    /// default 2: retried once).
     pub poison_threshold: u32,
-    /// Restart at once a process that answered items before it died (see
-    /// above); `false`: every death backs off.
+    /// Restart at once a process that served before it died (see above);
+    /// `false`: every death backs off and counts toward `max_restarts`.
     pub restart_served_at_once: bool,
+    /// A process that stayed up this long counts as having served even if
+    /// it answered no item (an idle worker killed from outside is replaced
+    /// at once).
+    pub stable_after: Duration,
 }
 
 impl Default for RestartPolicy {
@@ -60,6 +76,7 @@ impl Default for RestartPolicy {
             retry_crashed: false,
             poison_threshold: 2,
             restart_served_at_once: true,
+            stable_after: Duration::from_secs(1),
         }
     }
 }
@@ -89,16 +106,22 @@ impl Health {
     }
 
     /// Records a crash (or a failed restart): returns how long to wait
-    /// before the next start, and the change of health. Back-off doubles
-    /// from `backoff` up to `max_backoff`; more than `max_restarts` crashes
-    /// within `window` make the worker unhealthy, restarted only every
-    /// `max_backoff`. `served`: the process answered items before it died,
-    /// which (by the policy's default) restarts it at once.
+    /// before the next start, and the change of health. `served`: the
+    /// process served before it died (see [`RestartPolicy`]); by the
+    /// policy's default such a death restarts at once and is not counted.
+    /// Other deaths count: back-off doubles from `backoff` up to
+    /// `max_backoff`, and more than `max_restarts` of them within `window`
+    /// make the worker unhealthy, restarted only every `max_backoff`.
     pub(super) fn note_crash(
         &mut self,
         policy: &RestartPolicy,
         served: bool,
     ) -> (Duration, HealthChange) {
+        if served && policy.restart_served_at_once {
+            // It ran: whatever killed it, it is not a start-up loop.
+            self.backoff = policy.backoff;
+            return (Duration::ZERO, HealthChange::Same);
+        }
         let now = Instant::now();
         self.crash_times.push_back(now);
         while self
@@ -122,10 +145,6 @@ impl Health {
         } else {
             self.recovered()
         };
-        if served && policy.restart_served_at_once && !self.unhealthy {
-            self.backoff = policy.backoff;
-            return (Duration::ZERO, change);
-        }
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(policy.max_backoff);
         (wait, change)
@@ -216,8 +235,17 @@ mod tests {
         assert_eq!(h.note_crash(&policy, true).0, Duration::ZERO);
         assert_eq!(h.note_crash(&policy, false).0, Duration::from_secs(1));
         assert_eq!(h.note_crash(&policy, false).0, Duration::from_secs(2));
-        // The fourth crash in the window: unhealthy, served or not.
-        let (wait, change) = h.note_crash(&policy, true);
+        // Served deaths do not count toward max_restarts, however many.
+        for _ in 0..100 {
+            assert_eq!(
+                h.note_crash(&policy, true),
+                (Duration::ZERO, HealthChange::Same)
+            );
+        }
+        // A served death reset the back-off.
+        assert_eq!(h.note_crash(&policy, false).0, Duration::from_secs(1));
+        // The fourth unserved death in the window: unhealthy.
+        let (wait, change) = h.note_crash(&policy, false);
         assert_eq!(change, HealthChange::Unhealthy);
         assert_eq!(wait, policy.max_backoff);
         let never = RestartPolicy {

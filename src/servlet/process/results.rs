@@ -2,7 +2,9 @@
 //! frame limit, several results per write when they come quickly, with the
 //! worker's timing (for its credit) and its forwarded log events.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -11,6 +13,7 @@ use super::worker_log::Forwarder;
 use crate::error::CodecDirection;
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, FrameBuf, encode_into, kind};
+use crate::ipc::shm::{Region, SlotRef, Spill};
 use crate::worker::{WorkerError, panic};
 
 const FLUSH_ITEMS: usize = 256;
@@ -38,6 +41,10 @@ pub(super) struct Results {
     busy_items: u32,
     /// Forwarded `tracing` events, written with the results.
     pub(super) logs: Option<Forwarder>,
+    /// The connection's shared memory, and the slot each item that came in
+    /// one holds: a large result goes back in its item's slot.
+    pub(super) shm: Option<(Arc<Region>, usize)>,
+    pub(super) lent: HashMap<u64, SlotRef>,
 }
 
 impl Results {
@@ -53,6 +60,8 @@ impl Results {
             busy: Duration::ZERO,
             busy_items: 0,
             logs: None,
+            shm: None,
+            lent: HashMap::new(),
         }
     }
 
@@ -85,6 +94,11 @@ impl Results {
 
     /// Starts an entry; returns its start for [`Results::end_entry`].
     fn begin_entry(&mut self, id: u64, status: u8) -> usize {
+        // Answered: the item's slot, if it had one, is the server's again
+        // (unless `ok` just wrote the result into it).
+        if !self.lent.is_empty() {
+            self.lent.remove(&id);
+        }
         self.open_frame();
         let mark = self.buf.len();
         self.buf.put_u64(id);
@@ -110,13 +124,25 @@ impl Results {
     }
 
     pub(super) fn ok<T: Serialize>(&mut self, id: u64, value: &T) {
+        let lent = if self.lent.is_empty() {
+            None
+        } else {
+            self.lent.remove(&id)
+        };
         let mark = self.begin_entry(id, frame::STATUS_OK);
         let codec = self.codec;
+        let (threshold, spill) = match (&self.shm, lent) {
+            (Some((region, threshold)), Some(d)) => (*threshold, Spill::Lent(region, Some(d))),
+            _ => (usize::MAX, Spill::None),
+        };
         // A panicking `Serialize` fails its item, not the worker.
-        let r = self.buf.put_payload(|v| {
-            panic::catch(false, || codec.encode_into(v, value))
-                .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
-        });
+        let r = self
+            .buf
+            .put_value(threshold, spill, |v| {
+                panic::catch(false, || codec.encode_into(v, value))
+                    .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
+            })
+            .map(drop);
         let too_big = self.buf.len() - mark > self.entry_limit();
         match r {
             Ok(()) if !too_big => self.end_entry(mark),

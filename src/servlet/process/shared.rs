@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::ledger::InFlight;
 use super::restart::RestartPolicy;
 use super::spawn;
 use crate::batch::BatchPolicy;
@@ -34,6 +35,8 @@ pub(crate) struct Shared<W: Worker> {
     pub(crate) max_inflight: usize,
     pub(crate) max_frame: usize,
     pub(crate) codec: Codec,
+    /// Shared memory for large values (h1-shm), `None`: off.
+    pub(crate) shm: Option<crate::ipc::shm::ShmSettings>,
     pub(crate) recycle_after_items: Option<u64>,
     pub(crate) recycle_above_rss: Option<u64>,
     pub(crate) shutdown_grace: Duration,
@@ -51,7 +54,51 @@ pub(crate) struct Shared<W: Worker> {
     /// How many worker processes are alive, and since when none is.
     pub(crate) live: Mutex<Live>,
     pub(super) spill_rx: Receiver<Item<W>>,
+    /// Items of crashed workers to be sent again (`retry_crashed`).
+    pub(super) retry: Retry,
     pub(crate) _worker: PhantomData<fn() -> W>,
+}
+
+/// Items that were in a worker process when it died, to be sent again
+/// (with [`RestartPolicy::retry_crashed`]). Any supervisor of the servlet
+/// whose process holds nothing takes them, one at a time and alone, before
+/// anything else: a retried item goes to the first live worker that is
+/// free, not only to the restarted one, and a poison item can take down
+/// only itself. A supervisor whose process holds items stops taking new
+/// ones while retries wait, so that one of them frees up soon.
+pub(crate) struct Retry {
+    tx: Sender<InFlight>,
+    rx: Receiver<InFlight>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Retry { tx, rx }
+    }
+}
+
+impl Retry {
+    /// Queues an item to be sent again.
+    pub(super) fn push(&self, item: InFlight) {
+        // Both ends live in `Shared`: the send cannot fail.
+        let _ = self.tx.send(item);
+    }
+
+    /// The next item to send again, if any.
+    pub(super) fn pop(&self) -> Option<InFlight> {
+        self.rx.try_recv().ok()
+    }
+
+    /// True if items wait to be sent again.
+    pub(super) fn pending(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
+    /// Ready when an item is queued (for `select!`).
+    pub(super) fn receiver(&self) -> &Receiver<InFlight> {
+        &self.rx
+    }
 }
 
 /// Worker processes alive in a servlet.

@@ -6,7 +6,6 @@
 //! restart policy is `restart.rs`; the start-up exchange is `handshake.rs`;
 //! results come back through `reader.rs`.
 
-use std::collections::VecDeque;
 use std::net::Shutdown;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -82,7 +81,6 @@ where
 
     pub(crate) fn run(self, ready: Sender<Result<(), StartError>>) {
         let mut ready = Some(ready);
-        let mut retry: VecDeque<InFlight> = VecDeque::new();
         let mut health = Health::new(&self.shared.restart);
         let mut unsent: Option<Unsent> = None;
         let mut disp = Dispatcher::new(&self.shared, &self.rx, &self.out);
@@ -97,7 +95,8 @@ where
                     tracing::warn!(worker = %self.worker_id(None), error = %e, "worker restart failed");
                     let how = format!("restart failed: {e}");
                     let wait = self.note_crash(&mut health, false, &how);
-                    if !self.back_off(wait, &how) {
+                    if !self.back_off(wait, &how, unsent.is_some()) {
+                        self.drop_retries();
                         return;
                     }
                     continue;
@@ -109,9 +108,10 @@ where
             self.status.pid.store(p.pid, Relaxed);
             self.status.alive.store(true, Relaxed);
             let answered_before = self.status.items.load(Relaxed);
+            let started = std::time::Instant::now();
             self.shared.worker_up();
             tracing::info!(worker = %self.worker_id(Some(p.pid)), "worker process started");
-            let end = self.feed(&mut p, &mut disp, &mut retry, &mut unsent, &mut health);
+            let end = self.feed(&mut p, &mut disp, &mut unsent, &mut health);
             self.door.close(&p.port.writer);
             self.status.alive.store(false, Relaxed);
             self.shared.worker_down();
@@ -122,6 +122,7 @@ where
                 }
                 End::Aborted => {
                     self.kill(p);
+                    self.drop_retries();
                     return;
                 }
                 End::Abandoned => {
@@ -142,6 +143,7 @@ where
                         // The server's forced shutdown killed it: what it
                         // held ends with a shutdown error (dropping it does
                         // that), not as a crash.
+                        self.drop_retries();
                         return;
                     }
                     let how = describe(status, reason.as_deref());
@@ -149,14 +151,17 @@ where
                     self.shared.stats.crashes.fetch_add(1, Relaxed);
                     // Health first, so that whoever hears of the crash sees
                     // its effect on readiness.
-                    let served = self.status.items.load(Relaxed) > answered_before;
+                    // It served: answered an item, or stayed up a while.
+                    let served = self.status.items.load(Relaxed) > answered_before
+                        || started.elapsed() >= self.shared.restart.stable_after;
                     let wait = self.note_crash(&mut health, served, &how);
                     let crash = WorkerCrashed {
                         worker: self.worker_id(Some(pid)),
                         how,
                     };
-                    self.settle_lost(held, &crash, &mut retry);
-                    if !self.back_off(wait, &crash.how) {
+                    self.settle_lost(held, &crash);
+                    if !self.back_off(wait, &crash.how, unsent.is_some()) {
+                        self.drop_retries();
                         return;
                     }
                     self.status.restarts.fetch_add(1, Relaxed);
@@ -165,7 +170,7 @@ where
             }
             // Before restarting: if the servlet is shutting down and nothing
             // is left, stop here instead of starting a process only to stop it.
-            if retry.is_empty() && unsent.is_none() {
+            if !self.shared.retry.pending() && unsent.is_none() {
                 match self.rx.try_recv() {
                     Ok(item) => {
                         let _ = self.shared.spill_tx.send(item);
@@ -207,11 +212,13 @@ where
         wait
     }
 
-    /// Waits out a back-off; false if the server aborted meanwhile. While
-    /// no worker process of the servlet is alive for longer than
-    /// `wait_for_worker`, queued items fail at once with a retryable
-    /// `WorkerCrashed` (looked at four times per `wait_for_worker`).
-    fn back_off(&self, wait: Duration, last_exit: &str) -> bool {
+    /// Waits out a back-off; false if the server aborted meanwhile, or if
+    /// the servlet's input ended and nothing is left for a new process
+    /// (`unsent`: items kept for it). While no worker process of the
+    /// servlet is alive for longer than `wait_for_worker`, queued items fail
+    /// at once with a retryable `WorkerCrashed` (looked at four times per
+    /// `wait_for_worker`).
+    fn back_off(&self, wait: Duration, last_exit: &str, unsent: bool) -> bool {
         if wait.is_zero() {
             return !self.aborted();
         }
@@ -224,30 +231,46 @@ where
                 "worker in restart back-off"
             );
         }
-        let go_on = self.wait_out(wait, last_exit);
+        let go_on = self.wait_out(wait, last_exit, unsent);
         self.status.set_backoff(None);
         go_on
     }
 
-    fn wait_out(&self, wait: Duration, last_exit: &str) -> bool {
+    fn wait_out(&self, wait: Duration, last_exit: &str, unsent: bool) -> bool {
+        let shared = &*self.shared;
         let end = std::time::Instant::now() + wait;
-        let every = (self.shared.wait_for_worker / 4).max(Duration::from_millis(10));
+        let every = (shared.wait_for_worker / 4).max(Duration::from_millis(10));
+        let no_close = crossbeam_channel::never::<()>();
+        let mut closed = false;
         loop {
             let now = std::time::Instant::now();
             if now >= end {
                 return true;
             }
-            match self.abort_rx.recv_timeout((end - now).min(every)) {
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return false,
-                Err(RecvTimeoutError::Timeout) => {}
+            let tick = crossbeam_channel::after((end - now).min(every));
+            select! {
+                recv(self.abort_rx) -> _ => return false,
+                recv(if closed { &no_close } else { &self.closing }) -> _ => closed = true,
+                recv(tick) -> _ => {}
             }
-            if self.shared.none_alive_too_long() {
+            // At shutdown, a back-off with nothing left to do is not waited
+            // out.
+            if closed
+                && !unsent
+                && self.rx.is_empty()
+                && shared.spill_rx.is_empty()
+                && !shared.retry.pending()
+            {
+                return false;
+            }
+            if shared.none_alive_too_long() {
                 self.fail_queued(last_exit);
             }
         }
     }
 
-    /// Fails what waits in the queue: no worker is alive to run it.
+    /// Fails what waits in the queue and the retries: no worker is alive
+    /// to run it.
     fn fail_queued(&self, last_exit: &str) {
         let shared = &*self.shared;
         let crash = WorkerCrashed {
@@ -264,6 +287,22 @@ where
             let e = crate::error::Error::WorkerCrashed(crash.clone());
             deliver(&self.out, &crash.worker, Delivery::Failure(ticket, e));
         });
+        while let Some(item) = shared.retry.pop() {
+            if item.ticket.is_cancelled() {
+                continue;
+            }
+            shared.stats.items_err.fetch_add(1, Relaxed);
+            let e = crate::error::Error::WorkerCrashed(crash.clone());
+            deliver(&self.out, &crash.worker, Delivery::Failure(item.ticket, e));
+        }
+    }
+
+    /// At the server's forced shutdown: retries waiting for a process end
+    /// with a shutdown error (dropping them does that).
+    fn drop_retries(&self) {
+        if self.aborted() {
+            while self.shared.retry.pop().is_some() {}
+        }
     }
 
     fn launch(&self) -> Result<Proc, StartError> {
@@ -281,7 +320,6 @@ where
         &self,
         p: &mut Proc,
         disp: &mut Dispatcher<'_, W>,
-        retry: &mut VecDeque<InFlight>,
         unsent: &mut Option<Unsent>,
         health: &mut Health,
     ) -> End {
@@ -313,6 +351,19 @@ where
         let mut input_closed = false;
         let no_close = crossbeam_channel::never::<()>();
         let no_scan = crossbeam_channel::never();
+        let no_retry = crossbeam_channel::never();
+        // Sends a crashed item again, alone; one that never reached the
+        // process goes back to the retries.
+        let resend =
+            |disp: &mut Dispatcher<'_, W>, item: InFlight| match disp.send_retry(&port, item) {
+                Ok(()) => None,
+                Err((reason, back)) => {
+                    if let Some(item) = back {
+                        shared.retry.push(item);
+                    }
+                    Some(End::Crashed(Some(reason)))
+                }
+            };
         // Sends `item` (and what else is ready); an item that finds no
         // credit after all goes to the spill queue, for any worker.
         let send = |disp: &mut Dispatcher<'_, W>, item: Item<W>, max, unsent: &mut _| match disp
@@ -340,6 +391,7 @@ where
                 }
             }
             let max = ledger.limit(shared.min_inflight, shared.max_inflight);
+            let retry_pending = shared.retry.pending();
             {
                 let mut side = lock_side(&port.writer);
                 // With `recycle_after(n)`, a process is sent at most n items
@@ -349,9 +401,10 @@ where
                     retiring = true;
                 }
                 // Direct hand-off only while this worker takes new items one
-                // by one as they come: not while crashed items are retried
-                // (one at a time, alone), nor once it retires or drains.
-                let want = handoff && !retiring && !draining && retry.is_empty();
+                // by one as they come: not while crashed items wait to be
+                // retried (one at a time, alone), nor once it retires or
+                // drains.
+                let want = handoff && !retiring && !draining && !retry_pending;
                 if want != direct {
                     side.direct = want;
                     direct = want;
@@ -365,7 +418,7 @@ where
             if retiring && held == 0 {
                 return End::Retired;
             }
-            if draining && retry.is_empty() {
+            if draining && !retry_pending {
                 if held == 0 && shared.spill_rx.is_empty() {
                     return End::Drained;
                 }
@@ -374,21 +427,20 @@ where
                     return End::Abandoned;
                 }
             }
-            // Crashed items go one at a time, so a poison item can only take
-            // itself down.
+            // Crashed items (of any worker of the servlet) go one at a time,
+            // alone, so a poison item can only take itself down.
             if !retiring
                 && held == 0
-                && let Some(item) = retry.pop_front()
+                && let Some(item) = shared.retry.pop()
             {
-                if let Err((reason, back)) = disp.send_retry(&port, item) {
-                    if let Some(item) = back {
-                        retry.push_front(item);
-                    }
-                    return End::Crashed(Some(reason));
+                if let Some(end) = resend(disp, item) {
+                    return end;
                 }
                 continue;
             }
-            let can_pull = retry.is_empty() && !retiring && held < max;
+            // While retries wait, a process that holds items takes no new
+            // ones, so that it frees up for them.
+            let can_pull = (held == 0 || !retry_pending) && !retiring && held < max;
             // Items spilled by any supervisor go before the queue.
             if can_pull && let Ok(item) = shared.spill_rx.try_recv() {
                 if let Some(end) = send(disp, item, max, unsent) {
@@ -412,6 +464,11 @@ where
             // then: the worker may be busy with a long item, and the reader
             // looks only when results come.
             let scan = if held > 0 { &scan_tick } else { &no_scan };
+            let retries = if held == 0 && !retiring {
+                shared.retry.receiver()
+            } else {
+                &no_retry
+            };
             let end = select! {
                 recv(input) -> msg => match msg {
                     Ok(first) => send(disp, first, max, unsent),
@@ -422,6 +479,10 @@ where
                 },
                 recv(spilled) -> msg => match msg {
                     Ok(item) => send(disp, item, max, unsent),
+                    Err(_) => None,
+                },
+                recv(retries) -> msg => match msg {
+                    Ok(item) => resend(disp, item),
                     Err(_) => None,
                 },
                 recv(if input_closed { &no_close } else { &self.closing }) -> _ => {
@@ -470,17 +531,13 @@ where
         (status, p.port.ledger.drain())
     }
 
-    /// Fails or keeps for retry what a crashed worker held (`restart.rs`).
-    fn settle_lost(
-        &self,
-        held: Vec<InFlight>,
-        crash: &WorkerCrashed,
-        retry: &mut VecDeque<InFlight>,
-    ) {
+    /// Fails what a crashed worker held, or queues it to be retried by any
+    /// worker of the servlet (`restart.rs`).
+    fn settle_lost(&self, held: Vec<InFlight>, crash: &WorkerCrashed) {
         for item in held {
             match lost(&self.shared.restart, item, crash) {
                 Lost::Gone => {}
-                Lost::Retry(item) => retry.push_back(item),
+                Lost::Retry(item) => self.shared.retry.push(item),
                 Lost::Fail(item, error) => {
                     self.shared.stats.items_err.fetch_add(1, Relaxed);
                     deliver(

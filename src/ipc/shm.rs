@@ -1,0 +1,963 @@
+//! Shared memory for large values: a region of fixed-size slots shared by
+//! the server and one worker process.
+//!
+//! The server creates one region per worker connection (a `memfd`, mapped
+//! shared) and passes its descriptor to the worker with the CONFIG frame
+//! (`SCM_RIGHTS`). A value whose encoding passes a threshold is encoded
+//! into a free slot instead of the frame, and the frame carries only a
+//! [`SlotRef`] (slot, region tag, generation, length).
+//!
+//! All allocation state lives in the server's memory ([`SlotPool`]); the
+//! worker only reads and writes the bytes of slots it was given. A slot's
+//! life:
+//!
+//! ```text
+//!   free ──take (server, encoding an item)──▶ leased ──bind(id) (send lock)──▶ sent
+//!    ▲                                          │ item not sent: lease dropped     │
+//!    │◀─────────────────────────────────────────┘                                  │
+//!    │        worker decodes the input from the slot, and may write its            │
+//!    │        result back into the same slot (same tag and generation)             ▼
+//!    └──── release(id): result or skip read (server reader), after decoding ◀── answered
+//!          (generation + 1, written to the slot header)
+//! ```
+//!
+//! A worker that dies takes nothing with it: its region is dropped with its
+//! connection, and the restarted worker gets a new one. Every release bumps
+//! the slot's generation, in the pool and in the slot's header, so a
+//! descriptor kept past its slot's release no longer matches: reading it is
+//! a typed [`ShmError::Stale`], never someone else's bytes.
+
+use std::collections::HashMap;
+use std::io;
+use std::io::{Read, Write};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes at the start of each slot: the region tag and the generation.
+pub const SLOT_HEADER: usize = 16;
+
+/// Default size of a value above which it travels in shared memory (64 KiB).
+pub const DEFAULT_THRESHOLD: usize = 64 << 10;
+/// Default number of slots per worker connection.
+pub const DEFAULT_SLOTS: u32 = 8;
+/// Default size of a slot, header included (4 MiB): larger values go by
+/// the socket.
+pub const DEFAULT_SLOT_SIZE: usize = 4 << 20;
+
+/// How a process servlet uses shared memory (see
+/// `ProcessServlet::shared_memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmSettings {
+    /// Values whose encoding is larger than this many bytes travel in a slot.
+    pub threshold: usize,
+    /// Slots per worker process (large values in flight at once; more wait
+    /// for nothing: they go by the socket).
+    pub slots: u32,
+    /// Bytes per slot, header included: larger values go by the socket.
+    pub slot_size: usize,
+}
+
+impl Default for ShmSettings {
+    fn default() -> Self {
+        ShmSettings {
+            threshold: DEFAULT_THRESHOLD,
+            slots: DEFAULT_SLOTS,
+            slot_size: DEFAULT_SLOT_SIZE,
+        }
+    }
+}
+
+/// Where a value sits in a region: what a frame carries instead of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef {
+    /// Slot index.
+    pub slot: u32,
+    /// The region's tag (random per region).
+    pub tag: u32,
+    /// The slot's generation when the value was written.
+    pub gen_: u32,
+    /// Length of the value in bytes.
+    pub len: u32,
+}
+
+impl SlotRef {
+    /// Size of a descriptor on the wire.
+    pub const WIRE: usize = 16;
+
+    /// The wire form: four little-endian u32.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.slot.to_le_bytes());
+        b[4..8].copy_from_slice(&self.tag.to_le_bytes());
+        b[8..12].copy_from_slice(&self.gen_.to_le_bytes());
+        b[12..16].copy_from_slice(&self.len.to_le_bytes());
+        b
+    }
+
+    /// Reads the wire form.
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        SlotRef {
+            slot: u(0),
+            tag: u(4),
+            gen_: u(8),
+            len: u(12),
+        }
+    }
+}
+
+/// The shape of a region, sent to the worker in its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShmConfig {
+    /// Number of slots.
+    pub slots: u32,
+    /// Size of each slot, header included.
+    pub slot_size: usize,
+    /// Values whose encoding is larger than this go into a slot.
+    pub threshold: usize,
+    /// The region's tag.
+    pub tag: u32,
+}
+
+/// What can go wrong with a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShmError {
+    /// The descriptor names a slot or a length outside the region.
+    #[error("shared-memory descriptor out of range: slot {slot}, {len} bytes")]
+    OutOfRange {
+        /// Slot named.
+        slot: u32,
+        /// Length named.
+        len: u32,
+    },
+    /// The slot was released (and maybe reused) since the descriptor was
+    /// made, or the descriptor is of another region.
+    #[error(
+        "stale shared-memory descriptor: slot {slot} generation {gen_} (tag {tag:#x}), \
+         the slot holds generation {held_gen} (tag {held_tag:#x})"
+    )]
+    Stale {
+        /// Slot named.
+        slot: u32,
+        /// Tag in the descriptor.
+        tag: u32,
+        /// Generation in the descriptor.
+        gen_: u32,
+        /// Tag in the slot.
+        held_tag: u32,
+        /// Generation in the slot.
+        held_gen: u32,
+    },
+    /// A frame carried a descriptor but the connection has no region.
+    #[error("shared-memory descriptor on a connection without shared memory")]
+    NoRegion,
+}
+
+/// A mapped shared-memory region of `slots` slots of `slot_size` bytes.
+///
+/// Every access is bounds-checked; which side may touch a slot at a given
+/// time is the protocol's business (module docs).
+pub struct Region {
+    base: NonNull<u8>,
+    len: NonZeroUsize,
+    slots: u32,
+    slot_size: usize,
+    fd: OwnedFd,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("slots", &self.slots)
+            .field("slot_size", &self.slot_size)
+            .finish()
+    }
+}
+
+// SAFETY: `Region` owns its mapping (unmapped only in `Drop`); the raw
+// pointer is never handed out except as bounds-checked slices whose use is
+// governed by the slot protocol, so it may move and be shared across threads
+// like a `Box<[u8]>` used through `&self` copies.
+#[allow(unsafe_code)]
+unsafe impl Send for Region {}
+// SAFETY: as above; all writes go through `ptr::copy_nonoverlapping` into
+// bounds-checked slot ranges that the caller owns by the protocol.
+#[allow(unsafe_code)]
+unsafe impl Sync for Region {}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+impl Region {
+    /// Creates a region (a new `memfd`, sized and mapped) of `slots` slots
+    /// of `slot_size` bytes each (header included).
+    pub fn create(slots: u32, slot_size: usize) -> io::Result<Region> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let fd = memfd_create(c"mpserver-shm", MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
+        let len = Self::check(slots, slot_size)?;
+        let file = std::fs::File::from(fd);
+        file.set_len(len.get() as u64)?;
+        Self::map(OwnedFd::from(file), slots, slot_size)
+    }
+
+    /// Maps a region received from the server (`fd` of a region made by
+    /// [`Region::create`] with the same shape).
+    pub fn open(fd: OwnedFd, slots: u32, slot_size: usize) -> io::Result<Region> {
+        let len = Self::check(slots, slot_size)?;
+        let file = std::fs::File::from(fd);
+        if file.metadata()?.len() < len.get() as u64 {
+            return Err(invalid("shared-memory region smaller than announced"));
+        }
+        Self::map(OwnedFd::from(file), slots, slot_size)
+    }
+
+    fn check(slots: u32, slot_size: usize) -> io::Result<NonZeroUsize> {
+        if slots == 0 || slot_size <= SLOT_HEADER {
+            return Err(invalid("bad shared-memory region shape"));
+        }
+        (slots as usize)
+            .checked_mul(slot_size)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| invalid("shared-memory region too large"))
+    }
+
+    #[allow(unsafe_code)]
+    fn map(fd: OwnedFd, slots: u32, slot_size: usize) -> io::Result<Region> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        let len = Self::check(slots, slot_size)?;
+        // SAFETY: a fresh shared mapping of a file we hold, at an address the
+        // kernel chooses: it aliases no Rust object. The file is at least
+        // `len` bytes (set or checked by the callers), so no access within
+        // `len` faults.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(io::Error::from)?;
+        Ok(Region {
+            base: ptr.cast(),
+            len,
+            slots,
+            slot_size,
+            fd,
+        })
+    }
+
+    /// The region's file descriptor (to pass to the worker).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Bytes a slot holds besides its header.
+    pub fn capacity(&self) -> usize {
+        self.slot_size - SLOT_HEADER
+    }
+
+    /// Start of slot `slot`'s bytes (after its header), `slot` checked.
+    fn at(&self, slot: u32, offset: usize, len: usize) -> Option<*mut u8> {
+        if slot >= self.slots || offset.checked_add(len)? > self.slot_size {
+            return None;
+        }
+        let at = slot as usize * self.slot_size + offset;
+        // In bounds: at + len <= slots * slot_size = self.len.
+        Some(self.base.as_ptr().wrapping_add(at))
+    }
+
+    /// Copies `data` into `slot` at `offset` (from the start of its data,
+    /// after the header). False if it does not fit.
+    #[allow(unsafe_code)]
+    pub fn write(&self, slot: u32, offset: usize, data: &[u8]) -> bool {
+        let Some(dst) = offset
+            .checked_add(SLOT_HEADER)
+            .and_then(|o| self.at(slot, o, data.len()))
+        else {
+            return false;
+        };
+        // SAFETY: `dst..dst + data.len()` lies inside the mapping (`at`
+        // checked it); `data` is a Rust slice, so it cannot overlap the
+        // mapping's bytes unless the caller passed a view of this very
+        // region, which `copy` handles; writers of a slot own it by the
+        // protocol, so no other thread of this process reads it meanwhile.
+        unsafe { std::ptr::copy(data.as_ptr(), dst, data.len()) };
+        true
+    }
+
+    /// Writes the slot's header (tag, generation).
+    fn set_header(&self, slot: u32, tag: u32, gen_: u32) {
+        let mut h = [0u8; SLOT_HEADER];
+        h[0..4].copy_from_slice(&tag.to_le_bytes());
+        h[4..8].copy_from_slice(&gen_.to_le_bytes());
+        let _ = self.write_raw(slot, 0, &h);
+    }
+
+    #[allow(unsafe_code)]
+    fn write_raw(&self, slot: u32, offset: usize, data: &[u8]) -> bool {
+        let Some(dst) = self.at(slot, offset, data.len()) else {
+            return false;
+        };
+        // SAFETY: as in `write`: in bounds, and the caller owns the slot.
+        unsafe { std::ptr::copy(data.as_ptr(), dst, data.len()) };
+        true
+    }
+
+    /// The slot's header: (tag, generation).
+    pub fn header(&self, slot: u32) -> Option<(u32, u32)> {
+        let h = self.bytes(slot, 0, 8)?;
+        Some((
+            u32::from_le_bytes([h[0], h[1], h[2], h[3]]),
+            u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+        ))
+    }
+
+    #[allow(unsafe_code)]
+    fn bytes(&self, slot: u32, offset: usize, len: usize) -> Option<&[u8]> {
+        let p = self.at(slot, offset, len)?;
+        // SAFETY: in bounds of the mapping, which lives as long as `&self`.
+        // The bytes are not written by this process while the slice lives:
+        // the slot belongs to the reading side by the protocol (the peer
+        // wrote it before sending the descriptor, and writes to it again
+        // only after the reader released it).
+        Some(unsafe { std::slice::from_raw_parts(p, len) })
+    }
+
+    /// The value a descriptor names, after checking that it is in range
+    /// and that the slot still holds the descriptor's tag and generation.
+    pub fn view(&self, d: SlotRef) -> Result<&[u8], ShmError> {
+        let len = d.len as usize;
+        if d.slot >= self.slots || len > self.capacity() {
+            return Err(ShmError::OutOfRange {
+                slot: d.slot,
+                len: d.len,
+            });
+        }
+        let (held_tag, held_gen) = self.header(d.slot).ok_or(ShmError::OutOfRange {
+            slot: d.slot,
+            len: d.len,
+        })?;
+        if (held_tag, held_gen) != (d.tag, d.gen_) {
+            return Err(ShmError::Stale {
+                slot: d.slot,
+                tag: d.tag,
+                gen_: d.gen_,
+                held_tag,
+                held_gen,
+            });
+        }
+        self.bytes(d.slot, SLOT_HEADER, len)
+            .ok_or(ShmError::OutOfRange {
+                slot: d.slot,
+                len: d.len,
+            })
+    }
+}
+
+impl Drop for Region {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `map` with this base and length and
+        // is unmapped once; no slice of it outlives `&self` (all are
+        // borrowed from the region).
+        let _ = unsafe { nix::sys::mman::munmap(self.base.cast(), self.len.get()) };
+    }
+}
+
+/// The server's side of a region: which slots are free, each slot's
+/// generation, and which item holds which slot.
+#[derive(Debug)]
+pub struct SlotPool {
+    region: Region,
+    tag: u32,
+    threshold: usize,
+    state: Mutex<PoolState>,
+    in_use: AtomicUsize,
+    /// Also counted here (a worker's status), if given, until the pool
+    /// is closed or dropped.
+    also: Mutex<Option<Arc<AtomicUsize>>>,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    free: Vec<u32>,
+    gens: Vec<u32>,
+    bound: HashMap<u64, u32>,
+}
+
+/// A slot taken from a [`SlotPool`]; released when dropped unless bound to
+/// an item ([`SlotPool::bind`]).
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<SlotPool>,
+    slot: u32,
+    gen_: u32,
+}
+
+impl Lease {
+    /// Slot index.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// A descriptor of `len` bytes in this slot.
+    pub fn slot_ref(&self, len: usize) -> SlotRef {
+        SlotRef {
+            slot: self.slot,
+            tag: self.pool.tag,
+            gen_: self.gen_,
+            len: len as u32,
+        }
+    }
+
+    /// The region the slot is in.
+    pub fn region(&self) -> &Region {
+        &self.pool.region
+    }
+
+    /// The first `len` bytes of the slot's data (the lease holder's own
+    /// writes: the slot was not sent yet).
+    pub fn data(&self, len: usize) -> &[u8] {
+        self.pool
+            .region
+            .bytes(self.slot, SLOT_HEADER, len.min(self.pool.region.capacity()))
+            .unwrap_or(&[])
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.pool.free(self.slot);
+    }
+}
+
+fn random_tag() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u32 | 1
+}
+
+impl SlotPool {
+    /// A new region of `slots` slots of `slot_size` bytes; values above
+    /// `threshold` bytes go into it.
+    pub fn create(slots: u32, slot_size: usize, threshold: usize) -> io::Result<Arc<SlotPool>> {
+        Self::counted(slots, slot_size, threshold, None)
+    }
+
+    /// Like [`SlotPool::create`], also counting the slots in use in `also`
+    /// (until the pool is dropped).
+    pub fn counted(
+        slots: u32,
+        slot_size: usize,
+        threshold: usize,
+        also: Option<Arc<AtomicUsize>>,
+    ) -> io::Result<Arc<SlotPool>> {
+        let region = Region::create(slots, slot_size)?;
+        let tag = random_tag();
+        // Generations start away from zero, so a zeroed slot header never
+        // matches a descriptor.
+        let gens = vec![1u32; slots as usize];
+        for s in 0..slots {
+            region.set_header(s, tag, 1);
+        }
+        Ok(Arc::new(SlotPool {
+            region,
+            tag,
+            threshold,
+            state: Mutex::new(PoolState {
+                free: (0..slots).rev().collect(),
+                gens,
+                bound: HashMap::new(),
+            }),
+            in_use: AtomicUsize::new(0),
+            also: Mutex::new(also),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The region.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Values larger than this (encoded) go into a slot.
+    pub fn threshold(&self) -> usize {
+        self.threshold
+    }
+
+    /// The shape to send to the worker.
+    pub fn config(&self) -> ShmConfig {
+        ShmConfig {
+            slots: self.region.slots,
+            slot_size: self.region.slot_size,
+            threshold: self.threshold,
+            tag: self.tag,
+        }
+    }
+
+    /// Slots taken now (leased or bound to an item).
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Takes a free slot, or `None` when all are in use (the value then
+    /// goes by the socket: the pool never makes a sender wait).
+    pub fn try_take(self: &Arc<Self>) -> Option<Lease> {
+        let (slot, gen_) = {
+            let mut st = self.lock();
+            let slot = st.free.pop()?;
+            // Counted under the state lock (see `close`).
+            self.count(1);
+            (slot, st.gens[slot as usize])
+        };
+        Some(Lease {
+            pool: self.clone(),
+            slot,
+            gen_,
+        })
+    }
+
+    /// The slot goes with item `id` until [`SlotPool::release`].
+    pub fn bind(&self, id: u64, lease: Lease) {
+        let slot = lease.slot;
+        std::mem::forget(lease);
+        if let Some(old) = self.lock().bound.insert(id, slot) {
+            // An id is bound once; should it not be, its old slot is freed.
+            self.free(old);
+        }
+    }
+
+    /// The slot bound to item `id`, as a descriptor's tag and generation
+    /// (what a descriptor in the item's result must match).
+    pub fn bound(&self, id: u64) -> Option<SlotRef> {
+        let st = self.lock();
+        let slot = *st.bound.get(&id)?;
+        Some(SlotRef {
+            slot,
+            tag: self.tag,
+            gen_: st.gens[slot as usize],
+            len: 0,
+        })
+    }
+
+    /// Item `id` is answered: frees its slot, if it had one.
+    pub fn release(&self, id: u64) {
+        // Most items never had a slot: no lock for them while none is taken.
+        if self.in_use.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let slot = self.lock().bound.remove(&id);
+        if let Some(slot) = slot {
+            self.free(slot);
+        }
+    }
+
+    fn free(&self, slot: u32) {
+        let mut st = self.lock();
+        let g = &mut st.gens[slot as usize];
+        *g = g.wrapping_add(1).max(1);
+        let gen_ = *g;
+        // Under the lock, so the header and the pool agree before the slot
+        // can be taken again.
+        self.region.set_header(slot, self.tag, gen_);
+        st.free.push(slot);
+        self.count(-1);
+    }
+
+    /// Counts a slot taken (+1) or freed (-1); called under the state lock.
+    fn count(&self, d: isize) {
+        if d > 0 {
+            // Release: pairs with the check in `release` (the reader learns
+            // of the item only after this, through the socket).
+            self.in_use.fetch_add(1, Ordering::Release);
+        } else {
+            self.in_use.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(a) = &*self.also() {
+            if d > 0 {
+                a.fetch_add(1, Ordering::Relaxed);
+            } else {
+                a.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn also(&self) -> MutexGuard<'_, Option<Arc<AtomicUsize>>> {
+        self.also.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The worker's connection ended: no slot of this region is used again
+    /// (the next process gets a new region), so none counts as in use any
+    /// more, whoever still holds a descriptor. The mapping goes when the
+    /// last holder of the pool drops it.
+    pub fn close(&self) {
+        // Under the state lock, so no `free` or `try_take` runs between the
+        // read of `in_use` and the counter leaving.
+        let st = self.lock();
+        if let Some(a) = self.also().take() {
+            a.fetch_sub(self.in_use.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        drop(st);
+    }
+}
+
+impl Drop for SlotPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The spill target of a [`PayloadWriter`].
+#[derive(Debug)]
+pub enum Spill<'a> {
+    /// No shared memory: everything stays in the frame.
+    None,
+    /// The server: take a slot from the pool.
+    Pool(&'a Arc<SlotPool>),
+    /// The worker: the slot lent with the item, if any.
+    Lent(&'a Region, Option<SlotRef>),
+}
+
+/// Where a payload ended up.
+#[derive(Debug)]
+pub enum Placed {
+    /// In the frame.
+    Inline,
+    /// In a slot the server leased.
+    Leased(Lease, usize),
+    /// In the slot lent with the item (worker side).
+    Lent(SlotRef),
+}
+
+/// The `io::Write` a value is encoded into: the frame's buffer while the
+/// value is small, a slot once it passes the threshold (the bytes written so
+/// far move once; the rest is encoded straight into the slot). A value too
+/// large for a slot, or with no slot free, stays in the frame.
+#[derive(Debug)]
+pub struct PayloadWriter<'a> {
+    vec: &'a mut Vec<u8>,
+    start: usize,
+    threshold: usize,
+    spill: Spill<'a>,
+    slot: Option<(Target, usize)>,
+    tried: bool,
+}
+
+#[derive(Debug)]
+enum Target {
+    Leased(Lease),
+    Lent(SlotRef),
+}
+
+impl<'a> PayloadWriter<'a> {
+    /// Writes appended to `vec`, spilling to `spill` above `threshold`.
+    pub fn new(vec: &'a mut Vec<u8>, threshold: usize, spill: Spill<'a>) -> Self {
+        let start = vec.len();
+        PayloadWriter {
+            vec,
+            start,
+            threshold,
+            spill,
+            slot: None,
+            tried: false,
+        }
+    }
+
+    /// A writer that only appends to `vec`.
+    pub fn plain(vec: &'a mut Vec<u8>) -> Self {
+        Self::new(vec, usize::MAX, Spill::None)
+    }
+
+    /// Appends bytes (infallible).
+    pub fn extend_from_slice(&mut self, b: &[u8]) {
+        self.put(b);
+    }
+
+    fn region(&self) -> Option<&Region> {
+        match (&self.slot, &self.spill) {
+            (Some((Target::Leased(l), _)), _) => Some(l.region()),
+            (Some((Target::Lent(_), _)), Spill::Lent(r, _)) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn slot_index(&self) -> Option<u32> {
+        match &self.slot {
+            Some((Target::Leased(l), _)) => Some(l.slot),
+            Some((Target::Lent(r), _)) => Some(r.slot),
+            None => None,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        // Spill before a write that passes the threshold, so that a large
+        // block (a byte payload) is copied once, into the slot.
+        if !self.tried && self.vec.len() - self.start + b.len() > self.threshold {
+            self.tried = true;
+            self.spill_now();
+        }
+        if let Some(pos) = self.slot.as_ref().map(|s| s.1) {
+            let (Some(region), Some(slot)) = (self.region(), self.slot_index()) else {
+                return;
+            };
+            if region.write(slot, pos, b) {
+                if let Some(s) = self.slot.as_mut() {
+                    s.1 += b.len();
+                }
+                return;
+            }
+            // Too large for a slot: back into the frame.
+            let back = region
+                .bytes(slot, SLOT_HEADER, pos)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            self.vec.extend_from_slice(&back);
+            self.slot = None;
+        }
+        self.vec.extend_from_slice(b);
+    }
+
+    fn spill_now(&mut self) {
+        let target = match &mut self.spill {
+            Spill::None => None,
+            Spill::Pool(pool) => pool.try_take().map(Target::Leased),
+            Spill::Lent(_, lent) => lent.take().map(Target::Lent),
+        };
+        let Some(target) = target else { return };
+        let n = self.vec.len() - self.start;
+        let ok = match &target {
+            Target::Leased(l) => l.region().write(l.slot, 0, &self.vec[self.start..]),
+            Target::Lent(r) => match &self.spill {
+                Spill::Lent(region, _) => region.write(r.slot, 0, &self.vec[self.start..]),
+                _ => false,
+            },
+        };
+        if ok {
+            self.vec.truncate(self.start);
+            self.slot = Some((target, n));
+        }
+    }
+
+    /// Where the value ended up.
+    pub fn finish(self) -> Placed {
+        match self.slot {
+            None => Placed::Inline,
+            Some((Target::Leased(l), n)) => Placed::Leased(l, n),
+            Some((Target::Lent(mut r), n)) => {
+                r.len = n as u32;
+                Placed::Lent(r)
+            }
+        }
+    }
+}
+
+impl io::Write for PayloadWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.put(buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.put(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A frame's kind and body, and the descriptor that came with it.
+pub type FrameWithFd = (u8, Vec<u8>, Option<OwnedFd>);
+
+/// Writes `bytes` (whole frames) to `sock` with `fd` attached to the first
+/// byte (`SCM_RIGHTS`), then the rest with plain writes.
+pub fn send_with_fd(sock: &UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let sent = loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[io::IoSlice::new(bytes)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.map_err(io::Error::from)?,
+        }
+    };
+    (&*sock).write_all(&bytes[sent..])
+}
+
+/// Reads one frame (`len:u32 kind:u8 body`, at most `max` bytes) straight
+/// from `sock` (nothing may be buffered ahead of it), with a file
+/// descriptor that came with it, if one did.
+pub fn recv_frame_with_fd(sock: &UnixStream, max: usize) -> io::Result<Option<FrameWithFd>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::FromRawFd;
+    let mut head = [0u8; 5];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut fd = None;
+    let got = loop {
+        let mut iov = [io::IoSliceMut::new(&mut head)];
+        match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(msg) => {
+                for c in msg.cmsgs().map_err(io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for raw in fds {
+                            // SAFETY: the kernel just installed `raw` in this
+                            // process for us (SCM_RIGHTS); nothing else owns it.
+                            #[allow(unsafe_code)]
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            fd.get_or_insert(owned);
+                        }
+                    }
+                }
+                break msg.bytes;
+            }
+        }
+    };
+    if got == 0 {
+        return Ok(None);
+    }
+    (&*sock).read_exact(&mut head[got..])?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 || len - 1 > max {
+        return Err(invalid("bad frame length"));
+    }
+    let mut body = vec![0u8; len - 1];
+    (&*sock).read_exact(&mut body)?;
+    Ok(Some((head[4], body, fd)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_crosses_a_socket() {
+        let pool = SlotPool::create(2, 4096, 64).unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut frame = vec![4, 0, 0, 0, 2, b'a', b'b', b'c'];
+        frame.extend_from_slice(&[5, 0, 0, 0, 3, 1, 2, 3, 4]);
+        send_with_fd(&a, &frame, pool.region().fd()).unwrap();
+        let (k, body, fd) = recv_frame_with_fd(&b, 100).unwrap().unwrap();
+        assert_eq!((k, &body[..]), (2, &b"abc"[..]));
+        let region = Region::open(fd.expect("an fd"), 2, 4096).unwrap();
+        let lease = pool.try_take().unwrap();
+        assert!(region.write(lease.slot(), 0, b"from the other side"));
+        assert_eq!(lease.data(19), b"from the other side");
+        let (k, body, fd) = recv_frame_with_fd(&b, 100).unwrap().unwrap();
+        assert_eq!((k, &body[..], fd.is_none()), (3, &[1u8, 2, 3, 4][..], true));
+    }
+
+    #[test]
+    fn a_stale_descriptor_is_rejected() {
+        let pool = SlotPool::create(2, 4096, 64).unwrap();
+        let lease = pool.try_take().unwrap();
+        assert!(pool.region().write(lease.slot(), 0, b"hello"));
+        let d = lease.slot_ref(5);
+        assert_eq!(pool.region().view(d).unwrap(), b"hello");
+        pool.bind(7, lease);
+        assert_eq!(pool.in_use(), 1);
+        pool.release(7);
+        assert_eq!(pool.in_use(), 0);
+        // Released: the old descriptor no longer reads, even before reuse.
+        assert!(matches!(pool.region().view(d), Err(ShmError::Stale { .. })));
+        // Reused: still stale.
+        let again = pool.try_take().unwrap();
+        let again2 = pool.try_take().unwrap();
+        assert!(again.slot() == d.slot || again2.slot() == d.slot);
+        assert!(matches!(pool.region().view(d), Err(ShmError::Stale { .. })));
+        // Out of range.
+        let bad = SlotRef { slot: 9, ..d };
+        assert!(matches!(
+            pool.region().view(bad),
+            Err(ShmError::OutOfRange { .. })
+        ));
+        let long = SlotRef { len: 5000, ..d };
+        assert!(matches!(
+            pool.region().view(long),
+            Err(ShmError::OutOfRange { .. })
+        ));
+        assert!(pool.try_take().is_none(), "two slots, both leased");
+        drop((again, again2));
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_region_opened_from_its_fd_sees_the_same_bytes() {
+        let pool = SlotPool::create(1, 1024, 8).unwrap();
+        let fd = pool.region().fd().try_clone_to_owned().unwrap();
+        let other = Region::open(fd, 1, 1024).unwrap();
+        let lease = pool.try_take().unwrap();
+        pool.region().write(0, 0, b"shared");
+        assert_eq!(other.view(lease.slot_ref(6)).unwrap(), b"shared");
+        assert!(Region::open(pool.region().fd().try_clone_to_owned().unwrap(), 2, 1024).is_err());
+    }
+
+    #[test]
+    fn the_writer_spills_past_the_threshold_and_falls_back_when_full() {
+        let pool = SlotPool::create(1, 256, 16).unwrap();
+        let mut v = b"head".to_vec();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Pool(&pool));
+        w.write_all(&[1; 10]).unwrap();
+        w.write_all(&[2; 10]).unwrap();
+        w.write_all(&[3; 30]).unwrap();
+        let Placed::Leased(lease, n) = w.finish() else {
+            panic!("expected a slot")
+        };
+        assert_eq!(v, b"head");
+        assert_eq!(n, 50);
+        let mut want = vec![1; 10];
+        want.extend([2; 10]);
+        want.extend([3; 30]);
+        assert_eq!(lease.data(n), &want[..]);
+        // No slot free: the frame keeps the value.
+        let mut v2 = Vec::new();
+        let mut w = PayloadWriter::new(&mut v2, 16, Spill::Pool(&pool));
+        w.write_all(&[9; 40]).unwrap();
+        assert!(matches!(w.finish(), Placed::Inline));
+        assert_eq!(v2, vec![9; 40]);
+        drop(lease);
+        // Larger than a slot: back into the frame, slot freed.
+        let mut v3 = Vec::new();
+        let mut w = PayloadWriter::new(&mut v3, 16, Spill::Pool(&pool));
+        for i in 0..30u8 {
+            w.write_all(&[i; 10]).unwrap();
+        }
+        assert!(matches!(w.finish(), Placed::Inline));
+        assert_eq!(v3.len(), 300);
+        assert_eq!(&v3[290..], &[29; 10]);
+        assert_eq!(&v3[..10], &[0; 10]);
+        assert_eq!(pool.in_use(), 0);
+    }
+}
