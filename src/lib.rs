@@ -37,6 +37,7 @@ pub mod servlet;
 mod sync;
 pub mod worker;
 
+pub use crate::batch::Batching;
 pub use crate::bytes::Bytes;
 pub use affinity::CpuAffinity;
 pub use error::{

@@ -7,4 +7,4 @@ pub use crate::servlet::{
     ThreadServlet,
 };
 pub use crate::worker::{Worker, WorkerContext, try_worker_fn, worker_fn};
-pub use crate::{Bytes, CpuAffinity, ensemble, sequential};
+pub use crate::{Batching, Bytes, CpuAffinity, ensemble, sequential};

@@ -24,7 +24,7 @@ pub mod thread;
 use std::time::Duration;
 
 use crate::affinity::{CpuAffinity, Placement};
-use crate::batch::BatchPolicy;
+use crate::batch::{BatchPolicy, Batching};
 use crate::error::StartError;
 use plumbing::{SinkRef, StartContext, Started};
 
@@ -69,6 +69,10 @@ pub(crate) struct SimpleConfig {
     pub(crate) placement: Placement,
     pub(crate) batch_size: usize,
     pub(crate) batch_wait_time: Option<Duration>,
+    /// The batching policy, if chosen (see [`Batching`]).
+    pub(crate) batching: Option<Batching>,
+    /// The adaptive policy's latency target.
+    pub(crate) batch_latency_target: Option<Duration>,
     /// Capture backtraces of worker errors and panics (see `backtraces`).
     pub(crate) backtraces: bool,
 }
@@ -88,12 +92,19 @@ impl SimpleConfig {
             placement: Placement::default(),
             batch_size: 0,
             batch_wait_time: None,
+            batching: None,
+            batch_latency_target: None,
             backtraces: false,
         }
     }
 
     pub(crate) fn batch(&self) -> BatchPolicy {
-        BatchPolicy::new(self.batch_size, self.batch_wait_time)
+        BatchPolicy::new(
+            self.batch_size,
+            self.batch_wait_time,
+            self.batching,
+            self.batch_latency_target,
+        )
     }
 
     /// `n` unpinned workers (zero is refused at start, by `validate`).
@@ -167,9 +178,29 @@ macro_rules! simple_builder_methods {
         }
 
         /// Longest wait for a batch to fill, counted from its first item (default 10 ms when
-        /// `batch_size > 1`, else 0). Zero takes only what is already queued.
+        /// `batch_size > 1`, else 0). Zero takes only what is already queued. Giving it selects
+        /// [`Batching::Fixed`](crate::Batching::Fixed) (the seed's window) unless
+        /// [`batching`](Self::batching) says otherwise; under
+        /// [`Batching::Adaptive`](crate::Batching::Adaptive) it caps how long a batch is held.
         pub fn batch_wait_time(mut self, wait: std::time::Duration) -> Self {
             self.config.batch_wait_time = Some(wait);
+            self
+        }
+
+        /// How a batch is closed when `batch_size > 1`: [`Batching::Adaptive`](crate::Batching::Adaptive)
+        /// (the default without a `batch_wait_time`: an idle worker never waits for company) or
+        /// [`Batching::Fixed`](crate::Batching::Fixed) (the seed's window, the default with one).
+        pub fn batching(mut self, policy: $crate::Batching) -> Self {
+            self.config.batching = Some(policy);
+            self
+        }
+
+        /// Adaptive batching: the latency a batch aims to stay within. A batch takes at most
+        /// the items whose predicted service time (measured per batch overhead plus per item
+        /// cost) fits the target, and is held open for a busy worker only while it still fits.
+        /// No item fails or is dropped because of it. Ignored by [`Batching::Fixed`](crate::Batching::Fixed).
+        pub fn batch_latency_target(mut self, target: std::time::Duration) -> Self {
+            self.config.batch_latency_target = Some(target);
             self
         }
     };

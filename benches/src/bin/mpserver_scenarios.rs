@@ -1,12 +1,13 @@
 //! Scenarios S1–S10 on mpserver, with the same definitions, CLI and output
 //! as `python/mpservice_bench.py` (see `benches/README.md`), and the
-//! mpserver-only scenarios S13 (byte payload types) and S14 (a real CPU
-//! workload: deflate, against a plain loop and rayon).
+//! mpserver-only scenarios S11 (batching policies under Poisson load), S13
+//! (byte payload types) and S14 (a real CPU workload: deflate, against a
+//! plain loop and rayon).
 
 use std::time::{Duration, Instant};
 
 use mpserver::prelude::*;
-use mpserver::{Codec, CpuAffinity};
+use mpserver::{Batching, Codec, CpuAffinity};
 use mpserver_benches::{CommonArgs, Figure, Placement, lcg_work, loops_for_2ms, pin_to_cpu0};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -15,7 +16,7 @@ const CONTENDER: &str = "mpserver";
 
 /// Every scenario this program defines.
 const KNOWN_SCENARIOS: &[&str] = &[
-    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S12", "S13", "S14",
+    "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12", "S13", "S14",
 ];
 
 // ---------------------------------------------------------------- workers
@@ -836,7 +837,7 @@ fn main() {
     let default_set: &[&str] = match args.placement {
         Placement::Pinned1 => &["S1", "S7", "S9"],
         Placement::Unpinned => &[
-            "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S13", "S14",
+            "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S13", "S14",
         ],
     };
     let want = |id: &str| {
@@ -877,6 +878,9 @@ fn main() {
     if want("S10") {
         s10(&args, &out);
     }
+    if want("S11") {
+        s11(&args, &out);
+    }
     if want("S13") {
         s13(&args, &out);
     }
@@ -894,5 +898,234 @@ fn main() {
     // S12 (slow items, about a minute) runs only when asked for by name.
     if args.scenarios.is_some() && want("S12") {
         s12(&args, &out);
+    }
+}
+
+// ------------------------------------------------------------------ S11
+
+/// S11's worker: a batch costs a fixed overhead plus a per-item cost, spent
+/// asleep (an accelerator's batch: the host waits), so that the service
+/// time is the same whatever else the shared machine runs; returns each
+/// item with its batch's size.
+#[derive(Clone, Serialize, Deserialize)]
+struct Affine {
+    fixed_us: u64,
+    per_item_us: u64,
+}
+impl Worker for Affine {
+    type Input = u64;
+    type Output = (u64, u32);
+    fn call(&mut self, x: u64) -> Result<(u64, u32), WorkerError> {
+        std::thread::sleep(Duration::from_micros(self.fixed_us + self.per_item_us));
+        Ok((x, 1))
+    }
+    fn call_batch(&mut self, xs: Vec<u64>) -> Vec<Result<(u64, u32), WorkerError>> {
+        let n = xs.len() as u64;
+        std::thread::sleep(Duration::from_micros(self.fixed_us + self.per_item_us * n));
+        xs.into_iter().map(|x| Ok((x, n as u32))).collect()
+    }
+}
+
+/// S11 contenders: batching off, fixed windows, adaptive.
+#[derive(Clone, Copy)]
+enum S11Policy {
+    Unbatched,
+    Fixed(u64),
+    Adaptive,
+}
+
+impl S11Policy {
+    fn name(self) -> String {
+        match self {
+            S11Policy::Unbatched => "unbatched".into(),
+            S11Policy::Fixed(ms) => format!("fixed{ms}ms"),
+            S11Policy::Adaptive => "adaptive".into(),
+        }
+    }
+}
+
+/// One open-loop run: Poisson arrivals at `rate` per second for `secs`.
+/// Returns the p50 and p99 latency (ms, from each request's scheduled
+/// arrival, so a late submit counts against the server), the throughput
+/// (successful items per second, from the first arrival to the last
+/// completion) and the mean batch size. A request not done within 2 s
+/// counts as 2 s and fails (its item is then skipped if not begun).
+fn s11_run(
+    out: &Out,
+    policy: S11Policy,
+    cost: Affine,
+    rate: f64,
+    secs: f64,
+    seed: u64,
+) -> [f64; 4] {
+    const BATCH: usize = 32;
+    const LIMIT: Duration = Duration::from_secs(2);
+    let mut servlet = ProcessServlet::new(cost).cpus(worker_cpus(out.placement, 1));
+    servlet = match policy {
+        S11Policy::Unbatched => servlet,
+        S11Policy::Fixed(ms) => servlet
+            .batch_size(BATCH)
+            .batching(Batching::Fixed)
+            .batch_wait_time(Duration::from_millis(ms)),
+        S11Policy::Adaptive => servlet.batch_size(BATCH).batching(Batching::Adaptive),
+    };
+    let server = Server::builder(servlet).capacity(1 << 16).start().unwrap();
+    // Warm up: a burst (the worker's service time gets measured) and a few
+    // lone calls.
+    let warm: Vec<_> = (0..2 * BATCH as u64)
+        .map(|i| server.submit(i, CallOptions::default()).unwrap())
+        .collect();
+    for p in warm {
+        p.wait().unwrap();
+    }
+    for i in 0..5 {
+        server.call(i).unwrap();
+    }
+    let before = server.servlets().batch_sizes;
+    // The arrival schedule: exponential gaps from an LCG.
+    let mut x = seed | 1;
+    let mut uniform = move || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let n = (rate * secs).ceil() as usize;
+    let mut at = Vec::with_capacity(n);
+    let mut t = 0.0;
+    for _ in 0..n {
+        t += -uniform().ln() / rate;
+        at.push(Duration::from_secs_f64(t));
+    }
+    // One worker serves in order, so a collector waiting on each request in
+    // turn sees each completion as it happens.
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, mpserver::Pending<(u64, u32)>)>();
+    let collector = std::thread::spawn(move || {
+        let mut lat = Vec::new();
+        let (mut ok, mut last) = (0usize, None);
+        for (due, p) in rx {
+            let r = p.wait();
+            let now = Instant::now();
+            lat.push(if r.is_ok() {
+                now.duration_since(due).as_secs_f64() * 1e3
+            } else {
+                LIMIT.as_secs_f64() * 1e3
+            });
+            if r.is_ok() {
+                ok += 1;
+                last = Some(now);
+            }
+        }
+        (lat, ok, last)
+    });
+    let start = Instant::now();
+    for (i, offset) in at.into_iter().enumerate() {
+        let due = start + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let p = server
+            .submit(i as u64, CallOptions::default().timeout(LIMIT))
+            .unwrap();
+        if tx.send((due, p)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (mut lat, ok, last) = collector.join().unwrap();
+    lat.sort_by(f64::total_cmp);
+    let span = last.map_or(f64::NAN, |l| l.duration_since(start).as_secs_f64());
+    let after = server.servlets().batch_sizes;
+    let batches = after.count.saturating_sub(before.count);
+    let mean_batch = if batches == 0 {
+        1.0
+    } else {
+        after.sum.saturating_sub(before.sum) as f64 / batches as f64
+    };
+    [
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        ok as f64 / span,
+        mean_batch,
+    ]
+}
+
+/// S11: batching policies under open-loop Poisson load. One worker process
+/// whose batch costs 2 ms + 0.2 ms per item (asleep), batch size 32: its
+/// batched capacity is 32 / 8.4 ms = 3,810 items/s (unbatched: 455/s).
+/// Arrivals at 10%, 50% and 90% of that capacity, and at 1% (38/s, 8% of
+/// the unbatched capacity: the light load at which an unbatched servlet
+/// does not queue; at 10% it runs at 84% of its own capacity), for each of:
+/// no batching, fixed windows of 1, 5 and 10 ms, and the adaptive policy.
+/// Per load level and contender: p50 and p99 latency (ms), throughput
+/// (items/s) and mean batch size; and the goals: at 1% and 10%, adaptive
+/// p50 over unbatched p50; at 90%, adaptive p99 over the best fixed
+/// window's, and the best fixed window's throughput over adaptive's (each
+/// goal is met at ≤ 1.2, ≤ 1, ≤ 1).
+fn s11(args: &CommonArgs, out: &Out) {
+    let cost = Affine {
+        fixed_us: 2000,
+        per_item_us: 200,
+    };
+    let capacity = 32.0 / (cost.fixed_us + 32 * cost.per_item_us) as f64 * 1e6;
+    let secs: f64 = if args.quick { 0.8 } else { 3.0 };
+    let policies = [
+        S11Policy::Unbatched,
+        S11Policy::Fixed(1),
+        S11Policy::Fixed(5),
+        S11Policy::Fixed(10),
+        S11Policy::Adaptive,
+    ];
+    const SC: &str = "S11_batching_poisson";
+    for load in [1u32, 10, 50, 90] {
+        let rate = capacity * f64::from(load) / 100.0;
+        // At least 300 requests (100 quick) per run, for a p99.
+        let secs = secs.max(if args.quick { 100.0 } else { 300.0 } / rate);
+        // [policy][p50, p99, rate, batch][run]
+        let mut figs: Vec<[Vec<f64>; 4]> = vec![Default::default(); policies.len()];
+        let (mut p50_goal, mut p99_goal, mut rate_goal) = (vec![], vec![], vec![]);
+        for run in 0..args.runs {
+            let mut order: Vec<usize> = (0..policies.len()).collect();
+            order.rotate_left(run % policies.len());
+            let mut r = vec![[0.0; 4]; policies.len()];
+            for k in order {
+                let seed = 0x5111 + 1000 * u64::from(load) + run as u64;
+                r[k] = s11_run(out, policies[k], cost.clone(), rate, secs, seed);
+            }
+            for (k, v) in r.iter().enumerate() {
+                for m in 0..4 {
+                    figs[k][m].push(v[m]);
+                }
+            }
+            let adaptive = r[4];
+            let fixed = &r[1..4];
+            let best_p99 = fixed.iter().map(|v| v[1]).fold(f64::INFINITY, f64::min);
+            let best_rate = fixed.iter().map(|v| v[2]).fold(0.0, f64::max);
+            p50_goal.push(adaptive[0] / r[0][0]);
+            p99_goal.push(adaptive[1] / best_p99);
+            rate_goal.push(best_rate / adaptive[2]);
+        }
+        for (p, f) in policies.iter().zip(figs) {
+            let name = p.name();
+            let [p50, p99, items, batch] = f;
+            out.emit(SC, &format!("load{load}_p50_ms_{name}"), "ms", p50);
+            out.emit(SC, &format!("load{load}_p99_ms_{name}"), "ms", p99);
+            out.emit(SC, &format!("load{load}_items_per_s_{name}"), "1/s", items);
+            out.emit(SC, &format!("load{load}_mean_batch_{name}"), "items", batch);
+        }
+        match load {
+            1 | 10 => out.emit(
+                SC,
+                &format!("load{load}_p50_adaptive_over_unbatched"),
+                "x",
+                p50_goal,
+            ),
+            90 => {
+                out.emit(SC, "load90_p99_adaptive_over_best_fixed", "x", p99_goal);
+                out.emit(SC, "load90_best_fixed_rate_over_adaptive", "x", rate_goal);
+            }
+            _ => {}
+        }
     }
 }

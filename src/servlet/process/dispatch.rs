@@ -9,17 +9,25 @@
 //! encoded (user `Serialize`) without it, and written under it again. An
 //! item taken that cannot be sent after all goes to the servlet's spill
 //! queue, which every supervisor with credit takes from first.
+//!
+//! Batches follow the servlet's [`Batching`] policy (`crate::batch`). Under
+//! the adaptive one, a worker that holds nothing gets what is queued at once;
+//! a busy worker's next batch may take a whole batch of credit beyond what
+//! the worker holds and is held open, filling, until the worker is predicted
+//! to be free (from its measured batch service time), so that it arrives
+//! just as the worker needs it, as large as the queue allows.
 
+use std::sync::MutexGuard;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 
-use super::connection::{Port, WriteError, lock_side, send_all};
+use super::connection::{Port, SendSide, WriteError, lock_side, send_all};
 use super::ledger::InFlight;
 use super::reader::{Delivery, deliver};
 use super::shared::{Item, Shared};
-use crate::batch;
+use crate::batch::{self, Batching, Busy};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::frame::ItemFrames;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
@@ -42,7 +50,53 @@ pub(super) struct Dispatcher<'a, W: Worker> {
     pub(super) shared: &'a Shared<W>,
     pub(super) rx: &'a Receiver<Item<W>>,
     pub(super) out: &'a SinkRef<W::Output>,
-    pub(super) frames: ItemFrames,
+    frames: ItemFrames,
+    /// When the worker is predicted to be done with what it holds
+    /// (adaptive batching; `None`: unknown).
+    busy_until: Option<Instant>,
+    /// Items of the last batch sent.
+    last_sent: usize,
+}
+
+impl<'a, W: Worker> Dispatcher<'a, W> {
+    pub(super) fn new(
+        shared: &'a Shared<W>,
+        rx: &'a Receiver<Item<W>>,
+        out: &'a SinkRef<W::Output>,
+    ) -> Self {
+        Dispatcher {
+            shared,
+            rx,
+            out,
+            frames: ItemFrames::default(),
+            busy_until: None,
+            last_sent: 0,
+        }
+    }
+}
+
+/// Takes what is queued now in the spill queue and then in `rx` (at most
+/// what each held when it began, so items put back are not seen twice):
+/// items of ended requests are dropped and counted as skipped (they never
+/// ran); the others go to `live`.
+pub(super) fn drain_queued<W: Worker>(
+    shared: &Shared<W>,
+    rx: &Receiver<Item<W>>,
+    mut live: impl FnMut(Item<W>),
+) {
+    for rx in [&shared.spill_rx, rx] {
+        for _ in 0..rx.len() {
+            let Ok(item) = rx.try_recv() else { break };
+            if item.0.is_cancelled() {
+                shared.stats.items_in.fetch_add(1, Relaxed);
+                shared.stats.skipped.fetch_add(1, Relaxed);
+                // The value's `Drop` is user code.
+                let _ = panic::catch(false, move || drop(item));
+            } else {
+                live(item);
+            }
+        }
+    }
 }
 
 impl<W> Dispatcher<'_, W>
@@ -66,23 +120,10 @@ where
     /// supervisor with credit takes them first. Without this, a cancelled
     /// item would sit in the queue until some worker had credit for it.
     pub(super) fn sweep(&self) {
-        let shared = self.shared;
-        for rx in [&shared.spill_rx, self.rx] {
-            for _ in 0..rx.len() {
-                match rx.try_recv() {
-                    Ok(item) if item.0.is_cancelled() => {
-                        shared.stats.items_in.fetch_add(1, Relaxed);
-                        shared.stats.skipped.fetch_add(1, Relaxed);
-                        // The value's `Drop` is user code.
-                        let _ = panic::catch(false, move || drop(item));
-                    }
-                    Ok(item) => {
-                        let _ = shared.spill_tx.send(item);
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
+        let spill = &self.shared.spill_tx;
+        drain_queued(self.shared, self.rx, |item| {
+            let _ = spill.send(item);
+        });
     }
 
     /// Sends `first` and whatever else is ready (a batch, or up to the free
@@ -100,21 +141,32 @@ where
         let stats = &shared.stats;
         let policy = &shared.policy;
         let start = Instant::now();
+        let adaptive = policy.size > 1 && policy.mode == Batching::Adaptive;
+        // A busy worker's next batch waits (below) until the worker is
+        // about to be free: it may take a whole batch beyond what the worker
+        // holds, within `max_inflight`.
+        let max = if adaptive {
+            max.max(shared.max_inflight)
+        } else {
+            max
+        };
         // Credit and ids are reserved under the send lock: callers may have
         // handed the worker an item since the supervisor last looked, and
         // none can while the reservation stands (the worker looks busy).
-        let (credit, base) = {
+        let (credit, base, held) = {
             let side = lock_side(&port.writer);
+            let held = port.ledger.held();
             let left = side.quota.saturating_sub(side.next_id);
             let credit = max
-                .saturating_sub(port.ledger.held())
+                .saturating_sub(held)
                 .min(left.min(usize::MAX as u64) as usize);
             if credit == 0 {
                 return Ok(Some(first));
             }
             port.ledger.reserve(credit);
-            (credit, side.next_id)
+            (credit, side.next_id, held)
         };
+        let model = port.ledger.model();
         let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
         stats.items_in.fetch_add(1, Relaxed);
         if self.live(&first.0) {
@@ -124,19 +176,30 @@ where
             stats.items_in.fetch_add(1, Relaxed);
             self.live(t)
         };
-        // Spilled items first (they are older), then the queue.
         let max = if policy.batched() {
-            policy.size.min(credit)
+            policy.limit(&model).min(credit)
         } else {
             credit
         };
-        batch::fill(&shared.spill_rx, &mut items, max, None, keep);
-        let wait = if policy.batched() {
-            batch::deadline(policy, start)
+        let busy = if held == 0 {
+            Busy::Idle
+        } else if held > self.last_sent {
+            // More than the last batch is held: the worker is behind its
+            // prediction (a batch already waits in it). The prediction is
+            // not trusted: the batch fills for the policy's longest hold,
+            // rather than going out small behind another.
+            Busy::Until(None)
         } else {
-            None
+            Busy::Until(self.busy_until)
         };
-        batch::fill(self.rx, &mut items, max, wait, keep);
+        let wait = policy.deadline(start, busy, &model);
+        // Spilled items first (they are older), then the queue.
+        for rx in [&shared.spill_rx, self.rx] {
+            batch::fill(rx, &mut items, max, None, keep);
+        }
+        if wait.is_some() {
+            batch::fill(self.rx, &mut items, max, wait, keep);
+        }
         let half = shared.max_frame / 2;
         self.frames.reset(policy.batched(), half);
         self.frames.use_shm(port.shm.as_ref());
@@ -189,16 +252,12 @@ where
                     (base + i as u64, InFlight::new(t, bytes))
                 })
                 .collect();
-            let mut side = lock_side(&port.writer);
-            side.next_id = base + n as u64;
-            port.ledger.add(entries);
+            let side = lock_side(&port.writer);
             port.ledger.unreserve(credit - n);
-            // Someone reads before the write starts: a write larger than
-            // the socket's buffers needs the worker to go on reading, which
-            // it does only while its results are read.
-            port.read.ensure_reader();
-            let written = send_all(&side.sock, self.frames.bytes());
-            drop(side);
+            let sent = Instant::now();
+            let written =
+                hold_and_write(port, side, base + n as u64, entries, 0, self.frames.bytes());
+            self.predict(held, sent, n, &model);
             if let Err(e) = written {
                 // For another process: values in this one's shared memory
                 // go back into the frames.
@@ -223,6 +282,18 @@ where
         outcome
     }
 
+    /// Updates when the worker is predicted to be free, after `n` items
+    /// were sent at `sent` to a worker that held `held` items.
+    fn predict(&mut self, held: usize, sent: Instant, n: usize, model: &batch::ServiceModel) {
+        let from = match self.busy_until {
+            _ if held == 0 => Some(sent),
+            Some(t) => Some(t.max(sent)),
+            None => None,
+        };
+        self.busy_until = from.zip(model.cost(n)).map(|(t, c)| t + c);
+        self.last_sent = n;
+    }
+
     /// Sends one item of a crashed worker again, alone, as it was encoded.
     /// Returns it if it never reached the worker.
     pub(super) fn send_retry(
@@ -239,24 +310,18 @@ where
         self.frames.reset(self.shared.policy.batched(), usize::MAX);
         self.frames.use_shm(port.shm.as_ref());
         self.frames.push_raw(bytes);
-        let mut side = lock_side(&port.writer);
+        let side = lock_side(&port.writer);
         let id = side.next_id;
-        side.next_id += 1;
         self.frames.set_id(0, id);
-        port.ledger.reserve(1);
-        port.ledger.add([(id, item)]);
-        port.read.ensure_reader();
-        let written = send_all(&side.sock, self.frames.bytes());
-        drop(side);
-        match written {
-            Ok(()) => Ok(()),
+        self.busy_until = None;
+        self.last_sent = 1;
+        hold_and_write(port, side, id + 1, vec![(id, item)], 1, self.frames.bytes()).map_err(|e| {
             // Nothing got out: not an attempt.
-            Err(e) if e.written == 0 => {
-                let back = port.ledger.take_back(&[id]).pop().map(|(_, it)| it);
-                Err((e.reason(), back))
-            }
-            Err(e) => Err((e.reason(), None)),
-        }
+            let back = (e.written == 0)
+                .then(|| port.ledger.take_back(&[id]).pop().map(|(_, it)| it))
+                .flatten();
+            (e.reason(), back)
+        })
     }
 
     /// Sends items that never reached the previous process, as they were.
@@ -267,18 +332,36 @@ where
         unsent: &mut Option<Unsent>,
     ) -> Result<(), Failed> {
         let ids: Vec<u64> = u.entries.iter().map(|(id, _)| *id).collect();
-        let mut side = lock_side(&port.writer);
-        side.next_id = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
-        port.ledger.reserve(u.entries.len());
-        port.ledger.add(u.entries);
-        port.read.ensure_reader();
-        let written = send_all(&side.sock, &u.frames);
-        drop(side);
-        match written {
-            Ok(()) => Ok(()),
-            Err(e) => Err(write_failed(port, e, u.frames, &ids, unsent)),
-        }
+        let side = lock_side(&port.writer);
+        let next = ids.iter().map(|id| id + 1).max().unwrap_or(side.next_id);
+        self.busy_until = None;
+        let n = u.entries.len();
+        self.last_sent = n;
+        hold_and_write(port, side, next, u.entries, n, &u.frames)
+            .map_err(|e| write_failed(port, e, u.frames, &ids, unsent))
     }
+}
+
+/// Under the send lock `side`: the worker holds `entries` from now on
+/// (`reserve`: credit to take for them, unless it was reserved before), the
+/// next id is `next_id`, and `frames` are written. Someone reads before the
+/// write starts: a write larger than the socket's buffers needs the worker to
+/// go on reading, which it does only while its results are read.
+fn hold_and_write(
+    port: &Port,
+    mut side: MutexGuard<'_, SendSide>,
+    next_id: u64,
+    entries: Vec<(u64, InFlight)>,
+    reserve: usize,
+    frames: &[u8],
+) -> Result<(), WriteError> {
+    side.next_id = next_id;
+    port.ledger.reserve(reserve);
+    port.ledger.add(entries);
+    port.read.ensure_reader();
+    let written = send_all(&side.sock, frames);
+    drop(side);
+    written
 }
 
 /// A write to the worker failed. If nothing went out, the items of the write

@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crate::batch::ServiceModel;
 use crate::servlet::plumbing::TicketRef;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, lock};
 
@@ -68,6 +69,8 @@ pub(super) struct Ledger {
     count: AtomicUsize,
     /// Moving average of the worker's time per item, in ns (0: unmeasured).
     service_ns: AtomicU64,
+    /// The worker's batch service time (adaptive batching, `crate::batch`).
+    model: Mutex<ServiceModel>,
 }
 
 impl Ledger {
@@ -191,6 +194,22 @@ impl Ledger {
             .checked_div(s)
             .map_or(min, |n| n as usize + 1);
         want.clamp(min.min(max), max)
+    }
+
+    /// Records a TIMING frame: the worker spent `spent` on `items` items
+    /// since the last one. With batching, a worker reports after each batch
+    /// that takes a millisecond or more, so a frame is taken as one batch.
+    pub(super) fn record_work(&self, spent: Duration, items: u32) {
+        if items == 0 {
+            return;
+        }
+        self.observe(spent / items);
+        lock(&self.model).observe(1, u64::from(items), spent);
+    }
+
+    /// The worker's measured batch service time.
+    pub(super) fn model(&self) -> ServiceModel {
+        *lock(&self.model)
     }
 
     /// Records the worker's measured time per item (from its TIMING frames).

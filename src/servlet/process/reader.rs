@@ -310,8 +310,7 @@ impl ReadSide {
                 let mut c = frame::Cursor::new(body);
                 match (c.u64(), c.u32()) {
                     (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
-                        self.ledger
-                            .observe(Duration::from_nanos(busy / u64::from(items)));
+                        self.ledger.record_work(Duration::from_nanos(busy), items);
                         None
                     }
                     _ => Some(Some("bad frame from worker: malformed TIMING".into())),

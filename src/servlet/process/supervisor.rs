@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::connection::{lock_side, send_cancels};
-use super::dispatch::{Dispatcher, Unsent};
+use super::dispatch::{Dispatcher, Unsent, drain_queued};
 use super::handoff::Door;
 use super::handshake::{self, Proc};
 use super::ledger::InFlight;
@@ -26,7 +26,6 @@ use super::restart::{Health, HealthChange, Lost, describe, lost};
 use super::shared::{Item, Shared};
 use crate::affinity::CpuAffinity;
 use crate::error::{StartError, WorkerCrashed, WorkerId};
-use crate::ipc::frame::ItemFrames;
 use crate::metrics::WorkerStatus;
 use crate::servlet::plumbing::SinkRef;
 use crate::worker::Worker;
@@ -84,12 +83,7 @@ where
         let mut ready = Some(ready);
         let mut health = Health::new(&self.shared.restart);
         let mut unsent: Option<Unsent> = None;
-        let mut disp = Dispatcher {
-            shared: &self.shared,
-            rx: &self.rx,
-            out: &self.out,
-            frames: ItemFrames::default(),
-        };
+        let mut disp = Dispatcher::new(&self.shared, &self.rx, &self.out);
         loop {
             let mut p = match self.launch() {
                 Ok(p) => p,
@@ -286,22 +280,13 @@ where
                 shared.wait_for_worker
             ),
         };
-        for rx in [&shared.spill_rx, &self.rx] {
-            for _ in 0..rx.len() {
-                let Ok((ticket, x)) = rx.try_recv() else {
-                    break;
-                };
-                shared.stats.items_in.fetch_add(1, Relaxed);
-                let _ = crate::worker::panic::catch(false, move || drop(x));
-                if ticket.is_cancelled() {
-                    shared.stats.skipped.fetch_add(1, Relaxed);
-                    continue;
-                }
-                shared.stats.items_err.fetch_add(1, Relaxed);
-                let e = crate::error::Error::WorkerCrashed(crash.clone());
-                deliver(&self.out, &crash.worker, Delivery::Failure(ticket, e));
-            }
-        }
+        drain_queued(shared, &self.rx, |(ticket, x)| {
+            shared.stats.items_in.fetch_add(1, Relaxed);
+            let _ = crate::worker::panic::catch(false, move || drop(x));
+            shared.stats.items_err.fetch_add(1, Relaxed);
+            let e = crate::error::Error::WorkerCrashed(crash.clone());
+            deliver(&self.out, &crash.worker, Delivery::Failure(ticket, e));
+        });
         while let Some(item) = shared.retry.pop() {
             if item.ticket.is_cancelled() {
                 continue;

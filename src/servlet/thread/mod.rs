@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::batch::{self, BatchPolicy, Fill};
+use crate::batch::{self, BatchPolicy, Busy, Fill, ServiceModel};
 use crate::error::{Error, StartError, WorkerId};
 use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
@@ -82,6 +82,7 @@ impl<W: Worker + Clone> Servlet for ThreadServlet<W> {
                 rx: rx.clone(),
                 out: output.clone(),
                 policy,
+                model: ServiceModel::default(),
                 stats: stats.clone(),
                 status,
                 abort: ctx.abort_flag(),
@@ -108,6 +109,8 @@ struct ThreadWorker<W: Worker> {
     rx: Receiver<(TicketRef, W::Input)>,
     out: SinkRef<W::Output>,
     policy: BatchPolicy,
+    /// This thread's measured batch service time (adaptive batching).
+    model: ServiceModel,
     stats: Arc<ServletStats>,
     status: Arc<WorkerStatus>,
     abort: Arc<AtomicBool>,
@@ -171,14 +174,13 @@ impl<W: Worker> ThreadWorker<W> {
             if self.admit(&first.0) {
                 batch.push(first);
             }
-            let deadline = batch::deadline(&self.policy, start);
-            let fill = batch::fill(
-                &self.rx,
-                &mut batch,
-                self.policy.size,
-                deadline,
-                |(t, _)| self.admit(t),
-            );
+            // A thread forms its batch when it is idle: under the adaptive
+            // policy it takes what is queued and starts.
+            let deadline = self.policy.deadline(start, Busy::Idle, &self.model);
+            let limit = self.policy.limit(&self.model);
+            let fill = batch::fill(&self.rx, &mut batch, limit, deadline, |(t, _)| {
+                self.admit(t)
+            });
             if !batch.is_empty() {
                 self.run_batch(&mut batch);
             }
@@ -197,6 +199,7 @@ impl<W: Worker> ThreadWorker<W> {
         let began = Instant::now();
         let results = panic::catch(self.backtraces, || self.worker.call_batch(values));
         let done = Instant::now();
+        self.model.observe(1, n as u64, done - began);
         for t in &tickets {
             self.time_stages(t, began, done);
         }
@@ -214,15 +217,28 @@ impl<W: Worker> ThreadWorker<W> {
                         results.len()
                     ),
                 );
-                for t in tickets {
-                    self.deliver(t, Err(e.clone()));
-                }
+                self.fail_batch(tickets, e);
             }
-            Err(e) => {
-                for t in tickets {
-                    self.deliver(t, Err(e.clone()));
-                }
-            }
+            Err(e) => self.fail_batch(tickets, e),
+        }
+    }
+
+    /// A whole batch failed (a panic, or a wrong number of results): one
+    /// error for each item, logged once for the batch.
+    fn fail_batch(&self, tickets: Vec<TicketRef>, error: WorkerError) {
+        self.log(&error, tickets.len());
+        for t in tickets {
+            self.fail(t, error.clone());
+        }
+    }
+
+    /// Worker errors are logged at warn, once per call (`batch`: the items
+    /// it failed), as a worker process does.
+    fn log(&self, error: &WorkerError, batch: usize) {
+        if error.is_panic() {
+            tracing::warn!(worker = %self.id, error = %error, batch, "worker panicked");
+        } else {
+            tracing::warn!(worker = %self.id, error = %error, batch, "worker call failed");
         }
     }
 
@@ -245,17 +261,21 @@ impl<W: Worker> ThreadWorker<W> {
                 self.out.push(ticket, y);
             }
             Err(error) => {
-                self.stats.items_err.fetch_add(1, Relaxed);
-                tracing::warn!(worker = %self.id, error = %error, "worker call failed");
-                self.out.fail(
-                    ticket,
-                    Error::Worker {
-                        worker: self.id.clone(),
-                        error,
-                    },
-                );
+                self.log(&error, 1);
+                self.fail(ticket, error);
             }
         }
+    }
+
+    fn fail(&self, ticket: TicketRef, error: WorkerError) {
+        self.stats.items_err.fetch_add(1, Relaxed);
+        self.out.fail(
+            ticket,
+            Error::Worker {
+                worker: self.id.clone(),
+                error,
+            },
+        );
     }
 }
 
