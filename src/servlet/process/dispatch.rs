@@ -24,8 +24,8 @@ use crossbeam_channel::Receiver;
 use serde::Serialize;
 
 use super::connection::{Port, SendSide, WriteError, lock_side, send_all};
+use super::delivery::{Delivery, deliver};
 use super::ledger::InFlight;
-use super::reader::{Delivery, deliver};
 use super::shared::{Item, Shared};
 use crate::batch::{self, Batching, Busy};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};

@@ -24,6 +24,7 @@
 mod boot;
 pub(crate) mod child;
 mod connection;
+mod delivery;
 mod dispatch;
 mod handoff;
 mod handover;

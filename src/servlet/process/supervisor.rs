@@ -17,11 +17,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::connection::{lock_side, send_cancels};
+use super::delivery::{Delivery, deliver};
 use super::dispatch::{Dispatcher, Unsent, drain_queued};
 use super::handoff::Door;
 use super::handshake::{self, Proc};
 use super::ledger::InFlight;
-use super::reader::{Delivery, Event, deliver};
+use super::reader::Event;
 use super::restart::{Health, HealthChange, Lost, describe, lost};
 use super::shared::{Item, Shared};
 use crate::affinity::CpuAffinity;

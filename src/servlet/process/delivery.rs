@@ -1,0 +1,164 @@
+//! Settled results and their delivery, outside the read lock: the bytes a
+//! result came in (copied out of the read buffer, or held in its item's
+//! shared-memory slot), decoding them with the user's `Deserialize`, and
+//! handing values and failures to the next stage, each under its own panic
+//! guard. Used by whoever reads (`reader.rs`) and by the supervisor for items
+//! it fails itself.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{CodecDirection, CodecError, Error, WorkerId};
+use crate::ipc::Codec;
+use crate::ipc::frame;
+use crate::ipc::shm::{SlotPool, SlotRef};
+use crate::metrics::ServletStats;
+use crate::servlet::plumbing::{SinkRef, TicketRef};
+use crate::worker::{WorkerError, panic};
+
+/// One settled item, to deliver outside the read lock.
+pub(super) enum Delivery<Out> {
+    /// A result as the worker sent it, decoded where it is delivered:
+    /// the user's `Deserialize` runs outside the read lock, on the thread
+    /// that delivers it (a caller decodes only its own result).
+    Encoded(TicketRef, Encoded<Out>),
+    Value(TicketRef, Out),
+    Failure(TicketRef, Error),
+    /// Skipped by the worker: the ticket is only dropped (its request ended).
+    Release(TicketRef),
+    /// The worker process's `tracing` events (a LOG frame's body), re-emitted
+    /// outside the read lock, on the reader thread (`worker_log.rs`).
+    Log(Vec<u8>),
+}
+
+/// A result's bytes: copied out of the read buffer, or in the item's
+/// shared-memory slot.
+pub(super) enum Held {
+    Owned(Vec<u8>),
+    Slot(SlotHold),
+}
+
+/// A result in its item's slot; the slot is released when this drops
+/// (after the result is decoded, or with an undelivered result).
+pub(super) struct SlotHold {
+    pub(super) pool: Arc<SlotPool>,
+    pub(super) id: u64,
+    pub(super) d: SlotRef,
+}
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        self.pool.release(self.id);
+    }
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Owned(v) => v,
+            // Checked when read (`result_bytes`); the slot stays bound to
+            // the item, at the same generation, while this lives.
+            Held::Slot(h) => h.pool.region().view(h.d).unwrap_or(&[]),
+        }
+    }
+}
+
+/// A result entry's status and bytes, and what decoding it needs.
+pub(super) struct Encoded<Out> {
+    pub(super) status: u8,
+    pub(super) bytes: Held,
+    pub(super) codec: Codec,
+    pub(super) stats: Arc<ServletStats>,
+    /// `decode::<Out>`, taken where `Out: DeserializeOwned` is known.
+    pub(super) decode: fn(&WorkerId, Codec, u8, &[u8]) -> Result<Out, Error>,
+}
+
+impl<Out> Encoded<Out> {
+    /// Decodes the result, counting it as a success or a failure. A
+    /// panicking `Deserialize` fails this item only (see [`decode`]).
+    fn decode(self, who: &WorkerId) -> Result<Out, Error> {
+        let r = (self.decode)(who, self.codec, self.status, self.bytes.bytes());
+        let counter = if r.is_ok() {
+            &self.stats.items_ok
+        } else {
+            &self.stats.items_err
+        };
+        counter.fetch_add(1, Relaxed);
+        r
+    }
+}
+
+/// Delivers one settled item to `out`. A panic in the code that runs there
+/// (the next stage, user `Clone`/`Drop`) fails that item only.
+pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d: Delivery<Out>) {
+    match d {
+        Delivery::Encoded(ticket, e) => match e.decode(who) {
+            Ok(v) => deliver(out, who, Delivery::Value(ticket, v)),
+            Err(e) => deliver(out, who, Delivery::Failure(ticket, e)),
+        },
+        Delivery::Value(ticket, v) => {
+            let again = ticket.clone();
+            if let Err(error) = panic::catch(false, || out.push(ticket, v)) {
+                tracing::error!(worker = %who, %error, "panic while delivering a result");
+                let worker = who.clone();
+                let _ = panic::catch(false, || out.fail(again, Error::Worker { worker, error }));
+            }
+        }
+        Delivery::Failure(ticket, e) => {
+            if let Err(error) = panic::catch(false, || out.fail(ticket, e)) {
+                tracing::error!(worker = %who, %error, "panic while delivering a failure");
+            }
+        }
+        Delivery::Release(ticket) => {
+            let _ = panic::catch(false, || drop(ticket));
+        }
+        // The subscriber is the application's code: its panic stays here.
+        Delivery::Log(body) => {
+            let _ = panic::catch(false, || super::worker_log::emit(who, &body));
+        }
+    }
+}
+
+/// Decodes one result entry.
+pub(super) fn decode<Out: DeserializeOwned>(
+    id: &WorkerId,
+    value_codec: Codec,
+    status: u8,
+    payload: &[u8],
+) -> Result<Out, Error> {
+    let codec = |direction, message: String| {
+        Error::Codec(CodecError {
+            worker: id.clone(),
+            direction,
+            message,
+        })
+    };
+    match status {
+        // A panicking `Deserialize` fails its item, not this thread.
+        frame::STATUS_OK => panic::catch(false, || value_codec.decode::<Out>(payload))
+            .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
+            .map_err(|e| codec(CodecDirection::DecodeOutput, e)),
+        frame::STATUS_WORKER_ERROR => Err(match postcard::from_bytes::<WorkerError>(payload) {
+            Ok(error) => Error::Worker {
+                worker: id.clone(),
+                error,
+            },
+            Err(e) => codec(
+                CodecDirection::DecodeOutput,
+                format!("undecodable worker error: {e}"),
+            ),
+        }),
+        _ => {
+            let (dir, msg) = payload.split_first().map_or((3, &[][..]), |(d, m)| (*d, m));
+            let direction = match dir {
+                0 => CodecDirection::EncodeInput,
+                1 => CodecDirection::DecodeInput,
+                2 => CodecDirection::EncodeOutput,
+                _ => CodecDirection::DecodeOutput,
+            };
+            Err(codec(direction, String::from_utf8_lossy(msg).into_owned()))
+        }
+    }
+}
