@@ -37,7 +37,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 
 use super::connection::{Readers, Writer, send_cancels};
-use super::delivery::{Delivery, Encoded, Held, SlotHold, decode, deliver};
+use super::delivery::{Delivery, Encoded, Held, Settled, SlotHold, deliver};
 use super::handover::{Handover, Woken};
 use super::ledger::{InFlight, Ledger};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
@@ -63,7 +63,7 @@ type Ended = Option<String>;
 
 /// One settled item with its id, or a worker's log events (no id: they go
 /// to the reader thread, never to a caller reading its own result).
-type Settled<Out> = (Option<u64>, Delivery<Out>);
+type Read<Out> = (Option<u64>, Settled<Out>);
 
 /// Everything needed to read and act on a worker's frames.
 pub(super) struct ReadSide {
@@ -109,8 +109,8 @@ fn result_bytes<'a>(
 impl ReadSide {
     /// Reads one frame (blocking) and acts on it; results settled go to
     /// `out` with their ids. Returns how the connection ended, if it did.
-    fn step<Out: DeserializeOwned>(&mut self, out: &mut Vec<Settled<Out>>) -> Option<Ended> {
-        match self.reader.read_frame() {
+    fn step<Out>(&mut self, out: &mut Vec<Read<Out>>) -> Option<Ended> {
+        match self.reader.read_frame_shared() {
             Ok(None) => Some(None),
             // The worker died with bytes unread on its side: that is an end
             // of the connection too, not a protocol error.
@@ -118,7 +118,8 @@ impl ReadSide {
                 Some(None)
             }
             Err(e) => Some(Some(format!("bad frame from worker: {e}"))),
-            Ok(Some((kind::RESULTS, body))) => {
+            Ok(Some((kind::RESULTS, frame_body))) => {
+                let body = &frame_body[..];
                 let parsed = match frame::parse_results(body) {
                     Ok(p) => p,
                     Err(e) => return Some(Some(format!("bad frame from worker: {e}"))),
@@ -142,17 +143,17 @@ impl ReadSide {
                     };
                     let d = if st == frame::STATUS_SKIPPED {
                         self.stats.skipped.fetch_add(1, Relaxed);
-                        Delivery::Release(entry.ticket)
+                        Settled::Ready(Delivery::Release(entry.ticket))
                     } else {
                         done += 1;
                         time_stages(&self.stats, &entry, now, compute_ns);
                         // Decoded where it is delivered, outside the read
-                        // lock (user `Deserialize`): bytes in the frame are
-                        // copied out of the read buffer; a value in shared
-                        // memory stays in its slot, which the item keeps
-                        // until then.
+                        // lock (user `Deserialize`): bytes in the frame stay
+                        // in the frame's buffer (shared, not copied); a value
+                        // in shared memory stays in its slot, which the item
+                        // keeps until then.
                         let held = match payload {
-                            Payload::Inline(b) => Ok(Held::Owned(b.to_vec())),
+                            Payload::Inline(b) => Ok(Held::Frame(frame_body.slice_ref(b))),
                             Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
                             {
                                 (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
@@ -165,33 +166,26 @@ impl ReadSide {
                             },
                         };
                         match held {
-                            Ok(bytes) => Delivery::Encoded(
-                                entry.ticket,
-                                Encoded {
-                                    status: st,
-                                    bytes,
-                                    codec: self.codec,
-                                    stats: self.stats.clone(),
-                                    decode: decode::<Out>,
-                                },
-                            ),
+                            Ok(bytes) => {
+                                Settled::Result(entry.ticket, Encoded { status: st, bytes })
+                            }
                             Err(e) => {
                                 self.stats.items_err.fetch_add(1, Relaxed);
-                                Delivery::Failure(
+                                Settled::Ready(Delivery::Failure(
                                     entry.ticket,
                                     Error::Codec(CodecError {
                                         worker: self.id.clone(),
                                         direction: CodecDirection::DecodeOutput,
                                         message: e.to_string(),
                                     }),
-                                )
+                                ))
                             }
                         }
                     };
                     // The item's slot is free for another, unless its
                     // result is still in it (then it goes when decoded).
                     if let Some(pool) = shm
-                        && !matches!(&d, Delivery::Encoded(_, e) if matches!(e.bytes, Held::Slot(_)))
+                        && !matches!(&d, Settled::Result(_, e) if matches!(e.bytes, Held::Slot(_)))
                     {
                         pool.release(id);
                     }
@@ -204,7 +198,7 @@ impl ReadSide {
                 }
             }
             Ok(Some((kind::TIMING, body))) => {
-                let mut c = frame::Cursor::new(body);
+                let mut c = frame::Cursor::new(&body);
                 match (c.u64(), c.u32()) {
                     (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
                         self.ledger.record_work(Duration::from_nanos(busy), items);
@@ -219,7 +213,7 @@ impl ReadSide {
             }
             // The worker process's `tracing` events (`worker_log.rs`).
             Ok(Some((kind::LOG, body))) => {
-                out.push((None, Delivery::Log(body.to_vec())));
+                out.push((None, Settled::Ready(Delivery::Log(body.to_vec()))));
                 None
             }
             Ok(Some((k, _))) => Some(Some(format!("unexpected frame kind {k} from worker"))),
@@ -235,9 +229,11 @@ pub(super) struct ReadPort<Out> {
     ended: Mutex<Option<Ended>>,
     hand: Handover,
     /// Results a caller read for others, for the thread to deliver.
-    outbox: Mutex<Vec<Delivery<Out>>>,
+    outbox: Mutex<Vec<Settled<Out>>>,
     out: SinkRef<Out>,
     who: WorkerId,
+    codec: Codec,
+    stats: Arc<ServletStats>,
     /// Wakes the parked thread.
     wake: EventFd,
     /// Wakes a caller reading for its item when its request completed by
@@ -268,6 +264,8 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         Ok(Arc::new(ReadPort {
             ledger: side.ledger.clone(),
             who: side.id.clone(),
+            codec: side.codec,
+            stats: side.stats.clone(),
             side: Mutex::new(side),
             ended: Mutex::new(None),
             hand: Handover::default(),
@@ -294,17 +292,29 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         self.ledger.held() == 0 && side.reader.buffered() == 0 && !input_pending(&self.sock)
     }
 
-    fn deliver_all(&self, batch: &mut Vec<Settled<Out>>) {
-        for (_, d) in batch.drain(..) {
-            deliver(&self.out, &self.who, d);
+    /// Delivers one settled item, decoding a result first.
+    fn deliver(&self, s: Settled<Out>) {
+        let d = match s {
+            Settled::Result(ticket, e) => match e.decode(&self.who, self.codec, &self.stats) {
+                Ok(v) => Delivery::Value(ticket, v),
+                Err(e) => Delivery::Failure(ticket, e),
+            },
+            Settled::Ready(d) => d,
+        };
+        deliver(&self.out, &self.who, d);
+    }
+
+    fn deliver_all(&self, batch: &mut Vec<Read<Out>>) {
+        for (_, s) in batch.drain(..) {
+            self.deliver(s);
         }
     }
 
     /// Delivers what callers read for others.
     fn deliver_outbox(&self) {
-        let handed: Vec<Delivery<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
-        for d in handed {
-            deliver(&self.out, &self.who, d);
+        let handed: Vec<Settled<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
+        for s in handed {
+            self.deliver(s);
         }
     }
 
@@ -402,7 +412,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Sorts what a caller read: its own result to `mine`, the others to
     /// the thread.
-    fn sort(&self, batch: &mut Vec<Settled<Out>>, own: u64, mine: &mut Option<Delivery<Out>>) {
+    fn sort(&self, batch: &mut Vec<Read<Out>>, own: u64, mine: &mut Option<Settled<Out>>) {
         if batch.is_empty() {
             return;
         }
@@ -523,8 +533,8 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
         // outside the read lock, and after giving the reading back, so that
         // other callers' results are read meanwhile.
         self.release_once();
-        if let Some(d) = mine {
-            deliver(&port.out, &port.who, d);
+        if let Some(s) = mine {
+            port.deliver(s);
         }
     }
 }
