@@ -45,12 +45,18 @@ pub(super) struct InFlight {
 
 impl InFlight {
     pub(super) fn new(ticket: TicketRef, bytes: Option<Vec<u8>>) -> Self {
+        Self::sent_at(ticket, bytes, Instant::now())
+    }
+
+    /// An item handed to the worker at `sent` (one clock reading for all
+    /// the items of a write).
+    pub(super) fn sent_at(ticket: TicketRef, bytes: Option<Vec<u8>>, sent: Instant) -> Self {
         InFlight {
             ticket,
             crashes: 0,
             bytes,
             cancel_sent: false,
-            sent: Instant::now(),
+            sent,
         }
     }
 }
