@@ -413,8 +413,10 @@ where
                 }
             }
         }
-        results.note_work(began.elapsed(), done - done_before);
-        if results.due(queue.is_empty(), began.elapsed()) {
+        // One clock reading for the timing and the flush decision.
+        let spent = began.elapsed();
+        results.note_work(spent, done - done_before);
+        if results.due_at(began + spent, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
         }
         if !retiring && retire.due(&config, done) {

@@ -230,14 +230,16 @@ impl Results {
     /// (assumed to take as long as the last one) would delay them by more
     /// than [`FLUSH_AFTER`]. Coalescing thus helps small, fast items and
     /// never holds a result behind a slow call.
-    pub(super) fn due(&self, queue_empty: bool, last_call: Duration) -> bool {
+    ///
+    /// `now`: a clock reading the caller has anyway (one fewer per item).
+    pub(super) fn due_at(&self, now: Instant, queue_empty: bool, last_call: Duration) -> bool {
         self.entries > 0
             && (queue_empty
                 || self.entries >= FLUSH_ITEMS
                 || self.buf.len() >= FLUSH_BYTES
                 || self
                     .first_at
-                    .is_some_and(|t| t.elapsed() + last_call >= FLUSH_AFTER))
+                    .is_some_and(|t| now.saturating_duration_since(t) + last_call >= FLUSH_AFTER))
     }
 
     pub(super) fn note_work(&mut self, spent: Duration, items: u64) {
