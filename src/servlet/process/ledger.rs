@@ -161,6 +161,15 @@ impl Ledger {
         ids
     }
 
+    /// True if a held item's request was cancelled and no cancellation was
+    /// sent for it yet (what [`Ledger::mark_cancels`] would mark), without
+    /// marking anything.
+    pub(super) fn has_cancels(&self) -> bool {
+        self.map()
+            .values()
+            .any(|e| !e.cancel_sent && e.ticket.is_cancelled())
+    }
+
     /// True if the worker holds items and every one of them was cancelled:
     /// nobody waits for what it is doing.
     pub(super) fn abandoned(&self) -> bool {
@@ -259,8 +268,10 @@ mod tests {
                 InFlight::new(std::sync::Arc::new(T(StdBool::new(false))), None),
             ),
         ]);
+        assert!(l.has_cancels());
         assert_eq!(l.mark_cancels(), vec![1]);
         assert!(l.mark_cancels().is_empty(), "sent once");
+        assert!(!l.has_cancels());
         assert_eq!(l.held(), 2);
         assert!(!l.abandoned());
         let (taken, _) = l.settle([2]);
