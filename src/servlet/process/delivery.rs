@@ -40,10 +40,35 @@ pub(super) enum Settled<Out> {
     Ready(Delivery<Out>),
 }
 
+impl<Out> Settled<Out> {
+    /// The same, with a result held [`Held::InFrame`] given its own part of
+    /// `frame` (to keep it beyond the frame's delivery).
+    pub(super) fn owned(self, frame: &Bytes) -> Self {
+        match self {
+            Settled::Result(
+                t,
+                Encoded {
+                    status,
+                    bytes: Held::InFrame(r),
+                },
+            ) => Settled::Result(
+                t,
+                Encoded {
+                    status,
+                    bytes: Held::Frame(frame.slice(r)),
+                },
+            ),
+            s => s,
+        }
+    }
+}
+
 /// A result's bytes: a part of the frame it came in (reference-counted, not
 /// copied: the frame's buffer lives until its last result is decoded), or
 /// in the item's shared-memory slot.
 pub(super) enum Held {
+    /// Bytes of the frame the reader delivers them with (a range in it).
+    InFrame(std::ops::Range<usize>),
     Frame(Bytes),
     Slot(SlotHold),
 }
@@ -63,8 +88,9 @@ impl Drop for SlotHold {
 }
 
 impl Held {
-    fn bytes(&self) -> &[u8] {
+    fn bytes<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
         match self {
+            Held::InFrame(r) => frame.get(r.clone()).unwrap_or(&[]),
             Held::Frame(b) => b,
             // Checked when read (`result_bytes`); the slot stays bound to
             // the item, at the same generation, while this lives.
@@ -88,8 +114,9 @@ impl Encoded {
         who: &WorkerId,
         codec: Codec,
         stats: &ServletStats,
+        frame: &[u8],
     ) -> Result<Out, Error> {
-        let r = decode::<Out>(who, codec, self.status, self.bytes.bytes());
+        let r = decode::<Out>(who, codec, self.status, self.bytes.bytes(frame));
         drop(self);
         let counter = if r.is_ok() {
             &stats.items_ok

@@ -30,6 +30,7 @@ use super::shared::{Item, Shared};
 use crate::batch::{self, Batching, Busy};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::frame::ItemFrames;
+use crate::metrics::stage_ns;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
 use crate::worker::{Worker, panic};
 use std::sync::atomic::Ordering::Relaxed;
@@ -264,12 +265,13 @@ where
             let retry = shared.restart.retry_crashed;
             // One clock reading for the whole write.
             let sent = Instant::now();
+            let sent_ns = stage_ns(sent);
             let entries: Vec<(u64, InFlight)> = tickets
                 .into_iter()
                 .enumerate()
                 .map(|(i, t)| {
                     let bytes = retry.then(|| self.frames.payload(i).to_vec());
-                    (base + i as u64, InFlight::sent_at(t, bytes, sent))
+                    (base + i as u64, InFlight::sent_at(t, bytes, sent_ns))
                 })
                 .collect();
             let side = lock_side(&port.writer);

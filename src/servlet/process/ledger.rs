@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::batch::ServiceModel;
+use crate::metrics::stage_ns;
 use crate::servlet::plumbing::TicketRef;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, lock};
 
@@ -39,24 +40,25 @@ pub(super) struct InFlight {
     pub(super) bytes: Option<Vec<u8>>,
     /// A cancellation was sent for it; the worker's answer is awaited.
     pub(super) cancel_sent: bool,
-    /// When it was handed to the worker (for its transfer time).
-    pub(super) sent: Instant,
+    /// When it was handed to the worker (for its transfer time), as
+    /// `metrics::shard::stage_ns` gives it.
+    pub(super) sent_ns: u64,
 }
 
 impl InFlight {
     pub(super) fn new(ticket: TicketRef, bytes: Option<Vec<u8>>) -> Self {
-        Self::sent_at(ticket, bytes, Instant::now())
+        Self::sent_at(ticket, bytes, stage_ns(Instant::now()))
     }
 
-    /// An item handed to the worker at `sent` (one clock reading for all
-    /// the items of a write).
-    pub(super) fn sent_at(ticket: TicketRef, bytes: Option<Vec<u8>>, sent: Instant) -> Self {
+    /// An item handed to the worker at `sent_ns` (`stage_ns`; one clock
+    /// reading for all the items of a write).
+    pub(super) fn sent_at(ticket: TicketRef, bytes: Option<Vec<u8>>, sent_ns: u64) -> Self {
         InFlight {
             ticket,
             crashes: 0,
             bytes,
             cancel_sent: false,
-            sent,
+            sent_ns,
         }
     }
 }

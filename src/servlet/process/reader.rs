@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -45,6 +46,7 @@ use crate::ipc::Codec;
 use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
 use crate::ipc::shm::{ShmError, SlotPool};
+use crate::metrics::stage_ns;
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef};
 
@@ -64,6 +66,31 @@ type Ended = Option<String>;
 /// One settled item with its id, or a worker's log events (no id: they go
 /// to the reader thread, never to a caller reading its own result).
 type Read<Out> = (Option<u64>, Settled<Out>);
+
+/// What one [`ReadSide::step`] read: the settled items, and the frame their
+/// results are in ([`Held::InFrame`] ranges: no reference count per result).
+struct Batch<Out> {
+    items: Vec<Read<Out>>,
+    frame: Bytes,
+}
+
+impl<Out> Batch<Out> {
+    fn new() -> Self {
+        Batch {
+            items: Vec::new(),
+            frame: Bytes::new(),
+        }
+    }
+
+    /// The items, each result holding its own part of the frame (to keep
+    /// beyond the next step), and the frame let go.
+    fn take_owned(&mut self) -> impl Iterator<Item = Read<Out>> + '_ {
+        let frame = std::mem::take(&mut self.frame);
+        self.items
+            .drain(..)
+            .map(move |(id, s)| (id, s.owned(&frame)))
+    }
+}
 
 /// Everything needed to read and act on a worker's frames.
 pub(super) struct ReadSide {
@@ -109,7 +136,11 @@ fn result_bytes<'a>(
 impl ReadSide {
     /// Reads one frame (blocking) and acts on it; results settled go to
     /// `out` with their ids. Returns how the connection ended, if it did.
-    fn step<Out>(&mut self, out: &mut Vec<Read<Out>>) -> Option<Ended> {
+    fn step<Out>(&mut self, batch: &mut Batch<Out>) -> Option<Ended> {
+        // The last frame's results were delivered or made owned: its buffer
+        // can be reused.
+        batch.frame = Bytes::new();
+        let out = &mut batch.items;
         match self.reader.read_frame_shared() {
             Ok(None) => Some(None),
             // The worker died with bytes unread on its side: that is an end
@@ -131,7 +162,7 @@ impl ReadSide {
                 if wake {
                     let _ = self.events.send(Event::Credit);
                 }
-                let now = Instant::now();
+                let now_ns = stage_ns(Instant::now());
                 let mut done = 0u64;
                 let shm = self.shm.as_deref();
                 for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
@@ -146,14 +177,17 @@ impl ReadSide {
                         Settled::Ready(Delivery::Release(entry.ticket))
                     } else {
                         done += 1;
-                        time_stages(&self.stats, &entry, now, compute_ns);
+                        time_stages(&self.stats, &entry, now_ns, compute_ns);
                         // Decoded where it is delivered, outside the read
                         // lock (user `Deserialize`): bytes in the frame stay
                         // in the frame's buffer (shared, not copied); a value
                         // in shared memory stays in its slot, which the item
                         // keeps until then.
                         let held = match payload {
-                            Payload::Inline(b) => Ok(Held::Frame(frame_body.slice_ref(b))),
+                            Payload::Inline(b) => {
+                                let at = b.as_ptr() as usize - body.as_ptr() as usize;
+                                Ok(Held::InFrame(at..at + b.len()))
+                            }
                             Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
                             {
                                 (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
@@ -191,6 +225,7 @@ impl ReadSide {
                     }
                     out.push((Some(id), d));
                 }
+                batch.frame = frame_body;
                 self.status.items.fetch_add(done, Relaxed);
                 match send_cancels(&self.ledger, &self.writer, false) {
                     Ok(_) => None,
@@ -213,7 +248,9 @@ impl ReadSide {
             }
             // The worker process's `tracing` events (`worker_log.rs`).
             Ok(Some((kind::LOG, body))) => {
-                out.push((None, Settled::Ready(Delivery::Log(body.to_vec()))));
+                batch
+                    .items
+                    .push((None, Settled::Ready(Delivery::Log(body.to_vec()))));
                 None
             }
             Ok(Some((k, _))) => Some(Some(format!("unexpected frame kind {k} from worker"))),
@@ -292,10 +329,12 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         self.ledger.held() == 0 && side.reader.buffered() == 0 && !input_pending(&self.sock)
     }
 
-    /// Delivers one settled item, decoding a result first.
-    fn deliver(&self, s: Settled<Out>) {
+    /// Delivers one settled item, decoding a result first (`frame`: the
+    /// frame of a result held [`Held::InFrame`]).
+    fn deliver(&self, s: Settled<Out>, frame: &[u8]) {
         let d = match s {
-            Settled::Result(ticket, e) => match e.decode(&self.who, self.codec, &self.stats) {
+            Settled::Result(ticket, e) => match e.decode(&self.who, self.codec, &self.stats, frame)
+            {
                 Ok(v) => Delivery::Value(ticket, v),
                 Err(e) => Delivery::Failure(ticket, e),
             },
@@ -304,17 +343,18 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         deliver(&self.out, &self.who, d);
     }
 
-    fn deliver_all(&self, batch: &mut Vec<Read<Out>>) {
-        for (_, s) in batch.drain(..) {
-            self.deliver(s);
+    fn deliver_all(&self, batch: &mut Batch<Out>) {
+        for (_, s) in batch.items.drain(..) {
+            self.deliver(s, &batch.frame);
         }
+        batch.frame = Bytes::new();
     }
 
     /// Delivers what callers read for others.
     fn deliver_outbox(&self) {
         let handed: Vec<Settled<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
         for s in handed {
-            self.deliver(s);
+            self.deliver(s, &[]);
         }
     }
 
@@ -326,7 +366,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             Park,
             End(Ended),
         }
-        let mut batch = Vec::new();
+        let mut batch = Batch::new();
         loop {
             self.deliver_outbox();
             let next = {
@@ -412,12 +452,12 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Sorts what a caller read: its own result to `mine`, the others to
     /// the thread.
-    fn sort(&self, batch: &mut Vec<Read<Out>>, own: u64, mine: &mut Option<Settled<Out>>) {
-        if batch.is_empty() {
+    fn sort(&self, batch: &mut Batch<Out>, own: u64, mine: &mut Option<Settled<Out>>) {
+        if batch.items.is_empty() {
             return;
         }
         let mut others = Vec::new();
-        for (id, d) in batch.drain(..) {
+        for (id, d) in batch.take_owned() {
             if id == Some(own) {
                 *mine = Some(d);
             } else {
@@ -496,7 +536,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
             // Read once already: the reading is no longer this caller's.
             return;
         }
-        let mut batch = Vec::new();
+        let mut batch = Batch::new();
         let mut mine = None;
         {
             let mut side = port.lock_side();
@@ -534,7 +574,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
         // other callers' results are read meanwhile.
         self.release_once();
         if let Some(s) = mine {
-            port.deliver(s);
+            port.deliver(s, &[]);
         }
     }
 }
@@ -591,18 +631,16 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
 }
 
 /// Records a settled item's stage latency (before it is delivered: the next
-/// stage resets the clock).
-fn time_stages(stats: &ServletStats, entry: &InFlight, now: Instant, compute_ns: u64) {
-    let compute = Duration::from_nanos(compute_ns);
-    let entered = entry.ticket.clock().and_then(|c| c.entered());
+/// stage resets the clock). `now_ns` as `stage_ns` gives it: integer
+/// differences, no clock reading, per item.
+fn time_stages(stats: &ServletStats, entry: &InFlight, now_ns: u64, compute_ns: u64) {
+    let entered = entry.ticket.clock().and_then(|c| c.entered_ns());
+    let since = |later: u64, earlier: u64| Duration::from_nanos(later.saturating_sub(earlier));
     stats.record_stages(
-        entered.map(|e| entry.sent.saturating_duration_since(e)),
-        Some(
-            now.saturating_duration_since(entry.sent)
-                .saturating_sub(compute),
-        ),
-        Some(compute),
-        entered.map(|e| now.saturating_duration_since(e)),
+        entered.map(|e| since(entry.sent_ns, e)),
+        Some(since(now_ns.saturating_sub(entry.sent_ns), compute_ns)),
+        Some(Duration::from_nanos(compute_ns)),
+        entered.map(|e| since(now_ns, e)),
     );
 }
 
