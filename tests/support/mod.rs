@@ -2,6 +2,16 @@
 //! itself as the worker process, so these types live in every binary.
 #![allow(dead_code)]
 
+pub mod capture;
+pub mod never_room;
+pub mod poll;
+pub mod restart;
+
+// Not every test binary uses them.
+#[allow(unused_imports)]
+pub use never_room::NeverRoom;
+pub use poll::wait_until;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -171,12 +181,8 @@ pub fn all_children() -> Vec<u32> {
 
 /// Polls `cond` until it holds; fails the test after 10 s.
 pub fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached in 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), cond),
+        "condition not reached in 10 s"
+    );
 }
