@@ -158,6 +158,29 @@ impl Worker for SquareBatch {
     }
 }
 
+/// Streams `data` through a [`SquareBatch`] flow, errors in place, and
+/// checks every result: `x * x` from a batch of 1 to `max_batch` items, or
+/// the "negative" error for a negative `x`. `ctx` names the case.
+pub fn check_square_batches(
+    server: &mpserver::Server<i64, (i64, usize)>,
+    data: &[i64],
+    max_batch: usize,
+    ctx: &str,
+) {
+    let opts = mpserver::StreamOptions::default().return_exceptions(true);
+    let out: Vec<_> = server.stream_with(data.to_vec(), opts).collect();
+    assert_eq!(out.len(), data.len(), "{ctx}");
+    for (x, r) in data.iter().zip(&out) {
+        match r {
+            Ok((y, n)) => {
+                assert_eq!(*y, x * x, "{ctx}");
+                assert!((1..=max_batch).contains(n), "{ctx}: batch of {n}");
+            }
+            Err(e) => assert!(*x < 0 && e.to_string().contains("negative"), "{ctx}: {e}"),
+        }
+    }
+}
+
 /// Any children at all (including zombies) of this process.
 pub fn all_children() -> Vec<u32> {
     let me = std::process::id();
