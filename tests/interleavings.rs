@@ -399,6 +399,13 @@ fn a_large_write_while_an_abandoned_result_is_pending_never_deadlocks() {
         }
         assert_eq!(server.call(Job::echo("z".into())).unwrap()[0], "z");
         assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+        // Nobody got out of it by taking the worker for crashed.
+        let snap = server.servlets();
+        assert_eq!(
+            process_node(&snap).unwrap().crashes,
+            0,
+            "via_call {via_call}"
+        );
     }
 }
 
