@@ -349,7 +349,11 @@ fn a_large_write_while_an_abandoned_result_is_pending_never_deadlocks() {
     const ITEM: usize = 16 << 20;
     for via_call in [false, true] {
         let flow = ensemble![
-            ProcessServlet::new(Bulk).name("bulk").max_frame(64 << 20),
+            ProcessServlet::new(Bulk)
+                .name("bulk")
+                .max_frame(64 << 20)
+                // Every value by the socket (what this test is about).
+                .shared_memory(None),
             ThreadServlet::new(RefuseSlow).name("refuse"),
         ];
         let server = Arc::new(Server::builder(flow).capacity(8).start().unwrap());
