@@ -244,7 +244,13 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 /// waits on a read that nobody does.
 #[test]
 fn large_items_and_results_both_ways_never_deadlock() {
-    for (max_frame, size, n) in [(64 << 10, 30 << 10, 600usize), (8 << 20, 1 << 20, 40)] {
+    // (Values over 64 KiB go through shared memory unless it is off: the
+    // large case runs both ways.)
+    for (max_frame, size, n, shm) in [
+        (64 << 10, 30 << 10, 600usize, true),
+        (8 << 20, 1 << 20, 40, true),
+        (8 << 20, 1 << 20, 40, false),
+    ] {
         // A thread stage releases the items in one burst (a batch), so the
         // process stage finds them all queued while its worker is idle and
         // its reader parked: one large multi-frame write.
@@ -254,7 +260,8 @@ fn large_items_and_results_both_ways_never_deadlock() {
                 .batch_wait_time(Duration::from_millis(300)),
             ProcessServlet::new(Mirror)
                 .max_frame(max_frame)
-                .max_inflight(n),
+                .max_inflight(n)
+                .shared_memory(shm.then(mpserver::servlet::process::ShmSettings::default)),
         ];
         let server = Server::builder(flow)
             .capacity(n)
@@ -274,8 +281,11 @@ fn large_items_and_results_both_ways_never_deadlock() {
                     })
                     .count()
             });
-            eprintln!("max_frame {max_frame} round {round}: {:?}", t.elapsed());
-            assert_eq!(ok, n, "max_frame {max_frame}, round {round}");
+            eprintln!(
+                "max_frame {max_frame} shm {shm} round {round}: {:?}",
+                t.elapsed()
+            );
+            assert_eq!(ok, n, "max_frame {max_frame}, shm {shm}, round {round}");
         }
     }
 }
