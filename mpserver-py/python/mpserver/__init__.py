@@ -25,8 +25,10 @@ from ._api import (
     ThreadServlet,
     ThreadWorker,
     Worker,
+    get_start_method,
     make_threadworker,
     make_worker,
+    set_start_method,
 )
 from ._errors import (
     CodecError,
@@ -50,6 +52,8 @@ __all__ = [
     'ProcessWorker',
     'ThreadWorker',
     'make_worker',
+    'set_start_method',
+    'get_start_method',
     'make_threadworker',
     'PassThrough',
     'CpuAffinity',
