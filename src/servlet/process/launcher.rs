@@ -396,3 +396,90 @@ impl<W> super::ProcessServlet<W> {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{ProcessServlet, Server, Worker, WorkerError};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Lineage;
+
+    impl Worker for Lineage {
+        type Input = ();
+        type Output = (u32, u32, Option<String>);
+        fn call(&mut self, _: ()) -> Result<Self::Output, WorkerError> {
+            Ok((
+                std::process::id(),
+                nix::unistd::getppid().as_raw() as u32,
+                std::env::var("LAUNCHER_TEST").ok(),
+            ))
+        }
+    }
+
+    /// Starts the worker itself (as a fork server would, but by spawning),
+    /// or declines.
+    struct ByHand {
+        calls: AtomicUsize,
+        decline: bool,
+    }
+
+    impl ProcessStarter for ByHand {
+        fn start(&self, req: &StartRequest<'_>) -> io::Result<Option<Box<dyn WorkerProcess>>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.decline {
+                return Ok(None);
+            }
+            let mut cmd = Command::new("/proc/self/exe");
+            for (k, v) in req.env(std::process::id()) {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            cmd.stdin(Stdio::from(req.socket.try_clone_to_owned()?));
+            Ok(Some(Box::new(cmd.spawn()?)))
+        }
+    }
+
+    fn run(decline: bool) -> (usize, Vec<(u32, u32, Option<String>)>) {
+        let starter = Arc::new(ByHand {
+            calls: AtomicUsize::new(0),
+            decline,
+        });
+        let launcher = Launcher::default()
+            .env("LAUNCHER_TEST", "yes")
+            .starter(starter.clone());
+        let servlet = ProcessServlet::new(Lineage).workers(2).launcher(launcher);
+        let server = Server::start(servlet).unwrap();
+        let out = (0..8).map(|_| server.call(()).unwrap()).collect();
+        drop(server);
+        (starter.calls.load(Ordering::SeqCst), out)
+    }
+
+    /// A starter's processes are supervised like spawned ones and get the
+    /// launcher's environment.
+    #[test]
+    fn a_starter_starts_the_workers() {
+        let (calls, out) = run(false);
+        assert_eq!(calls, 2);
+        for (pid, ppid, var) in out {
+            assert_ne!(pid, std::process::id());
+            assert_eq!(ppid, std::process::id());
+            assert_eq!(var.as_deref(), Some("yes"));
+        }
+    }
+
+    /// A starter that declines has the launcher's command spawned instead.
+    #[test]
+    fn a_declining_starter_falls_back_to_spawning() {
+        let (calls, out) = run(true);
+        assert_eq!(calls, 2);
+        assert!(
+            out.iter()
+                .all(|(_, ppid, var)| *ppid == std::process::id() && var.as_deref() == Some("yes"))
+        );
+    }
+}
