@@ -148,9 +148,11 @@ def test_main_script_classes_and_worker_output_with_either_method(tmp_path, meth
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
+    # The two workers' lines may interleave with each other, not with the
+    # parent's lines after the results.
+    assert r.stdout.count('worker says a') == 1 and r.stdout.count('worker says b') == 1
     lines = r.stdout.splitlines()
-    assert sorted(lines[:2]) == ['worker says a', 'worker says b'], r.stdout
-    assert lines[2:] == ["['A?!', 'B?!']", 'forked' if method == 'forkserver' else 'spawned']
+    assert lines[-2:] == ["['A?!', 'B?!']", 'forked' if method == 'forkserver' else 'spawned']
     assert 'worker warns a' in r.stderr and 'worker warns b' in r.stderr
 
 
