@@ -399,3 +399,16 @@ pub fn _forkserver_pid() -> Option<u32> {
     let alive = fs.child.lock().ok()?.is_some();
     alive.then_some(fs.pid)
 }
+
+/// Starts the process's fork server now if none runs (it prepares itself
+/// while the caller goes on): `prep` is the pickled `multiprocessing`
+/// preparation data, `pkg_root` the folder holding the package.
+#[pyo3::pyfunction]
+pub fn _start_forkserver(py: pyo3::Python<'_>, prep: &[u8], pkg_root: &str) -> pyo3::PyResult<u32> {
+    use pyo3::prelude::*;
+    let executable: String = py.import("sys")?.getattr("executable")?.extract()?;
+    let fs = ForkServer::get_or_start(&executable, prep, pkg_root).map_err(|e| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the fork server: {e}"))
+    })?;
+    Ok(fs.pid)
+}

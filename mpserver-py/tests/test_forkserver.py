@@ -221,3 +221,27 @@ def test_no_orphans_including_the_fork_server_when_the_parent_is_killed(tmp_path
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_start_forkserver_starts_it_before_any_server(tmp_path):
+    r = run_script(
+        '''
+        import os
+        import mpserver
+        from mpserver import ProcessServlet, Server, Worker, _mpserver
+
+        class Parent(Worker):
+            def call(self, x):
+                return os.getppid()
+
+        if __name__ == '__main__':
+            before = _mpserver._forkserver_pid()
+            mpserver.start_forkserver()
+            fs = _mpserver._forkserver_pid()
+            with Server(ProcessServlet(Parent)) as s:
+                print(before, fs is not None, s.call(0) == fs, _mpserver._forkserver_pid() == fs)
+        ''',
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == 'None True True True\n'

@@ -29,6 +29,7 @@ from ._api import (
     make_threadworker,
     make_worker,
     set_start_method,
+    start_forkserver,
 )
 from ._errors import (
     CodecError,
@@ -54,6 +55,7 @@ __all__ = [
     'make_worker',
     'set_start_method',
     'get_start_method',
+    'start_forkserver',
     'make_threadworker',
     'PassThrough',
     'CpuAffinity',

@@ -262,6 +262,31 @@ def set_start_method(method: str) -> None:
     _start_method = method
 
 
+def start_forkserver() -> None:
+    """Starts the fork server now, if none runs, instead of with the first
+    server that has process servlets: it starts and imports the main script
+    and the package while the program goes on (loading a model, reading
+    configuration), so that the first server's workers need not wait for an
+    interpreter's start. Call it inside ``if __name__ == '__main__':``, after
+    ``sys.path`` and the working directory are set (workers still get the
+    values current when their server starts). Does nothing if the start
+    method is ``'spawn'``.
+    """
+    if _start_method != 'forkserver':
+        return
+    _mpserver._start_forkserver(_preparation('forkserver'), _PKG_ROOT)
+
+
+def _preparation(name: str) -> bytes:
+    # What multiprocessing's spawn start method sends a child: sys.path,
+    # the working directory, and the main script, which the worker
+    # re-imports as `__mp_main__` (so classes defined there unpickle).
+    prep = multiprocessing.spawn.get_preparation_data(name)
+    if 'authkey' in prep:
+        prep['authkey'] = bytes(prep['authkey'])
+    return pickle.dumps(prep, protocol=5)
+
+
 def get_start_method() -> str:
     """The start method set by :func:`set_start_method` (``'forkserver'`` by default)."""
     return _start_method
@@ -373,13 +398,7 @@ class ProcessServlet(Servlet):
         return self
 
     def _spec(self):
-        # What multiprocessing's spawn start method sends a child: sys.path,
-        # the working directory, and the main script, which the worker
-        # re-imports as `__mp_main__` (so classes defined there unpickle).
-        prep = multiprocessing.spawn.get_preparation_data(self._name)
-        if 'authkey' in prep:
-            prep['authkey'] = bytes(prep['authkey'])
-        prep = pickle.dumps(prep, protocol=5)
+        prep = _preparation(self._name)
         payload = pickle.dumps((self._worker_cls, self._init_kwargs), protocol=5)
         return (
             'process',
