@@ -412,3 +412,17 @@ pub fn _start_forkserver(py: pyo3::Python<'_>, prep: &[u8], pkg_root: &str) -> p
     })?;
     Ok(fs.pid)
 }
+
+/// In the fork server: dies with its parent (`SIGKILL`) while `on`, so that
+/// a main script whose import hangs cannot outlive the server's process;
+/// off once prepared (it then exits when its control socket ends: the
+/// parent-death signal follows the thread that spawned the process, which
+/// may end before the program does). Returns false if the parent is
+/// already gone.
+#[pyo3::pyfunction]
+pub fn _die_with_parent(on: bool, parent: u32) -> pyo3::PyResult<bool> {
+    let sig = on.then_some(nix::sys::signal::Signal::SIGKILL);
+    nix::sys::prctl::set_pdeathsig(sig)
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    Ok(nix::unistd::getppid().as_raw() as u32 == parent)
+}

@@ -36,6 +36,7 @@ fn _mpserver(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::_worker_main, m)?)?;
     m.add_function(wrap_pyfunction!(forkserver::_forkserver_pid, m)?)?;
     m.add_function(wrap_pyfunction!(forkserver::_start_forkserver, m)?)?;
+    m.add_function(wrap_pyfunction!(forkserver::_die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(value::_pickle_layout, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -245,3 +245,36 @@ def test_start_forkserver_starts_it_before_any_server(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout == 'None True True True\n'
+
+
+def test_a_fork_server_stuck_importing_the_main_script_dies_with_the_parent(tmp_path):
+    code = '''
+        import os, sys, time
+        import mpserver
+        from mpserver import _mpserver
+
+        if __name__ == '__mp_main__':
+            time.sleep(3600)  # the fork server's import of this script hangs
+
+        if __name__ == '__main__':
+            mpserver.start_forkserver()
+            print(_mpserver._forkserver_pid(), flush=True)
+            time.sleep(3600)
+    '''
+    script = tmp_path / 'parent.py'
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
+    p = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        fs = int(p.stdout.readline())
+        assert pid_alive(fs)
+        time.sleep(1.0)  # let it reach the main script's import
+        p.kill()
+        p.wait(timeout=10)
+        assert wait_for(lambda: not pid_alive(fs), timeout=5), fs
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -95,6 +95,13 @@ def _parse_env(body: bytes) -> dict:
 
 
 def main() -> None:
+    from mpserver import _mpserver
+
+    parent = os.getppid()
+    # Until prepared, die with the server's process even if the main
+    # script's import hangs; afterwards the end of the control socket says it.
+    if not _mpserver._die_with_parent(True, parent):
+        os._exit(0)
     ctl = socket.socket(fileno=os.dup(0))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -107,7 +114,7 @@ def main() -> None:
         _prepare(data)
     import multiprocessing  # noqa: F401  (what a spawned worker imports too)
 
-    from mpserver import _mpserver  # noqa: F401
+    _mpserver._die_with_parent(False, parent)
 
     # Children are reaped only when the engine asks (so their pids stay
     # reserved while it may signal them).
