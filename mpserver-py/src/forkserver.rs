@@ -138,6 +138,15 @@ impl ForkServer {
         }
     }
 
+    /// Kills the fork server process (its children die with it).
+    fn kill(&self) {
+        if let Ok(mut c) = self.child.lock()
+            && let Some(child) = c.as_mut()
+        {
+            let _ = child.kill();
+        }
+    }
+
     fn send(&self, msg: &[u8], fds: &[RawFd]) -> io::Result<()> {
         let iov = [io::IoSlice::new(msg)];
         let cmsg = [ControlMessage::ScmRights(fds)];
@@ -199,14 +208,19 @@ impl ForkServer {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
+                // It still holds this request (and the worker's socket):
+                // it must never serve it late.
                 self.mark_dead();
+                self.kill();
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the fork server did not answer within {ANSWER_TIMEOUT:?}"),
                 ));
             }
             Err(_) => {
+                // As above: the spawned process gets this socket instead.
                 self.mark_dead();
+                self.kill();
                 return Ok(None);
             }
         }
