@@ -382,6 +382,24 @@ impl ItemFrames {
         }
     }
 
+    /// Restores the frames to what they were before a
+    /// [`ItemFrames::push`] whose `write` panicked (unwound out of `push`):
+    /// its partial entry, and a frame it opened, are dropped.
+    pub fn discard_partial(&mut self) {
+        match self.open {
+            Some((start, _)) if self.count == 0 => {
+                self.open = None;
+                self.buf.truncate(start);
+            }
+            Some(_) => {
+                if let Some(&(_, _, end)) = self.entries.last() {
+                    self.buf.truncate(end);
+                }
+            }
+            None => {}
+        }
+    }
+
     /// Size of item `i`'s value (in the frame or in shared memory).
     pub fn value_len(&self, i: usize) -> usize {
         match self.slots.get(i) {
@@ -685,6 +703,41 @@ mod tests {
         let mut body = 5u32.to_le_bytes().to_vec();
         body.extend_from_slice(&[0; 20]);
         assert!(parse_results(&body).is_err());
+    }
+
+    #[test]
+    fn a_panicking_write_is_discarded() {
+        for batched in [true, false] {
+            let write = |f: &mut ItemFrames, b: &[u8]| {
+                f.push(|v| {
+                    v.extend_from_slice(b);
+                    Ok::<_, ()>(())
+                })
+                .unwrap();
+            };
+            let panicking = |f: &mut ItemFrames| {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _ = f.push(|v| -> Result<(), ()> {
+                        v.extend_from_slice(b"partial");
+                        panic!("in write")
+                    });
+                }));
+                assert!(r.is_err());
+                f.discard_partial();
+            };
+            // First, and after others (split into frames when unbatched).
+            let mut want = ItemFrames::new(batched, 4);
+            write(&mut want, b"ab");
+            write(&mut want, b"cdefgh");
+            let mut got = ItemFrames::new(batched, 4);
+            panicking(&mut got);
+            write(&mut got, b"ab");
+            panicking(&mut got);
+            write(&mut got, b"cdefgh");
+            panicking(&mut got);
+            assert_eq!(got.len(), 2);
+            assert_eq!(got.bytes(), want.bytes(), "batched: {batched}");
+        }
     }
 
     #[test]

@@ -225,28 +225,50 @@ where
         let mut tickets = Vec::with_capacity(items.len());
         let mut failed: Vec<(TicketRef, String)> = Vec::new();
         let codec = shared.codec;
-        for (ticket, x) in items {
-            // A panicking `Serialize` (or `Drop`) fails its item, not this
-            // thread.
-            let encoded = self.frames.push(|v| {
-                panic::catch(false, move || {
-                    let r = codec.encode_into(v, &x);
-                    drop(x);
-                    r
-                })
-                .unwrap_or_else(|p| Err(format!("panic while serializing: {}", p.message())))
-            });
-            match encoded {
-                Ok(size) if size > half => {
-                    self.frames.pop();
-                    let message = format!(
-                        "input exceeds the frame limit of {} bytes",
-                        shared.max_frame
-                    );
-                    failed.push((ticket, message));
+        // One panic guard for the whole batch rather than one per item: a
+        // panicking `Serialize` (or `Drop`) unwinds to it, fails its item
+        // alone (its partial entry is discarded), and encoding goes on with
+        // the next item under a new guard.
+        let mut items = items.into_iter();
+        loop {
+            let mut current: Option<TicketRef> = None;
+            let frames = &mut self.frames;
+            let (ok, bad, current_ref, rest) =
+                (&mut tickets, &mut failed, &mut current, &mut items);
+            let done = panic::catch(false, move || {
+                for (ticket, x) in rest {
+                    *current_ref = Some(ticket);
+                    let encoded = frames.push(|v| {
+                        let r = codec.encode_into(v, &x);
+                        drop(x);
+                        r
+                    });
+                    let Some(ticket) = current_ref.take() else {
+                        continue;
+                    };
+                    match encoded {
+                        Ok(size) if size > half => {
+                            frames.pop();
+                            let message = format!(
+                                "input exceeds the frame limit of {} bytes",
+                                shared.max_frame
+                            );
+                            bad.push((ticket, message));
+                        }
+                        Ok(_) => ok.push(ticket),
+                        Err(e) => bad.push((ticket, e)),
+                    }
                 }
-                Ok(_) => tickets.push(ticket),
-                Err(e) => failed.push((ticket, e)),
+            });
+            match done {
+                Ok(()) => break,
+                Err(p) => {
+                    self.frames.discard_partial();
+                    if let Some(ticket) = current.take() {
+                        let message = format!("panic while serializing: {}", p.message());
+                        failed.push((ticket, message));
+                    }
+                }
             }
         }
         if policy.batched() && self.frames.open_frame_len() > shared.max_frame {
