@@ -115,6 +115,20 @@ where
         }
     }
 
+    /// Adaptive batching: whether the worker holds more than the last batch
+    /// sent, i.e. a whole batch waits in it behind the one it works on. Its
+    /// supervisor then starts no batch until the worker gives items back:
+    /// a batch started now could only be held open for the policy's longest
+    /// hold, its supervisor woken once per arriving item, while the items
+    /// can as well queue and be taken at once when the worker needs them.
+    pub(super) fn saturated(&self, held: usize) -> bool {
+        let policy = &self.shared.policy;
+        policy.size > 1
+            && policy.mode == Batching::Adaptive
+            && self.last_sent > 0
+            && held > self.last_sent
+    }
+
     /// While its worker has no credit, a supervisor drops the items of
     /// ended requests from the queue (counted as skipped: they never ran)
     /// and moves the others to the spill queue, in order, where any

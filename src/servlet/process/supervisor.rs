@@ -441,7 +441,8 @@ where
             }
             // While retries wait, a process that holds items takes no new
             // ones, so that it frees up for them.
-            let can_pull = (held == 0 || !retry_pending) && !retiring && held < max;
+            let can_pull =
+                (held == 0 || !retry_pending) && !retiring && held < max && !disp.saturated(held);
             // Items spilled by any supervisor go before the queue.
             if can_pull && let Ok(item) = shared.spill_rx.try_recv() {
                 if let Some(end) = send(disp, item, max, unsent) {
