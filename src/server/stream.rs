@@ -5,7 +5,8 @@
 //! results in a FIFO; order comes from that FIFO, so no reorder buffer is
 //! needed. The blocking stream pulls its input on the consumer's thread (no
 //! feeder thread: any iterator works, borrowed or not `Send`), refilling the
-//! window each time a result is taken. Dropping a stream early drops the
+//! window as results are taken, a quarter of the window at a time (see
+//! `refill_due`). Dropping a stream early drops the
 //! pending results, which cancels their requests: nothing hangs and the
 //! backlog drains.
 
@@ -86,8 +87,8 @@ type Admitted<In, Out> = (Option<In>, Result<Pending<Out>, Error>);
 type Finished<In, Out> = (Option<In>, Result<Out, Error>);
 
 /// The ordered window shared by the blocking streams: admitted requests in
-/// input order, refilled from the input whenever the consumer asks for the
-/// next result.
+/// input order, refilled from the input when the consumer asks for the
+/// next result and a chunk of the window is free.
 struct Ordered<I: Iterator, Out: Send + 'static>
 where
     I::Item: Send + 'static,
@@ -354,7 +355,8 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
 }
 
 /// The ordered window shared by the async streams: admitted requests in
-/// input order, refilled from the source whenever the consumer polls.
+/// input order, refilled from the source when the consumer polls and a
+/// chunk of the window is free.
 struct AsyncOrdered<S, In: Send + 'static, Out: Send + 'static> {
     handle: Handle<In, Out>,
     input: Option<Pin<Box<S>>>,
@@ -610,5 +612,24 @@ where
 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.debug("PairStream", f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refill_due;
+
+    #[test]
+    fn a_window_refills_a_quarter_at_a_time_and_never_overfills() {
+        // Window 128: nothing until 32 are free, then it is due.
+        assert!(refill_due(0, 128));
+        assert!(!refill_due(127, 128));
+        assert!(!refill_due(97, 128));
+        assert!(refill_due(96, 128));
+        // Small windows refill item by item, and an empty stream always.
+        assert!(refill_due(3, 4));
+        assert!(!refill_due(4, 4));
+        assert!(refill_due(0, 1));
+        assert!(!refill_due(1, 1));
     }
 }
