@@ -263,8 +263,20 @@ impl<'de> Visitor<'de> for BytesVisitor {
         f.write_str("bytes")
     }
 
+    /// A copy, or a view of the shared-memory slot the bytes lie in when a
+    /// worker decodes its input from one (`ipc::shm::view`: decode-scoped,
+    /// recognised by address; large blocks only).
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+        if v.len() >= crate::ipc::shm::VIEW_MIN
+            && let Some(view) = crate::ipc::shm::view_of(v)
+        {
+            return Ok(Bytes(view));
+        }
         Ok(Bytes::copy_from_slice(v))
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        self.visit_bytes(v)
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {

@@ -15,11 +15,15 @@
 //!   free ──take (server, encoding an item)──▶ leased ──bind(id) (send lock)──▶ sent
 //!    ▲                                          │ item not sent: lease dropped     │
 //!    │◀─────────────────────────────────────────┘                                  │
-//!    │        worker decodes the input from the slot, and may write its            │
-//!    │        result back into the same slot (same tag and generation)             ▼
+//!    │        worker decodes the input from the slot (a `Bytes` in it may be a     │
+//!    │        view: see `view.rs`), and may write its result back into the same    │
+//!    │        slot (same tag and generation; after the input while it is viewed)   ▼
 //!    └──── release(id): result or skip read (server reader), after decoding ◀── answered
 //!          (generation + 1, written to the slot header)
 //! ```
+//!
+//! A slot released while the worker still views it (zero-copy `Bytes`,
+//! see [`decode_viewing`]) is not taken again until the views are gone.
 //!
 //! A worker that dies takes nothing with it: its region is dropped with its
 //! connection, and the restarted worker gets a new one. Every release bumps
@@ -34,7 +38,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -161,10 +165,12 @@ pub enum ShmError {
 
 mod fd;
 mod region;
+mod view;
 mod writer;
 
 pub use fd::{FrameWithFd, recv_frame_with_fd, send_with_fd};
 pub use region::Region;
+pub use view::{VIEW_MIN, decode_viewing, view_of};
 pub use writer::{PayloadWriter, Placed, Spill};
 
 /// The server's side of a region: which slots are free, each slot's
@@ -184,6 +190,10 @@ pub struct SlotPool {
 #[derive(Debug)]
 struct PoolState {
     free: Vec<u32>,
+    /// Released by the server while the worker still viewed them: free
+    /// once the worker's views are gone (checked when a slot is taken or
+    /// released).
+    deferred: Vec<u32>,
     gens: Vec<u32>,
     bound: HashMap<u64, u32>,
 }
@@ -270,6 +280,7 @@ impl SlotPool {
             threshold,
             state: Mutex::new(PoolState {
                 free: (0..slots).rev().collect(),
+                deferred: Vec::new(),
                 gens,
                 bound: HashMap::new(),
             }),
@@ -302,7 +313,8 @@ impl SlotPool {
         }
     }
 
-    /// Slots taken now (leased or bound to an item).
+    /// Slots taken now (leased, bound to an item, or released while the
+    /// worker still viewed them and not yet found free again).
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
@@ -312,6 +324,9 @@ impl SlotPool {
     pub fn try_take(self: &Arc<Self>) -> Option<Lease> {
         let (slot, gen_) = {
             let mut st = self.lock();
+            if st.free.is_empty() {
+                self.reclaim(&mut st);
+            }
             let slot = st.free.pop()?;
             // Counted under the state lock (see `close`).
             self.count(1);
@@ -353,7 +368,13 @@ impl SlotPool {
         if self.in_use.load(Ordering::Acquire) == 0 {
             return;
         }
-        let slot = self.lock().bound.remove(&id);
+        let slot = {
+            let mut st = self.lock();
+            if !st.deferred.is_empty() {
+                self.reclaim(&mut st);
+            }
+            st.bound.remove(&id)
+        };
         if let Some(slot) = slot {
             self.free(slot);
         }
@@ -365,10 +386,33 @@ impl SlotPool {
         *g = g.wrapping_add(1).max(1);
         let gen_ = *g;
         // Under the lock, so the header and the pool agree before the slot
-        // can be taken again.
+        // can be taken again. The new generation makes every descriptor of
+        // the slot stale at once, viewed or not.
         self.region.set_header(slot, self.tag, gen_);
-        st.free.push(slot);
-        self.count(-1);
+        if self.region.viewed(slot) {
+            // The worker still reads it through views (`Bytes` decoded
+            // without a copy): taken again only once they are all gone.
+            st.deferred.push(slot);
+        } else {
+            st.free.push(slot);
+            self.count(-1);
+        }
+    }
+
+    /// Moves the deferred slots the worker no longer views to the free
+    /// list (under the state lock).
+    fn reclaim(&self, st: &mut PoolState) {
+        let mut i = 0;
+        while i < st.deferred.len() {
+            let slot = st.deferred[i];
+            if self.region.viewed(slot) {
+                i += 1;
+            } else {
+                st.deferred.swap_remove(i);
+                st.free.push(slot);
+                self.count(-1);
+            }
+        }
     }
 
     /// Counts a slot taken (+1) or freed (-1); called under the state lock.

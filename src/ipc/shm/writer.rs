@@ -36,6 +36,9 @@ pub struct PayloadWriter<'a> {
     threshold: usize,
     spill: Spill<'a>,
     slot: Option<(Target, usize)>,
+    /// Where in the slot's data the value starts: after the item's input
+    /// when the worker still views it, else 0.
+    base: usize,
     tried: bool,
 }
 
@@ -55,6 +58,7 @@ impl<'a> PayloadWriter<'a> {
             threshold,
             spill,
             slot: None,
+            base: 0,
             tried: false,
         }
     }
@@ -96,7 +100,7 @@ impl<'a> PayloadWriter<'a> {
             let (Some(region), Some(slot)) = (self.region(), self.slot_index()) else {
                 return;
             };
-            if region.write(slot, pos, b) {
+            if region.write(slot, self.base + pos, b) {
                 if let Some(s) = self.slot.as_mut() {
                     s.1 += b.len();
                 }
@@ -104,7 +108,7 @@ impl<'a> PayloadWriter<'a> {
             }
             // Too large for a slot: back into the frame.
             let back = region
-                .bytes(slot, SLOT_HEADER, pos)
+                .bytes(slot, SLOT_HEADER + self.base, pos)
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
             self.vec.extend_from_slice(&back);
@@ -124,7 +128,14 @@ impl<'a> PayloadWriter<'a> {
         let ok = match &target {
             Target::Leased(l) => l.region().write(l.slot, 0, &self.vec[self.start..]),
             Target::Lent(r) => match &self.spill {
-                Spill::Lent(region, _) => region.write(r.slot, 0, &self.vec[self.start..]),
+                Spill::Lent(region, _) => {
+                    // The worker still reads the input through views: the
+                    // result goes after it, never over it.
+                    if region.viewed(r.slot) {
+                        self.base = (r.len as usize).saturating_add(63) & !63;
+                    }
+                    region.write(r.slot, self.base, &self.vec[self.start..])
+                }
                 _ => false,
             },
         };
@@ -140,6 +151,9 @@ impl<'a> PayloadWriter<'a> {
             None => Placed::Inline,
             Some((Target::Leased(l), n)) => Placed::Leased(l, n),
             Some((Target::Lent(mut r), n)) => {
+                if let Spill::Lent(region, _) = &self.spill {
+                    region.set_value_offset(r.slot, self.base);
+                }
                 r.len = n as u32;
                 Placed::Lent(r)
             }
