@@ -517,3 +517,70 @@ fn a_worker_killed_while_holding_views_frees_their_slots() {
     assert!(intact && view);
     assert_eq!(n, 1, "a fresh worker");
 }
+
+/// Echoes its `Bytes` input: whole, or without its first `skip` bytes.
+#[derive(Clone, Serialize, Deserialize)]
+struct EchoTail {
+    skip: usize,
+}
+
+impl Worker for EchoTail {
+    type Input = Bytes;
+    type Output = Bytes;
+    fn call(&mut self, x: Bytes) -> Result<Bytes, WorkerError> {
+        Ok(x.slice(self.skip.min(x.len())..))
+    }
+}
+
+/// Echoes its `Bytes` input with its length after it.
+#[derive(Clone, Serialize, Deserialize)]
+struct EchoPair;
+
+impl Worker for EchoPair {
+    type Input = Bytes;
+    type Output = (Bytes, u64);
+    fn call(&mut self, x: Bytes) -> Result<(Bytes, u64), WorkerError> {
+        let n = x.len() as u64;
+        Ok((x, n))
+    }
+}
+
+#[test]
+fn results_made_of_a_viewed_input_come_back_exactly() {
+    // A whole echo is described where the input lies (no copy); a tail, or
+    // a value that goes on after the bytes, is written after the input;
+    // one that does not fit there goes by the socket.
+    for codec in [Codec::Postcard, Codec::MessagePack] {
+        let whole = Server::start(ProcessServlet::new(EchoTail { skip: 0 }).codec(codec)).unwrap();
+        let tail = Server::start(ProcessServlet::new(EchoTail { skip: 5 }).codec(codec)).unwrap();
+        let pair = Server::start(ProcessServlet::new(EchoPair).codec(codec)).unwrap();
+        for (i, n) in [T - 1, T + 1, 200_000, 1 << 20, 3 << 20, (4 << 20) - 64]
+            .into_iter()
+            .enumerate()
+        {
+            let x = pattern(n, i);
+            assert!(whole.call(x.clone()).unwrap() == x, "{codec:?} {n}: whole");
+            assert!(
+                tail.call(x.clone()).unwrap()[..] == x[5..],
+                "{codec:?} {n}: tail"
+            );
+            let (b, len) = pair.call(x.clone()).unwrap();
+            assert!(b == x && len == n as u64, "{codec:?} {n}: pair");
+        }
+        for s in [&whole, &tail] {
+            assert!(wait_until(Duration::from_secs(5), || slots_in_use_of(s) == 0));
+        }
+        assert!(wait_until(Duration::from_secs(5), || slots_in_use_of(
+            &pair
+        ) == 0));
+    }
+}
+
+fn slots_in_use_of<I: Send + 'static, O: Send + 'static>(server: &Server<I, O>) -> usize {
+    server
+        .servlets()
+        .workers
+        .iter()
+        .map(|w| w.shm_slots_in_use)
+        .sum()
+}

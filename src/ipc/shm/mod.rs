@@ -560,4 +560,63 @@ mod tests {
         assert_eq!(&v3[..10], &[0; 10]);
         assert_eq!(pool.in_use(), 0);
     }
+
+    #[test]
+    fn a_result_made_of_the_viewed_input_is_described_in_place() {
+        let pool = SlotPool::create(1, 4096, 16).unwrap();
+        let region = pool.region();
+        let lease = pool.try_take().unwrap();
+        // The input: a 2-byte prefix and 1000 bytes.
+        let mut input = vec![0xAB, 0xCD];
+        input.extend((0..1000u32).map(|i| (i % 251) as u8));
+        assert!(region.write(lease.slot(), 0, &input));
+        let d = lease.slot_ref(input.len());
+        let after = (input.len() + 63) & !63;
+        let block = &region.view(d).unwrap()[2..];
+
+        // Same prefix, then the block: nothing is copied.
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        w.write_all(&[0xAB, 0xCD]).unwrap();
+        w.write_all(block).unwrap();
+        let Placed::Lent(r) = w.finish() else {
+            panic!("expected the lent slot")
+        };
+        assert!(v.is_empty());
+        assert_eq!(region.value_offset(d.slot), 0);
+        assert_eq!(region.view(r).unwrap(), &input[..]);
+        assert_eq!(
+            region.bytes(d.slot, SLOT_HEADER + after, 8).unwrap(),
+            &[0; 8]
+        );
+
+        // Another prefix: copied (over the input, which is not viewed).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        w.write_all(&[0xAB, 0xCE]).unwrap();
+        w.write_all(&block[..500]).unwrap();
+        assert!(matches!(w.finish(), Placed::Lent(r) if r.len == 502));
+
+        // The block then more bytes: continued after the input, which stays.
+        assert!(region.write(lease.slot(), 0, &input));
+        region.set_value_offset(d.slot, 0);
+        let block = &region.view(d).unwrap()[2..];
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        w.write_all(&[0xAB, 0xCD]).unwrap();
+        w.write_all(block).unwrap();
+        w.write_all(&[1, 2, 3]).unwrap();
+        let Placed::Lent(r) = w.finish() else {
+            panic!("expected the lent slot")
+        };
+        assert_eq!(region.value_offset(d.slot), after);
+        let mut want = input.clone();
+        want.extend([1, 2, 3]);
+        assert_eq!(region.view(r).unwrap(), &want[..]);
+        assert_eq!(
+            region.bytes(d.slot, SLOT_HEADER, input.len()).unwrap(),
+            &input[..]
+        );
+        drop(lease);
+    }
 }

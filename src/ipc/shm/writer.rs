@@ -39,6 +39,11 @@ pub struct PayloadWriter<'a> {
     /// Where in the slot's data the value starts: after the item's input
     /// when the worker still views it, else 0.
     base: usize,
+    /// The value so far is already in the lent slot, untouched: a byte
+    /// block the worker got as a view of its input, preceded there by the
+    /// same bytes the value wrote before it (slot, start in the slot's
+    /// data, length). See [`PayloadWriter::in_place`].
+    in_place: Option<(SlotRef, usize, usize)>,
     tried: bool,
 }
 
@@ -59,6 +64,7 @@ impl<'a> PayloadWriter<'a> {
             spill,
             slot: None,
             base: 0,
+            in_place: None,
             tried: false,
         }
     }
@@ -90,10 +96,16 @@ impl<'a> PayloadWriter<'a> {
     }
 
     fn put(&mut self, b: &[u8]) {
+        if let Some(c) = self.in_place.take() {
+            self.materialize(c);
+        }
         // Spill before a write that passes the threshold, so that a large
         // block (a byte payload) is copied once, into the slot.
         if !self.tried && self.vec.len() - self.start + b.len() > self.threshold {
             self.tried = true;
+            if self.in_place(b) {
+                return;
+            }
             self.spill_now();
         }
         if let Some(pos) = self.slot.as_ref().map(|s| s.1) {
@@ -115,6 +127,58 @@ impl<'a> PayloadWriter<'a> {
             self.slot = None;
         }
         self.vec.extend_from_slice(b);
+    }
+
+    /// A worker's result that is its input's bytes where they already lie:
+    /// `b` is inside the item's lent slot (a `Bytes` view of the input), and
+    /// the bytes the value wrote before it (its length prefix) are the ones
+    /// just before it in the slot. Then nothing is copied: the result is
+    /// described where it lies (the slot's value offset), provided nothing
+    /// more is written (else [`PayloadWriter::materialize`]). An echo of a
+    /// `Bytes` input, or of its tail with the same prefix, is the case.
+    /// The bytes are only read again, never written, so views of them stay
+    /// valid.
+    fn in_place(&mut self, b: &[u8]) -> bool {
+        let Spill::Lent(region, Some(r)) = &self.spill else {
+            return false;
+        };
+        let (region, r) = (*region, *r);
+        let Ok(input) = region.view(r) else {
+            return false;
+        };
+        let (from, at) = (input.as_ptr() as usize, b.as_ptr() as usize);
+        let k = self.vec.len() - self.start;
+        if at < from || at - from < k || at - from + b.len() > input.len() {
+            return false;
+        }
+        let at = at - from;
+        if input[at - k..at] != self.vec[self.start..] {
+            return false;
+        }
+        let start = region.value_offset(r.slot) + at - k;
+        self.spill = Spill::Lent(region, None);
+        self.vec.truncate(self.start);
+        self.in_place = Some((r, start, k + b.len()));
+        true
+    }
+
+    /// More is written after a value found in place: it is copied after the
+    /// input (which is viewed) and continues there, or into the frame if it
+    /// does not fit.
+    fn materialize(&mut self, (r, start, len): (SlotRef, usize, usize)) {
+        let Spill::Lent(region, _) = &self.spill else {
+            return;
+        };
+        let region = *region;
+        let Some(src) = region.bytes(r.slot, SLOT_HEADER + start, len) else {
+            return;
+        };
+        self.base = (r.len as usize).saturating_add(63) & !63;
+        if region.write(r.slot, self.base, src) {
+            self.slot = Some((Target::Lent(r), len));
+        } else {
+            self.vec.extend_from_slice(src);
+        }
     }
 
     fn spill_now(&mut self) {
@@ -147,6 +211,11 @@ impl<'a> PayloadWriter<'a> {
 
     /// Where the value ended up.
     pub fn finish(self) -> Placed {
+        if let (Some((mut r, start, len)), Spill::Lent(region, _)) = (self.in_place, &self.spill) {
+            region.set_value_offset(r.slot, start);
+            r.len = len as u32;
+            return Placed::Lent(r);
+        }
         match self.slot {
             None => Placed::Inline,
             Some((Target::Leased(l), n)) => Placed::Leased(l, n),
