@@ -584,3 +584,54 @@ fn slots_in_use_of<I: Send + 'static, O: Send + 'static>(server: &Server<I, O>) 
         .map(|w| w.shm_slots_in_use)
         .sum()
 }
+
+#[test]
+fn a_large_result_of_a_small_input_crosses_in_a_slot() {
+    // A 64 KiB frame limit: a 1 MiB result fits no frame, so it arrives
+    // only if it crosses in a slot the worker claims. (Before, it went by
+    // the socket and failed with "output exceeds the frame limit".)
+    let server = Server::start(ProcessServlet::new(Reverse).max_frame(64 << 10)).unwrap();
+    for (i, n) in [300_000usize, 1 << 20, 3 << 20].into_iter().enumerate() {
+        let y = server
+            .call(Job {
+                data: pattern(7, i),
+                out_len: Some(n),
+                gate: None,
+            })
+            .unwrap();
+        assert!(y[..] == pattern(n, 7)[..], "small in, {n} out");
+    }
+    // Many at once, more than the slots: those that find none free fail
+    // with the frame limit, the others arrive whole; no slot is leaked.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    server.call(Job {
+                        data: pattern(7, i),
+                        out_len: Some(200_000 + i),
+                        gate: None,
+                    })
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(y) => assert!(y[..] == pattern(200_000 + i, 7)[..], "item {i}"),
+            Err(Error::Codec(e)) => assert!(e.message.contains("frame limit"), "{e}"),
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || slots_in_use(&server) == 0),
+        "slots leaked: {}",
+        slots_in_use(&server)
+    );
+    // Large in, large out, both ways still work next to it.
+    let x = job(1 << 20, 3);
+    let want = reversed(&x.data);
+    assert!(server.call(x).unwrap()[..] == want[..]);
+}

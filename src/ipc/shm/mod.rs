@@ -43,8 +43,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-/// Bytes at the start of each slot: the region tag and the generation.
-pub const SLOT_HEADER: usize = 16;
+/// Bytes at the start of each slot: its header (the region tag, the
+/// generation, the worker's views, where the value starts, who owns the
+/// slot, and for which item the worker handed it over).
+pub const SLOT_HEADER: usize = 32;
 
 /// Default size of a value above which it travels in shared memory (64 KiB).
 pub const DEFAULT_THRESHOLD: usize = 64 << 10;
@@ -194,8 +196,15 @@ struct PoolState {
     /// once the worker's views are gone (checked when a slot is taken or
     /// released).
     deferred: Vec<u32>,
+    /// Found claimed by the worker (for a result) when the server tried to
+    /// take them: free again when the worker gives them up, adopted when
+    /// it hands them over with a result.
+    claimed: Vec<u32>,
     gens: Vec<u32>,
+    /// Item -> the slot of its input.
     bound: HashMap<u64, u32>,
+    /// Item -> the slot the worker handed its result over in.
+    results: HashMap<u64, u32>,
 }
 
 /// A slot taken from a [`SlotPool`]; released when dropped unless bound to
@@ -281,8 +290,10 @@ impl SlotPool {
             state: Mutex::new(PoolState {
                 free: (0..slots).rev().collect(),
                 deferred: Vec::new(),
+                claimed: Vec::new(),
                 gens,
                 bound: HashMap::new(),
+                results: HashMap::new(),
             }),
             in_use: AtomicUsize::new(0),
             also: Mutex::new(also),
@@ -324,10 +335,17 @@ impl SlotPool {
     pub fn try_take(self: &Arc<Self>) -> Option<Lease> {
         let (slot, gen_) = {
             let mut st = self.lock();
-            if st.free.is_empty() {
-                self.reclaim(&mut st);
-            }
-            let slot = st.free.pop()?;
+            let slot = loop {
+                if st.free.is_empty() {
+                    self.reclaim(&mut st);
+                }
+                let slot = st.free.pop()?;
+                // The worker may have claimed it for a result meanwhile.
+                if self.region.own(slot) {
+                    break slot;
+                }
+                st.claimed.push(slot);
+            };
             // Counted under the state lock (see `close`).
             self.count(1);
             (slot, st.gens[slot as usize])
@@ -349,7 +367,7 @@ impl SlotPool {
         }
     }
 
-    /// The slot bound to item `id`, as a descriptor's tag and generation
+    /// The slot bound to item `id` (its input's), as a descriptor's tag and generation
     /// (what a descriptor in the item's result must match).
     pub fn bound(&self, id: u64) -> Option<SlotRef> {
         let st = self.lock();
@@ -368,16 +386,60 @@ impl SlotPool {
         if self.in_use.load(Ordering::Acquire) == 0 {
             return;
         }
-        let slot = {
+        let (slot, result) = {
             let mut st = self.lock();
             if !st.deferred.is_empty() {
                 self.reclaim(&mut st);
             }
-            st.bound.remove(&id)
+            (st.bound.remove(&id), st.results.remove(&id))
         };
-        if let Some(slot) = slot {
+        for slot in [slot, result].into_iter().flatten() {
             self.free(slot);
         }
+    }
+
+    /// The bytes of item `id`'s result, which the worker put in shared
+    /// memory as `d`: in the slot of the item's input, or in a slot the
+    /// worker claimed and handed over for it, which the item then holds
+    /// until [`SlotPool::release`]. Anything else is stale.
+    pub fn result_view(&self, id: u64, d: SlotRef) -> Result<&[u8], ShmError> {
+        let ok = {
+            let mut st = self.lock();
+            let current = |slot: u32, st: &PoolState| {
+                (slot, self.tag, st.gens.get(slot as usize).copied())
+                    == (d.slot, d.tag, Some(d.gen_))
+            };
+            if [st.bound.get(&id), st.results.get(&id)]
+                .into_iter()
+                .flatten()
+                .any(|&slot| current(slot, &st))
+            {
+                true
+            } else if d.tag == self.tag
+                && current(d.slot, &st)
+                && !st.results.contains_key(&id)
+                && self.region.adopt(d.slot, id)
+            {
+                st.free.retain(|s| *s != d.slot);
+                st.claimed.retain(|s| *s != d.slot);
+                st.results.insert(id, d.slot);
+                self.count(1);
+                true
+            } else {
+                false
+            }
+        };
+        if ok {
+            return self.region.view(d);
+        }
+        let held = self.bound(id);
+        Err(ShmError::Stale {
+            slot: d.slot,
+            tag: d.tag,
+            gen_: d.gen_,
+            held_tag: held.map_or(0, |h| h.tag),
+            held_gen: held.map_or(0, |h| h.gen_),
+        })
     }
 
     fn free(&self, slot: u32) {
@@ -394,13 +456,14 @@ impl SlotPool {
             // without a copy): taken again only once they are all gone.
             st.deferred.push(slot);
         } else {
+            self.region.disown(slot);
             st.free.push(slot);
             self.count(-1);
         }
     }
 
-    /// Moves the deferred slots the worker no longer views to the free
-    /// list (under the state lock).
+    /// Moves the deferred slots the worker no longer views, and the claimed
+    /// ones it gave up, to the free list (under the state lock).
     fn reclaim(&self, st: &mut PoolState) {
         let mut i = 0;
         while i < st.deferred.len() {
@@ -409,8 +472,19 @@ impl SlotPool {
                 i += 1;
             } else {
                 st.deferred.swap_remove(i);
+                self.region.disown(slot);
                 st.free.push(slot);
                 self.count(-1);
+            }
+        }
+        let mut i = 0;
+        while i < st.claimed.len() {
+            let slot = st.claimed[i];
+            if self.region.is_free(slot) {
+                st.claimed.swap_remove(i);
+                st.free.push(slot);
+            } else {
+                i += 1;
             }
         }
     }
@@ -576,7 +650,7 @@ mod tests {
 
         // Same prefix, then the block: nothing is copied.
         let mut v = Vec::new();
-        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
         w.write_all(&[0xAB, 0xCD]).unwrap();
         w.write_all(block).unwrap();
         let Placed::Lent(r) = w.finish() else {
@@ -592,7 +666,7 @@ mod tests {
 
         // Another prefix: copied (over the input, which is not viewed).
         let mut v = Vec::new();
-        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
         w.write_all(&[0xAB, 0xCE]).unwrap();
         w.write_all(&block[..500]).unwrap();
         assert!(matches!(w.finish(), Placed::Lent(r) if r.len == 502));
@@ -602,7 +676,7 @@ mod tests {
         region.set_value_offset(d.slot, 0);
         let block = &region.view(d).unwrap()[2..];
         let mut v = Vec::new();
-        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d)));
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
         w.write_all(&[0xAB, 0xCD]).unwrap();
         w.write_all(block).unwrap();
         w.write_all(&[1, 2, 3]).unwrap();
@@ -618,5 +692,63 @@ mod tests {
             &input[..]
         );
         drop(lease);
+    }
+
+    #[test]
+    fn the_worker_claims_a_free_slot_for_a_result_and_hands_it_over() {
+        let pool = SlotPool::create(2, 4096, 16).unwrap();
+        let worker =
+            Region::open(pool.region().fd().try_clone_to_owned().unwrap(), 2, 4096).unwrap();
+        // The worker claims one slot (a large result of small item 5).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 5));
+        w.write_all(&[7; 100]).unwrap();
+        let Placed::Lent(d) = w.finish() else {
+            panic!("expected a claimed slot")
+        };
+        assert_eq!(d.len, 100);
+        // The server cannot take it meanwhile: it gets the other one only.
+        let other = pool.try_take().expect("one slot left");
+        assert_ne!(other.slot(), d.slot);
+        assert!(pool.try_take().is_none());
+        // Not for another item, nor stale.
+        assert!(matches!(
+            pool.result_view(6, d),
+            Err(ShmError::Stale { .. })
+        ));
+        let old = SlotRef {
+            gen_: d.gen_ + 1,
+            ..d
+        };
+        assert!(matches!(
+            pool.result_view(5, old),
+            Err(ShmError::Stale { .. })
+        ));
+        // Adopted with item 5's result, freed with it.
+        assert_eq!(pool.result_view(5, d).unwrap(), &[7; 100][..]);
+        assert_eq!(pool.result_view(5, d).unwrap(), &[7; 100][..], "again");
+        assert_eq!(pool.in_use(), 2);
+        pool.release(5);
+        assert_eq!(pool.in_use(), 1);
+        assert!(matches!(worker.view(d), Err(ShmError::Stale { .. })));
+        let again = pool.try_take().expect("free after release");
+        assert_eq!(again.slot(), d.slot);
+        drop((other, again));
+
+        // A claim given up (the value did not fit) is free again.
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 8));
+        w.write_all(&[1; 5000]).unwrap();
+        assert!(matches!(w.finish(), Placed::Inline));
+        assert_eq!(v.len(), 5000);
+        // So is one whose encoding failed (writer dropped unfinished).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 9));
+        w.write_all(&[1; 50]).unwrap();
+        drop(w);
+        let a = pool.try_take().unwrap();
+        let b = pool.try_take().unwrap();
+        drop((a, b));
+        assert_eq!(pool.in_use(), 0);
     }
 }

@@ -20,12 +20,26 @@ pub struct Region {
 
 /// Words of a slot's header (each a `u32` used only atomically): the
 /// region's tag, the slot's generation (both written by the server), the
-/// worker's count of live views of the slot, and where in the slot's data
-/// its current value starts.
+/// worker's count of live views of the slot, where in the slot's data its
+/// current value starts, who owns the slot ([`FREE`], [`SERVER`], [`WORKER`],
+/// [`HANDED`]), and the item a handed slot holds the result of (two words).
 const TAG: usize = 0;
 const GEN: usize = 1;
 const VIEWS: usize = 2;
 const OFFSET: usize = 3;
+const OWNER: usize = 4;
+const ITEM_LO: usize = 5;
+const ITEM_HI: usize = 6;
+
+/// Owner word: nobody (either side may claim it, by compare-and-swap).
+const FREE: u32 = 0;
+/// Owner word: the server (an item's input, or a result it adopted).
+const SERVER: u32 = 1;
+/// Owner word: the worker, writing a result of a small input into it.
+const WORKER: u32 = 2;
+/// Owner word: the worker wrote the result of the item in `ITEM` into it;
+/// the server adopts it when it reads that result.
+const HANDED: u32 = 3;
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -216,6 +230,78 @@ impl Region {
         if let Some(v) = self.word(slot, VIEWS) {
             v.fetch_sub(1, Ordering::Release);
         }
+    }
+
+    /// Claims a free slot for the server (false if the worker has it).
+    pub(super) fn own(&self, slot: u32) -> bool {
+        self.word(slot, OWNER).is_some_and(|o| {
+            o.compare_exchange(FREE, SERVER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })
+    }
+
+    /// Whether nobody owns the slot.
+    pub(super) fn is_free(&self, slot: u32) -> bool {
+        self.word(slot, OWNER)
+            .is_some_and(|o| o.load(Ordering::Acquire) == FREE)
+    }
+
+    /// Gives a slot up (either side, once done with it).
+    pub(super) fn disown(&self, slot: u32) {
+        if let Some(o) = self.word(slot, OWNER) {
+            o.store(FREE, Ordering::Release);
+        }
+    }
+
+    /// Worker side: claims a free slot for a result, as a descriptor of
+    /// its tag and generation (length 0); `None` if none is free.
+    pub fn claim(&self) -> Option<SlotRef> {
+        (0..self.slots).rev().find_map(|slot| {
+            let o = self.word(slot, OWNER)?;
+            o.compare_exchange(FREE, WORKER, Ordering::Acquire, Ordering::Relaxed)
+                .ok()?;
+            let (tag, gen_) = self.header(slot)?;
+            Some(SlotRef {
+                slot,
+                tag,
+                gen_,
+                len: 0,
+            })
+        })
+    }
+
+    /// Worker side: the claimed `slot` holds the result of item `id`; the
+    /// server adopts it when it reads the result.
+    pub(super) fn hand(&self, slot: u32, id: u64) {
+        if let (Some(lo), Some(hi), Some(o)) = (
+            self.word(slot, ITEM_LO),
+            self.word(slot, ITEM_HI),
+            self.word(slot, OWNER),
+        ) {
+            lo.store(id as u32, Ordering::Relaxed);
+            hi.store((id >> 32) as u32, Ordering::Relaxed);
+            // Release: the result and the item are written before.
+            o.store(HANDED, Ordering::Release);
+        }
+    }
+
+    /// Server side: takes over `slot` if the worker handed it over with
+    /// the result of item `id`.
+    pub(super) fn adopt(&self, slot: u32, id: u64) -> bool {
+        let (Some(lo), Some(hi), Some(o)) = (
+            self.word(slot, ITEM_LO),
+            self.word(slot, ITEM_HI),
+            self.word(slot, OWNER),
+        ) else {
+            return false;
+        };
+        if o.load(Ordering::Acquire) != HANDED {
+            return false;
+        }
+        let item = lo.load(Ordering::Relaxed) as u64 | ((hi.load(Ordering::Relaxed) as u64) << 32);
+        item == id
+            && o.compare_exchange(HANDED, SERVER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Where the slot's current value starts in its data (0 unless the
