@@ -15,8 +15,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use mpserver::Error;
 use mpserver::prelude::*;
+use mpserver::{Error, Pending};
 use support::*;
 
 /// Polls `f` once with a waker that does nothing, as a future that a task
@@ -56,18 +56,38 @@ fn gated(
     .workers(workers)
 }
 
-/// An async call waiting for room that its task polled once and then never
-/// again holds at most the one unit it was handed, not the whole admission:
-/// back-pressure calls keep being admitted into the room that is free. At
-/// its deadline the unit it was handed comes back.
-#[test]
-fn a_parked_async_waiter_does_not_block_admission() {
+/// A server of capacity 4 on [`gated`] workers, and a thread that streams
+/// 40 items through it with `opts` and counts the results.
+fn gated_stream(
+    gate: &'static AtomicBool,
+    opts: StreamOptions,
+) -> (Server<i64, i64>, std::thread::JoinHandle<usize>) {
+    let server = Server::builder(gated(gate, 4)).capacity(4).start().unwrap();
+    let h = server.handle();
+    let consumer =
+        std::thread::spawn(move || h.stream_with(0..40i64, opts).map(Result::unwrap).count());
+    (server, consumer)
+}
+
+/// A server of capacity 2 on two thread workers taking 200 ms an item,
+/// filled by two submitted calls (on 1 and 2).
+fn full_of_slow_calls() -> (Server<i64, i64>, Pending<i64>, Pending<i64>) {
     let server = Server::builder(ThreadServlet::new(Slow { ms: 200, log: None }).workers(2))
         .capacity(2)
         .start()
         .unwrap();
     let a = server.submit(1, CallOptions::default()).unwrap();
     let b = server.submit(2, CallOptions::default()).unwrap();
+    (server, a, b)
+}
+
+/// An async call waiting for room that its task polled once and then never
+/// again holds at most the one unit it was handed, not the whole admission:
+/// back-pressure calls keep being admitted into the room that is free. At
+/// its deadline the unit it was handed comes back.
+#[test]
+fn a_parked_async_waiter_does_not_block_admission() {
+    let (server, a, b) = full_of_slow_calls();
     let opts = CallOptions::default()
         .timeout(Duration::from_millis(600))
         .backpressure(false);
@@ -95,12 +115,7 @@ fn a_parked_async_waiter_does_not_block_admission() {
 /// pulling.
 #[test]
 fn a_parked_async_stream_does_not_block_admission() {
-    let server = Server::builder(ThreadServlet::new(Slow { ms: 200, log: None }).workers(2))
-        .capacity(2)
-        .start()
-        .unwrap();
-    let a = server.submit(1, CallOptions::default()).unwrap();
-    let b = server.submit(2, CallOptions::default()).unwrap();
+    let (server, a, b) = full_of_slow_calls();
     let opts = StreamOptions::default().timeout(Duration::from_secs(30));
     let mut parked = Box::pin(server.async_stream(futures::stream::iter(10..20i64), opts));
     let mut cx = Context::from_waker(Waker::noop());
@@ -122,12 +137,7 @@ fn a_parked_async_stream_does_not_block_admission() {
 #[test]
 fn a_stream_leaves_room_for_calls_by_default() {
     static GATE: AtomicBool = AtomicBool::new(false);
-    let server = Server::builder(gated(&GATE, 4))
-        .capacity(4)
-        .start()
-        .unwrap();
-    let h = server.handle();
-    let consumer = std::thread::spawn(move || h.stream(0..40i64).map(Result::unwrap).count());
+    let (server, consumer) = gated_stream(&GATE, StreamOptions::default());
     wait_for(|| server.backlog() >= 1);
     let r = retry_until_ok(Duration::from_secs(3), || server.call(-1));
     GATE.store(true, Ordering::Release);
@@ -139,16 +149,7 @@ fn a_stream_leaves_room_for_calls_by_default() {
 #[test]
 fn a_stream_may_be_given_all_of_the_capacity() {
     static GATE: AtomicBool = AtomicBool::new(false);
-    let server = Server::builder(gated(&GATE, 4))
-        .capacity(4)
-        .start()
-        .unwrap();
-    let h = server.handle();
-    let consumer = std::thread::spawn(move || {
-        h.stream_with(0..40i64, StreamOptions::default().max_inflight(4))
-            .map(Result::unwrap)
-            .count()
-    });
+    let (server, consumer) = gated_stream(&GATE, StreamOptions::default().max_inflight(4));
     wait_for(|| server.backlog() == 4);
     assert!(matches!(server.call(-1), Err(Error::BacklogFull(_))));
     GATE.store(true, Ordering::Release);

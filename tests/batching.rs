@@ -4,7 +4,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use mpserver::Error;
 use mpserver::prelude::*;
 use support::*;
 
@@ -17,24 +16,7 @@ fn batch_size_bounds_batches_and_errors_are_per_item() {
     ] {
         let server = Server::start(flow).unwrap();
         let data: Vec<i64> = (0..200).map(|i| if i % 50 == 7 { -1 } else { i }).collect();
-        let out: Vec<Result<(i64, usize), Error>> = server
-            .stream_with(
-                data.clone(),
-                StreamOptions::default().return_exceptions(true),
-            )
-            .collect();
-        for (x, r) in data.iter().zip(&out) {
-            match r {
-                Ok((y, b)) => {
-                    assert_eq!(*y, x * x);
-                    assert!((1..=8).contains(b));
-                }
-                Err(e) => {
-                    assert!(*x < 0);
-                    assert!(e.to_string().contains("negative"), "{e}");
-                }
-            }
-        }
+        check_square_batches(&server, &data, 8, "batch_size(8)");
         let snap = server.servlets();
         assert!(snap.batches > 0);
         assert!(snap.batch_sizes.count == snap.batches);

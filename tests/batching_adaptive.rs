@@ -7,9 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mpserver::prelude::*;
-use mpserver::{Batching, BoxServlet, Error, Worker, WorkerError};
+use mpserver::{Batching, BoxServlet, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
-use support::SquareBatch;
+use support::{SquareBatch, check_square_batches};
 
 /// Batched: each batch takes `ms` milliseconds whatever its size (a stand-in
 /// for a model's per-batch overhead); returns `(x, batch length)`.
@@ -199,20 +199,6 @@ fn errors_stay_per_item_under_the_adaptive_policy() {
     for (kind, flow) in both(SquareBatch, |s| s.batch_size(8), |s| s.batch_size(8)) {
         let server = Server::start(flow).unwrap();
         let data: Vec<i64> = (0..100).map(|i| if i % 30 == 7 { -1 } else { i }).collect();
-        let out: Vec<Result<(i64, usize), Error>> = server
-            .stream_with(
-                data.clone(),
-                StreamOptions::default().return_exceptions(true),
-            )
-            .collect();
-        for (x, r) in data.iter().zip(&out) {
-            match r {
-                Ok((y, n)) => {
-                    assert_eq!(*y, x * x, "{kind}");
-                    assert!((1..=8).contains(n), "{kind}");
-                }
-                Err(e) => assert!(*x < 0 && e.to_string().contains("negative"), "{kind}: {e}"),
-            }
-        }
+        check_square_batches(&server, &data, 8, kind);
     }
 }

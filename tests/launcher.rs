@@ -180,6 +180,29 @@ impl Worker for EnvProbe {
     }
 }
 
+/// Calls `server` (of `workers` [`EnvProbe`] workers) from twice as many
+/// threads at once until every worker answered (concurrent calls reach every
+/// worker sooner or later; fails after 20 s), checking that each found
+/// `{prefix}{its index}` in its variable.
+fn probe_every_worker(server: &Server<(), (usize, Option<String>)>, workers: usize, prefix: &str) {
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < workers {
+        assert!(Instant::now() < deadline, "saw only workers {seen:?}");
+        let results: Vec<_> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..2 * workers)
+                .map(|_| s.spawn(|| server.call(())))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            let (index, value) = r.unwrap();
+            assert_eq!(value, Some(format!("{prefix}{index}")));
+            seen.insert(index);
+        }
+    }
+}
+
 #[test]
 fn the_command_hook_sets_the_environment_per_worker() {
     let _serial = serial();
@@ -198,21 +221,7 @@ fn the_command_hook_sets_the_environment_per_worker() {
         .launcher(launcher),
     )
     .unwrap();
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Concurrent calls reach every worker sooner or later.
-    while seen.len() < 3 {
-        assert!(Instant::now() < deadline, "saw only workers {seen:?}");
-        let results: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..6).map(|_| s.spawn(|| server.call(()))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for r in results {
-            let (index, value) = r.unwrap();
-            assert_eq!(value, Some(format!("gpu{index}")));
-            seen.insert(index);
-        }
-    }
+    probe_every_worker(&server, 3, "gpu");
 }
 
 #[test]
@@ -277,20 +286,7 @@ fn the_start_hook_runs_in_every_worker_process_before_init() {
         .on_worker_start(set_device),
     )
     .unwrap();
-    let mut seen = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 2 {
-        assert!(Instant::now() < deadline, "saw only workers {seen:?}");
-        let results: Vec<_> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| server.call(()))).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for r in results {
-            let (index, value) = r.unwrap();
-            assert_eq!(value, Some(format!("dev{index}")));
-            seen.insert(index);
-        }
-    }
+    probe_every_worker(&server, 2, "dev");
     // The server's own environment is untouched.
     assert!(std::env::var_os(var).is_none());
     drop(server);

@@ -4,12 +4,14 @@
 //! above a memory ceiling without failing any request.
 
 mod reliability_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mpserver::{CallOptions, Error, ProcessServlet, RestartPolicy, Server};
+use mpserver::{Error, ProcessServlet, RestartPolicy, Server};
 use reliability_support::*;
+use support::restart::submit_poison_among_bystanders;
 
 fn retrying() -> RestartPolicy {
     eager_restarts().retry_crashed(true)
@@ -24,15 +26,7 @@ fn poison_item_is_failed_as_poison_and_bystanders_survive() {
         .name("poisoned")
         .restart_policy(retrying());
     let server = Server::builder(servlet).capacity(64).start().unwrap();
-    let opts = CallOptions::default().timeout(Duration::from_secs(30));
-    let mut pending = Vec::new();
-    for i in 0..10 {
-        pending.push(server.submit(Op::Echo(i), opts).unwrap());
-    }
-    let poison = server.submit(Op::Abort, opts).unwrap();
-    for i in 10..20 {
-        pending.push(server.submit(Op::Echo(i), opts).unwrap());
-    }
+    let (pending, poison) = submit_poison_among_bystanders(&server, Op::Echo, Op::Abort);
     match poison.wait() {
         Err(Error::PoisonItem(p)) => {
             assert_eq!(p.crashes, 2);

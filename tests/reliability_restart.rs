@@ -1,15 +1,19 @@
 //! The restart policy under repeated kills: a worker that served before it
 //! was killed is replaced at once, however often it happens; back-off and the
-//! unhealthy mark are for workers that die in start-up or straight away.
+//! unhealthy mark are for workers that die in start-up or straight away;
+//! while a stage has no live worker, an item waits for it at most
+//! `wait_for_worker`; crashed items are retried on any free worker (opt-in).
 
 mod reliability_support;
+mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mpserver::{CallOptions, ProcessServlet, RestartPolicy, Server};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use mpserver::{CallOptions, Error, ProcessServlet, RestartPolicy, Server};
 use reliability_support::*;
+use support::restart::{
+    backing_off, no_worker_within, replaced_within, sigkill, submit_poison_among_bystanders,
+};
 
 /// Under the default policy (20 crashes within 60 s before a worker is
 /// unhealthy and restarted only every 5 s), a worker killed from outside 25
@@ -22,11 +26,9 @@ fn a_worker_killed_after_serving_restarts_at_once_every_time() {
     for i in 0..25 {
         let (y, pid) = server.call_with(Op::Echo(i), opts).unwrap();
         assert_eq!(y, 2 * i);
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+        sigkill(pid);
         // "At once": the default back-off of an unhealthy worker is 5 s.
-        let back = wait_until(Duration::from_secs(2), || {
-            server.worker_pids().first().is_some_and(|p| *p != pid)
-        });
+        let back = replaced_within(&server, pid, Duration::from_secs(2));
         assert!(
             back,
             "kill {}: not restarted within 2 s: {:?}",
@@ -57,10 +59,8 @@ fn an_idle_worker_up_long_enough_restarts_at_once() {
             Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
         let pid = server.worker_pids()[0];
         std::thread::sleep(Duration::from_millis(300));
-        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-        let back = wait_until(Duration::from_secs(3), || {
-            server.worker_pids().first().is_some_and(|p| *p != pid)
-        });
+        sigkill(pid);
+        let back = replaced_within(&server, pid, Duration::from_secs(3));
         assert_eq!(back, at_once, "stable_after {stable_after:?}");
     }
 }
@@ -83,7 +83,7 @@ fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
     let server = Server::start(ProcessServlet::new(worker).restart_policy(policy)).unwrap();
     let (_, pid) = server.call(Op::Echo(1)).unwrap();
     std::fs::write(&marker, "").unwrap();
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    sigkill(pid);
     // Killed after serving: restarted at once, and that start dies in init.
     assert!(wait_until(Duration::from_secs(5), || count_lines(&marker) >= 1));
     std::thread::sleep(Duration::from_millis(1500));
@@ -108,10 +108,7 @@ fn a_worker_dying_in_start_up_still_backs_off_and_turns_unhealthy() {
 /// surviving process, well before the killed slot could restart.
 #[test]
 fn a_killed_workers_item_is_retried_on_another_worker() {
-    let policy = RestartPolicy::default()
-        .retry_crashed(true)
-        .restart_served_at_once(false)
-        .backoff(Duration::from_secs(30));
+    let policy = backing_off(Duration::from_secs(30)).retry_crashed(true);
     let servlet = ProcessServlet::new(Chaos::new())
         .workers(2)
         .max_inflight(1)
@@ -124,8 +121,8 @@ fn a_killed_workers_item_is_retried_on_another_worker() {
     std::thread::sleep(Duration::from_millis(200));
     let pids = server.worker_pids();
     assert_eq!(pids.len(), 2);
-    kill(Pid::from_raw(pids[0] as i32), Signal::SIGKILL).unwrap();
-    let t = std::time::Instant::now();
+    sigkill(pids[0]);
+    let t = Instant::now();
     let (ya, pa) = a.wait().unwrap();
     let (yb, pb) = b.wait().unwrap();
     assert_eq!((ya, yb), (2, 4));
@@ -146,17 +143,9 @@ fn a_poison_item_is_not_retried_forever_across_workers() {
         .workers(2)
         .restart_policy(policy);
     let server = Server::builder(servlet).capacity(64).start().unwrap();
-    let opts = CallOptions::default().timeout(Duration::from_secs(30));
-    let mut pending = Vec::new();
-    for i in 0..10 {
-        pending.push(server.submit(Op::Echo(i), opts).unwrap());
-    }
-    let poison = server.submit(Op::Abort, opts).unwrap();
-    for i in 10..20 {
-        pending.push(server.submit(Op::Echo(i), opts).unwrap());
-    }
+    let (pending, poison) = submit_poison_among_bystanders(&server, Op::Echo, Op::Abort);
     match poison.wait() {
-        Err(mpserver::Error::PoisonItem(p)) => assert_eq!(p.crashes, 2),
+        Err(Error::PoisonItem(p)) => assert_eq!(p.crashes, 2),
         other => panic!("expected PoisonItem, got {other:?}"),
     }
     for (i, p) in pending.into_iter().enumerate() {
@@ -171,16 +160,13 @@ fn a_poison_item_is_not_retried_forever_across_workers() {
 #[test]
 fn a_crashed_item_past_its_deadline_is_not_retried() {
     let log = temp_path("retry-deadline");
-    let policy = RestartPolicy::default()
-        .retry_crashed(true)
-        .restart_served_at_once(false)
-        .backoff(Duration::from_millis(1500));
+    let policy = backing_off(Duration::from_millis(1500)).retry_crashed(true);
     let servlet = ProcessServlet::new(Chaos::new().log(&log))
         .restart_policy(policy)
         .wait_for_worker(Duration::from_secs(10));
     let server = Server::start(servlet).unwrap();
     let pid = server.worker_pids()[0];
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let pending = server
         .submit(
             Op::Sleep(1, 5000),
@@ -188,9 +174,9 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
         )
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    sigkill(pid);
     let r = pending.wait();
-    assert!(matches!(r, Err(mpserver::Error::Timeout(_))), "{r:?}");
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
     assert!(
         t.elapsed() < Duration::from_millis(1500),
         "{:?}",
@@ -208,19 +194,85 @@ fn a_crashed_item_past_its_deadline_is_not_retried() {
 /// back-off, with nothing queued, does not wait for the back-off.
 #[test]
 fn shutdown_does_not_wait_out_a_restart_back_off() {
-    let policy = RestartPolicy::default()
-        .restart_served_at_once(false)
-        .backoff(Duration::from_secs(60));
+    let policy = backing_off(Duration::from_secs(60));
     let server = Server::start(ProcessServlet::new(Chaos::new()).restart_policy(policy)).unwrap();
-    let pid = server.worker_pids()[0];
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    sigkill(server.worker_pids()[0]);
     assert!(wait_until(Duration::from_secs(5), || server
         .debug_info()
         .servlets
         .workers[0]
         .backoff_until_unix_ms
         .is_some()));
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     drop(server);
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+/// A worker process that served normally and is then killed from outside is
+/// replaced at once; one killed again before it answered anything backs off
+/// (and says so in its status: last exit, back-off deadline).
+#[test]
+fn a_worker_that_served_restarts_at_once_one_that_did_not_backs_off() {
+    let policy = RestartPolicy::default()
+        .backoff(Duration::from_secs(3))
+        .max_backoff(Duration::from_secs(5));
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .name("victim")
+            .restart_policy(policy),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    sigkill(pid);
+    let t = Instant::now();
+    let replaced = replaced_within(&server, pid, Duration::from_secs(2));
+    assert!(replaced, "not replaced within 2 s (back-off is 3 s)");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let snap = server.servlets();
+    let last = snap.workers[0].last_exit.clone().unwrap_or_default();
+    assert!(last.contains("SIGKILL"), "{last}");
+    // Killed again before answering anything: back-off this time.
+    let pid2 = server.worker_pids()[0];
+    sigkill(pid2);
+    assert!(no_worker_within(&server, Duration::from_secs(2)));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(server.worker_pids().is_empty(), "it backs off");
+    let w = &server.servlets().workers[0];
+    assert!(!w.alive);
+    assert!(w.backoff_until_unix_ms.is_some(), "{w:?}");
+}
+
+/// While a servlet has no live worker (its only process died and backs off
+/// for 3 s), an item waits at most `wait_for_worker` and then fails with a
+/// retryable crash error; once the worker is back, calls succeed.
+#[test]
+fn an_item_waits_for_a_dead_stage_at_most_its_bound() {
+    let policy = backing_off(Duration::from_secs(3)).max_backoff(Duration::from_secs(5));
+    let server = Server::start(
+        ProcessServlet::new(Chaos::new())
+            .restart_policy(policy)
+            .wait_for_worker(Duration::from_millis(300)),
+    )
+    .unwrap();
+    assert_eq!(server.call(Op::Echo(1)).unwrap().0, 2);
+    let pid = server.worker_pids()[0];
+    sigkill(pid);
+    assert!(no_worker_within(&server, Duration::from_secs(2)));
+    let t = Instant::now();
+    let r = server.call_with(
+        Op::Echo(2),
+        CallOptions::default().timeout(Duration::from_secs(20)),
+    );
+    assert!(matches!(r, Err(Error::WorkerCrashed(_))), "{r:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(wait_until(Duration::from_secs(10), || server
+        .worker_pids()
+        .len()
+        == 1));
+    assert_eq!(server.call(Op::Echo(3)).unwrap().0, 6);
 }

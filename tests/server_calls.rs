@@ -437,46 +437,15 @@ fn waiting_callers_get_room_ahead_of_refilling_streams() {
     }
 }
 
-/// A servlet whose input never has room: its push waits a little past the
-/// deadline (as a loaded machine may) and then gives up, so the request's
-/// own deadline passes while it is still being pushed.
-struct NeverRoom;
-
-struct NeverRoomSink;
-
-impl mpserver::servlet::plumbing::Sink<u32> for NeverRoomSink {
-    fn push(&self, _t: mpserver::servlet::plumbing::TicketRef, _v: u32) {}
-    fn push_until(
-        &self,
-        _t: mpserver::servlet::plumbing::TicketRef,
-        _v: u32,
-        deadline: Instant,
-    ) -> bool {
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        std::thread::sleep(Duration::from_millis(100));
-        false
-    }
-    fn fail(&self, _t: mpserver::servlet::plumbing::TicketRef, _e: Error) {}
-}
-
-impl mpserver::servlet::Servlet for NeverRoom {
-    type Input = u32;
-    type Output = u32;
-    fn start(
-        self: Box<Self>,
-        _output: mpserver::servlet::plumbing::SinkRef<u32>,
-        _ctx: &mut mpserver::servlet::plumbing::StartContext,
-    ) -> Result<mpserver::servlet::plumbing::Started<u32>, StartError> {
-        Ok(mpserver::servlet::plumbing::Started {
-            input: Arc::new(NeverRoomSink),
-            node: mpserver::metrics::ServletNode::new("never-room", "NeverRoom"),
-        })
-    }
-}
-
 #[test]
 fn a_push_that_times_out_counts_one_timeout() {
-    let server = Server::start(NeverRoom).unwrap();
+    // Each push overruns its deadline, so the request's deadline passes
+    // while it is still being pushed.
+    let never = NeverRoom {
+        overrun: Duration::from_millis(100),
+        ..NeverRoom::default()
+    };
+    let server = Server::start(never).unwrap();
     let n = 3;
     for _ in 0..n {
         let err = server

@@ -187,51 +187,13 @@ fn pairs_on_a_shut_down_server_report_the_shutdown() {
     );
 }
 
-/// A servlet whose input never has room: each push waits out its deadline
-/// and gives up. Counts the pushes.
-struct NeverRoom(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-struct NeverRoomSink(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl mpserver::servlet::plumbing::Sink<u32> for NeverRoomSink {
-    fn push(&self, _t: mpserver::servlet::plumbing::TicketRef, _v: u32) {}
-    fn push_until(
-        &self,
-        _t: mpserver::servlet::plumbing::TicketRef,
-        _v: u32,
-        deadline: Instant,
-    ) -> bool {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        false
-    }
-    fn fail(&self, _t: mpserver::servlet::plumbing::TicketRef, _e: Error) {}
-}
-
-impl mpserver::servlet::Servlet for NeverRoom {
-    type Input = u32;
-    type Output = u32;
-    fn start(
-        self: Box<Self>,
-        _output: mpserver::servlet::plumbing::SinkRef<u32>,
-        _ctx: &mut mpserver::servlet::plumbing::StartContext,
-    ) -> Result<mpserver::servlet::plumbing::Started<u32>, mpserver::error::StartError> {
-        Ok(mpserver::servlet::plumbing::Started {
-            input: std::sync::Arc::new(NeverRoomSink(self.0)),
-            node: mpserver::metrics::ServletNode::new("never-room", "NeverRoom"),
-        })
-    }
-}
-
 /// A stream that stops at its first error admits nothing behind an item
 /// that already failed: that work would only be cancelled.
 #[test]
 fn a_stream_admits_nothing_behind_a_failed_item_it_will_stop_at() {
-    let pushes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = Server::builder(NeverRoom(pushes.clone()))
-        .capacity(8)
-        .start()
-        .unwrap();
+    let never = NeverRoom::default();
+    let pushes = never.pushes.clone();
+    let server = Server::builder(never).capacity(8).start().unwrap();
     let opts = StreamOptions::default().timeout(Duration::from_millis(20));
     let out: Vec<_> = server.stream_with(0..10u32, opts).collect();
     assert_eq!(out.len(), 1);

@@ -3,49 +3,14 @@
 //! `call_batch` returns are each logged. (Its own test binary: it installs a
 //! global subscriber.)
 
+mod support;
+
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use mpserver::{Batching, CallOptions, Server, ThreadServlet, Worker, WorkerError};
-use tracing_subscriber::layer::SubscriberExt;
-
-/// Warnings from thread workers: their fields.
-fn seen() -> &'static Mutex<Vec<HashMap<String, String>>> {
-    static SEEN: OnceLock<Mutex<Vec<HashMap<String, String>>>> = OnceLock::new();
-    SEEN.get_or_init(Default::default)
-}
-
-struct Capture;
-
-#[derive(Default)]
-struct Fields(HashMap<String, String>);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if *event.metadata().level() != tracing::Level::WARN
-            || !event
-                .metadata()
-                .target()
-                .starts_with("mpserver::servlet::thread")
-        {
-            return;
-        }
-        let mut f = Fields::default();
-        event.record(&mut f);
-        seen().lock().unwrap().push(f.0);
-    }
-}
+use support::capture::{events, field};
+use tracing::level_filters::LevelFilter;
 
 /// How `call_batch` fails.
 #[derive(Clone, Copy)]
@@ -93,17 +58,17 @@ fn warnings_for_a_failed_batch(fail: Fail, name: &str) -> Vec<HashMap<String, St
     }
     assert_eq!(server.servlets().batches, 1);
     drop(server);
-    let all = seen().lock().unwrap();
-    all.iter()
-        .filter(|f| f.get("worker").is_some_and(|w| w.starts_with(name)))
-        .cloned()
+    events()
+        .iter()
+        .filter(|e| e.0 == tracing::Level::WARN && field(e, "worker").starts_with(name))
+        .map(|e| e.1.clone())
         .collect()
 }
 
 #[test]
 fn a_failed_batch_is_logged_once_with_its_size_and_item_errors_each() {
-    let sub = tracing_subscriber::registry().with(Capture);
-    tracing::subscriber::set_global_default(sub).unwrap();
+    // Warnings of thread workers.
+    support::capture::install("mpserver::servlet::thread", LevelFilter::WARN);
 
     for (fail, name) in [(Fail::Panic, "panicky"), (Fail::Mismatch, "mismatched")] {
         let w = warnings_for_a_failed_batch(fail, name);

@@ -3,61 +3,16 @@
 //! worker that logs more than its queue holds drops events and says how
 //! many. (Its own test binary: it installs a global subscriber.)
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+mod support;
 
 use mpserver::{ProcessServlet, Server, ThreadServlet, Worker, WorkerContext, WorkerError};
 use serde::{Deserialize, Serialize};
+use support::capture::{Seen, events, field, wait_for_events};
 use tracing::level_filters::LevelFilter;
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
 
-/// One event seen by the server's subscriber: its level and fields.
-type Seen = (tracing::Level, HashMap<String, String>);
-
-fn seen() -> &'static Mutex<Vec<Seen>> {
-    static SEEN: OnceLock<Mutex<Vec<Seen>>> = OnceLock::new();
-    SEEN.get_or_init(Default::default)
-}
-
-struct Capture;
-
-#[derive(Default)]
-struct Fields(HashMap<String, String>);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if !event.metadata().target().starts_with("mpserver::servlet") {
-            return;
-        }
-        let mut f = Fields::default();
-        event.record(&mut f);
-        f.0.insert("event_target".into(), event.metadata().target().into());
-        let thread = std::thread::current();
-        f.0.insert("thread".into(), thread.name().unwrap_or("").into());
-        seen()
-            .lock()
-            .unwrap()
-            .push((*event.metadata().level(), f.0));
-    }
-}
-
+/// Captures the process and thread servlets' events at info and above.
 fn install() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let sub = tracing_subscriber::registry().with(Capture.with_filter(LevelFilter::INFO));
-        tracing::subscriber::set_global_default(sub).unwrap();
-    });
+    support::capture::install("mpserver::servlet", LevelFilter::INFO);
 }
 
 /// Logs around its work; fails on negative input; logs `burst` events in a
@@ -90,31 +45,19 @@ impl Worker for Chatty {
     }
 }
 
-fn wait_until(what: &str, cond: impl Fn(&[Seen]) -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond(&seen().lock().unwrap_or_else(|p| p.into_inner())) {
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-}
-
-fn field<'a>(s: &'a Seen, name: &str) -> &'a str {
-    s.1.get(name).map(String::as_str).unwrap_or("")
-}
-
 #[test]
 fn worker_process_events_reach_the_server_subscriber() {
     install();
     let server = Server::start(ProcessServlet::new(Chatty { burst: 0 }).name("chatty")).unwrap();
     let pid = server.worker_pids()[0].to_string();
     assert_eq!(server.call(3).unwrap(), 3);
-    wait_until("the init and item events", |s| {
+    wait_for_events("the init and item events", |s| {
         s.iter()
             .any(|e| field(e, "message") == "chatty worker ready")
             && s.iter().any(|e| field(e, "message") == "handling item")
     });
     {
-        let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+        let s = events();
         let e = s
             .iter()
             .find(|e| field(e, "message") == "handling item")
@@ -134,7 +77,7 @@ fn worker_process_events_reach_the_server_subscriber() {
     }
     // A worker error is logged at warn.
     assert!(server.call(-2).is_err());
-    wait_until("the worker error at warn", |s| {
+    wait_for_events("the worker error at warn", |s| {
         s.iter().any(|e| {
             e.0 == tracing::Level::WARN
                 && field(e, "message") == "worker call failed"
@@ -149,12 +92,12 @@ fn a_burst_beyond_the_queue_is_dropped_and_counted() {
     let burst = 20_000;
     let server = Server::start(ProcessServlet::new(Chatty { burst }).name("bursty")).unwrap();
     assert_eq!(server.call(1000).unwrap(), 1000);
-    wait_until("the dropped count", |s| {
+    wait_for_events("the dropped count", |s| {
         s.iter()
             .any(|e| field(e, "worker") == "bursty" && e.1.contains_key("dropped"))
     });
     drop(server);
-    let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let s = events();
     let got = s
         .iter()
         .filter(|e| field(e, "worker") == "bursty" && field(e, "message") == "burst")
@@ -178,7 +121,7 @@ fn thread_worker_errors_are_logged_at_warn() {
     install();
     let server = Server::start(ThreadServlet::new(Chatty { burst: 0 }).name("threaded")).unwrap();
     assert!(server.call(-7).is_err());
-    wait_until("the thread worker's error at warn", |s| {
+    wait_for_events("the thread worker's error at warn", |s| {
         s.iter().any(|e| {
             e.0 == tracing::Level::WARN
                 && field(e, "event_target") == "mpserver::servlet::thread"
@@ -221,10 +164,10 @@ fn worker_events_are_emitted_on_the_reader_thread_not_a_callers() {
         .join()
         .unwrap();
     let noted = |e: &&Seen| field(e, "worker") == "noting" && field(e, "message") == "noted item";
-    wait_until("the 20 item events", |s| {
+    wait_for_events("the 20 item events", |s| {
         s.iter().filter(noted).count() >= 20
     });
-    let s = seen().lock().unwrap_or_else(|p| p.into_inner());
+    let s = events();
     let on_caller: Vec<&Seen> = s
         .iter()
         .filter(noted)

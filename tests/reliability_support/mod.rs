@@ -198,19 +198,13 @@ pub fn temp_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("mpserver-rel-{tag}-{}-{n}", std::process::id()))
 }
 
-/// Polls `cond` every few milliseconds until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+// The same file as `support::poll`, for the binaries that use only this
+// module (a binary that uses both compiles it twice, harmlessly).
+#[allow(clippy::duplicate_mod)]
+#[path = "../support/poll.rs"]
+mod poll;
+#[allow(unused_imports)]
+pub use poll::wait_until;
 
 /// State and parent pid of a process from `/proc/<pid>/stat`, if it exists.
 pub fn proc_state(pid: u32) -> Option<(char, u32)> {

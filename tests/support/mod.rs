@@ -2,6 +2,16 @@
 //! itself as the worker process, so these types live in every binary.
 #![allow(dead_code)]
 
+pub mod capture;
+pub mod never_room;
+pub mod poll;
+pub mod restart;
+
+// Not every test binary uses them.
+#[allow(unused_imports)]
+pub use never_room::NeverRoom;
+pub use poll::wait_until;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -148,6 +158,29 @@ impl Worker for SquareBatch {
     }
 }
 
+/// Streams `data` through a [`SquareBatch`] flow, errors in place, and
+/// checks every result: `x * x` from a batch of 1 to `max_batch` items, or
+/// the "negative" error for a negative `x`. `ctx` names the case.
+pub fn check_square_batches(
+    server: &mpserver::Server<i64, (i64, usize)>,
+    data: &[i64],
+    max_batch: usize,
+    ctx: &str,
+) {
+    let opts = mpserver::StreamOptions::default().return_exceptions(true);
+    let out: Vec<_> = server.stream_with(data.to_vec(), opts).collect();
+    assert_eq!(out.len(), data.len(), "{ctx}");
+    for (x, r) in data.iter().zip(&out) {
+        match r {
+            Ok((y, n)) => {
+                assert_eq!(*y, x * x, "{ctx}");
+                assert!((1..=max_batch).contains(n), "{ctx}: batch of {n}");
+            }
+            Err(e) => assert!(*x < 0 && e.to_string().contains("negative"), "{ctx}: {e}"),
+        }
+    }
+}
+
 /// Any children at all (including zombies) of this process.
 pub fn all_children() -> Vec<u32> {
     let me = std::process::id();
@@ -171,12 +204,8 @@ pub fn all_children() -> Vec<u32> {
 
 /// Polls `cond` until it holds; fails the test after 10 s.
 pub fn wait_for(cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not reached in 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), cond),
+        "condition not reached in 10 s"
+    );
 }
