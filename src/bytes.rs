@@ -9,8 +9,10 @@
 //! and converts to and from `Vec<u8>`, `&'static [u8]`, `String` and
 //! `bytes::Bytes`. It dereferences to `[u8]`.
 //!
-//! It is a type of its own rather than a re-export so that a later version can
-//! hand a worker a view of shared memory without changing the type.
+//! A large `Bytes` in a worker's input that crossed through shared memory is
+//! not copied: the worker gets a view of its slot, which keeps the slot from
+//! reuse while any clone of it lives (`ipc/shm/view.rs` says how the
+//! deserializer finds the slot, and what a kept view costs).
 
 use std::borrow::Borrow;
 use std::fmt;

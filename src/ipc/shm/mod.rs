@@ -7,9 +7,14 @@
 //! into a free slot instead of the frame, and the frame carries only a
 //! [`SlotRef`] (slot, region tag, generation, length).
 //!
-//! All allocation state lives in the server's memory ([`SlotPool`]); the
-//! worker only reads and writes the bytes of slots it was given. A slot's
-//! life:
+//! The allocation state lives in the server's memory ([`SlotPool`]: free
+//! list, generations, item -> slots), except for words of each slot's header
+//! (all atomics): the worker's count of views of the slot, where the slot's
+//! value starts, and an owner word through which either side claims a free
+//! slot by compare-and-swap. The server takes slots for inputs; the worker
+//! claims one only for a large result of a small input, and hands it over
+//! for that item ([`SlotPool::result_view`] adopts it when the result is
+//! read). A slot's life:
 //!
 //! ```text
 //!   free ──take (server, encoding an item)──▶ leased ──bind(id) (send lock)──▶ sent
@@ -23,7 +28,8 @@
 //! ```
 //!
 //! A slot released while the worker still views it (zero-copy `Bytes`,
-//! see [`decode_viewing`]) is not taken again until the views are gone.
+//! see [`decode_viewing`]) is not taken again until the views are gone; a
+//! slot the worker claimed is freed with the item whose result it held.
 //!
 //! A worker that dies takes nothing with it: its region is dropped with its
 //! connection, and the restarted worker gets a new one. Every release bumps
