@@ -45,7 +45,7 @@ pub(crate) use crate::servlet::plumbing::ChildRegistry;
 pub use boot::BootError;
 pub(crate) use boot::bootstrap_if_worker;
 pub use child::serve_worker;
-pub use launcher::{Launcher, WorkerSpawn};
+pub use launcher::{Launcher, ProcessStarter, StartRequest, WorkerProcess, WorkerSpawn};
 pub use restart::RestartPolicy;
 
 use std::sync::Arc;
