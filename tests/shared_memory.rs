@@ -412,15 +412,6 @@ impl Worker for Keeper {
     }
 }
 
-fn kept_slots(server: &Server<KeepCmd, (bool, usize, bool, Bytes)>) -> usize {
-    server
-        .servlets()
-        .workers
-        .iter()
-        .map(|w| w.shm_slots_in_use)
-        .sum()
-}
-
 #[test]
 fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
     let settings = ShmSettings {
@@ -449,7 +440,7 @@ fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
             "call {i}: view of a slot only while one is free"
         );
         assert!(echo[..] == data[..], "call {i}: echo of a viewed input");
-        assert_eq!(kept_slots(&server), (i + 1).min(3), "call {i}");
+        assert_eq!(slots_in_use_of(&server), (i + 1).min(3), "call {i}");
     }
     // More large traffic while every slot is kept: by the socket, and the
     // kept views still read as they were.
@@ -463,15 +454,15 @@ fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
         assert!(intact, "kept views intact");
         assert!(!view, "no slot free");
     }
-    assert_eq!(kept_slots(&server), 3);
+    assert_eq!(slots_in_use_of(&server), 3);
     // The views dropped: the slots are free again, and used again.
     let (intact, n, _, _) = server.call(KeepCmd::Clear).unwrap();
     assert!(intact);
     assert_eq!(n, 0);
     assert!(
-        wait_until(Duration::from_secs(5), || kept_slots(&server) == 0),
+        wait_until(Duration::from_secs(5), || slots_in_use_of(&server) == 0),
         "slots still kept: {}",
-        kept_slots(&server)
+        slots_in_use_of(&server)
     );
     let (_, _, view, _) = server
         .call(KeepCmd::Keep {
@@ -495,7 +486,7 @@ fn a_worker_killed_while_holding_views_frees_their_slots() {
             .unwrap();
         assert!(view);
     }
-    assert_eq!(kept_slots(&server), 3, "three kept views, three slots");
+    assert_eq!(slots_in_use_of(&server), 3, "three kept views, three slots");
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -504,9 +495,9 @@ fn a_worker_killed_while_holding_views_frees_their_slots() {
         "worker restarted"
     );
     assert!(
-        wait_until(Duration::from_secs(5), || kept_slots(&server) == 0),
+        wait_until(Duration::from_secs(5), || slots_in_use_of(&server) == 0),
         "slots leaked: {}",
-        kept_slots(&server)
+        slots_in_use_of(&server)
     );
     let (intact, n, view, _) = server
         .call(KeepCmd::Keep {
