@@ -26,7 +26,13 @@ S8  payload_1mb       200 sequential calls echoing a 1 MiB bytes payload (5 warm
                       mb_per_s one way (MB = 10^6 bytes).
 S9  startup           seed flow (5 worker processes): from building the servlets
                       and server to the first result of call("world"):
-                      startup_ms; time to leave the server context: shutdown_ms.
+                      startup_ms (servers started one after the other in this
+                      process: with mpserver-py's fork server, the second and
+                      later find it running), startup_first_ms (the first
+                      server of a fresh process, which for mpserver-py includes
+                      starting the fork server; the process's own start and
+                      imports are before the clock starts); time to leave the
+                      server context: shutdown_ms.
 S10 memory            RSS (VmRSS) of the server process and of its worker, S2
                       setup: idle after start, and max while streaming S2's items:
                       rss_server_idle_mib, rss_worker0_idle_mib, rss_total_idle_mib
@@ -85,6 +91,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -242,10 +249,11 @@ class Bench:
         self.loops = None  # S6 calibration
         self.best = getattr(args, "best", False)
         self.current = None  # the scenario being run (its key, e.g. "S2")
+        self.start_method = getattr(args, "start_method", "forkserver")
 
     def best_kwargs(self) -> dict:
         """Server settings of ``--best`` for the current scenario (or none)."""
-        if not self.best or CONTENDER == "mpserver-py":
+        if not self.best or CONTENDER.startswith("mpserver-py"):
             return {}
         return dict(BEST_SETTINGS.get(MPSERVICE_VERSION, {}).get(self.current, {}))
 
@@ -597,6 +605,25 @@ def s9_startup(b: Bench) -> None:
         log(f"  run {run}: startup {startup[-1]:.1f} ms, shutdown {shutdown[-1]:.1f} ms")
     b.emit("S9_startup", "startup_ms", "ms", startup)
     b.emit("S9_startup", "shutdown_ms", "ms", shutdown)
+    first = []
+    for run in range(b.runs):
+        argv = [sys.executable, os.path.abspath(__file__), "--s9-first", "--placement", b.placement]
+        if CONTENDER.startswith("mpserver-py"):
+            argv += ["--impl", "mpserver", "--start-method", b.start_method]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+        first.append(float(out.stdout.split()[-1]))
+        log(f"  run {run}: first server of a fresh process: startup {first[-1]:.1f} ms")
+    b.emit("S9_startup", "startup_first_ms", "ms", first)
+
+
+def s9_first(b: Bench) -> None:
+    """``--s9-first``: the start-up of this fresh process's first server (ms)."""
+    t0 = time.perf_counter()
+    with b.server(b.seed_servlet()) as server:
+        y = server.call("world")
+        t1 = time.perf_counter()
+        assert y == SEED_EXPECTED, f"seed flow returned {y!r}"
+    print(f"{(t1 - t0) * 1e3:.3f}", flush=True)
 
 
 class RssSampler:
@@ -702,6 +729,14 @@ def parse_args(argv=None):
         default="mpservice",
         help="the package to measure (mpserver: the mpserver-py package, same scenarios)",
     )
+    p.add_argument(
+        "--start-method",
+        choices=["forkserver", "spawn"],
+        default="forkserver",
+        help="mpserver-py only: how worker processes start (the contender is named "
+        "mpserver-py-spawn for spawn)",
+    )
+    p.add_argument("--s9-first", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="print the scenario ids defined here and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -727,9 +762,19 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    global CONTENDER
     args = parse_args(argv)
     b = Bench(args)
     b.apply_placement()
+    if CONTENDER == "mpserver-py":
+        import mpserver
+
+        mpserver.set_start_method(args.start_method)
+        if args.start_method == "spawn":
+            CONTENDER = "mpserver-py-spawn"
+    if args.s9_first:
+        s9_first(b)
+        return 0
     log(
         f"{CONTENDER}: python {sys.version.split()[0]}, placement={args.placement} "
         f"cpus={sorted(os.sched_getaffinity(0))}, runs={args.runs}, quick={args.quick}, "

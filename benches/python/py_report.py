@@ -12,6 +12,9 @@ CONTENDERS = ['mpserver-py', 'mpservice-0.12.9', 'mpservice-0.16.8']
 # A previous build of mpserver-py measured in the same sitting (relabel its
 # figures' "contender" to this name), shown after the others when present.
 BEFORE = 'mpserver-py-before'
+# mpserver-py with worker processes spawned instead of forked by its fork
+# server (``--start-method spawn``), shown when present.
+SPAWN = 'mpserver-py-spawn'
 # Metrics where smaller is better.
 LOWER = ('_us', '_ms', '_mib')
 
@@ -37,7 +40,9 @@ def main(paths):
                 d = json.loads(line)
                 key = (d['scenario'], d['placement'], d['metric'], d['unit'])
                 figs.setdefault(key, {})[d['contender']] = d
-    shown = CONTENDERS + ([BEFORE] if any(BEFORE in row for row in figs.values()) else [])
+    shown = CONTENDERS + [
+        c for c in (SPAWN, BEFORE) if any(c in row for row in figs.values())
+    ]
     print('# Python scenarios: mpserver-py beside mpservice\n')
     print(
         'The same scenario script and worker code (`benches/python/mpservice_bench.py`; '

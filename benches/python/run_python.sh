@@ -48,6 +48,12 @@ for placement in pinned1 unpinned; do
     run "mpserver-py-$placement" \
         env -C "$results" "$venv/bin/python" "$here/mpservice_bench.py" --impl mpserver \
         --placement "$placement" "${pass[@]}"
+    # Start-up with worker processes spawned instead of forked (S9 only).
+    if [ "$placement" = unpinned ]; then
+        run "mpserver-py-spawn-$placement" \
+            env -C "$results" "$venv/bin/python" "$here/mpservice_bench.py" --impl mpserver \
+            --start-method spawn --placement "$placement" "${pass[@]}" --scenarios S9
+    fi
 done
 
 mkdir -p "$report_dir"

@@ -33,6 +33,10 @@ pub struct FlowInfo {
     /// Items entering the flow go (also) to a process stage first, so their
     /// pickle is made on the caller's thread (which holds the GIL anyway).
     pub entry_pickles: bool,
+    /// Items entering the flow go to process stages only: a blocking call
+    /// keeps only the pickle of its input (no Python object to release
+    /// later, when the engine is done with the item and the GIL is not held).
+    pub entry_process_only: bool,
 }
 
 /// Whether a spec's entry stage pickles its input.
@@ -51,6 +55,34 @@ fn entry_pickles(spec: &Bound<'_, PyAny>) -> PyResult<bool> {
     })
 }
 
+/// Whether every entry stage of a spec is a process stage.
+fn entry_process_only(spec: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let t = spec.cast::<PyTuple>()?;
+    let kind: String = t.get_item(0)?.extract()?;
+    let all = |list: Bound<'_, PyAny>| -> PyResult<bool> {
+        let list = list.cast_into::<PyList>()?;
+        if list.is_empty() {
+            return Ok(false);
+        }
+        for s in list.iter() {
+            if !entry_process_only(&s)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    Ok(match kind.as_str() {
+        "process" => true,
+        "sequential" => match t.get_item(1)?.cast::<PyList>()?.iter().next() {
+            Some(first) => entry_process_only(&first)?,
+            None => false,
+        },
+        "ensemble" => all(t.get_item(1)?)?,
+        // The switch itself calls Python with the item.
+        _ => false,
+    })
+}
+
 fn any_entry_pickles(list: &Bound<'_, PyAny>) -> PyResult<bool> {
     for s in list.cast::<PyList>()?.iter() {
         if entry_pickles(&s)? {
@@ -64,6 +96,7 @@ fn any_entry_pickles(list: &Bound<'_, PyAny>) -> PyResult<bool> {
 pub fn build_flow(spec: &Bound<'_, PyAny>) -> PyResult<(PyServlet, FlowInfo)> {
     let info = FlowInfo {
         entry_pickles: entry_pickles(spec)?,
+        entry_process_only: entry_process_only(spec)?,
     };
     let servlet = build(spec)?;
     Ok((servlet, info))

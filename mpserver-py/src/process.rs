@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use mpserver::ProcessServlet;
 use mpserver::servlet::process::{Launcher, RestartPolicy};
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::forkserver::ForkServer;
 use crate::spec::{PyServlet, affinity, seconds};
 use crate::worker::PyProcessWorker;
 
@@ -60,10 +61,29 @@ pub fn build(t: &Bound<'_, PyTuple>) -> PyResult<PyServlet> {
         "import sys; sys.path.insert(0, {pkg_root:?}); \
          import mpserver._mpserver as m; m._worker_main()"
     );
-    let launcher = Launcher::program(&executable)
+    let mut launcher = Launcher::program(&executable)
         .args(["-c", code.as_str()])
         .require_same_image(true)
         .handshake_timeout(HANDSHAKE_TIMEOUT);
+    let start_method: String = match options.get_item("start_method")? {
+        Some(m) => m.extract()?,
+        None => "forkserver".to_string(),
+    };
+    match start_method.as_str() {
+        // Workers forked by the process's fork server (spawned if it cannot).
+        "forkserver" => {
+            let fs = ForkServer::get_or_start(&executable, &prep, &pkg_root).map_err(|e| {
+                PyRuntimeError::new_err(format!("cannot start the fork server: {e}"))
+            })?;
+            launcher = launcher.starter(fs);
+        }
+        "spawn" => {}
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "start_method must be 'forkserver' or 'spawn', got {other:?}"
+            )));
+        }
+    }
 
     let mut s = ProcessServlet::new(PyProcessWorker::new(prep, payload))
         .cpus(cpus)
@@ -79,6 +99,11 @@ pub fn build(t: &Bound<'_, PyTuple>) -> PyResult<PyServlet> {
     }
     if let Some(v) = options.get_item("poison_threshold")? {
         restart.poison_threshold = v.extract()?;
+    }
+    if let Some(v) = options.get_item("stable_after")?
+        && let Some(d) = seconds(&v)?
+    {
+        restart.stable_after = d;
     }
     s = s.restart_policy(restart);
     if let Some(v) = options.get_item("recycle_after")?

@@ -107,7 +107,11 @@ impl Core {
         let opts = CallOptions::default()
             .timeout(duration(timeout)?)
             .backpressure(backpressure);
-        let v = self.input(x)?;
+        let v = if self.info.entry_process_only {
+            PyValue::pickled_only(x)
+        } else {
+            self.input(x)?
+        };
         let handle = &self.handle;
         let r = py.detach(|| handle.call_with(v, opts));
         finish(py, r)

@@ -100,6 +100,18 @@ impl PyValue {
         }))
     }
 
+    /// A Python object about to enter process stages only: its pickle alone
+    /// (made now, with the GIL), so that the engine holds no Python object
+    /// (whose release without the GIL would be deferred to the next holder
+    /// of the GIL). An object that does not pickle is kept as is (its stage
+    /// then fails it as a codec error).
+    pub fn pickled_only(obj: Bound<'_, PyAny>) -> Self {
+        match Pickle::dumps(&obj) {
+            Ok(p) => PyValue::Pickled(Arc::new(p)),
+            Err(_) => PyValue::from_obj(obj),
+        }
+    }
+
     /// Wraps a Python object about to enter a process stage: its pickle is
     /// made now, while the caller holds the GIL, so the engine's threads need
     /// not take it. An object that does not pickle is kept as is (its stage

@@ -24,9 +24,25 @@ def pid_alive(pid: int) -> bool:
     return state != 'Z'
 
 
+def forkserver_pid():
+    """The pid of this process's fork server, if one runs."""
+    from mpserver import _mpserver
+
+    return _mpserver._forkserver_pid()
+
+
 def children() -> list:
-    """Pids of this process's children, zombies included."""
-    me = os.getpid()
+    """Pids of this process's worker processes, zombies included: its
+    children, except the fork server, and the fork server's children."""
+    fs = forkserver_pid()
+    out = [p for p in children_of(os.getpid()) if p != fs]
+    if fs is not None:
+        out += children_of(fs)
+    return out
+
+
+def children_of(me: int) -> list:
+    """Pids of the children of process `me`, zombies included."""
     out = []
     for name in os.listdir('/proc'):
         if not name.isdigit():

@@ -170,3 +170,13 @@ class IntEnumLike(enum.IntEnum):
     """An int subclass: must keep its type across a process boundary."""
 
     A = 1
+
+
+class Lineage(Worker):
+    """Returns the worker process's pid, its parent's pid and its index."""
+
+    def __init__(self, *, worker_index, **kwargs):
+        self.index = worker_index
+
+    def call(self, x):
+        return os.getpid(), os.getppid(), self.index

@@ -5,6 +5,8 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsRawFd, RawFd};
 
+use bytes::{Buf, Bytes, BytesMut};
+
 use super::frame::FrameError;
 
 /// The transport under a [`FrameReader`]: remembers whether its last read
@@ -32,10 +34,16 @@ impl<R: Read> Read for Probe<R> {
     }
 }
 
+/// Smallest buffer of [`FrameReader::read_frame_shared`].
+const SHARED_MIN: usize = 64 * 1024;
+
 /// Reads frames from a byte stream.
 pub struct FrameReader<R> {
     inner: BufReader<Probe<R>>,
     body: Vec<u8>,
+    /// The buffer of [`FrameReader::read_frame_shared`]: bodies are split
+    /// off it, and its allocation is reused once they are all dropped.
+    shared: BytesMut,
     max: usize,
 }
 
@@ -72,6 +80,7 @@ impl<R: Read> FrameReader<R> {
                 },
             ),
             body: Vec::new(),
+            shared: BytesMut::new(),
             max,
         }
     }
@@ -116,9 +125,8 @@ impl<R: Read> FrameReader<R> {
         &self.inner.get_ref().inner
     }
 
-    /// Reads the next frame: `Ok(None)` on a clean end of stream (between
-    /// frames). Returns the kind and the body.
-    pub fn read_frame(&mut self) -> Result<Option<(u8, &[u8])>, FrameError> {
+    /// Reads a frame's length (`None`: a clean end of stream).
+    fn read_len(&mut self) -> Result<Option<usize>, FrameError> {
         let mut len = [0u8; 4];
         let mut got = 0;
         while got < 4 {
@@ -137,20 +145,54 @@ impl<R: Read> FrameReader<R> {
         if len > self.max {
             return Err(FrameError::Oversized(len));
         }
+        Ok(Some(len))
+    }
+
+    fn read_body(inner: &mut BufReader<Probe<R>>, body: &mut [u8]) -> Result<(), FrameError> {
+        inner.read_exact(body).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                FrameError::Truncated
+            } else {
+                FrameError::Io(e)
+            }
+        })
+    }
+
+    /// Reads the next frame: `Ok(None)` on a clean end of stream (between
+    /// frames). Returns the kind and the body.
+    pub fn read_frame(&mut self) -> Result<Option<(u8, &[u8])>, FrameError> {
+        let Some(len) = self.read_len()? else {
+            return Ok(None);
+        };
         // The buffer only grows (zero-filling just the growth); the read
         // overwrites the part in use, so large frames cost no memset each.
         if self.body.len() < len {
             self.body.resize(len, 0);
         }
         let body = &mut self.body[..len];
-        self.inner.read_exact(body).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                FrameError::Truncated
-            } else {
-                FrameError::Io(e)
-            }
-        })?;
+        Self::read_body(&mut self.inner, body)?;
         Ok(Some((body[0], &body[1..])))
+    }
+
+    /// Like [`FrameReader::read_frame`], but the body is returned as
+    /// reference-counted [`Bytes`] that may outlive the next read: parts of
+    /// it (say, each result of a frame) can be kept and decoded elsewhere
+    /// without a copy each. Once every body returned has been dropped, the
+    /// next frame reuses their allocation.
+    pub fn read_frame_shared(&mut self) -> Result<Option<(u8, Bytes)>, FrameError> {
+        let Some(len) = self.read_len()? else {
+            return Ok(None);
+        };
+        self.shared.clear();
+        // Reclaims the whole allocation when no earlier body is alive (at
+        // least `SHARED_MIN`, so that frames of varied small sizes reuse one).
+        self.shared.reserve(len.max(SHARED_MIN));
+        self.shared.resize(len, 0);
+        Self::read_body(&mut self.inner, &mut self.shared[..])?;
+        let mut body = self.shared.split().freeze();
+        let kind = body[0];
+        body.advance(1);
+        Ok(Some((kind, body)))
     }
 }
 
@@ -182,6 +224,34 @@ mod tests {
         // At the end of the stream: nothing buffered, and a clean end.
         assert_eq!(r.fill_nowait().unwrap(), 0);
         assert_eq!(r.read_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn shared_bodies_outlive_later_reads_and_their_buffer_is_reused() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::socket(a, DEFAULT_MAX_FRAME);
+        let mut f = FrameBuf::new();
+        f.frame(kind::RESULTS, b"first body");
+        f.frame(kind::RESULTS, b"second");
+        f.frame(kind::LOG, b"third body");
+        b.write_all(f.as_bytes()).unwrap();
+        let (k1, one) = r.read_frame_shared().unwrap().unwrap();
+        let part = one.slice(0..5);
+        drop(one);
+        let (k2, two) = r.read_frame_shared().unwrap().unwrap();
+        let at = two.as_ptr();
+        // Read while a part of the first body is alive: both intact.
+        assert_eq!((k1, &part[..]), (kind::RESULTS, &b"first"[..]));
+        assert_eq!((k2, &two[..]), (kind::RESULTS, &b"second"[..]));
+        drop((part, two));
+        // Nothing of the earlier bodies alive: the last allocation again.
+        let (k3, three) = r.read_frame_shared().unwrap().unwrap();
+        assert_eq!((k3, &three[..]), (kind::LOG, &b"third body"[..]));
+        assert_eq!(three.as_ptr(), at, "the buffer was not reused");
+        drop(b);
+        assert!(r.read_frame_shared().unwrap().is_none());
     }
 
     fn items_frame(items: &[(u64, &[u8])], batched: bool) -> Vec<u8> {

@@ -24,6 +24,7 @@ pub(crate) use requests::ServerStats;
 pub use requests::{ERROR_KINDS, RequestStats};
 
 mod shard;
+pub(crate) use shard::stage_ns;
 pub use shard::{Counter, Histogram, StageClock};
 
 /// A histogram's content: `counts[i]` values were `<= bounds[i]` and above

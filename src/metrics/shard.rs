@@ -206,6 +206,12 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// `at` in the units of [`StageClock`] readings: nanoseconds from their
+/// origin, plus one (0 means "never entered").
+pub(crate) fn stage_ns(at: Instant) -> u64 {
+    super::nanos(at.saturating_duration_since(epoch())) + 1
+}
+
 impl StageClock {
     /// The item enters a servlet now.
     pub fn enter(&self) {
@@ -214,9 +220,17 @@ impl StageClock {
 
     /// The item entered a servlet at `at`.
     pub fn enter_at(&self, at: Instant) {
-        // 0 means "never entered", so readings are offset by one.
-        let ns = super::nanos(at.saturating_duration_since(epoch())) + 1;
-        self.0.store(ns, Ordering::Relaxed);
+        self.0.store(stage_ns(at), Ordering::Relaxed);
+    }
+
+    /// When the item entered its current servlet, if it did, as
+    /// [`stage_ns`] gives it: stage durations are then integer
+    /// differences (per-item timing on hot paths).
+    pub(crate) fn entered_ns(&self) -> Option<u64> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(ns),
+        }
     }
 
     /// When the item entered its current servlet, if it did.

@@ -25,8 +25,11 @@ from ._api import (
     ThreadServlet,
     ThreadWorker,
     Worker,
+    get_start_method,
     make_threadworker,
     make_worker,
+    set_start_method,
+    start_forkserver,
 )
 from ._errors import (
     CodecError,
@@ -50,6 +53,9 @@ __all__ = [
     'ProcessWorker',
     'ThreadWorker',
     'make_worker',
+    'set_start_method',
+    'get_start_method',
+    'start_forkserver',
     'make_threadworker',
     'PassThrough',
     'CpuAffinity',

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # asyncio and typing are imported only when used: worker
     # processes import this module and should start fast.
     from typing import Any, Callable
 
-from . import _mpserver
+from . import _forkserver, _mpserver
 from ._errors import ServerBacklogFull
 
 # The folder holding the package: worker interpreters import it from there.
@@ -234,14 +234,74 @@ def _worker_settings(worker_cls, init_kwargs):
     return _batch_settings(size, wait)
 
 
+_START_METHODS = ('forkserver', 'spawn')
+_start_method = 'forkserver'
+
+
+def set_start_method(method: str) -> None:
+    """How worker processes start, for the process servlets of servers started
+    from now on (a servlet's ``configure(start_method=...)`` overrides it).
+
+    ``'forkserver'`` (the default): a fork server, a single-threaded
+    interpreter prepared once the spawn way (the main script imported as
+    ``__mp_main__``, the package imported), started with the first server
+    that has process servlets and kept for the life of the program, forks
+    each worker process. Workers start in milliseconds instead of an
+    interpreter's start-up; a worker sees the main script's module-level
+    state as the fork server imported it (not as it is in the parent now).
+    If the fork server dies, or has more than one thread (it never forks
+    then), workers are spawned.
+
+    ``'spawn'``: every worker process is a fresh interpreter that imports the
+    package and re-imports the main script itself, as ``multiprocessing``'s
+    spawn method does.
+    """
+    global _start_method
+    if method not in _START_METHODS:
+        raise ValueError(f"start_method must be one of {_START_METHODS}, got {method!r}")
+    _start_method = method
+
+
+def start_forkserver() -> None:
+    """Starts the fork server now, if none runs, instead of with the first
+    server that has process servlets: it starts and imports the main script
+    and the package while the program goes on (loading a model, reading
+    configuration), so that the first server's workers need not wait for an
+    interpreter's start. Call it inside ``if __name__ == '__main__':``, after
+    ``sys.path`` and the working directory are set (workers still get the
+    values current when their server starts). Does nothing if the start
+    method is ``'spawn'``.
+    """
+    if _start_method != 'forkserver':
+        return
+    _mpserver._start_forkserver(_preparation('forkserver'), _PKG_ROOT)
+
+
+def _preparation(name: str) -> bytes:
+    # What multiprocessing's spawn start method sends a child: sys.path,
+    # the working directory, and the main script, which the worker
+    # re-imports as `__mp_main__` (so classes defined there unpickle).
+    prep = multiprocessing.spawn.get_preparation_data(name)
+    if 'authkey' in prep:
+        prep['authkey'] = bytes(prep['authkey'])
+    return pickle.dumps(prep, protocol=5)
+
+
+def get_start_method() -> str:
+    """The start method set by :func:`set_start_method` (``'forkserver'`` by default)."""
+    return _start_method
+
+
 class ProcessServlet(Servlet):
     """Runs a :class:`Worker` in worker processes (for CPU-bound work).
 
-    Each worker process is a fresh Python interpreter started by the engine
-    (as ``multiprocessing``'s spawn method: the worker class and its
-    arguments are pickled, and ``__main__`` is prepared so classes defined in
-    the main script are found), supervised: a process that dies fails only
-    the items it held and is restarted.
+    Each worker process is forked by the engine's fork server (an
+    interpreter prepared the spawn way) or, with
+    ``start_method='spawn'``, is a fresh Python interpreter; either way the
+    worker class and its arguments are pickled and ``__main__`` is prepared
+    as ``multiprocessing``'s spawn method does, so classes defined in the
+    main script are found. Workers are supervised: a process that dies fails
+    only the items it held and is restarted.
     """
 
     def __init__(
@@ -294,6 +354,8 @@ class ProcessServlet(Servlet):
         retry_crashed: bool | None = None,
         poison_threshold: int | None = None,
         max_inflight: int | None = None,
+        stable_after: float | None = None,
+        start_method: str | None = None,
     ) -> ProcessServlet:
         """Engine options beyond the seed (all optional; returns ``self``).
 
@@ -307,26 +369,36 @@ class ProcessServlet(Servlet):
             fails with :class:`PoisonItem`.
         max_inflight
             Items a worker process may hold at once.
+        stable_after
+            Seconds after which a worker process that has answered no item
+            yet counts as having served (default 1): when such a process
+            dies, it is replaced at once instead of after a back-off, and its
+            death does not count toward the restart limit.
+        start_method
+            ``'forkserver'`` or ``'spawn'`` for this servlet's processes
+            (default: :func:`get_start_method`).
         """
+        if start_method is not None and start_method not in _START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {_START_METHODS}, got {start_method!r}"
+            )
+        if stable_after is not None and not stable_after >= 0:
+            raise ValueError(f"stable_after must be >= 0, got {stable_after!r}")
         for k, v in dict(
             recycle_after=recycle_after,
             recycle_above_memory=recycle_above_memory,
             retry_crashed=retry_crashed,
             poison_threshold=poison_threshold,
             max_inflight=max_inflight,
+            stable_after=stable_after,
+            start_method=start_method,
         ).items():
             if v is not None:
                 self._options[k] = v
         return self
 
     def _spec(self):
-        # What multiprocessing's spawn start method sends a child: sys.path,
-        # the working directory, and the main script, which the worker
-        # re-imports as `__mp_main__` (so classes defined there unpickle).
-        prep = multiprocessing.spawn.get_preparation_data(self._name)
-        if 'authkey' in prep:
-            prep['authkey'] = bytes(prep['authkey'])
-        prep = pickle.dumps(prep, protocol=5)
+        prep = _preparation(self._name)
         payload = pickle.dumps((self._worker_cls, self._init_kwargs), protocol=5)
         return (
             'process',
@@ -336,7 +408,11 @@ class ProcessServlet(Servlet):
             self._name,
             self._batch[0],
             self._batch[1],
-            dict(self._options, pkg_root=_PKG_ROOT),
+            dict(
+                {'start_method': _start_method},
+                **self._options,
+                pkg_root=_PKG_ROOT,
+            ),
         )
 
 
@@ -529,6 +605,12 @@ class Server:
     def __enter__(self):
         if self._core is not None:
             raise RuntimeError("the server is already running")
+        if _forkserver.preparing:
+            raise RuntimeError(
+                "a server was started while the main script was being imported by "
+                "mpserver's fork server: guard the program with "
+                "`if __name__ == '__main__':`"
+            )
         self._core = _mpserver.Core.start(
             self.servlet._spec(), self._capacity, self._main_cpu, self._shutdown_grace
         )

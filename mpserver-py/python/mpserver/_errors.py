@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import pickle
+import sys
 import traceback
 
 __all__ = [
@@ -201,6 +202,18 @@ def _load_worker(prep: bytes, payload: bytes, worker_index: int):
     import multiprocessing.spawn
 
     data = pickle.loads(prep)
+    if data is not None and sys.modules.get('mpserver._forkserver') is not None:
+        from . import _forkserver
+
+        if _forkserver.forked:
+            # Forked from the fork server, whose ``__main__`` is prepared
+            # already: the rest of the data (sys.path, working directory,
+            # process name) still applies.
+            data = {
+                k: v
+                for k, v in data.items()
+                if k not in ('init_main_from_path', 'init_main_from_name')
+            }
     if data is not None:
         multiprocessing.spawn.prepare(data)
     cls, kwargs = pickle.loads(payload)

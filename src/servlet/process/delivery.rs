@@ -1,11 +1,13 @@
 //! Settled results and their delivery, outside the read lock: the bytes a
-//! result came in (copied out of the read buffer, or held in its item's
-//! shared-memory slot), decoding them with the user's `Deserialize`, and
+//! result came in (a reference-counted part of its frame, or held in its
+//! item's shared-memory slot), decoding them with the user's `Deserialize`, and
 //! handing values and failures to the next stage, each under its own panic
 //! guard. Used by whoever reads (`reader.rs`) and by the supervisor for items
 //! it fails itself.
 
 use std::sync::Arc;
+
+use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde::de::DeserializeOwned;
@@ -20,10 +22,6 @@ use crate::worker::{WorkerError, panic};
 
 /// One settled item, to deliver outside the read lock.
 pub(super) enum Delivery<Out> {
-    /// A result as the worker sent it, decoded where it is delivered:
-    /// the user's `Deserialize` runs outside the read lock, on the thread
-    /// that delivers it (a caller decodes only its own result).
-    Encoded(TicketRef, Encoded<Out>),
     Value(TicketRef, Out),
     Failure(TicketRef, Error),
     /// Skipped by the worker: the ticket is only dropped (its request ended).
@@ -33,10 +31,45 @@ pub(super) enum Delivery<Out> {
     Log(Vec<u8>),
 }
 
-/// A result's bytes: copied out of the read buffer, or in the item's
-/// shared-memory slot.
+/// A settled item as read from a worker: a result to decode where it is
+/// delivered (the user's `Deserialize` runs outside the read lock, on the
+/// thread that delivers it; a caller decodes only its own result), or a
+/// delivery ready to go.
+pub(super) enum Settled<Out> {
+    Result(TicketRef, Encoded),
+    Ready(Delivery<Out>),
+}
+
+impl<Out> Settled<Out> {
+    /// The same, with a result held [`Held::InFrame`] given its own part of
+    /// `frame` (to keep it beyond the frame's delivery).
+    pub(super) fn owned(self, frame: &Bytes) -> Self {
+        match self {
+            Settled::Result(
+                t,
+                Encoded {
+                    status,
+                    bytes: Held::InFrame(r),
+                },
+            ) => Settled::Result(
+                t,
+                Encoded {
+                    status,
+                    bytes: Held::Frame(frame.slice(r)),
+                },
+            ),
+            s => s,
+        }
+    }
+}
+
+/// A result's bytes: a part of the frame it came in (reference-counted, not
+/// copied: the frame's buffer lives until its last result is decoded), or
+/// in the item's shared-memory slot.
 pub(super) enum Held {
-    Owned(Vec<u8>),
+    /// Bytes of the frame the reader delivers them with (a range in it).
+    InFrame(std::ops::Range<usize>),
+    Frame(Bytes),
     Slot(SlotHold),
 }
 
@@ -55,9 +88,10 @@ impl Drop for SlotHold {
 }
 
 impl Held {
-    fn bytes(&self) -> &[u8] {
+    fn bytes<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
         match self {
-            Held::Owned(v) => v,
+            Held::InFrame(r) => frame.get(r.clone()).unwrap_or(&[]),
+            Held::Frame(b) => b,
             // Checked when read (`result_bytes`); the slot stays bound to
             // the item, at the same generation, while this lives.
             Held::Slot(h) => h.pool.region().view(h.d).unwrap_or(&[]),
@@ -65,25 +99,29 @@ impl Held {
     }
 }
 
-/// A result entry's status and bytes, and what decoding it needs.
-pub(super) struct Encoded<Out> {
+/// A result entry's status and bytes.
+pub(super) struct Encoded {
     pub(super) status: u8,
     pub(super) bytes: Held,
-    pub(super) codec: Codec,
-    pub(super) stats: Arc<ServletStats>,
-    /// `decode::<Out>`, taken where `Out: DeserializeOwned` is known.
-    pub(super) decode: fn(&WorkerId, Codec, u8, &[u8]) -> Result<Out, Error>,
 }
 
-impl<Out> Encoded<Out> {
-    /// Decodes the result, counting it as a success or a failure. A
-    /// panicking `Deserialize` fails this item only (see [`decode`]).
-    fn decode(self, who: &WorkerId) -> Result<Out, Error> {
-        let r = (self.decode)(who, self.codec, self.status, self.bytes.bytes());
+impl Encoded {
+    /// Decodes the result, counting it as a success or a failure in
+    /// `stats`. A panicking `Deserialize` fails this item only (see
+    /// [`decode`]). A slot holding the result is released here.
+    pub(super) fn decode<Out: DeserializeOwned>(
+        self,
+        who: &WorkerId,
+        codec: Codec,
+        stats: &ServletStats,
+        frame: &[u8],
+    ) -> Result<Out, Error> {
+        let r = decode::<Out>(who, codec, self.status, self.bytes.bytes(frame));
+        drop(self);
         let counter = if r.is_ok() {
-            &self.stats.items_ok
+            &stats.items_ok
         } else {
-            &self.stats.items_err
+            &stats.items_err
         };
         counter.fetch_add(1, Relaxed);
         r
@@ -94,10 +132,6 @@ impl<Out> Encoded<Out> {
 /// (the next stage, user `Clone`/`Drop`) fails that item only.
 pub(super) fn deliver<Out: Send + 'static>(out: &SinkRef<Out>, who: &WorkerId, d: Delivery<Out>) {
     match d {
-        Delivery::Encoded(ticket, e) => match e.decode(who) {
-            Ok(v) => deliver(out, who, Delivery::Value(ticket, v)),
-            Err(e) => deliver(out, who, Delivery::Failure(ticket, e)),
-        },
         Delivery::Value(ticket, v) => {
             let again = ticket.clone();
             if let Err(error) = panic::catch(false, || out.push(ticket, v)) {

@@ -30,6 +30,7 @@ use super::shared::{Item, Shared};
 use crate::batch::{self, Batching, Busy};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::frame::ItemFrames;
+use crate::metrics::stage_ns;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
 use crate::worker::{Worker, panic};
 use std::sync::atomic::Ordering::Relaxed;
@@ -168,13 +169,21 @@ where
         };
         let model = port.ledger.model();
         let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
-        stats.items_in.fetch_add(1, Relaxed);
-        if self.live(&first.0) {
+        // Items taken (counted in once, below) and skipped.
+        let taken = std::cell::Cell::new(1u64);
+        let skipped = std::cell::Cell::new(0u64);
+        if first.0.is_cancelled() {
+            skipped.set(1);
+        } else {
             items.push(first);
         }
         let keep = |(t, _): &Item<W>| {
-            stats.items_in.fetch_add(1, Relaxed);
-            self.live(t)
+            taken.set(taken.get() + 1);
+            let live = !t.is_cancelled();
+            if !live {
+                skipped.set(skipped.get() + 1);
+            }
+            live
         };
         let max = if policy.batched() {
             policy.limit(&model).min(credit)
@@ -194,11 +203,21 @@ where
         };
         let wait = policy.deadline(start, busy, &model);
         // Spilled items first (they are older), then the queue.
+        // Counted once per fill rather than per item.
+        let count = || {
+            stats.items_in.fetch_add(taken.replace(0), Relaxed);
+            let s = skipped.replace(0);
+            if s > 0 {
+                stats.skipped.fetch_add(s, Relaxed);
+            }
+        };
         for rx in [&shared.spill_rx, self.rx] {
             batch::fill(rx, &mut items, max, None, keep);
         }
+        count();
         if wait.is_some() {
             batch::fill(self.rx, &mut items, max, wait, keep);
+            count();
         }
         let half = shared.max_frame / 2;
         self.frames.reset(policy.batched(), half);
@@ -244,17 +263,19 @@ where
             }
             self.frames.assign_ids(base);
             let retry = shared.restart.retry_crashed;
+            // One clock reading for the whole write.
+            let sent = Instant::now();
+            let sent_ns = stage_ns(sent);
             let entries: Vec<(u64, InFlight)> = tickets
                 .into_iter()
                 .enumerate()
                 .map(|(i, t)| {
                     let bytes = retry.then(|| self.frames.payload(i).to_vec());
-                    (base + i as u64, InFlight::new(t, bytes))
+                    (base + i as u64, InFlight::sent_at(t, bytes, sent_ns))
                 })
                 .collect();
             let side = lock_side(&port.writer);
             port.ledger.unreserve(credit - n);
-            let sent = Instant::now();
             let written =
                 hold_and_write(port, side, base + n as u64, entries, 0, self.frames.bytes());
             self.predict(held, sent, n, &model);

@@ -6,7 +6,6 @@
 
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
-use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -20,7 +19,7 @@ use super::ledger::Ledger;
 use super::reader::{Event, ReadPort, ReadSide};
 use super::restart::describe;
 use super::shared::Shared;
-use super::spawn;
+use super::spawn::{self, ProcHandle};
 use crate::affinity::CpuAffinity;
 use crate::error::{StartError, WorkerId};
 use crate::ipc::frame::{FrameBuf, kind};
@@ -33,7 +32,7 @@ use crate::worker::{Worker, WorkerError};
 
 /// A running worker process, as its supervisor holds it.
 pub(super) struct Proc {
-    pub(super) child: Child,
+    pub(super) child: ProcHandle,
     pub(super) pid: u32,
     pub(super) sock: UnixStream,
     pub(super) port: Arc<Port>,
@@ -84,7 +83,7 @@ where
         ) {
             Ok(pool) => Some(pool),
             Err(e) => {
-                spawn::discard(&mut child, &shared.registry);
+                spawn::discard(child.as_mut(), &shared.registry);
                 return Err(spawn_err(format!("shared memory: {e}")));
             }
         },
@@ -110,8 +109,8 @@ where
         shared.max_frame,
         worker_id,
     )?;
-    let fail = |child: &mut Child, message: String| {
-        spawn::discard(child, &shared.registry);
+    let fail = |child: &mut ProcHandle, message: String| {
+        spawn::discard(child.as_mut(), &shared.registry);
         spawn_err(message)
     };
     let ledger: Arc<Ledger> = Arc::default();
@@ -175,7 +174,7 @@ where
 /// Sends the worker its configuration and waits until it is ready. On
 /// failure the process is killed and reaped (and leaves the registry).
 pub(super) fn configure(
-    child: &mut Child,
+    child: &mut ProcHandle,
     sock: &UnixStream,
     config: &ChildConfig,
     shm_fd: Option<BorrowedFd<'_>>,
@@ -188,8 +187,8 @@ pub(super) fn configure(
         worker: who(None),
         message,
     };
-    let fail = |child: &mut Child, e: StartError| {
-        spawn::discard(child, registry);
+    let fail = |child: &mut ProcHandle, e: StartError| {
+        spawn::discard(child.as_mut(), registry);
         e
     };
     let body = match postcard::to_stdvec(config) {

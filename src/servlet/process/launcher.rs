@@ -5,8 +5,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,104 @@ pub struct WorkerSpawn {
 }
 
 type CommandHook = Arc<dyn Fn(&mut Command, &WorkerSpawn) + Send + Sync>;
+
+/// A worker process as the server holds it: a child it spawned
+/// ([`std::process::Child`]), or a process a [`ProcessStarter`] started for
+/// it (e.g. forked by a fork server, whose parent is not the server).
+///
+/// The server kills, polls and reaps its workers only through this trait.
+/// An implementation must keep the process's pid reserved (not reaped by
+/// anyone else) until [`wait`](WorkerProcess::wait) or
+/// [`try_wait`](WorkerProcess::try_wait) has returned its status, so that
+/// [`kill`](WorkerProcess::kill) can never reach another process.
+pub trait WorkerProcess: Send {
+    /// The process id.
+    fn id(&self) -> u32;
+    /// Kills the process (`SIGKILL`); `Ok` if it has already exited.
+    fn kill(&mut self) -> io::Result<()>;
+    /// The exit status if the process has exited (and reaps it), else `None`.
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>>;
+    /// Waits for the process to exit and reaps it.
+    fn wait(&mut self) -> io::Result<ExitStatus>;
+}
+
+impl fmt::Debug for dyn WorkerProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerProcess")
+            .field("pid", &self.id())
+            .finish()
+    }
+}
+
+impl WorkerProcess for Child {
+    fn id(&self) -> u32 {
+        Child::id(self)
+    }
+    fn kill(&mut self) -> io::Result<()> {
+        Child::kill(self)
+    }
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        Child::try_wait(self)
+    }
+    fn wait(&mut self) -> io::Result<ExitStatus> {
+        Child::wait(self)
+    }
+}
+
+/// Starts worker processes by other means than spawning the launcher's
+/// command: e.g. a fork server, a pre-started single-threaded process that
+/// forks each worker on request (see [`Launcher::starter`]).
+///
+/// The started process must run the launcher's worker loop with the
+/// request's socket as its stdin and the request's environment
+/// ([`StartRequest::env`]); the server then speaks the same handshake with it
+/// as with a spawned one, and supervises it through the returned
+/// [`WorkerProcess`]. Its parent must be the process named in that
+/// environment, and it should die with that parent
+/// (`PR_SET_PDEATHSIG`, which the worker loop sets itself); the starter is
+/// responsible for the parent dying with the server.
+pub trait ProcessStarter: Send + Sync {
+    /// Starts one worker process; `Ok(None)` if this starter cannot (e.g. its
+    /// fork server died): the server then spawns the launcher's command as
+    /// if there were no starter.
+    fn start(&self, req: &StartRequest<'_>) -> io::Result<Option<Box<dyn WorkerProcess>>>;
+}
+
+/// What a [`ProcessStarter`] is asked to start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StartRequest<'a> {
+    /// Which worker.
+    pub who: &'a WorkerSpawn,
+    /// The worker's end of its connection to the server: the started process
+    /// must have it as its stdin (the starter passes it on, e.g. with
+    /// `SCM_RIGHTS`; the server closes its copy afterwards).
+    pub socket: BorrowedFd<'a>,
+    pub(super) token: u64,
+    pub(super) re_exec: bool,
+    pub(super) launcher_env: &'a [(OsString, Option<OsString>)],
+}
+
+impl StartRequest<'_> {
+    /// The environment changes the started process needs: the launcher's
+    /// variables ([`Launcher::env`], `None` for a removed one) and the
+    /// variable that marks it as this server's worker, naming `parent_pid`
+    /// (the pid of the process that will be its parent) as the process it
+    /// must check is its parent.
+    pub fn env(&self, parent_pid: u32) -> Vec<(OsString, Option<OsString>)> {
+        let var = super::spawn::WorkerVar {
+            ppid: parent_pid as i32,
+            token: self.token,
+            re_exec: self.re_exec,
+        };
+        let mut env = self.launcher_env.to_vec();
+        env.push((
+            OsString::from(super::spawn::ENV),
+            Some(OsString::from(var.render())),
+        ));
+        env
+    }
+}
 
 /// How a [`ProcessServlet`](crate::ProcessServlet) starts its worker
 /// processes.
@@ -76,6 +176,7 @@ pub struct Launcher {
     pub(super) same_image: bool,
     pub(super) handshake_timeout: Duration,
     pub(super) hooks: Vec<CommandHook>,
+    pub(super) starter: Option<Arc<dyn ProcessStarter>>,
 }
 
 impl Default for Launcher {
@@ -88,6 +189,7 @@ impl Default for Launcher {
             same_image: false,
             handshake_timeout: Duration::from_secs(10),
             hooks: Vec::new(),
+            starter: None,
         }
     }
 }
@@ -102,6 +204,7 @@ impl fmt::Debug for Launcher {
             .field("same_image", &self.same_image)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("command_hooks", &self.hooks.len())
+            .field("starter", &self.starter.is_some())
             .finish()
     }
 }
@@ -200,6 +303,16 @@ impl Launcher {
         self
     }
 
+    /// Starts worker processes with `starter` (e.g. a fork server) instead
+    /// of spawning this launcher's command; the command (program, arguments,
+    /// `argv[0]`, hooks) is still what runs whenever the starter cannot
+    /// start a process (it returns `Ok(None)`). Command hooks do not apply
+    /// to processes the starter starts.
+    pub fn starter(mut self, starter: Arc<dyn ProcessStarter>) -> Self {
+        self.starter = Some(starter);
+        self
+    }
+
     pub(super) fn command(&self, display_name: &str, who: &WorkerSpawn) -> Command {
         let mut cmd = match &self.program {
             None => {
@@ -281,5 +394,92 @@ impl<W> super::ProcessServlet<W> {
     ) -> Self {
         self.spawn.start_hook = Some(hook);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{ProcessServlet, Server, Worker, WorkerError};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Lineage;
+
+    impl Worker for Lineage {
+        type Input = ();
+        type Output = (u32, u32, Option<String>);
+        fn call(&mut self, _: ()) -> Result<Self::Output, WorkerError> {
+            Ok((
+                std::process::id(),
+                nix::unistd::getppid().as_raw() as u32,
+                std::env::var("LAUNCHER_TEST").ok(),
+            ))
+        }
+    }
+
+    /// Starts the worker itself (as a fork server would, but by spawning),
+    /// or declines.
+    struct ByHand {
+        calls: AtomicUsize,
+        decline: bool,
+    }
+
+    impl ProcessStarter for ByHand {
+        fn start(&self, req: &StartRequest<'_>) -> io::Result<Option<Box<dyn WorkerProcess>>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.decline {
+                return Ok(None);
+            }
+            let mut cmd = Command::new("/proc/self/exe");
+            for (k, v) in req.env(std::process::id()) {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+            cmd.stdin(Stdio::from(req.socket.try_clone_to_owned()?));
+            Ok(Some(Box::new(cmd.spawn()?)))
+        }
+    }
+
+    fn run(decline: bool) -> (usize, Vec<(u32, u32, Option<String>)>) {
+        let starter = Arc::new(ByHand {
+            calls: AtomicUsize::new(0),
+            decline,
+        });
+        let launcher = Launcher::default()
+            .env("LAUNCHER_TEST", "yes")
+            .starter(starter.clone());
+        let servlet = ProcessServlet::new(Lineage).workers(2).launcher(launcher);
+        let server = Server::start(servlet).unwrap();
+        let out = (0..8).map(|_| server.call(()).unwrap()).collect();
+        drop(server);
+        (starter.calls.load(Ordering::SeqCst), out)
+    }
+
+    /// A starter's processes are supervised like spawned ones and get the
+    /// launcher's environment.
+    #[test]
+    fn a_starter_starts_the_workers() {
+        let (calls, out) = run(false);
+        assert_eq!(calls, 2);
+        for (pid, ppid, var) in out {
+            assert_ne!(pid, std::process::id());
+            assert_eq!(ppid, std::process::id());
+            assert_eq!(var.as_deref(), Some("yes"));
+        }
+    }
+
+    /// A starter that declines has the launcher's command spawned instead.
+    #[test]
+    fn a_declining_starter_falls_back_to_spawning() {
+        let (calls, out) = run(true);
+        assert_eq!(calls, 2);
+        assert!(
+            out.iter()
+                .all(|(_, ppid, var)| *ppid == std::process::id() && var.as_deref() == Some("yes"))
+        );
     }
 }

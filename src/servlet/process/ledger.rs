@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::batch::ServiceModel;
+use crate::metrics::stage_ns;
 use crate::servlet::plumbing::TicketRef;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering, lock};
 
@@ -39,18 +40,25 @@ pub(super) struct InFlight {
     pub(super) bytes: Option<Vec<u8>>,
     /// A cancellation was sent for it; the worker's answer is awaited.
     pub(super) cancel_sent: bool,
-    /// When it was handed to the worker (for its transfer time).
-    pub(super) sent: Instant,
+    /// When it was handed to the worker (for its transfer time), as
+    /// `metrics::shard::stage_ns` gives it.
+    pub(super) sent_ns: u64,
 }
 
 impl InFlight {
     pub(super) fn new(ticket: TicketRef, bytes: Option<Vec<u8>>) -> Self {
+        Self::sent_at(ticket, bytes, stage_ns(Instant::now()))
+    }
+
+    /// An item handed to the worker at `sent_ns` (`stage_ns`; one clock
+    /// reading for all the items of a write).
+    pub(super) fn sent_at(ticket: TicketRef, bytes: Option<Vec<u8>>, sent_ns: u64) -> Self {
         InFlight {
             ticket,
             crashes: 0,
             bytes,
             cancel_sent: false,
-            sent: Instant::now(),
+            sent_ns,
         }
     }
 }
@@ -155,6 +163,15 @@ impl Ledger {
         ids
     }
 
+    /// True if a held item's request was cancelled and no cancellation was
+    /// sent for it yet (what [`Ledger::mark_cancels`] would mark), without
+    /// marking anything.
+    pub(super) fn has_cancels(&self) -> bool {
+        self.map()
+            .values()
+            .any(|e| !e.cancel_sent && e.ticket.is_cancelled())
+    }
+
     /// True if the worker holds items and every one of them was cancelled:
     /// nobody waits for what it is doing.
     pub(super) fn abandoned(&self) -> bool {
@@ -253,8 +270,10 @@ mod tests {
                 InFlight::new(std::sync::Arc::new(T(StdBool::new(false))), None),
             ),
         ]);
+        assert!(l.has_cancels());
         assert_eq!(l.mark_cancels(), vec![1]);
         assert!(l.mark_cancels().is_empty(), "sent once");
+        assert!(!l.has_cancels());
         assert_eq!(l.held(), 2);
         assert!(!l.abandoned());
         let (taken, _) = l.settle([2]);

@@ -31,13 +31,14 @@ use std::sync::atomic::{AtomicBool, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 
 use super::connection::{Readers, Writer, send_cancels};
-use super::delivery::{Delivery, Encoded, Held, SlotHold, decode, deliver};
+use super::delivery::{Delivery, Encoded, Held, Settled, SlotHold, deliver};
 use super::handover::{Handover, Woken};
 use super::ledger::{InFlight, Ledger};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
@@ -45,6 +46,7 @@ use crate::ipc::Codec;
 use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
 use crate::ipc::shm::{ShmError, SlotPool};
+use crate::metrics::stage_ns;
 use crate::metrics::{ServletStats, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef};
 
@@ -63,7 +65,32 @@ type Ended = Option<String>;
 
 /// One settled item with its id, or a worker's log events (no id: they go
 /// to the reader thread, never to a caller reading its own result).
-type Settled<Out> = (Option<u64>, Delivery<Out>);
+type Read<Out> = (Option<u64>, Settled<Out>);
+
+/// What one [`ReadSide::step`] read: the settled items, and the frame their
+/// results are in ([`Held::InFrame`] ranges: no reference count per result).
+struct Batch<Out> {
+    items: Vec<Read<Out>>,
+    frame: Bytes,
+}
+
+impl<Out> Batch<Out> {
+    fn new() -> Self {
+        Batch {
+            items: Vec::new(),
+            frame: Bytes::new(),
+        }
+    }
+
+    /// The items, each result holding its own part of the frame (to keep
+    /// beyond the next step), and the frame let go.
+    fn take_owned(&mut self) -> impl Iterator<Item = Read<Out>> + '_ {
+        let frame = std::mem::take(&mut self.frame);
+        self.items
+            .drain(..)
+            .map(move |(id, s)| (id, s.owned(&frame)))
+    }
+}
 
 /// Everything needed to read and act on a worker's frames.
 pub(super) struct ReadSide {
@@ -80,7 +107,8 @@ pub(super) struct ReadSide {
 }
 
 /// The bytes of a result: in the frame, or in the slot its item holds
-/// (checked: the descriptor must name that slot, at its generation).
+/// (checked: the descriptor must name that slot, at its generation, or
+/// one the worker handed over for this item: see `SlotPool::result_view`).
 fn result_bytes<'a>(
     shm: Option<&'a SlotPool>,
     id: u64,
@@ -88,29 +116,19 @@ fn result_bytes<'a>(
 ) -> Result<&'a [u8], ShmError> {
     match payload {
         Payload::Inline(b) => Ok(b),
-        Payload::Shared(d) => {
-            let pool = shm.ok_or(ShmError::NoRegion)?;
-            match pool.bound(id) {
-                Some(held) if (held.slot, held.tag, held.gen_) == (d.slot, d.tag, d.gen_) => {
-                    pool.region().view(d)
-                }
-                held => Err(ShmError::Stale {
-                    slot: d.slot,
-                    tag: d.tag,
-                    gen_: d.gen_,
-                    held_tag: held.map_or(0, |h| h.tag),
-                    held_gen: held.map_or(0, |h| h.gen_),
-                }),
-            }
-        }
+        Payload::Shared(d) => shm.ok_or(ShmError::NoRegion)?.result_view(id, d),
     }
 }
 
 impl ReadSide {
     /// Reads one frame (blocking) and acts on it; results settled go to
     /// `out` with their ids. Returns how the connection ended, if it did.
-    fn step<Out: DeserializeOwned>(&mut self, out: &mut Vec<Settled<Out>>) -> Option<Ended> {
-        match self.reader.read_frame() {
+    fn step<Out>(&mut self, batch: &mut Batch<Out>) -> Option<Ended> {
+        // The last frame's results were delivered or made owned: its buffer
+        // can be reused.
+        batch.frame = Bytes::new();
+        let out = &mut batch.items;
+        match self.reader.read_frame_shared() {
             Ok(None) => Some(None),
             // The worker died with bytes unread on its side: that is an end
             // of the connection too, not a protocol error.
@@ -118,7 +136,8 @@ impl ReadSide {
                 Some(None)
             }
             Err(e) => Some(Some(format!("bad frame from worker: {e}"))),
-            Ok(Some((kind::RESULTS, body))) => {
+            Ok(Some((kind::RESULTS, frame_body))) => {
+                let body = &frame_body[..];
                 let parsed = match frame::parse_results(body) {
                     Ok(p) => p,
                     Err(e) => return Some(Some(format!("bad frame from worker: {e}"))),
@@ -130,29 +149,35 @@ impl ReadSide {
                 if wake {
                     let _ = self.events.send(Event::Credit);
                 }
-                let now = Instant::now();
+                let now_ns = stage_ns(Instant::now());
                 let mut done = 0u64;
                 let shm = self.shm.as_deref();
                 for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
                     let Some(entry) = entry else {
                         if let Some(pool) = shm {
+                            // A slot handed over with the result is the
+                            // item's too: released with it.
+                            let _ = result_bytes(shm, id, payload);
                             pool.release(id);
                         }
                         continue;
                     };
                     let d = if st == frame::STATUS_SKIPPED {
                         self.stats.skipped.fetch_add(1, Relaxed);
-                        Delivery::Release(entry.ticket)
+                        Settled::Ready(Delivery::Release(entry.ticket))
                     } else {
                         done += 1;
-                        time_stages(&self.stats, &entry, now, compute_ns);
+                        time_stages(&self.stats, &entry, now_ns, compute_ns);
                         // Decoded where it is delivered, outside the read
-                        // lock (user `Deserialize`): bytes in the frame are
-                        // copied out of the read buffer; a value in shared
-                        // memory stays in its slot, which the item keeps
-                        // until then.
+                        // lock (user `Deserialize`): bytes in the frame stay
+                        // in the frame's buffer (shared, not copied); a value
+                        // in shared memory stays in its slot, which the item
+                        // keeps until then.
                         let held = match payload {
-                            Payload::Inline(b) => Ok(Held::Owned(b.to_vec())),
+                            Payload::Inline(b) => {
+                                let at = b.as_ptr() as usize - body.as_ptr() as usize;
+                                Ok(Held::InFrame(at..at + b.len()))
+                            }
                             Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
                             {
                                 (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
@@ -165,38 +190,32 @@ impl ReadSide {
                             },
                         };
                         match held {
-                            Ok(bytes) => Delivery::Encoded(
-                                entry.ticket,
-                                Encoded {
-                                    status: st,
-                                    bytes,
-                                    codec: self.codec,
-                                    stats: self.stats.clone(),
-                                    decode: decode::<Out>,
-                                },
-                            ),
+                            Ok(bytes) => {
+                                Settled::Result(entry.ticket, Encoded { status: st, bytes })
+                            }
                             Err(e) => {
                                 self.stats.items_err.fetch_add(1, Relaxed);
-                                Delivery::Failure(
+                                Settled::Ready(Delivery::Failure(
                                     entry.ticket,
                                     Error::Codec(CodecError {
                                         worker: self.id.clone(),
                                         direction: CodecDirection::DecodeOutput,
                                         message: e.to_string(),
                                     }),
-                                )
+                                ))
                             }
                         }
                     };
                     // The item's slot is free for another, unless its
                     // result is still in it (then it goes when decoded).
                     if let Some(pool) = shm
-                        && !matches!(&d, Delivery::Encoded(_, e) if matches!(e.bytes, Held::Slot(_)))
+                        && !matches!(&d, Settled::Result(_, e) if matches!(e.bytes, Held::Slot(_)))
                     {
                         pool.release(id);
                     }
                     out.push((Some(id), d));
                 }
+                batch.frame = frame_body;
                 self.status.items.fetch_add(done, Relaxed);
                 match send_cancels(&self.ledger, &self.writer, false) {
                     Ok(_) => None,
@@ -204,7 +223,7 @@ impl ReadSide {
                 }
             }
             Ok(Some((kind::TIMING, body))) => {
-                let mut c = frame::Cursor::new(body);
+                let mut c = frame::Cursor::new(&body);
                 match (c.u64(), c.u32()) {
                     (Ok(busy), Ok(items)) if items > 0 && c.is_empty() => {
                         self.ledger.record_work(Duration::from_nanos(busy), items);
@@ -219,7 +238,9 @@ impl ReadSide {
             }
             // The worker process's `tracing` events (`worker_log.rs`).
             Ok(Some((kind::LOG, body))) => {
-                out.push((None, Delivery::Log(body.to_vec())));
+                batch
+                    .items
+                    .push((None, Settled::Ready(Delivery::Log(body.to_vec()))));
                 None
             }
             Ok(Some((k, _))) => Some(Some(format!("unexpected frame kind {k} from worker"))),
@@ -235,9 +256,11 @@ pub(super) struct ReadPort<Out> {
     ended: Mutex<Option<Ended>>,
     hand: Handover,
     /// Results a caller read for others, for the thread to deliver.
-    outbox: Mutex<Vec<Delivery<Out>>>,
+    outbox: Mutex<Vec<Settled<Out>>>,
     out: SinkRef<Out>,
     who: WorkerId,
+    codec: Codec,
+    stats: Arc<ServletStats>,
     /// Wakes the parked thread.
     wake: EventFd,
     /// Wakes a caller reading for its item when its request completed by
@@ -268,6 +291,8 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         Ok(Arc::new(ReadPort {
             ledger: side.ledger.clone(),
             who: side.id.clone(),
+            codec: side.codec,
+            stats: side.stats.clone(),
             side: Mutex::new(side),
             ended: Mutex::new(None),
             hand: Handover::default(),
@@ -294,17 +319,32 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
         self.ledger.held() == 0 && side.reader.buffered() == 0 && !input_pending(&self.sock)
     }
 
-    fn deliver_all(&self, batch: &mut Vec<Settled<Out>>) {
-        for (_, d) in batch.drain(..) {
-            deliver(&self.out, &self.who, d);
+    /// Delivers one settled item, decoding a result first (`frame`: the
+    /// frame of a result held [`Held::InFrame`]).
+    fn deliver(&self, s: Settled<Out>, frame: &[u8]) {
+        let d = match s {
+            Settled::Result(ticket, e) => match e.decode(&self.who, self.codec, &self.stats, frame)
+            {
+                Ok(v) => Delivery::Value(ticket, v),
+                Err(e) => Delivery::Failure(ticket, e),
+            },
+            Settled::Ready(d) => d,
+        };
+        deliver(&self.out, &self.who, d);
+    }
+
+    fn deliver_all(&self, batch: &mut Batch<Out>) {
+        for (_, s) in batch.items.drain(..) {
+            self.deliver(s, &batch.frame);
         }
+        batch.frame = Bytes::new();
     }
 
     /// Delivers what callers read for others.
     fn deliver_outbox(&self) {
-        let handed: Vec<Delivery<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
-        for d in handed {
-            deliver(&self.out, &self.who, d);
+        let handed: Vec<Settled<Out>> = std::mem::take(&mut *lock_std(&self.outbox));
+        for s in handed {
+            self.deliver(s, &[]);
         }
     }
 
@@ -316,7 +356,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             Park,
             End(Ended),
         }
-        let mut batch = Vec::new();
+        let mut batch = Batch::new();
         loop {
             self.deliver_outbox();
             let next = {
@@ -402,12 +442,12 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
 
     /// Sorts what a caller read: its own result to `mine`, the others to
     /// the thread.
-    fn sort(&self, batch: &mut Vec<Settled<Out>>, own: u64, mine: &mut Option<Delivery<Out>>) {
-        if batch.is_empty() {
+    fn sort(&self, batch: &mut Batch<Out>, own: u64, mine: &mut Option<Settled<Out>>) {
+        if batch.items.is_empty() {
             return;
         }
         let mut others = Vec::new();
-        for (id, d) in batch.drain(..) {
+        for (id, d) in batch.take_owned() {
             if id == Some(own) {
                 *mine = Some(d);
             } else {
@@ -486,7 +526,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
             // Read once already: the reading is no longer this caller's.
             return;
         }
-        let mut batch = Vec::new();
+        let mut batch = Batch::new();
         let mut mine = None;
         {
             let mut side = port.lock_side();
@@ -523,8 +563,8 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
         // outside the read lock, and after giving the reading back, so that
         // other callers' results are read meanwhile.
         self.release_once();
-        if let Some(d) = mine {
-            deliver(&port.out, &port.who, d);
+        if let Some(s) = mine {
+            port.deliver(s, &[]);
         }
     }
 }
@@ -581,18 +621,16 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
 }
 
 /// Records a settled item's stage latency (before it is delivered: the next
-/// stage resets the clock).
-fn time_stages(stats: &ServletStats, entry: &InFlight, now: Instant, compute_ns: u64) {
-    let compute = Duration::from_nanos(compute_ns);
-    let entered = entry.ticket.clock().and_then(|c| c.entered());
+/// stage resets the clock). `now_ns` as `stage_ns` gives it: integer
+/// differences, no clock reading, per item.
+fn time_stages(stats: &ServletStats, entry: &InFlight, now_ns: u64, compute_ns: u64) {
+    let entered = entry.ticket.clock().and_then(|c| c.entered_ns());
+    let since = |later: u64, earlier: u64| Duration::from_nanos(later.saturating_sub(earlier));
     stats.record_stages(
-        entered.map(|e| entry.sent.saturating_duration_since(e)),
-        Some(
-            now.saturating_duration_since(entry.sent)
-                .saturating_sub(compute),
-        ),
-        Some(compute),
-        entered.map(|e| now.saturating_duration_since(e)),
+        entered.map(|e| since(entry.sent_ns, e)),
+        Some(since(now_ns.saturating_sub(entry.sent_ns), compute_ns)),
+        Some(Duration::from_nanos(compute_ns)),
+        entered.map(|e| since(now_ns, e)),
     );
 }
 

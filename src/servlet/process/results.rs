@@ -142,7 +142,9 @@ impl Results {
         let mark = self.begin_entry(id, frame::STATUS_OK);
         let codec = self.codec;
         let (threshold, spill) = match (&self.shm, lent) {
-            (Some((region, threshold)), Some(d)) => (*threshold, Spill::Lent(region, Some(d))),
+            // A large result goes into its item's slot, or (small input) a
+            // slot the worker claims.
+            (Some((region, threshold)), lent) => (*threshold, Spill::Lent(region, lent, id)),
             _ => (usize::MAX, Spill::None),
         };
         // A panicking `Serialize` fails its item, not the worker.
@@ -230,14 +232,16 @@ impl Results {
     /// (assumed to take as long as the last one) would delay them by more
     /// than [`FLUSH_AFTER`]. Coalescing thus helps small, fast items and
     /// never holds a result behind a slow call.
-    pub(super) fn due(&self, queue_empty: bool, last_call: Duration) -> bool {
+    ///
+    /// `now`: a clock reading the caller has anyway (one fewer per item).
+    pub(super) fn due_at(&self, now: Instant, queue_empty: bool, last_call: Duration) -> bool {
         self.entries > 0
             && (queue_empty
                 || self.entries >= FLUSH_ITEMS
                 || self.buf.len() >= FLUSH_BYTES
                 || self
                     .first_at
-                    .is_some_and(|t| t.elapsed() + last_call >= FLUSH_AFTER))
+                    .is_some_and(|t| now.saturating_duration_since(t) + last_call >= FLUSH_AFTER))
     }
 
     pub(super) fn note_work(&mut self, spent: Duration, items: u64) {

@@ -44,10 +44,10 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ use serde::{Deserialize, Serialize};
 
 use super::image::{self, Entry, ImageId};
 pub(crate) use super::launcher::{Launcher, SpawnOptions, WorkerSpawn};
+use super::launcher::{StartRequest, WorkerProcess};
+
+/// A worker process as the supervisor holds it.
+pub(crate) type ProcHandle = Box<dyn WorkerProcess>;
 use crate::ipc::frame::{FrameBuf, kind};
 use crate::servlet::plumbing::ChildRegistry;
 
@@ -158,7 +162,7 @@ pub(crate) struct WorkerVar {
 }
 
 impl WorkerVar {
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mode = if self.re_exec { 'x' } else { 'p' };
         format!("{}:{}:{mode}", self.ppid, self.token)
     }
@@ -275,7 +279,7 @@ pub(crate) fn read_small_frame(mut sock: &UnixStream, want: u8) -> io::Result<Op
 
 /// Kills and reaps `child`, removing it from `registry` first.
 pub(super) fn discard(
-    child: &mut Child,
+    child: &mut dyn WorkerProcess,
     registry: &ChildRegistry,
 ) -> Option<std::process::ExitStatus> {
     registry.remove(child.id());
@@ -292,7 +296,7 @@ pub(crate) fn spawn(
     target: &Target,
     who: &WorkerSpawn,
     registry: &ChildRegistry,
-) -> io::Result<(Child, UnixStream)> {
+) -> io::Result<(ProcHandle, UnixStream)> {
     refuse_if_unbooted_worker();
     let launcher = &opts.launcher;
     let find = if launcher.is_re_exec() {
@@ -323,40 +327,62 @@ pub(crate) fn spawn(
     start(opts, find, target.type_name, who, registry)
 }
 
-/// Spawns the process and completes the HELLO / HELLO_ACK exchange.
+/// Spawns the process (or has the launcher's starter start it) and completes
+/// the HELLO / HELLO_ACK exchange.
 fn start(
     opts: &SpawnOptions,
     find: Find,
     type_name: &str,
     who: &WorkerSpawn,
     registry: &ChildRegistry,
-) -> io::Result<(Child, UnixStream)> {
+) -> io::Result<(ProcHandle, UnixStream)> {
     let launcher = &opts.launcher;
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
     let token = random_token();
-    let display = format!("{}#{} [mpserver worker]", who.name, who.index);
-    let mut cmd = launcher.command(&display, who);
-    let var = WorkerVar {
-        ppid: std::process::id() as i32,
-        token,
-        re_exec: launcher.is_re_exec(),
+    let started = match &launcher.starter {
+        Some(starter) => starter.start(&StartRequest {
+            who,
+            socket: theirs.as_fd(),
+            token,
+            re_exec: launcher.is_re_exec(),
+            launcher_env: &launcher.env,
+        })?,
+        None => None,
     };
-    cmd.env(ENV, var.render())
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        // Keep terminal signals (Ctrl-C) for the server to coordinate.
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
-        let program = launcher
-            .program
-            .as_deref()
-            .unwrap_or(OsStr::new("/proc/self/exe"));
-        io::Error::new(e.kind(), format!("cannot run {program:?}: {e}"))
-    })?;
-    // The command holds the child's end of the socket: close ours, so that
-    // the child's exit reads as the end of the connection.
-    drop(cmd);
+    let mut child: ProcHandle = match started {
+        // The starter passed the socket on: close ours, so that the child's
+        // exit reads as the end of the connection.
+        Some(p) => {
+            drop(theirs);
+            p
+        }
+        None => {
+            let display = format!("{}#{} [mpserver worker]", who.name, who.index);
+            let mut cmd = launcher.command(&display, who);
+            let var = WorkerVar {
+                ppid: std::process::id() as i32,
+                token,
+                re_exec: launcher.is_re_exec(),
+            };
+            cmd.env(ENV, var.render())
+                .stdin(Stdio::from(OwnedFd::from(theirs)))
+                // Keep terminal signals (Ctrl-C) for the server to coordinate.
+                .process_group(0);
+            let child = cmd.spawn().map_err(|e| {
+                let program = launcher
+                    .program
+                    .as_deref()
+                    .unwrap_or(OsStr::new("/proc/self/exe"));
+                io::Error::new(e.kind(), format!("cannot run {program:?}: {e}"))
+            })?;
+            // The command holds the child's end of the socket: close ours, so
+            // that the child's exit reads as the end of the connection.
+            drop(cmd);
+            Box::new(child)
+        }
+    };
     registry.add(child.id());
     let hello = Hello {
         token,
@@ -382,11 +408,11 @@ fn start(
         Ok(Ack {
             refused: Some(why), ..
         }) => {
-            discard(&mut child, registry);
+            discard(child.as_mut(), registry);
             Err(io::Error::other(why))
         }
         Err(AckError::Timeout) => {
-            discard(&mut child, registry);
+            discard(child.as_mut(), registry);
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -402,7 +428,7 @@ fn start(
             ))
         }
         Err(AckError::Closed(detail)) => {
-            let status = discard(&mut child, registry);
+            let status = discard(child.as_mut(), registry);
             Err(io::Error::other(describe_early_exit(
                 status, &detail, launcher,
             )))
