@@ -9,8 +9,10 @@
 //! and converts to and from `Vec<u8>`, `&'static [u8]`, `String` and
 //! `bytes::Bytes`. It dereferences to `[u8]`.
 //!
-//! It is a type of its own rather than a re-export so that a later version can
-//! hand a worker a view of shared memory without changing the type.
+//! A large `Bytes` in a worker's input that crossed through shared memory is
+//! not copied: the worker gets a view of its slot, which keeps the slot from
+//! reuse while any clone of it lives (`ipc/shm/view.rs` says how the
+//! deserializer finds the slot, and what a kept view costs).
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -263,8 +265,20 @@ impl<'de> Visitor<'de> for BytesVisitor {
         f.write_str("bytes")
     }
 
+    /// A copy, or a view of the shared-memory slot the bytes lie in when a
+    /// worker decodes its input from one (`ipc::shm::view`: decode-scoped,
+    /// recognised by address; large blocks only).
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+        if v.len() >= crate::ipc::shm::VIEW_MIN
+            && let Some(view) = crate::ipc::shm::view_of(v)
+        {
+            return Ok(Bytes(view));
+        }
         Ok(Bytes::copy_from_slice(v))
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        self.visit_bytes(v)
     }
 
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {

@@ -493,6 +493,9 @@ struct Plain {
 #[derive(Debug)]
 struct SlowDecode(Plain);
 
+/// The thread that began decoding the last slow result.
+static SLOW_DECODER: std::sync::Mutex<Option<std::thread::ThreadId>> = std::sync::Mutex::new(None);
+
 impl Serialize for SlowDecode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
@@ -503,6 +506,7 @@ impl<'de> Deserialize<'de> for SlowDecode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = Plain::deserialize(d)?;
         if p.slow {
+            *SLOW_DECODER.lock().unwrap() = Some(std::thread::current().id());
             std::thread::sleep(Duration::from_secs(3));
         }
         Ok(SlowDecode(p))
@@ -526,21 +530,21 @@ impl Worker for MakeSlowDecode {
 /// (A call is read by its caller only when it finds the worker idle and its
 /// send side free; on a loaded machine the supervisor may hold it, and the
 /// reader thread then reads and decodes the slow result itself. The test
-/// repeats until the slow call was read by its caller.)
+/// repeats until the slow result was decoded by its caller's thread.)
 #[test]
 fn a_slow_result_decode_does_not_hold_up_another_callers_result() {
     let server = Arc::new(Server::start(ProcessServlet::new(MakeSlowDecode)).unwrap());
     // Warm: the worker is up and idle.
     assert_eq!(server.call((false, 1)).unwrap().0.v, 1);
     let mut checked = false;
-    for _ in 0..5 {
-        let before = server.servlets().handoffs;
+    for _ in 0..8 {
+        *SLOW_DECODER.lock().unwrap() = None;
         let s = server.clone();
         let slow = std::thread::spawn(move || s.call((true, 2)).map(|r| r.0.v));
         // Let the slow result be read and its decoding begin.
         std::thread::sleep(Duration::from_millis(300));
-        if server.servlets().handoffs == before {
-            // Not read by its caller: the reader thread decodes it.
+        if *SLOW_DECODER.lock().unwrap() != Some(slow.thread().id()) {
+            // Not (yet) decoded by its caller: the reader thread decodes it.
             assert_eq!(slow.join().unwrap().unwrap(), 2);
             continue;
         }

@@ -85,3 +85,46 @@ fn every_stage_of_a_process_then_thread_flow_is_timed() {
         "{text}"
     );
 }
+
+/// An ensemble after another stage: its members' stage clock starts when the
+/// item enters the ensemble, not when it entered the flow (the members are
+/// entered through `push_call`, which leaves the clock to its caller).
+#[test]
+fn an_ensemble_after_a_slow_stage_times_its_members_from_its_own_entry() {
+    const SLOW_MS: u64 = 60;
+    let flow = sequential![
+        ThreadServlet::new(Slow {
+            ms: SLOW_MS,
+            log: None
+        })
+        .name("slow"),
+        ensemble![
+            ProcessServlet::new(Slow { ms: 0, log: None }).name("a"),
+            ProcessServlet::new(Slow { ms: 0, log: None }).name("b"),
+        ],
+    ];
+    let server = Server::start(flow).unwrap();
+    let n = 6;
+    assert_eq!(server.call(7).unwrap(), vec![7, 7]);
+    let out: Vec<Vec<i64>> = server
+        .stream(1..n as i64)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(out.len(), n - 1);
+
+    let tree = server.servlets();
+    let members = &tree.members[1].members;
+    assert_eq!(members.len(), 2, "{tree:?}");
+    for m in members {
+        let q = &m.latency.queue_ns;
+        assert_eq!(q.count, n as u64, "{}: {q:?}", m.name);
+        // Each item reaches an idle member at once; counted from the flow's
+        // entry it would have waited out the slow stage (>= 60 ms) first.
+        let mean_ms = q.sum as f64 / q.count as f64 / 1e6;
+        assert!(
+            mean_ms < SLOW_MS as f64 / 2.0,
+            "{}: mean queue {mean_ms:.1} ms includes the earlier stage",
+            m.name
+        );
+    }
+}

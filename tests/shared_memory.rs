@@ -2,14 +2,16 @@
 //! (issue 15 item 1): exact round trips around the threshold, in both
 //! directions and in mixed batches; a worker killed while its items hold
 //! slots fails just those items and leaks no slot; concurrent large calls
-//! beyond the slot count do not deadlock.
+//! beyond the slot count do not deadlock. A large `Bytes` input is a view
+//! of its slot in the worker, not a copy; a viewed slot is never reused
+//! while the view lives, and a killed worker's views free their slots.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mpserver::prelude::*;
 use mpserver::servlet::process::ShmSettings;
-use mpserver::{Bytes, Error};
+use mpserver::{Bytes, Codec, Error};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -296,4 +298,331 @@ fn each_worker_maps_its_own_region() {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
         assert!(!maps.contains("mpserver-shm"), "no region when off");
     }
+}
+
+// ---- Zero-copy `Bytes` in the worker (issue 15 item 1, byte payloads) ----
+
+/// Whether `p` lies in this process's mapping of its shared-memory region.
+fn in_region(p: *const u8) -> bool {
+    let p = p as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter(|l| l.contains("mpserver-shm"))
+        .filter_map(|l| {
+            let range = l.split_whitespace().next()?;
+            let (a, b) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(a, 16).ok()?,
+                usize::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .any(|(a, b)| a <= p && p < b)
+}
+
+/// Says where its input's bytes are: in the shared-memory region (a view)
+/// or not (a copy); and their sum, to check the content.
+#[derive(Clone, Serialize, Deserialize)]
+struct WhereIs;
+
+impl Worker for WhereIs {
+    type Input = Bytes;
+    type Output = (bool, u64);
+    fn call(&mut self, x: Bytes) -> Result<(bool, u64), WorkerError> {
+        Ok((in_region(x.as_ptr()), x.iter().map(|b| *b as u64).sum()))
+    }
+}
+
+/// The same with `serde_bytes::ByteBuf`, which is always copied.
+#[derive(Clone, Serialize, Deserialize)]
+struct WhereIsBuf;
+
+impl Worker for WhereIsBuf {
+    type Input = serde_bytes::ByteBuf;
+    type Output = (bool, u64);
+    fn call(&mut self, x: serde_bytes::ByteBuf) -> Result<(bool, u64), WorkerError> {
+        Ok((in_region(x.as_ptr()), x.iter().map(|b| *b as u64).sum()))
+    }
+}
+
+fn sum(b: &[u8]) -> u64 {
+    b.iter().map(|b| *b as u64).sum()
+}
+
+#[test]
+fn a_large_bytes_input_is_a_view_of_its_slot_not_a_copy() {
+    for codec in [Codec::Postcard, Codec::MessagePack] {
+        let server = Server::start(ProcessServlet::new(WhereIs).codec(codec)).unwrap();
+        for n in [T + 1, 300_000, 1 << 20] {
+            let x = pattern(n, 3);
+            let want = sum(&x);
+            assert_eq!(
+                server.call(x).unwrap(),
+                (true, want),
+                "{codec:?}, {n} bytes: a view of the slot"
+            );
+        }
+        // Below the threshold it crosses in the frame, and is copied.
+        let x = pattern(1000, 3);
+        let want = sum(&x);
+        assert_eq!(server.call(x).unwrap(), (false, want), "{codec:?}: small");
+        // Other byte types decode as before: copied out of the slot.
+        let buf = Server::start(ProcessServlet::new(WhereIsBuf).codec(codec)).unwrap();
+        let x = serde_bytes::ByteBuf::from(pattern(300_000, 4).to_vec());
+        let want = sum(&x);
+        assert_eq!(buf.call(x).unwrap(), (false, want), "{codec:?}: ByteBuf");
+    }
+}
+
+/// Keeps the large inputs it is given (views of their slots), checks on
+/// every call that all it keeps still reads as it was, drops them when told.
+#[derive(Clone, Serialize, Deserialize, Default)]
+struct Keeper {
+    #[serde(skip)]
+    kept: Vec<(Bytes, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum KeepCmd {
+    /// Keep this (and echo it back if `echo`).
+    Keep { data: Bytes, echo: bool },
+    /// Drop everything kept.
+    Clear,
+}
+
+impl Worker for Keeper {
+    type Input = KeepCmd;
+    /// Whether everything kept reads as it was, how many are kept, whether
+    /// the last one kept is a view of a slot, and the echo.
+    type Output = (bool, usize, bool, Bytes);
+    fn call(&mut self, x: KeepCmd) -> Result<Self::Output, WorkerError> {
+        let mut echo = Bytes::new();
+        match x {
+            KeepCmd::Keep { data, echo: e } => {
+                if e {
+                    echo = data.clone();
+                }
+                let copy = data.to_vec();
+                self.kept.push((data, copy));
+            }
+            KeepCmd::Clear => self.kept.clear(),
+        }
+        let intact = self.kept.iter().all(|(b, v)| b[..] == v[..]);
+        let view = self.kept.last().is_some_and(|(b, _)| in_region(b.as_ptr()));
+        Ok((intact, self.kept.len(), view, echo))
+    }
+}
+
+#[test]
+fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
+    let settings = ShmSettings {
+        threshold: 10_000,
+        slots: 3,
+        slot_size: 1 << 20,
+    };
+    let server =
+        Server::start(ProcessServlet::new(Keeper::default()).shared_memory(Some(settings)))
+            .unwrap();
+    // Five large inputs kept: the first three are views of the three slots,
+    // which stay taken; the others find no slot free and go by the socket.
+    for i in 0..5 {
+        let data = pattern(200_000 + i, i);
+        let (intact, n, view, echo) = server
+            .call(KeepCmd::Keep {
+                data: data.clone(),
+                echo: true,
+            })
+            .unwrap();
+        assert!(intact, "call {i}: a kept view changed");
+        assert_eq!(n, i + 1);
+        assert_eq!(
+            view,
+            i < 3,
+            "call {i}: view of a slot only while one is free"
+        );
+        assert!(echo[..] == data[..], "call {i}: echo of a viewed input");
+        assert_eq!(slots_in_use_of(&server), (i + 1).min(3), "call {i}");
+    }
+    // More large traffic while every slot is kept: by the socket, and the
+    // kept views still read as they were.
+    for i in 0..4 {
+        let (intact, _, view, _) = server
+            .call(KeepCmd::Keep {
+                data: pattern(300_000, 40 + i),
+                echo: false,
+            })
+            .unwrap();
+        assert!(intact, "kept views intact");
+        assert!(!view, "no slot free");
+    }
+    assert_eq!(slots_in_use_of(&server), 3);
+    // The views dropped: the slots are free again, and used again.
+    let (intact, n, _, _) = server.call(KeepCmd::Clear).unwrap();
+    assert!(intact);
+    assert_eq!(n, 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || slots_in_use_of(&server) == 0),
+        "slots still kept: {}",
+        slots_in_use_of(&server)
+    );
+    let (_, _, view, _) = server
+        .call(KeepCmd::Keep {
+            data: pattern(100_000, 9),
+            echo: false,
+        })
+        .unwrap();
+    assert!(view, "slots used again once free");
+}
+
+#[test]
+fn a_worker_killed_while_holding_views_frees_their_slots() {
+    let server = Server::start(ProcessServlet::new(Keeper::default())).unwrap();
+    let pid = server.worker_pids()[0];
+    for i in 0..3 {
+        let (_, _, view, _) = server
+            .call(KeepCmd::Keep {
+                data: pattern(500_000, i),
+                echo: false,
+            })
+            .unwrap();
+        assert!(view);
+    }
+    assert_eq!(slots_in_use_of(&server), 3, "three kept views, three slots");
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.worker_pids().first().is_some_and(|p| *p != pid)
+        }),
+        "worker restarted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || slots_in_use_of(&server) == 0),
+        "slots leaked: {}",
+        slots_in_use_of(&server)
+    );
+    let (intact, n, view, _) = server
+        .call(KeepCmd::Keep {
+            data: pattern(500_000, 7),
+            echo: false,
+        })
+        .unwrap();
+    assert!(intact && view);
+    assert_eq!(n, 1, "a fresh worker");
+}
+
+/// Echoes its `Bytes` input: whole, or without its first `skip` bytes.
+#[derive(Clone, Serialize, Deserialize)]
+struct EchoTail {
+    skip: usize,
+}
+
+impl Worker for EchoTail {
+    type Input = Bytes;
+    type Output = Bytes;
+    fn call(&mut self, x: Bytes) -> Result<Bytes, WorkerError> {
+        Ok(x.slice(self.skip.min(x.len())..))
+    }
+}
+
+/// Echoes its `Bytes` input with its length after it.
+#[derive(Clone, Serialize, Deserialize)]
+struct EchoPair;
+
+impl Worker for EchoPair {
+    type Input = Bytes;
+    type Output = (Bytes, u64);
+    fn call(&mut self, x: Bytes) -> Result<(Bytes, u64), WorkerError> {
+        let n = x.len() as u64;
+        Ok((x, n))
+    }
+}
+
+#[test]
+fn results_made_of_a_viewed_input_come_back_exactly() {
+    // A whole echo is described where the input lies (no copy); a tail, or
+    // a value that goes on after the bytes, is written after the input;
+    // one that does not fit there goes by the socket.
+    for codec in [Codec::Postcard, Codec::MessagePack] {
+        let whole = Server::start(ProcessServlet::new(EchoTail { skip: 0 }).codec(codec)).unwrap();
+        let tail = Server::start(ProcessServlet::new(EchoTail { skip: 5 }).codec(codec)).unwrap();
+        let pair = Server::start(ProcessServlet::new(EchoPair).codec(codec)).unwrap();
+        for (i, n) in [T - 1, T + 1, 200_000, 1 << 20, 3 << 20, (4 << 20) - 64]
+            .into_iter()
+            .enumerate()
+        {
+            let x = pattern(n, i);
+            assert!(whole.call(x.clone()).unwrap() == x, "{codec:?} {n}: whole");
+            assert!(
+                tail.call(x.clone()).unwrap()[..] == x[5..],
+                "{codec:?} {n}: tail"
+            );
+            let (b, len) = pair.call(x.clone()).unwrap();
+            assert!(b == x && len == n as u64, "{codec:?} {n}: pair");
+        }
+        for s in [&whole, &tail] {
+            assert!(wait_until(Duration::from_secs(5), || slots_in_use_of(s) == 0));
+        }
+        assert!(wait_until(Duration::from_secs(5), || slots_in_use_of(
+            &pair
+        ) == 0));
+    }
+}
+
+fn slots_in_use_of<I: Send + 'static, O: Send + 'static>(server: &Server<I, O>) -> usize {
+    server
+        .servlets()
+        .workers
+        .iter()
+        .map(|w| w.shm_slots_in_use)
+        .sum()
+}
+
+#[test]
+fn a_large_result_of_a_small_input_crosses_in_a_slot() {
+    // A 64 KiB frame limit: a 1 MiB result fits no frame, so it arrives
+    // only if it crosses in a slot the worker claims. (Before, it went by
+    // the socket and failed with "output exceeds the frame limit".)
+    let server = Server::start(ProcessServlet::new(Reverse).max_frame(64 << 10)).unwrap();
+    for (i, n) in [300_000usize, 1 << 20, 3 << 20].into_iter().enumerate() {
+        let y = server
+            .call(Job {
+                data: pattern(7, i),
+                out_len: Some(n),
+                gate: None,
+            })
+            .unwrap();
+        assert!(y[..] == pattern(n, 7)[..], "small in, {n} out");
+    }
+    // Many at once, more than the slots: those that find none free fail
+    // with the frame limit, the others arrive whole; no slot is leaked.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..12)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    server.call(Job {
+                        data: pattern(7, i),
+                        out_len: Some(200_000 + i),
+                        gate: None,
+                    })
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(y) => assert!(y[..] == pattern(200_000 + i, 7)[..], "item {i}"),
+            Err(Error::Codec(e)) => assert!(e.message.contains("frame limit"), "{e}"),
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || slots_in_use(&server) == 0),
+        "slots leaked: {}",
+        slots_in_use(&server)
+    );
+    // Large in, large out, both ways still work next to it.
+    let x = job(1 << 20, 3);
+    let want = reversed(&x.data);
+    assert!(server.call(x).unwrap()[..] == want[..]);
 }

@@ -166,15 +166,31 @@ impl ServletStats {
         compute: Option<Duration>,
         total: Option<Duration>,
     ) {
-        for (h, d) in [
-            (&self.queue_ns, queue),
-            (&self.transfer_ns, transfer),
-            (&self.compute_ns, compute),
-            (&self.total_ns, total),
-        ] {
-            if let Some(d) = d {
-                h.record(nanos(d));
-            }
+        self.stage_recorder()
+            .record(queue, transfer, compute, total);
+    }
+
+    /// Records the stage latency of many items (a frame of results, a
+    /// batch) on this thread: the histograms' shards are looked up once,
+    /// not once per item. Same figures as [`record_stages`] per item.
+    ///
+    /// [`record_stages`]: ServletStats::record_stages
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let node = mpserver::metrics::ServletNode::new("thread", "w");
+    /// let rec = node.stats().stage_recorder();
+    /// for us in [10, 20] {
+    ///     rec.record(None, None, Some(Duration::from_micros(us)), None);
+    /// }
+    /// assert_eq!(node.stats().stage_latency().compute_ns.count, 2);
+    /// ```
+    pub fn stage_recorder(&self) -> StageRecorder<'_> {
+        StageRecorder {
+            queue: self.queue_ns.local(),
+            transfer: self.transfer_ns.local(),
+            compute: self.compute_ns.local(),
+            total: self.total_ns.local(),
         }
     }
 
@@ -186,6 +202,45 @@ impl ServletStats {
             compute_ns: self.compute_ns.snapshot(),
             total_ns: self.total_ns.snapshot(),
         }
+    }
+}
+
+/// Records items' stage latency on one thread (see
+/// [`ServletStats::stage_recorder`]). It writes that thread's shards, so it
+/// stays on the thread that made it (it is neither `Send` nor `Sync`).
+pub struct StageRecorder<'a> {
+    queue: shard::LocalHistogram<'a>,
+    transfer: shard::LocalHistogram<'a>,
+    compute: shard::LocalHistogram<'a>,
+    total: shard::LocalHistogram<'a>,
+}
+
+impl StageRecorder<'_> {
+    /// Records one item's latency through the servlet's stages, as
+    /// [`ServletStats::record_stages`] does; `None` leaves a stage out.
+    pub fn record(
+        &self,
+        queue: Option<Duration>,
+        transfer: Option<Duration>,
+        compute: Option<Duration>,
+        total: Option<Duration>,
+    ) {
+        for (h, d) in [
+            (&self.queue, queue),
+            (&self.transfer, transfer),
+            (&self.compute, compute),
+            (&self.total, total),
+        ] {
+            if let Some(d) = d {
+                h.record(nanos(d));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StageRecorder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageRecorder").finish_non_exhaustive()
     }
 }
 

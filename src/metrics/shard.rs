@@ -135,9 +135,16 @@ pub struct Histogram {
 impl Histogram {
     /// Records one value.
     pub fn record(&self, v: u64) {
-        let s = self.shards.get_or(HistShard::default);
-        add(&s.buckets[bucket_of(v)], 1);
-        add(&s.sum, v);
+        self.local().record(v);
+    }
+
+    /// This thread's shard, looked up once to record many values (e.g.
+    /// every item of a frame or a batch).
+    pub(crate) fn local(&self) -> LocalHistogram<'_> {
+        LocalHistogram {
+            shard: self.shards.get_or(HistShard::default),
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// A consistent-enough copy for reporting: the buckets that hold values.
@@ -165,6 +172,22 @@ impl Histogram {
             snap.count += c;
         }
         snap
+    }
+}
+
+/// One thread's shard of a [`Histogram`] (see [`Histogram::local`]). Only
+/// the thread that looked it up may write it, so it is neither `Send` nor
+/// `Sync`.
+pub(crate) struct LocalHistogram<'a> {
+    shard: &'a HistShard,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl LocalHistogram<'_> {
+    /// Records one value.
+    pub(crate) fn record(&self, v: u64) {
+        add(&self.shard.buckets[bucket_of(v)], 1);
+        add(&self.shard.sum, v);
     }
 }
 

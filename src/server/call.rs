@@ -33,7 +33,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
         let weak = Arc::downgrade(&req);
         core.timer
             .add(deadline, weak.clone() as std::sync::Weak<dyn Expire>);
-        req.set_enqueued(started.elapsed());
+        req.set_enqueued(Instant::now());
         let pending = Pending::new(rx, weak);
         // Kept to settle a push that times out: the timer may end the
         // request at its deadline while the push is still waiting for room.

@@ -71,9 +71,15 @@ impl<Out: Send + 'static> Request<Out> {
         (r, rx)
     }
 
-    pub(crate) fn set_enqueued(&self, d: Duration) {
+    /// The request enters the flow at `at`: the end of its admission (its
+    /// enqueue time) and its entry into the flow's first servlet(s) (its
+    /// stage clock), from one clock reading; the sinks it is pushed into
+    /// through [`Sink::push_call`] do not read the clock again.
+    pub(crate) fn set_enqueued(&self, at: Instant) {
+        let d = at.saturating_duration_since(self.started);
         self.enqueue_nanos
             .store(d.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.clock.enter_at(at);
     }
 
     fn send(&self, r: Result<Out, Error>, release: bool) {

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::error::{EnsembleError, Error, StartError};
 use crate::metrics::ServletNode;
 use crate::servlet::plumbing::{
-    Push, Pushed, Sink, SinkRef, StartContext, Started, Ticket, TicketRef,
+    Push, Pushed, Sink, SinkRef, StartContext, Started, Ticket, TicketRef, enter_stage,
 };
 use crate::servlet::{BoxServlet, Servlet};
 
@@ -204,6 +204,9 @@ impl<In: Clone + Send + 'static, Out: Send + 'static, M: Mode<Out>> Sink<In>
 
     /// A stream's push: [`push_call`](Sink::push_call) as a stream item.
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
+        // The item enters this stage here (`push_call`'s caller sets the
+        // clock, and members entered by `push_call` do not read it again).
+        enter_stage(&ticket);
         !matches!(
             self.push_call(ticket, value, deadline, Push::Stream),
             Pushed::TimedOut

@@ -73,7 +73,10 @@ pub trait Sink<T>: Send + Sync + 'static {
     /// worker), and for [`Push::Waiting`] may hand the caller a [`Claim`] to
     /// read the result itself. Compound servlets pass `kind` on to the
     /// member(s) that take the item, and at most one claim back. The default
-    /// ignores `kind` and is [`push_until`](Sink::push_until).
+    /// ignores `kind` and is [`push_until`](Sink::push_until). The item's
+    /// stage clock ([`Ticket::clock`]) is set by the caller of `push_call`
+    /// (the server does, from the reading that ends admission), so a sink
+    /// need not set it here.
     fn push_call(&self, ticket: TicketRef, value: T, deadline: Instant, kind: Push) -> Pushed {
         let _ = kind;
         if self.push_until(ticket, value, deadline) {
@@ -170,6 +173,15 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for QueueSink<In, Out> {
             Ok(()) => true,
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => false,
             Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => true,
+        }
+    }
+    /// An item entering the flow: the server set its stage clock as it
+    /// admitted it, so unlike [`push_until`](Sink::push_until) this does not
+    /// read the clock again.
+    fn push_call(&self, ticket: TicketRef, value: In, deadline: Instant, _: Push) -> Pushed {
+        match self.tx.send_deadline((ticket, value), deadline) {
+            Ok(()) | Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => Pushed::Delivered,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => Pushed::TimedOut,
         }
     }
     fn fail(&self, ticket: TicketRef, error: Error) {

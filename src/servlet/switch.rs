@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use crate::error::{Error, StartError};
 use crate::metrics::ServletNode;
-use crate::servlet::plumbing::{Push, Pushed, Sink, SinkRef, StartContext, Started, TicketRef};
+use crate::servlet::plumbing::{
+    Push, Pushed, Sink, SinkRef, StartContext, Started, TicketRef, enter_stage,
+};
 use crate::servlet::{BoxServlet, Servlet};
 
 type Picker<In> = Arc<dyn Fn(&In) -> Result<usize, Error> + Send + Sync>;
@@ -96,6 +98,9 @@ impl<In: Send + 'static, Out: Send + 'static> Sink<In> for SwitchSink<In, Out> {
         }
     }
     fn push_until(&self, ticket: TicketRef, value: In, deadline: Instant) -> bool {
+        // The item enters this stage here (`push_call`'s caller sets the
+        // clock, and members entered by `push_call` do not read it again).
+        enter_stage(&ticket);
         !matches!(
             self.push_call(ticket, value, deadline, Push::Stream),
             Pushed::TimedOut

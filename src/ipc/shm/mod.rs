@@ -7,19 +7,29 @@
 //! into a free slot instead of the frame, and the frame carries only a
 //! [`SlotRef`] (slot, region tag, generation, length).
 //!
-//! All allocation state lives in the server's memory ([`SlotPool`]); the
-//! worker only reads and writes the bytes of slots it was given. A slot's
-//! life:
+//! The allocation state lives in the server's memory ([`SlotPool`]: free
+//! list, generations, item -> slots), except for words of each slot's header
+//! (all atomics): the worker's count of views of the slot, where the slot's
+//! value starts, and an owner word through which either side claims a free
+//! slot by compare-and-swap. The server takes slots for inputs; the worker
+//! claims one only for a large result of a small input, and hands it over
+//! for that item ([`SlotPool::result_view`] adopts it when the result is
+//! read). A slot's life:
 //!
 //! ```text
 //!   free ──take (server, encoding an item)──▶ leased ──bind(id) (send lock)──▶ sent
 //!    ▲                                          │ item not sent: lease dropped     │
 //!    │◀─────────────────────────────────────────┘                                  │
-//!    │        worker decodes the input from the slot, and may write its            │
-//!    │        result back into the same slot (same tag and generation)             ▼
+//!    │        worker decodes the input from the slot (a `Bytes` in it may be a     │
+//!    │        view: see `view.rs`), and may write its result back into the same    │
+//!    │        slot (same tag and generation; after the input while it is viewed)   ▼
 //!    └──── release(id): result or skip read (server reader), after decoding ◀── answered
 //!          (generation + 1, written to the slot header)
 //! ```
+//!
+//! A slot released while the worker still views it (zero-copy `Bytes`,
+//! see [`decode_viewing`]) is not taken again until the views are gone; a
+//! slot the worker claimed is freed with the item whose result it held.
 //!
 //! A worker that dies takes nothing with it: its region is dropped with its
 //! connection, and the restarted worker gets a new one. Every release bumps
@@ -34,13 +44,15 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-/// Bytes at the start of each slot: the region tag and the generation.
-pub const SLOT_HEADER: usize = 16;
+/// Bytes at the start of each slot: its header (the region tag, the
+/// generation, the worker's views, where the value starts, who owns the
+/// slot, and for which item the worker handed it over).
+pub const SLOT_HEADER: usize = 32;
 
 /// Default size of a value above which it travels in shared memory (64 KiB).
 pub const DEFAULT_THRESHOLD: usize = 64 << 10;
@@ -161,10 +173,12 @@ pub enum ShmError {
 
 mod fd;
 mod region;
+mod view;
 mod writer;
 
 pub use fd::{FrameWithFd, recv_frame_with_fd, send_with_fd};
 pub use region::Region;
+pub use view::{VIEW_MIN, decode_viewing, view_of};
 pub use writer::{PayloadWriter, Placed, Spill};
 
 /// The server's side of a region: which slots are free, each slot's
@@ -184,8 +198,19 @@ pub struct SlotPool {
 #[derive(Debug)]
 struct PoolState {
     free: Vec<u32>,
+    /// Released by the server while the worker still viewed them: free
+    /// once the worker's views are gone (checked when a slot is taken or
+    /// released).
+    deferred: Vec<u32>,
+    /// Found claimed by the worker (for a result) when the server tried to
+    /// take them: free again when the worker gives them up, adopted when
+    /// it hands them over with a result.
+    claimed: Vec<u32>,
     gens: Vec<u32>,
+    /// Item -> the slot of its input.
     bound: HashMap<u64, u32>,
+    /// Item -> the slot the worker handed its result over in.
+    results: HashMap<u64, u32>,
 }
 
 /// A slot taken from a [`SlotPool`]; released when dropped unless bound to
@@ -270,8 +295,11 @@ impl SlotPool {
             threshold,
             state: Mutex::new(PoolState {
                 free: (0..slots).rev().collect(),
+                deferred: Vec::new(),
+                claimed: Vec::new(),
                 gens,
                 bound: HashMap::new(),
+                results: HashMap::new(),
             }),
             in_use: AtomicUsize::new(0),
             also: Mutex::new(also),
@@ -302,7 +330,8 @@ impl SlotPool {
         }
     }
 
-    /// Slots taken now (leased or bound to an item).
+    /// Slots taken now (leased, bound to an item, or released while the
+    /// worker still viewed them and not yet found free again).
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
     }
@@ -312,7 +341,17 @@ impl SlotPool {
     pub fn try_take(self: &Arc<Self>) -> Option<Lease> {
         let (slot, gen_) = {
             let mut st = self.lock();
-            let slot = st.free.pop()?;
+            let slot = loop {
+                if st.free.is_empty() {
+                    self.reclaim(&mut st);
+                }
+                let slot = st.free.pop()?;
+                // The worker may have claimed it for a result meanwhile.
+                if self.region.own(slot) {
+                    break slot;
+                }
+                st.claimed.push(slot);
+            };
             // Counted under the state lock (see `close`).
             self.count(1);
             (slot, st.gens[slot as usize])
@@ -334,7 +373,7 @@ impl SlotPool {
         }
     }
 
-    /// The slot bound to item `id`, as a descriptor's tag and generation
+    /// The slot bound to item `id` (its input's), as a descriptor's tag and generation
     /// (what a descriptor in the item's result must match).
     pub fn bound(&self, id: u64) -> Option<SlotRef> {
         let st = self.lock();
@@ -353,10 +392,60 @@ impl SlotPool {
         if self.in_use.load(Ordering::Acquire) == 0 {
             return;
         }
-        let slot = self.lock().bound.remove(&id);
-        if let Some(slot) = slot {
+        let (slot, result) = {
+            let mut st = self.lock();
+            if !st.deferred.is_empty() {
+                self.reclaim(&mut st);
+            }
+            (st.bound.remove(&id), st.results.remove(&id))
+        };
+        for slot in [slot, result].into_iter().flatten() {
             self.free(slot);
         }
+    }
+
+    /// The bytes of item `id`'s result, which the worker put in shared
+    /// memory as `d`: in the slot of the item's input, or in a slot the
+    /// worker claimed and handed over for it, which the item then holds
+    /// until [`SlotPool::release`]. Anything else is stale.
+    pub fn result_view(&self, id: u64, d: SlotRef) -> Result<&[u8], ShmError> {
+        let ok = {
+            let mut st = self.lock();
+            let current = |slot: u32, st: &PoolState| {
+                (slot, self.tag, st.gens.get(slot as usize).copied())
+                    == (d.slot, d.tag, Some(d.gen_))
+            };
+            if [st.bound.get(&id), st.results.get(&id)]
+                .into_iter()
+                .flatten()
+                .any(|&slot| current(slot, &st))
+            {
+                true
+            } else if d.tag == self.tag
+                && current(d.slot, &st)
+                && !st.results.contains_key(&id)
+                && self.region.adopt(d.slot, id)
+            {
+                st.free.retain(|s| *s != d.slot);
+                st.claimed.retain(|s| *s != d.slot);
+                st.results.insert(id, d.slot);
+                self.count(1);
+                true
+            } else {
+                false
+            }
+        };
+        if ok {
+            return self.region.view(d);
+        }
+        let held = self.bound(id);
+        Err(ShmError::Stale {
+            slot: d.slot,
+            tag: d.tag,
+            gen_: d.gen_,
+            held_tag: held.map_or(0, |h| h.tag),
+            held_gen: held.map_or(0, |h| h.gen_),
+        })
     }
 
     fn free(&self, slot: u32) {
@@ -365,10 +454,45 @@ impl SlotPool {
         *g = g.wrapping_add(1).max(1);
         let gen_ = *g;
         // Under the lock, so the header and the pool agree before the slot
-        // can be taken again.
+        // can be taken again. The new generation makes every descriptor of
+        // the slot stale at once, viewed or not.
         self.region.set_header(slot, self.tag, gen_);
-        st.free.push(slot);
-        self.count(-1);
+        if self.region.viewed(slot) {
+            // The worker still reads it through views (`Bytes` decoded
+            // without a copy): taken again only once they are all gone.
+            st.deferred.push(slot);
+        } else {
+            self.region.disown(slot);
+            st.free.push(slot);
+            self.count(-1);
+        }
+    }
+
+    /// Moves the deferred slots the worker no longer views, and the claimed
+    /// ones it gave up, to the free list (under the state lock).
+    fn reclaim(&self, st: &mut PoolState) {
+        let mut i = 0;
+        while i < st.deferred.len() {
+            let slot = st.deferred[i];
+            if self.region.viewed(slot) {
+                i += 1;
+            } else {
+                st.deferred.swap_remove(i);
+                self.region.disown(slot);
+                st.free.push(slot);
+                self.count(-1);
+            }
+        }
+        let mut i = 0;
+        while i < st.claimed.len() {
+            let slot = st.claimed[i];
+            if self.region.is_free(slot) {
+                st.claimed.swap_remove(i);
+                st.free.push(slot);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Counts a slot taken (+1) or freed (-1); called under the state lock.
@@ -514,6 +638,123 @@ mod tests {
         assert_eq!(v3.len(), 300);
         assert_eq!(&v3[290..], &[29; 10]);
         assert_eq!(&v3[..10], &[0; 10]);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_result_made_of_the_viewed_input_is_described_in_place() {
+        let pool = SlotPool::create(1, 4096, 16).unwrap();
+        let region = pool.region();
+        let lease = pool.try_take().unwrap();
+        // The input: a 2-byte prefix and 1000 bytes.
+        let mut input = vec![0xAB, 0xCD];
+        input.extend((0..1000u32).map(|i| (i % 251) as u8));
+        assert!(region.write(lease.slot(), 0, &input));
+        let d = lease.slot_ref(input.len());
+        let after = (input.len() + 63) & !63;
+        let block = &region.view(d).unwrap()[2..];
+
+        // Same prefix, then the block: nothing is copied.
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
+        w.write_all(&[0xAB, 0xCD]).unwrap();
+        w.write_all(block).unwrap();
+        let Placed::Lent(r) = w.finish() else {
+            panic!("expected the lent slot")
+        };
+        assert!(v.is_empty());
+        assert_eq!(region.value_offset(d.slot), 0);
+        assert_eq!(region.view(r).unwrap(), &input[..]);
+        assert_eq!(
+            region.bytes(d.slot, SLOT_HEADER + after, 8).unwrap(),
+            &[0; 8]
+        );
+
+        // Another prefix: copied (over the input, which is not viewed).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
+        w.write_all(&[0xAB, 0xCE]).unwrap();
+        w.write_all(&block[..500]).unwrap();
+        assert!(matches!(w.finish(), Placed::Lent(r) if r.len == 502));
+
+        // The block then more bytes: continued after the input, which stays.
+        assert!(region.write(lease.slot(), 0, &input));
+        region.set_value_offset(d.slot, 0);
+        let block = &region.view(d).unwrap()[2..];
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(region, Some(d), 1));
+        w.write_all(&[0xAB, 0xCD]).unwrap();
+        w.write_all(block).unwrap();
+        w.write_all(&[1, 2, 3]).unwrap();
+        let Placed::Lent(r) = w.finish() else {
+            panic!("expected the lent slot")
+        };
+        assert_eq!(region.value_offset(d.slot), after);
+        let mut want = input.clone();
+        want.extend([1, 2, 3]);
+        assert_eq!(region.view(r).unwrap(), &want[..]);
+        assert_eq!(
+            region.bytes(d.slot, SLOT_HEADER, input.len()).unwrap(),
+            &input[..]
+        );
+        drop(lease);
+    }
+
+    #[test]
+    fn the_worker_claims_a_free_slot_for_a_result_and_hands_it_over() {
+        let pool = SlotPool::create(2, 4096, 16).unwrap();
+        let worker =
+            Region::open(pool.region().fd().try_clone_to_owned().unwrap(), 2, 4096).unwrap();
+        // The worker claims one slot (a large result of small item 5).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 5));
+        w.write_all(&[7; 100]).unwrap();
+        let Placed::Lent(d) = w.finish() else {
+            panic!("expected a claimed slot")
+        };
+        assert_eq!(d.len, 100);
+        // The server cannot take it meanwhile: it gets the other one only.
+        let other = pool.try_take().expect("one slot left");
+        assert_ne!(other.slot(), d.slot);
+        assert!(pool.try_take().is_none());
+        // Not for another item, nor stale.
+        assert!(matches!(
+            pool.result_view(6, d),
+            Err(ShmError::Stale { .. })
+        ));
+        let old = SlotRef {
+            gen_: d.gen_ + 1,
+            ..d
+        };
+        assert!(matches!(
+            pool.result_view(5, old),
+            Err(ShmError::Stale { .. })
+        ));
+        // Adopted with item 5's result, freed with it.
+        assert_eq!(pool.result_view(5, d).unwrap(), &[7; 100][..]);
+        assert_eq!(pool.result_view(5, d).unwrap(), &[7; 100][..], "again");
+        assert_eq!(pool.in_use(), 2);
+        pool.release(5);
+        assert_eq!(pool.in_use(), 1);
+        assert!(matches!(worker.view(d), Err(ShmError::Stale { .. })));
+        let again = pool.try_take().expect("free after release");
+        assert_eq!(again.slot(), d.slot);
+        drop((other, again));
+
+        // A claim given up (the value did not fit) is free again.
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 8));
+        w.write_all(&[1; 5000]).unwrap();
+        assert!(matches!(w.finish(), Placed::Inline));
+        assert_eq!(v.len(), 5000);
+        // So is one whose encoding failed (writer dropped unfinished).
+        let mut v = Vec::new();
+        let mut w = PayloadWriter::new(&mut v, 16, Spill::Lent(&worker, None, 9));
+        w.write_all(&[1; 50]).unwrap();
+        drop(w);
+        let a = pool.try_take().unwrap();
+        let b = pool.try_take().unwrap();
+        drop((a, b));
         assert_eq!(pool.in_use(), 0);
     }
 }

@@ -300,17 +300,20 @@ where
                         max_seen = Some(max_seen.map_or(top, |m| m.max(top)));
                     }
                     // A value in shared memory is decoded from its slot,
-                    // which the item keeps for its result.
+                    // which the item keeps for its result; a `Bytes` in it
+                    // is a view of the slot, not a copy (`shm::view`).
                     let lent = &mut results.lent;
                     let decoded = items.into_iter().map(|(id, p)| {
                         let x = match p {
                             Payload::Inline(b) => decode(b),
-                            Payload::Shared(d) => match region.as_deref().map(|r| r.view(d)) {
-                                Some(Ok(b)) => {
-                                    lent.insert(id, d);
-                                    decode(b)
-                                }
-                                Some(Err(e)) => Err(e.to_string()),
+                            Payload::Shared(d) => match &region {
+                                Some(r) => match shm::decode_viewing(r, d, decode) {
+                                    Ok(x) => {
+                                        lent.insert(id, d);
+                                        x
+                                    }
+                                    Err(e) => Err(e.to_string()),
+                                },
                                 None => Err(ShmError::NoRegion.to_string()),
                             },
                         };

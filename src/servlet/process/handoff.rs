@@ -215,7 +215,6 @@ where
         deadline: Instant,
         kind: Push,
     ) -> Pushed {
-        crate::servlet::plumbing::enter_stage(&ticket);
         match self.try_direct(ticket, value, kind) {
             Ok(Some(claim)) => Pushed::Claimed(claim),
             Ok(None) => Pushed::Delivered,

@@ -168,10 +168,12 @@ where
     /// Each worker process gets a region of slots (default 8 slots of
     /// 4 MiB, see [`ProcessServlet::shared_memory`]); a large input is
     /// encoded straight into a free slot, the worker decodes it from there
-    /// and writes a large result back into the same slot. Values larger
-    /// than a slot, values sent while every slot is taken, and large
-    /// results of small inputs go by the socket as before, so the slots
-    /// never make anyone wait.
+    /// and writes a large result back into the same slot (a large result
+    /// of a small input into a free slot it takes). A large
+    /// [`Bytes`](crate::Bytes) in an input is a view of its slot in the
+    /// worker, not a copy; the slot stays taken while the view lives. Values
+    /// larger than a slot, and values sent while every slot is taken, go by
+    /// the socket as before, so the slots never make anyone wait.
     pub fn shm_threshold(mut self, bytes: usize) -> Self {
         self.shm.get_or_insert_with(ShmSettings::default).threshold = bytes;
         self

@@ -107,7 +107,8 @@ pub(super) struct ReadSide {
 }
 
 /// The bytes of a result: in the frame, or in the slot its item holds
-/// (checked: the descriptor must name that slot, at its generation).
+/// (checked: the descriptor must name that slot, at its generation, or
+/// one the worker handed over for this item: see `SlotPool::result_view`).
 fn result_bytes<'a>(
     shm: Option<&'a SlotPool>,
     id: u64,
@@ -115,21 +116,7 @@ fn result_bytes<'a>(
 ) -> Result<&'a [u8], ShmError> {
     match payload {
         Payload::Inline(b) => Ok(b),
-        Payload::Shared(d) => {
-            let pool = shm.ok_or(ShmError::NoRegion)?;
-            match pool.bound(id) {
-                Some(held) if (held.slot, held.tag, held.gen_) == (d.slot, d.tag, d.gen_) => {
-                    pool.region().view(d)
-                }
-                held => Err(ShmError::Stale {
-                    slot: d.slot,
-                    tag: d.tag,
-                    gen_: d.gen_,
-                    held_tag: held.map_or(0, |h| h.tag),
-                    held_gen: held.map_or(0, |h| h.gen_),
-                }),
-            }
-        }
+        Payload::Shared(d) => shm.ok_or(ShmError::NoRegion)?.result_view(id, d),
     }
 }
 
@@ -168,6 +155,9 @@ impl ReadSide {
                 for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
                     let Some(entry) = entry else {
                         if let Some(pool) = shm {
+                            // A slot handed over with the result is the
+                            // item's too: released with it.
+                            let _ = result_bytes(shm, id, payload);
                             pool.release(id);
                         }
                         continue;

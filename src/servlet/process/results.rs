@@ -142,7 +142,9 @@ impl Results {
         let mark = self.begin_entry(id, frame::STATUS_OK);
         let codec = self.codec;
         let (threshold, spill) = match (&self.shm, lent) {
-            (Some((region, threshold)), Some(d)) => (*threshold, Spill::Lent(region, Some(d))),
+            // A large result goes into its item's slot, or (small input) a
+            // slot the worker claims.
+            (Some((region, threshold)), lent) => (*threshold, Spill::Lent(region, lent, id)),
             _ => (usize::MAX, Spill::None),
         };
         // A panicking `Serialize` fails its item, not the worker.

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 
 use crate::batch::{self, BatchPolicy, Busy, Fill, ServiceModel};
 use crate::error::{Error, StartError, WorkerId};
-use crate::metrics::{ServletNode, ServletStats, WorkerStatus};
+use crate::metrics::{ServletNode, ServletStats, StageRecorder, WorkerStatus};
 use crate::servlet::plumbing::{QueueSink, SinkRef, StartContext, Started, TicketRef};
 use crate::servlet::{Servlet, SimpleConfig, simple_builder_methods};
 use crate::worker::{Worker, WorkerContext, WorkerError, WorkerKind, panic};
@@ -154,6 +154,9 @@ impl<W: Worker> ThreadWorker<W> {
     }
 
     fn serve_single(&mut self) {
+        // This thread's histogram shards, looked up once.
+        let stats = self.stats.clone();
+        let rec = stats.stage_recorder();
         while let Ok((ticket, x)) = self.rx.recv() {
             if !self.admit(&ticket) {
                 continue;
@@ -161,7 +164,7 @@ impl<W: Worker> ThreadWorker<W> {
             let began = Instant::now();
             let r = panic::catch(self.backtraces, || self.worker.call(x)).and_then(|r| r);
             self.status.items.fetch_add(1, Relaxed);
-            self.time_stages(&ticket, began, Instant::now());
+            time_stages(&rec, &ticket, began, Instant::now());
             self.deliver(ticket, r);
         }
     }
@@ -200,8 +203,9 @@ impl<W: Worker> ThreadWorker<W> {
         let results = panic::catch(self.backtraces, || self.worker.call_batch(values));
         let done = Instant::now();
         self.model.observe(1, n as u64, done - began);
+        let rec = self.stats.stage_recorder();
         for t in &tickets {
-            self.time_stages(t, began, done);
+            time_stages(&rec, t, began, done);
         }
         match results {
             Ok(results) if results.len() == n => {
@@ -242,18 +246,6 @@ impl<W: Worker> ThreadWorker<W> {
         }
     }
 
-    /// Records an item's stage latency: its call ran from `began` to `done`
-    /// (before it is delivered: the next stage resets the clock).
-    fn time_stages(&self, ticket: &TicketRef, began: Instant, done: Instant) {
-        let entered = ticket.clock().and_then(|c| c.entered());
-        self.stats.record_stages(
-            entered.map(|e| began.saturating_duration_since(e)),
-            None,
-            Some(done - began),
-            entered.map(|e| done.saturating_duration_since(e)),
-        );
-    }
-
     fn deliver(&self, ticket: TicketRef, r: Result<W::Output, WorkerError>) {
         match r {
             Ok(y) => {
@@ -282,5 +274,55 @@ impl<W: Worker> ThreadWorker<W> {
 impl<W> std::fmt::Debug for ThreadServlet<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.config.debug("ThreadServlet", f)
+    }
+}
+
+/// Records an item's stage latency: its call ran from `began` to `done`
+/// (before it is delivered: the next stage resets the clock).
+fn time_stages(rec: &StageRecorder<'_>, ticket: &TicketRef, began: Instant, done: Instant) {
+    let entered = ticket.clock().and_then(|c| c.entered());
+    rec.record(
+        entered.map(|e| began.saturating_duration_since(e)),
+        None,
+        Some(done - began),
+        entered.map(|e| done.saturating_duration_since(e)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Server, ThreadServlet, ensemble, worker_fn};
+
+    /// A thread servlet that the server enters directly (alone, or as an
+    /// ensemble member) times every item's queue and total from the
+    /// server's admission: the server sets the stage clock as it pushes the
+    /// item in, and the servlet's queue does not read the clock again.
+    #[test]
+    fn a_thread_stage_entered_by_the_server_times_every_item() {
+        let slow = |x: u32| {
+            std::thread::sleep(Duration::from_millis(2));
+            x
+        };
+        let server = Server::start(ensemble![
+            ThreadServlet::new(worker_fn(slow)),
+            ThreadServlet::new(worker_fn(slow)).workers(2),
+        ])
+        .unwrap();
+        for x in 0..3 {
+            assert_eq!(server.call(x).unwrap(), vec![x, x]);
+        }
+        let out: Vec<Vec<u32>> = server.stream(3..20).map(Result::unwrap).collect();
+        assert_eq!(out.len(), 17);
+        let tree = server.servlets();
+        assert_eq!(tree.members.len(), 2, "{tree:?}");
+        for m in &tree.members {
+            let l = &m.latency;
+            assert_eq!((l.queue_ns.count, l.total_ns.count), (20, 20), "{l:?}");
+            // Each item's total covers its 2 ms call.
+            assert!(l.total_ns.sum >= 20 * 2_000_000, "{l:?}");
+            assert!(l.total_ns.sum >= l.compute_ns.sum, "{l:?}");
+        }
     }
 }
