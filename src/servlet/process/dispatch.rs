@@ -15,7 +15,11 @@
 //! a busy worker's next batch may take a whole batch of credit beyond what
 //! the worker holds and is held open, filling, until the worker is predicted
 //! to be free (from its measured batch service time), so that it arrives
-//! just as the worker needs it, as large as the queue allows.
+//! just as the worker needs it, as large as the queue allows. While a whole
+//! batch already waits in the worker behind the one it works on, its
+//! supervisor starts no batch ([`Dispatcher::saturated`]) until the worker
+//! gives items back. A batch is encoded under one panic guard: a panicking
+//! `Serialize` fails its item alone and encoding goes on under a new guard.
 
 use std::sync::MutexGuard;
 use std::time::Instant;
