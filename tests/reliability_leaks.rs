@@ -96,8 +96,19 @@ fn hundred_start_stop_cycles_leave_nothing_behind() {
         fd_count(),
         thread_count()
     );
-    assert_eq!(fd_count(), fds0, "no descriptor leaked");
-    assert_eq!(thread_count(), threads0, "no thread leaked");
+    // No more than before: the baseline may still count a thread of the
+    // warm-up servers that was exiting when it was taken (seen in CI:
+    // 2 threads at the end against 3 at the start).
+    assert!(
+        fd_count() <= fds0,
+        "no descriptor leaked: {} > {fds0}",
+        fd_count()
+    );
+    assert!(
+        thread_count() <= threads0,
+        "no thread leaked: {} > {threads0}",
+        thread_count()
+    );
     assert!(
         children().is_empty(),
         "no child process left, not even a zombie"
