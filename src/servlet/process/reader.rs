@@ -47,7 +47,7 @@ use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
 use crate::ipc::shm::{ShmError, SlotPool};
 use crate::metrics::stage_ns;
-use crate::metrics::{ServletStats, WorkerStatus};
+use crate::metrics::{ServletStats, StageRecorder, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef};
 
 /// What a worker's reader reports to its supervisor.
@@ -150,6 +150,9 @@ impl ReadSide {
                     let _ = self.events.send(Event::Credit);
                 }
                 let now_ns = stage_ns(Instant::now());
+                // The histograms' shards of this thread, looked up once per
+                // frame rather than once per result.
+                let rec = self.stats.stage_recorder();
                 let mut done = 0u64;
                 let shm = self.shm.as_deref();
                 for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
@@ -167,7 +170,7 @@ impl ReadSide {
                         Settled::Ready(Delivery::Release(entry.ticket))
                     } else {
                         done += 1;
-                        time_stages(&self.stats, &entry, now_ns, compute_ns);
+                        time_stages(&rec, &entry, now_ns, compute_ns);
                         // Decoded where it is delivered, outside the read
                         // lock (user `Deserialize`): bytes in the frame stay
                         // in the frame's buffer (shared, not copied); a value
@@ -623,10 +626,10 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
 /// Records a settled item's stage latency (before it is delivered: the next
 /// stage resets the clock). `now_ns` as `stage_ns` gives it: integer
 /// differences, no clock reading, per item.
-fn time_stages(stats: &ServletStats, entry: &InFlight, now_ns: u64, compute_ns: u64) {
+fn time_stages(rec: &StageRecorder<'_>, entry: &InFlight, now_ns: u64, compute_ns: u64) {
     let entered = entry.ticket.clock().and_then(|c| c.entered_ns());
     let since = |later: u64, earlier: u64| Duration::from_nanos(later.saturating_sub(earlier));
-    stats.record_stages(
+    rec.record(
         entered.map(|e| since(entry.sent_ns, e)),
         Some(since(now_ns.saturating_sub(entry.sent_ns), compute_ns)),
         Some(Duration::from_nanos(compute_ns)),
