@@ -389,6 +389,21 @@ enum KeepCmd {
     Clear,
 }
 
+/// Has the [`Keeper`] keep `pattern(len, seed)` without echoing it; its
+/// answer (intact, kept, view, echo).
+fn keep(
+    server: &Server<KeepCmd, (bool, usize, bool, Bytes)>,
+    len: usize,
+    seed: usize,
+) -> (bool, usize, bool, Bytes) {
+    server
+        .call(KeepCmd::Keep {
+            data: pattern(len, seed),
+            echo: false,
+        })
+        .unwrap()
+}
+
 impl Worker for Keeper {
     type Input = KeepCmd;
     /// Whether everything kept reads as it was, how many are kept, whether
@@ -445,12 +460,7 @@ fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
     // More large traffic while every slot is kept: by the socket, and the
     // kept views still read as they were.
     for i in 0..4 {
-        let (intact, _, view, _) = server
-            .call(KeepCmd::Keep {
-                data: pattern(300_000, 40 + i),
-                echo: false,
-            })
-            .unwrap();
+        let (intact, _, view, _) = keep(&server, 300_000, 40 + i);
         assert!(intact, "kept views intact");
         assert!(!view, "no slot free");
     }
@@ -464,12 +474,7 @@ fn a_slot_stays_taken_while_the_worker_views_it_and_is_never_reused() {
         "slots still kept: {}",
         slots_in_use_of(&server)
     );
-    let (_, _, view, _) = server
-        .call(KeepCmd::Keep {
-            data: pattern(100_000, 9),
-            echo: false,
-        })
-        .unwrap();
+    let (_, _, view, _) = keep(&server, 100_000, 9);
     assert!(view, "slots used again once free");
 }
 
@@ -478,12 +483,7 @@ fn a_worker_killed_while_holding_views_frees_their_slots() {
     let server = Server::start(ProcessServlet::new(Keeper::default())).unwrap();
     let pid = server.worker_pids()[0];
     for i in 0..3 {
-        let (_, _, view, _) = server
-            .call(KeepCmd::Keep {
-                data: pattern(500_000, i),
-                echo: false,
-            })
-            .unwrap();
+        let (_, _, view, _) = keep(&server, 500_000, i);
         assert!(view);
     }
     assert_eq!(slots_in_use_of(&server), 3, "three kept views, three slots");
@@ -499,12 +499,7 @@ fn a_worker_killed_while_holding_views_frees_their_slots() {
         "slots leaked: {}",
         slots_in_use_of(&server)
     );
-    let (intact, n, view, _) = server
-        .call(KeepCmd::Keep {
-            data: pattern(500_000, 7),
-            echo: false,
-        })
-        .unwrap();
+    let (intact, n, view, _) = keep(&server, 500_000, 7);
     assert!(intact && view);
     assert_eq!(n, 1, "a fresh worker");
 }
