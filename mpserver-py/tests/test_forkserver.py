@@ -4,14 +4,11 @@ start method still selectable."""
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 from conftest import children_of, forkserver_pid, pid_alive, wait_for
-from test_process import PKG_ROOT, run_script
+from test_process import run_script, start_script
 from workers import Lineage
 
 import mpserver
@@ -136,17 +133,7 @@ MAIN_SCRIPT = '''
 
 @pytest.mark.parametrize('method', ['forkserver', 'spawn'])
 def test_main_script_classes_and_worker_output_with_either_method(tmp_path, method):
-    script = tmp_path / 'script.py'
-    script.write_text(textwrap.dedent(MAIN_SCRIPT))
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
-    r = subprocess.run(
-        [sys.executable, str(script), method],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=tmp_path,
-    )
+    r = run_script(MAIN_SCRIPT, tmp_path, args=(method,))
     assert r.returncode == 0, r.stderr
     # The two workers' lines may interleave with each other, not with the
     # parent's lines after the results.
@@ -200,12 +187,7 @@ def test_no_orphans_including_the_fork_server_when_the_parent_is_killed(tmp_path
                 print(' '.join(map(str, pids)), flush=True)
                 server.call(1000, timeout=2000)  # a worker busy in user code
     '''
-    script = tmp_path / 'parent.py'
-    script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
-    p = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    p = start_script(code, tmp_path)
     try:
         line = p.stdout.readline()
         *pids, fs, ppid = [int(v) for v in line.split()]
@@ -261,12 +243,7 @@ def test_a_fork_server_stuck_importing_the_main_script_dies_with_the_parent(tmp_
             print(_mpserver._forkserver_pid(), flush=True)
             time.sleep(3600)
     '''
-    script = tmp_path / 'parent.py'
-    script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
-    p = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    p = start_script(code, tmp_path)
     try:
         fs = int(p.stdout.readline())
         assert pid_alive(fs)

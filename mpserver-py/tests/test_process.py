@@ -20,18 +20,32 @@ REPO = Path(__file__).resolve().parents[2]
 PKG_ROOT = Path(mpserver.__file__).resolve().parents[1]
 
 
-def run_script(code: str, tmp_path, timeout=120, **kw):
-    script = tmp_path / 'script.py'
+def _script(code: str, tmp_path, name: str):
+    """Writes `code` to `tmp_path/name`; its path and an environment that
+    imports this package."""
+    script = tmp_path / name
     script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
+    return script, dict(os.environ, PYTHONPATH=str(PKG_ROOT))
+
+
+def run_script(code: str, tmp_path, timeout=120, args=(), **kw):
+    script, env = _script(code, tmp_path, 'script.py')
     return subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
         cwd=tmp_path,
         **kw,
+    )
+
+
+def start_script(code: str, tmp_path):
+    """Starts `code` as a parent process whose stdout the test reads."""
+    script, env = _script(code, tmp_path, 'parent.py')
+    return subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
 
 
@@ -118,12 +132,7 @@ def test_no_orphans_when_the_parent_is_killed(tmp_path):
                 server.call(0.0)
                 server.call(1000, timeout=2000)  # a worker busy in user code
     '''
-    script = tmp_path / 'parent.py'
-    script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, PYTHONPATH=str(PKG_ROOT))
-    p = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    p = start_script(code, tmp_path)
     try:
         line = p.stdout.readline()
         pids = [int(v) for v in line.split()]
