@@ -19,7 +19,7 @@ def pid_alive(pid: int) -> bool:
     try:
         with open(f'/proc/{pid}/stat') as f:
             state = f.read().rsplit(')', 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return False
     return state != 'Z'
 
