@@ -12,7 +12,10 @@
 //! A large `Bytes` in a worker's input that crossed through shared memory is
 //! not copied: the worker gets a view of its slot, which keeps the slot from
 //! reuse while any clone of it lives (`ipc/shm/view.rs` says how the
-//! deserializer finds the slot, and what a kept view costs).
+//! deserializer finds the slot, and what a kept view costs). The same holds
+//! for a large `Bytes` in a process worker's result: the caller gets a view
+//! of the slot the result came in (while results kept so hold at most half
+//! the worker's slots; past that, a copy).
 
 use std::borrow::Borrow;
 use std::fmt;

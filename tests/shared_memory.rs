@@ -177,6 +177,8 @@ fn batches_mix_small_and_large_items() {
         assert!(g[..] == w[..], "item {i}");
     }
     assert!(server.servlets().batches > 0);
+    // Results kept as views of their slots keep them until dropped.
+    drop(got);
     assert!(wait_until(Duration::from_secs(5), || slots_in_use(&server) == 0));
 }
 
@@ -620,4 +622,101 @@ fn a_large_result_of_a_small_input_crosses_in_a_slot() {
     let x = job(1 << 20, 3);
     let want = reversed(&x.data);
     assert!(server.call(x).unwrap()[..] == want[..]);
+}
+
+// ---- Zero-copy `Bytes` results in the caller (issue 15 item 1) ----
+
+#[test]
+fn a_large_bytes_result_is_a_view_of_its_slot_kept_until_dropped() {
+    for codec in [Codec::Postcard, Codec::MessagePack] {
+        let server = Server::start(ProcessServlet::new(EchoTail { skip: 0 }).codec(codec)).unwrap();
+        let x = pattern(1 << 20, 1);
+        let y = server.call(x.clone()).unwrap();
+        assert!(y == x, "{codec:?}: echo");
+        assert!(in_region(y.as_ptr()), "{codec:?}: a view of the slot");
+        assert_eq!(slots_in_use_of(&server), 1, "{codec:?}: kept by the view");
+        let clone = y.clone();
+        drop(y);
+        assert_eq!(slots_in_use_of(&server), 1, "{codec:?}: kept by a clone");
+        assert!(clone == x);
+        drop(clone);
+        assert_eq!(slots_in_use_of(&server), 0, "{codec:?}: freed with it");
+        // A small result is in the frame, as before.
+        let small = server.call(pattern(1000, 2)).unwrap();
+        assert!(!in_region(small.as_ptr()) && small == pattern(1000, 2));
+    }
+}
+
+#[test]
+fn kept_results_never_see_their_slot_reused_and_never_starve_inputs() {
+    // Eight slots (the default): results keep at most four; past that they
+    // are copies, so inputs always find slots.
+    let server = Server::start(ProcessServlet::new(EchoTail { skip: 0 })).unwrap();
+    let mut kept = Vec::new();
+    for i in 0..6 {
+        let x = pattern(300_000 + i, i);
+        let y = server.call(x.clone()).unwrap();
+        assert!(y == x, "call {i}");
+        assert_eq!(
+            in_region(y.as_ptr()),
+            i < 4,
+            "call {i}: view only while half the slots are free"
+        );
+        kept.push((y, x));
+    }
+    assert_eq!(slots_in_use_of(&server), 4);
+    // Much more large traffic, one at a time and concurrently: inputs take
+    // the free slots (and would reuse a kept one if any could be); every
+    // kept result still reads as it was.
+    for i in 0..20 {
+        let x = pattern(500_000 + i, 100 + i);
+        assert!(server.call(x.clone()).unwrap() == x, "call {i}");
+    }
+    let got: Vec<bool> = server
+        .stream((0..24).map(|i| pattern(200_000 + i, 200 + i)))
+        .enumerate()
+        .map(|(i, y)| y.unwrap() == pattern(200_000 + i, 200 + i))
+        .collect();
+    assert!(got.iter().all(|ok| *ok), "streamed echoes");
+    for (i, (y, x)) in kept.iter().enumerate() {
+        assert!(y == x, "kept result {i} changed");
+    }
+    assert_eq!(
+        slots_in_use_of(&server),
+        4,
+        "only the kept views hold slots"
+    );
+    drop(kept);
+    assert_eq!(slots_in_use_of(&server), 0);
+    let y = server.call(pattern(300_000, 9)).unwrap();
+    assert!(in_region(y.as_ptr()), "views again once the slots are free");
+}
+
+#[test]
+fn a_result_view_outlives_its_worker_and_the_server() {
+    let server = Server::start(ProcessServlet::new(EchoTail { skip: 3 })).unwrap();
+    let pid = server.worker_pids()[0];
+    let x = pattern(1 << 20, 5);
+    let a = server.call(x.clone()).unwrap();
+    assert!(in_region(a.as_ptr()) && a[..] == x[3..]);
+    // The worker dies: its region goes to nobody else; the view still reads.
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            server.worker_pids().first().is_some_and(|p| *p != pid)
+        }),
+        "worker restarted"
+    );
+    assert!(a[..] == x[3..], "view of a dead worker's region");
+    assert!(
+        wait_until(Duration::from_secs(5), || slots_in_use_of(&server) == 0),
+        "the old region counts no more"
+    );
+    let b = server.call(x.clone()).unwrap();
+    assert!(in_region(b.as_ptr()) && b[..] == x[3..], "the new worker");
+    // The server stops: the views keep their mapping.
+    drop(server);
+    assert!(a[..] == x[3..] && b[..] == x[3..], "views after the server");
+    let joined = [a, b].concat();
+    assert_eq!(joined.len(), 2 * ((1 << 20) - 3));
 }

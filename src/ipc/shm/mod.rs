@@ -24,12 +24,15 @@
 //!    │        view: see `view.rs`), and may write its result back into the same    │
 //!    │        slot (same tag and generation; after the input while it is viewed)   ▼
 //!    └──── release(id): result or skip read (server reader), after decoding ◀── answered
-//!          (generation + 1, written to the slot header)
+//!          (generation + 1, written to the slot header), or when the last
+//!          `Bytes` view of the decoded result drops
 //! ```
 //!
 //! A slot released while the worker still views it (zero-copy `Bytes`,
 //! see [`decode_viewing`]) is not taken again until the views are gone; a
-//! slot the worker claimed is freed with the item whose result it held.
+//! slot the worker claimed is freed with the item whose result it held. A
+//! result decoded on the server side may be viewed too ([`ResultHold`]):
+//! its slot is released only once the result's last view drops.
 //!
 //! A worker that dies takes nothing with it: its region is dropped with its
 //! connection, and the restarted worker gets a new one. Every release bumps
@@ -180,7 +183,7 @@ mod writer;
 pub use fd::{FrameWithFd, recv_frame_with_fd, send_with_fd};
 pub use pool::{Lease, SlotPool};
 pub use region::Region;
-pub use view::{VIEW_MIN, decode_viewing, view_of};
+pub use view::{ResultHold, VIEW_MIN, decode_viewing, view_of};
 pub use writer::{PayloadWriter, Placed, Spill};
 
 #[cfg(test)]

@@ -14,6 +14,9 @@ pub struct SlotPool {
     threshold: usize,
     state: Mutex<PoolState>,
     in_use: AtomicUsize,
+    /// Results whose `Bytes` views keep their slot after the result was
+    /// decoded (see [`SlotPool::admit_view`]).
+    views: AtomicUsize,
     /// Also counted here (a worker's status), if given, until the pool
     /// is closed or dropped.
     also: Mutex<Option<Arc<AtomicUsize>>>,
@@ -126,6 +129,7 @@ impl SlotPool {
                 results: HashMap::new(),
             }),
             in_use: AtomicUsize::new(0),
+            views: AtomicUsize::new(0),
             also: Mutex::new(also),
         }))
     }
@@ -158,6 +162,29 @@ impl SlotPool {
     /// worker still viewed them and not yet found free again).
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more result may keep its slot through zero-copy `Bytes`
+    /// views (counted until [`SlotPool::end_view`]): at most half the
+    /// slots, so that results a caller keeps never leave the worker's
+    /// inputs without slots (a result past that is copied out instead).
+    pub fn admit_view(&self) -> bool {
+        let most = self.region.slots as usize / 2;
+        self.views
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                (v < most).then_some(v + 1)
+            })
+            .is_ok()
+    }
+
+    /// A result admitted by [`SlotPool::admit_view`] gave its slot up.
+    pub fn end_view(&self) {
+        self.views.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Results whose views keep their slot now.
+    pub fn kept_by_views(&self) -> usize {
+        self.views.load(Ordering::Relaxed)
     }
 
     /// Takes a free slot, or `None` when all are in use (the value then

@@ -1,5 +1,6 @@
 //! Zero-copy views of a slot, for [`crate::Bytes`] values a worker decodes
-//! from shared memory.
+//! from shared memory (its inputs), and the server too (results, on the
+//! thread that delivers them: see "Results" below).
 //!
 //! # How a `Bytes` finds its slot
 //!
@@ -44,8 +45,30 @@
 //!
 //! Only byte blocks of at least [`VIEW_MIN`] bytes become views; smaller
 //! ones are copied (cheaper than a view, and they do not pin a slot).
+//!
+//! # Results
+//!
+//! The server decodes a result that came in a slot the same way
+//! ([`ResultHold::decode`]): a large `Bytes` in it is a view of the slot,
+//! handed to the caller without a copy. The views of one result share its
+//! [`ResultHold`], the item's claim on the slot, and the slot is released
+//! (new generation, then free) only when the hold and the last view are
+//! gone: until then it stays bound to the item, owned by the server, so
+//! neither side writes it (the server takes only free slots; the worker
+//! writes only into the slot lent with an item, or one it claims from
+//! free ones). So a result never reads bytes of a reused slot.
+//!
+//! A result a caller keeps keeps its slot, so views are limited: at most
+//! half the region's slots are kept by results ([`SlotPool::admit_view`]);
+//! past that, a result's `Bytes` are copies (as with every other byte
+//! type), so the inputs always have slots to go in however many results a
+//! caller keeps. A view outlives its worker and the server: it holds the
+//! pool, whose mapping lives as long as the pool; a dead worker's region
+//! counts no more (a restarted worker gets a new one), and the slot is
+//! simply unmapped with the last view.
 
 use std::cell::RefCell;
+use std::sync::atomic::AtomicBool;
 
 use super::*;
 
@@ -95,10 +118,19 @@ struct Source {
     /// Address range of the value's bytes in this process.
     from: usize,
     to: usize,
-    region: Arc<Region>,
-    slot: u32,
     /// Where the value starts in the slot's data.
     start: usize,
+    owner: Owner,
+}
+
+/// Who keeps the slot while views of it live.
+enum Owner {
+    /// The worker decoding an input: each view counts itself in the slot's
+    /// header.
+    Worker { region: Arc<Region>, slot: u32 },
+    /// The server decoding a result: the views share the item's hold of
+    /// its slot, released when the last of them drops.
+    Server(Arc<Hold>),
 }
 
 thread_local! {
@@ -115,6 +147,12 @@ impl Drop for Scope {
     }
 }
 
+fn with_source<R>(source: Source, decode: impl FnOnce() -> R) -> R {
+    let prev = SOURCE.with(|s| s.borrow_mut().replace(source));
+    let _scope = Scope(prev);
+    decode()
+}
+
 /// Runs `decode` on the bytes `d` names in `region`, letting `Bytes`
 /// values of at least [`VIEW_MIN`] bytes decoded by it be views of the slot
 /// instead of copies (module docs).
@@ -128,13 +166,100 @@ pub fn decode_viewing<R>(
     let source = Source {
         from,
         to: from + bytes.len(),
-        region: region.clone(),
-        slot: d.slot,
         start: region.value_offset(d.slot),
+        owner: Owner::Worker {
+            region: region.clone(),
+            slot: d.slot,
+        },
     };
-    let prev = SOURCE.with(|s| s.borrow_mut().replace(source));
-    let _scope = Scope(prev);
-    Ok(decode(bytes))
+    Ok(with_source(source, || decode(bytes)))
+}
+
+/// The server's hold of an item's slot while the item's result, which
+/// lies in it, is decoded (and, if the result has `Bytes` views of it, for
+/// as long as they live): the slot is released (its descriptors made
+/// stale, then free for reuse) when the hold and every view made from it
+/// are gone.
+pub struct ResultHold(Arc<Hold>);
+
+struct Hold {
+    pool: Arc<SlotPool>,
+    id: u64,
+    d: SlotRef,
+    /// Counted in the pool's result views (see [`SlotPool::admit_view`]).
+    viewed: AtomicBool,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if *self.viewed.get_mut() {
+            self.pool.end_view();
+        }
+        self.pool.release(self.id);
+    }
+}
+
+impl std::fmt::Debug for ResultHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultHold")
+            .field("id", &self.0.id)
+            .field("d", &self.0.d)
+            .finish()
+    }
+}
+
+impl ResultHold {
+    /// Holds item `id`'s slot, whose result `d` describes (checked by
+    /// [`SlotPool::result_view`] first); released when dropped.
+    pub fn new(pool: Arc<SlotPool>, id: u64, d: SlotRef) -> Self {
+        ResultHold(Arc::new(Hold {
+            pool,
+            id,
+            d,
+            viewed: AtomicBool::new(false),
+        }))
+    }
+
+    /// The result's bytes (empty if the descriptor no longer matches,
+    /// which cannot happen while the item holds the slot).
+    pub fn bytes(&self) -> &[u8] {
+        self.0.pool.region().view(self.0.d).unwrap_or(&[])
+    }
+
+    /// Runs `decode` on the result's bytes, letting `Bytes` values of at
+    /// least [`VIEW_MIN`] bytes decoded by it be views of the slot instead
+    /// of copies (module docs: "Results").
+    pub fn decode<R>(self, decode: impl FnOnce(&[u8]) -> R) -> R {
+        let bytes = self.bytes();
+        let from = bytes.as_ptr() as usize;
+        let source = Source {
+            from,
+            to: from + bytes.len(),
+            start: self.0.pool.region().value_offset(self.0.d.slot),
+            owner: Owner::Server(self.0.clone()),
+        };
+        with_source(source, || decode(bytes))
+    }
+}
+
+/// The owner behind a zero-copy `Bytes` of a result: a range of its
+/// item's slot, kept (not released) while any such view lives.
+struct ResultView {
+    hold: Arc<Hold>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for ResultView {
+    fn as_ref(&self) -> &[u8] {
+        // Checked when made (the range lies in the result); the slot stays
+        // bound to the item, unwritten, while the hold lives.
+        self.hold
+            .pool
+            .region()
+            .bytes(self.hold.d.slot, SLOT_HEADER + self.start, self.len)
+            .unwrap_or(&[])
+    }
 }
 
 /// A view of `bytes` in the slot being decoded on this thread, if they lie
@@ -151,8 +276,28 @@ pub fn view_of(bytes: &[u8]) -> Option<::bytes::Bytes> {
             return None;
         }
         let start = src.start + (at - src.from);
-        let view = SlotView::new(src.region.clone(), src.slot, start, bytes.len());
-        Some(::bytes::Bytes::from_owner(view))
+        match &src.owner {
+            Owner::Worker { region, slot } => Some(::bytes::Bytes::from_owner(SlotView::new(
+                region.clone(),
+                *slot,
+                start,
+                bytes.len(),
+            ))),
+            Owner::Server(hold) => {
+                // Counted once per result, whatever number of views it has.
+                if !hold.viewed.load(Ordering::Relaxed) {
+                    if !hold.pool.admit_view() {
+                        return None;
+                    }
+                    hold.viewed.store(true, Ordering::Relaxed);
+                }
+                Some(::bytes::Bytes::from_owner(ResultView {
+                    hold: hold.clone(),
+                    start,
+                    len: bytes.len(),
+                }))
+            }
+        }
     })
 }
 
@@ -221,5 +366,61 @@ mod tests {
         let bytes = region.view(d).unwrap();
         assert!(view_of(bytes).is_none(), "context cleared by the unwind");
         assert!(!region.viewed(d.slot));
+    }
+
+    #[test]
+    fn a_result_view_keeps_its_slot_and_half_the_pool_at_most() {
+        let pool = SlotPool::create(4, 1 << 16, 64).unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        // Items 1..=3, each with a result in its own slot.
+        let mut holds = Vec::new();
+        for id in 1..=3u64 {
+            let lease = pool.try_take().unwrap();
+            assert!(pool.region().write(lease.slot(), 0, &data));
+            let d = lease.slot_ref(data.len());
+            pool.bind(id, lease);
+            assert_eq!(pool.result_view(id, d).unwrap(), &data[..]);
+            holds.push((ResultHold::new(pool.clone(), id, d), d));
+        }
+        assert_eq!(pool.in_use(), 3);
+        let mut views = Vec::new();
+        for (i, (hold, d)) in holds.into_iter().enumerate() {
+            let (view, copy) = hold.decode(|b| (view_of(&b[10..]), view_of(&data)));
+            assert!(copy.is_none(), "bytes of another buffer");
+            // Two results (half of four slots) may keep theirs.
+            assert_eq!(view.is_some(), i < 2, "result {i}");
+            match view {
+                Some(v) => {
+                    assert_eq!(&v[..], &data[10..]);
+                    assert_eq!(
+                        pool.region().view(d).unwrap().as_ptr(),
+                        v.as_ptr().wrapping_sub(10)
+                    );
+                    views.push((v, d));
+                }
+                // Not viewed: released with the hold.
+                None => assert!(matches!(pool.region().view(d), Err(ShmError::Stale { .. }))),
+            }
+        }
+        assert_eq!((pool.in_use(), pool.kept_by_views()), (2, 2));
+        // Outside a decode: no view.
+        assert!(view_of(&views[0].0).is_none());
+        // A kept slot is neither reused nor stale; the others are taken.
+        let a = pool.try_take().unwrap();
+        let b = pool.try_take().unwrap();
+        assert!(pool.try_take().is_none());
+        let kept: Vec<u32> = views.iter().map(|(_, d)| d.slot).collect();
+        assert!(!kept.contains(&a.slot()) && !kept.contains(&b.slot()));
+        drop((a, b));
+        let (v, d) = views.remove(0);
+        let again = v.clone();
+        drop(v);
+        assert_eq!(pool.in_use(), 2, "a clone keeps it");
+        assert_eq!(&again[..], &data[10..]);
+        drop(again);
+        assert!(matches!(pool.region().view(d), Err(ShmError::Stale { .. })));
+        assert_eq!((pool.in_use(), pool.kept_by_views()), (1, 1));
+        drop(views);
+        assert_eq!((pool.in_use(), pool.kept_by_views()), (0, 0));
     }
 }

@@ -5,8 +5,6 @@
 //! guard. Used by whoever reads (`reader.rs`) and by the supervisor for items
 //! it fails itself.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -15,7 +13,6 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame;
-use crate::ipc::shm::{SlotPool, SlotRef};
 use crate::metrics::ServletStats;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
@@ -74,18 +71,9 @@ pub(super) enum Held {
 }
 
 /// A result in its item's slot; the slot is released when this drops
-/// (after the result is decoded, or with an undelivered result).
-pub(super) struct SlotHold {
-    pub(super) pool: Arc<SlotPool>,
-    pub(super) id: u64,
-    pub(super) d: SlotRef,
-}
-
-impl Drop for SlotHold {
-    fn drop(&mut self) {
-        self.pool.release(self.id);
-    }
-}
+/// (after the result is decoded, or with an undelivered result), or, when
+/// the decoded value keeps zero-copy `Bytes` views of it, when they drop.
+pub(super) type SlotHold = crate::ipc::shm::ResultHold;
 
 impl Held {
     fn bytes<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {
@@ -94,7 +82,7 @@ impl Held {
             Held::Frame(b) => b,
             // Checked when read (`result_bytes`); the slot stays bound to
             // the item, at the same generation, while this lives.
-            Held::Slot(h) => h.pool.region().view(h.d).unwrap_or(&[]),
+            Held::Slot(h) => h.bytes(),
         }
     }
 }
@@ -116,8 +104,12 @@ impl Encoded {
         stats: &ServletStats,
         frame: &[u8],
     ) -> Result<Out, Error> {
-        let r = decode::<Out>(who, codec, self.status, self.bytes.bytes(frame));
-        drop(self);
+        let status = self.status;
+        let r = match self.bytes {
+            // `Bytes` in it may be views of the slot (`shm::view`).
+            Held::Slot(h) => h.decode(|b| decode::<Out>(who, codec, status, b)),
+            held => decode::<Out>(who, codec, status, held.bytes(frame)),
+        };
         let counter = if r.is_ok() {
             &stats.items_ok
         } else {

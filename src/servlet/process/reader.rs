@@ -183,11 +183,9 @@ impl ReadSide {
                             }
                             Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
                             {
-                                (Ok(_), Some(pool)) => Ok(Held::Slot(SlotHold {
-                                    pool: pool.clone(),
-                                    id,
-                                    d,
-                                })),
+                                (Ok(_), Some(pool)) => {
+                                    Ok(Held::Slot(SlotHold::new(pool.clone(), id, d)))
+                                }
                                 (Err(e), _) => Err(e),
                                 (Ok(_), None) => Err(ShmError::NoRegion),
                             },
