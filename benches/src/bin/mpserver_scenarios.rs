@@ -457,7 +457,8 @@ fn s7(args: &CommonArgs, out: &Out) {
 
 /// S8: 200 sequential echo calls of 1 MiB, with the type the guide shows
 /// first (`mpserver::Bytes`: decoded in the worker as a view of its
-/// shared-memory slot, no copy) as `mb_per_s`, and with
+/// shared-memory slot and echoed in place, and decoded by the caller as a
+/// view of the same slot: one copy per call, the caller's input into a slot) as `mb_per_s`, and with
 /// `serde_bytes::ByteBuf` (copied out of the slot) as `mb_per_s_bytebuf`.
 fn s8(args: &CommonArgs, out: &Out) {
     let n = if args.quick { 40 } else { 200 };

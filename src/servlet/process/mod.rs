@@ -171,7 +171,9 @@ where
     /// and writes a large result back into the same slot (a large result
     /// of a small input into a free slot it takes). A large
     /// [`Bytes`](crate::Bytes) in an input is a view of its slot in the
-    /// worker, not a copy; the slot stays taken while the view lives. Values
+    /// worker, not a copy; the slot stays taken while the view lives. So is
+    /// a large `Bytes` in a result, for the caller (while results kept so
+    /// hold at most half the slots; past that, a copy). Values
     /// larger than a slot, and values sent while every slot is taken, go by
     /// the socket as before, so the slots never make anyone wait.
     pub fn shm_threshold(mut self, bytes: usize) -> Self {
