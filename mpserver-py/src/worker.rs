@@ -20,6 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PySequence};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, Carry};
+use crate::tstate::KeptThreadState;
 use crate::value::{Pickle, PyValue};
 
 /// A live worker instance.
@@ -174,11 +175,26 @@ impl Slot {
 }
 
 /// A Python worker class run in threads of the server process.
-#[derive(Clone)]
 pub struct PyThreadWorker {
     cls: Arc<Py<PyAny>>,
     kwargs: Arc<Py<PyDict>>,
     inst: Slot,
+    /// The worker thread's Python thread state, made once in `init` (see
+    /// [`KeptThreadState`]).
+    kept: Option<KeptThreadState>,
+}
+
+impl Clone for PyThreadWorker {
+    /// A copy for another thread: the instance is shared, the thread state
+    /// is not (each thread makes its own in `init`).
+    fn clone(&self) -> Self {
+        PyThreadWorker {
+            cls: self.cls.clone(),
+            kwargs: self.kwargs.clone(),
+            inst: self.inst.clone(),
+            kept: None,
+        }
+    }
 }
 
 impl PyThreadWorker {
@@ -188,6 +204,7 @@ impl PyThreadWorker {
             cls: Arc::new(cls.unbind()),
             kwargs: Arc::new(kwargs.unbind()),
             inst: Slot::default(),
+            kept: None,
         }
     }
 }
@@ -197,6 +214,8 @@ impl Worker for PyThreadWorker {
     type Output = PyValue;
 
     fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
+        // Before any attach on this thread (none is live here).
+        self.kept = KeptThreadState::keep();
         let (cls, kwargs) = (&self.cls, &self.kwargs);
         self.inst.init(Carry::Object, |py| {
             errors::helpers(py)?.call_method1(
@@ -216,6 +235,7 @@ impl Worker for PyThreadWorker {
 
     fn cleanup(&mut self) {
         self.inst.cleanup();
+        self.kept = None;
     }
 }
 

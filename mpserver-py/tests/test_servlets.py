@@ -20,6 +20,7 @@ from workers import (
     Sign,
     Slow,
     SlowFail,
+    ThreadLocalCount,
     WithKwargs,
 )
 
@@ -403,6 +404,16 @@ def test_seed_names_and_deprecated_aliases():
     assert len([x for x in w if issubclass(x.category, DeprecationWarning)]) == 3
     c = mpserver.CpuAffinity([0])
     assert c.target == [0] and 0 in mpserver.CpuAffinity.get()
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_thread_local_state_made_in_init_lasts_across_calls(kind):
+    # One Python thread state per worker thread from __init__ to cleanup
+    # (before, a thread worker got a new one per call: AttributeError on
+    # the local made in __init__).
+    with Server(simple(kind, ThreadLocalCount)) as s:
+        assert [s.call(i) for i in range(3)] == [(1, True), (2, True), (3, True)]
+        assert list(s.stream(range(3))) == [(4, True), (5, True), (6, True)]
 
 
 def test_many_threads_call_at_once_and_get_their_own_results():
