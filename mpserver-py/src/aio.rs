@@ -17,7 +17,7 @@ use std::fs::File;
 use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -37,6 +37,19 @@ struct Shared {
     wake: File,
     /// A byte is in the pipe and the loop has not drained since.
     signalled: AtomicBool,
+    /// Calls of this loop whose engine future is alive (not finished, not
+    /// cancelled): see [`Bridge::busy`].
+    inflight: AtomicUsize,
+}
+
+/// Counts a call as in flight on its loop while it lives (it lives in the
+/// call's engine future: dropped when the future finishes or is dropped).
+pub struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -136,9 +149,16 @@ impl Bridge {
                 ready: Mutex::new(VecDeque::new()),
                 wake: dup(wake_fd)?,
                 signalled: AtomicBool::new(false),
+                inflight: AtomicUsize::new(0),
             }),
             read: dup(read_fd)?,
         })
+    }
+
+    /// Calls of this loop in flight (for tests).
+    #[getter]
+    fn inflight(&self) -> usize {
+        self.shared.inflight.load(Ordering::Acquire)
     }
 
     /// The loop's reader callback: empties the pipe, then [`Bridge::drain`]s.
@@ -172,6 +192,23 @@ impl Bridge {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Bridge {
+    /// Whether other calls of this loop are in flight: then a new call
+    /// joins the first stage's queue (`Handle::async_call_queued_with`)
+    /// instead of being handed to an idle worker process by the loop's
+    /// thread, so a burst of calls goes to the workers in runs rather than
+    /// one hand-off (and one round of context switches) per call.
+    pub fn busy(&self) -> bool {
+        self.shared.inflight.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts a new call in flight until the guard is dropped.
+    pub fn enter(&self) -> InflightGuard {
+        self.shared.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.shared.clone())
     }
 }
 

@@ -134,7 +134,16 @@ impl Core {
             .backpressure(backpressure);
         let v = self.input(x)?;
         let handle = self.handle.clone();
-        let fut = Box::pin(async move { handle.async_call_with(v, opts).await });
+        let queued = bridge.busy();
+        let guard = bridge.enter();
+        let fut = Box::pin(async move {
+            let _counted = guard;
+            if queued {
+                handle.async_call_queued_with(v, opts).await
+            } else {
+                handle.async_call_with(v, opts).await
+            }
+        });
         crate::aio::spawn(py, bridge, pyfut, fut)
     }
 
