@@ -17,12 +17,12 @@
 //!   per-item cost). An optional latency target bounds both the batch size
 //!   (its predicted service time) and any hold.
 //!
-//! Every wait is a channel deadline (`recv_deadline`), never a sleep or a
-//! poll.
+//! Every wait is a channel deadline (`recv_deadline`, or a `Select` over two
+//! queues with a deadline), never a sleep or a poll.
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, TryRecvError};
 
 /// Default `batch_wait_time` when `batch_size > 1` (the seed's 10 ms): the
 /// fixed policy's window, and the adaptive policy's longest hold while a
@@ -280,8 +280,8 @@ pub(crate) fn fill<T>(
         let next = match deadline {
             Some(d) => rx.recv_deadline(d),
             None => rx.try_recv().map_err(|e| match e {
-                crossbeam_channel::TryRecvError::Empty => RecvTimeoutError::Timeout,
-                crossbeam_channel::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             }),
         };
         match next {
@@ -295,6 +295,54 @@ pub(crate) fn fill<T>(
         }
     }
     Fill::Done
+}
+
+/// [`fill`] from two queues: `older` (items put back by another consumer,
+/// which go first) and `rx`. Until `deadline` it waits on both at once, so
+/// an item that reaches the batch through either queue is taken as soon as
+/// it is there (`None`: take only what both hold now). Within each pass,
+/// what `older` holds goes before what `rx` holds.
+pub(crate) fn fill_two<T>(
+    older: &Receiver<T>,
+    rx: &Receiver<T>,
+    out: &mut Vec<T>,
+    max: usize,
+    deadline: Option<Instant>,
+    mut keep: impl FnMut(&T) -> bool,
+) -> Fill {
+    let mut select: Option<Select<'_>> = None;
+    loop {
+        for q in [older, rx] {
+            while out.len() < max {
+                match q.try_recv() {
+                    Ok(item) => {
+                        if keep(&item) {
+                            out.push(item);
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Fill::Disconnected,
+                }
+            }
+        }
+        if out.len() >= max {
+            return Fill::Done;
+        }
+        let Some(d) = deadline else {
+            return Fill::Done;
+        };
+        let sel = select.get_or_insert_with(|| {
+            let mut s = Select::new();
+            s.recv(older);
+            s.recv(rx);
+            s
+        });
+        // Ready means an item (or the end) is there, or was: another
+        // consumer may take it first, and the loop then waits again.
+        if sel.ready_deadline(d).is_err() {
+            return Fill::Done;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -383,6 +431,31 @@ mod tests {
             Fill::Disconnected
         );
         assert_eq!(out, vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn two_queues_older_first_and_the_end_of_either_ends_the_fill() {
+        let (older_tx, older) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in [10, 11] {
+            tx.send(i).unwrap();
+        }
+        for i in [0, 1] {
+            older_tx.send(i).unwrap();
+        }
+        let mut out = vec![];
+        assert_eq!(
+            fill_two(&older, &rx, &mut out, 3, None, |_| true),
+            Fill::Done
+        );
+        assert_eq!(out, vec![0, 1, 10]);
+        drop(tx);
+        let far = Instant::now() + Duration::from_secs(60);
+        assert_eq!(
+            fill_two(&older, &rx, &mut out, 10, Some(far), |_| true),
+            Fill::Disconnected
+        );
+        assert_eq!(out, vec![0, 1, 10, 11]);
     }
 
     #[test]
