@@ -38,6 +38,12 @@ S10 memory            RSS (VmRSS) of the server process and of its worker, S2
                       rss_server_idle_mib, rss_worker0_idle_mib, rss_total_idle_mib
                       and the same with ``streaming``.
 
+S2-S5 and S7 also give cpu_us_per_item: the CPU time (user + system) of the
+benchmark process and every live descendant (worker processes, fork
+servers) over the timed runs, per item, from /proc/*/task/*/schedstat. The
+machine may be shared: CPU per item is the load-robust figure beside the
+wall-clock rates.
+
 Servers use the default capacity (256) and timeouts except where noted, and
 except with ``--best``: then each mpservice version runs a scenario at its
 best documented setting (``BEST_SETTINGS`` below; each such figure carries a
