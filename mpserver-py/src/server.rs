@@ -132,7 +132,13 @@ impl Core {
         let opts = CallOptions::default()
             .timeout(duration(timeout)?)
             .backpressure(backpressure);
-        let v = self.input(x)?;
+        // As `call`: into process stages only, the pickle alone (the engine
+        // then holds no Python object to release without the GIL).
+        let v = if self.info.entry_process_only {
+            PyValue::pickled_only(x)
+        } else {
+            self.input(x)?
+        };
         let handle = self.handle.clone();
         let queued = bridge.busy();
         let guard = bridge.enter();
