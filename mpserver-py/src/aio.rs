@@ -5,7 +5,7 @@
 //! `loop.add_reader`. When the engine completes a request (on whatever
 //! thread), the task's waker queues the task and writes one byte to the pipe
 //! unless one is there already (no GIL needed); the loop wakes, and its
-//! reader callback ([`Bridge::on_readable`], in Rust: no Python frame, no
+//! reader callback (`Bridge.on_readable`, in Rust: no Python frame, no
 //! `BlockingIOError` per wake-up) empties the pipe and polls every queued
 //! task, setting the results of their `asyncio.Future`s: one wake-up of the
 //! loop for a whole run of completions. No thread waits for the GIL to hand

@@ -118,7 +118,7 @@ fn output_for(next: &Bound<'_, PyAny>) -> PyResult<Output> {
 }
 
 /// Builds the servlet tree of a spec whose results become `out` (see
-/// [`output_for`]; [`Output::Object`] where they go to the caller).
+/// `output_for`; [`Output::Object`] where they go to the caller).
 pub fn build(spec: &Bound<'_, PyAny>, out: Output) -> PyResult<PyServlet> {
     let t = spec.cast::<PyTuple>()?;
     let kind: String = t.get_item(0)?.extract()?;
