@@ -68,6 +68,28 @@ fn stream_items_and_batches_take_the_queue() {
 }
 
 #[test]
+fn queued_async_calls_take_the_queue_and_plain_ones_are_handed_over() {
+    let server = Server::start(ProcessServlet::new(Chaos::new()).workers(2)).unwrap();
+    let h = server.handle();
+    for i in 0..40 {
+        let y = futures::executor::block_on(
+            h.async_call_queued_with(Op::Echo(i), CallOptions::default()),
+        );
+        assert_eq!(y.unwrap().0, 2 * i);
+    }
+    assert_eq!(server.servlets().handoffs, 0);
+    for i in 0..40 {
+        let y = futures::executor::block_on(h.async_call_with(Op::Echo(i), CallOptions::default()));
+        assert_eq!(y.unwrap().0, 2 * i);
+    }
+    assert!(
+        server.servlets().handoffs >= 38,
+        "handoffs: {}",
+        server.servlets().handoffs
+    );
+}
+
+#[test]
 fn a_worker_credit_of_one_item_takes_the_queue() {
     let server = Server::start(ProcessServlet::new(Chaos::new()).max_inflight(1)).unwrap();
     for i in 0..10 {

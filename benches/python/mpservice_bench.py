@@ -38,6 +38,12 @@ S10 memory            RSS (VmRSS) of the server process and of its worker, S2
                       rss_server_idle_mib, rss_worker0_idle_mib, rss_total_idle_mib
                       and the same with ``streaming``.
 
+S2-S5 and S7 also give cpu_us_per_item: the CPU time (user + system) of the
+benchmark process and every live descendant (worker processes, fork
+servers) over the timed runs, per item, from /proc/*/task/*/schedstat. The
+machine may be shared: CPU per item is the load-robust figure beside the
+wall-clock rates.
+
 Servers use the default capacity (256) and timeouts except where noted, and
 except with ``--best``: then each mpservice version runs a scenario at its
 best documented setting (``BEST_SETTINGS`` below; each such figure carries a
@@ -84,18 +90,15 @@ API differences handled (0.12.9 -> 0.16.8):
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import inspect
-import json
+# Only what worker processes need is imported at module level: a worker
+# started the spawn way (and mpserver-py's fork server) imports this script as
+# ``__mp_main__``, so its imports are start-up time of every contender. The
+# rest (asyncio, argparse, json, statistics, subprocess) is imported where used.
 import math
 import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
-from importlib.metadata import version as _package_version
 
 # ``--impl mpserver`` (or MPSERVER_BENCH_IMPL=mpserver) runs the very same
 # scenarios and worker code on the ``mpserver`` Python package (mpserver-py),
@@ -131,9 +134,11 @@ else:
     except ImportError:  # 0.12.x: async calls go through Server.async_call
         AsyncServer = None
 
-    MPSERVICE_VERSION = _package_version("mpservice")
+    import mpservice
+
+    MPSERVICE_VERSION = mpservice.__version__
     CONTENDER = f"mpservice-{MPSERVICE_VERSION}"
-HAS_MAIN_CPU = "main_cpu" in inspect.signature(Server.__init__).parameters
+HAS_MAIN_CPU = "main_cpu" in Server.__init__.__code__.co_varnames
 
 MIB = 1 << 20
 SEED_EXPECTED = "Hello, wdwdwdwdwd!"
@@ -315,6 +320,9 @@ class Bench:
 
     # -- output ----------------------------------------------------------
     def emit(self, scenario: str, metric: str, unit: str, runs: list) -> None:
+        import json
+        import statistics
+
         runs = [float(v) for v in runs]
         fig = {
             "contender": CONTENDER,
@@ -361,6 +369,55 @@ def vm_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def _ppid(pid: int) -> int | None:
+    """The parent of ``pid`` from /proc, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:  # gone (or going) meanwhile
+        return None
+    return int(data[data.rindex(")") + 2 :].split()[1])
+
+
+def _task_cpu_ns(pid: int) -> int:
+    """CPU time (ns) of the live threads of ``pid`` (/proc/PID/task/*/schedstat)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds used so far by the threads of this process and of every
+    live descendant (worker processes, fork servers), to the nanosecond
+    (scheduler statistics; threads that exited are not counted, and every
+    contender keeps its threads for the whole scenario). The machine is
+    shared, so CPU time per item is the load-robust figure beside the
+    wall-clock rates."""
+    ppid_of = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            p = _ppid(int(name))
+            if p is not None:
+                ppid_of[int(name)] = p
+    me = os.getpid()
+    total = 0
+    for pid in ppid_of:
+        p, seen = pid, 0
+        while p and p != me and seen < 64:
+            p, seen = ppid_of.get(p, 0), seen + 1
+        if p == me:
+            total += _task_cpu_ns(pid)
+    return total / 1e9
+
 def stream_double(server, n: int) -> None:
     """Stream ``range(n)`` through a doubling server, checking every result."""
     count = 0
@@ -406,15 +463,17 @@ def s1_seq_call(b: Bench) -> None:
 def _stream_nproc(b: Bench, scenario: str, nproc: int) -> None:
     n = b.n(50_000, 2_000)
     log(f"{scenario}: {n} items, {nproc} process(es)")
-    rate = []
+    rate, cpu = [], []
     with b.server(ProcessServlet(Double, cpus=b.cpus(nproc))) as server:
         stream_double(server, b.n(2_000, 200))  # warm-up
         for run in range(b.runs):
-            t0 = time.perf_counter()
+            c0, t0 = tree_cpu_s(), time.perf_counter()
             stream_double(server, n)
             rate.append(n / (time.perf_counter() - t0))
-            log(f"  run {run}: {rate[-1]:.0f} items/s")
+            cpu.append((tree_cpu_s() - c0) / n * 1e6)
+            log(f"  run {run}: {rate[-1]:.0f} items/s, {cpu[-1]:.1f} us CPU per item")
     b.emit(scenario, "items_per_s", "1/s", rate)
+    b.emit(scenario, "cpu_us_per_item", "us", cpu)
 
 
 def s2_stream_1proc(b: Bench) -> None:
@@ -430,40 +489,47 @@ def s4_seed_pipeline(b: Bench) -> None:
     log(f"S4_seed_pipeline: {n} strings through the seed flow")
     data = [f"w{i}" for i in range(n)]
     first, last = seed_expected(data[0]), seed_expected(data[-1])
-    rate = []
+    rate, cpu = [], []
     with b.server(b.seed_servlet()) as server:
         y = server.call("world")
         assert y == SEED_EXPECTED, f"seed flow returned {y!r}"
         for _ in server.stream(data[: b.n(1_000, 100)]):  # warm-up
             pass
         for run in range(b.runs):
-            t0 = time.perf_counter()
+            c0, t0 = tree_cpu_s(), time.perf_counter()
             out = list(server.stream(data))
             rate.append(n / (time.perf_counter() - t0))
+            cpu.append((tree_cpu_s() - c0) / n * 1e6)
             assert len(out) == n and out[0] == first and out[-1] == last, "S4: wrong output"
-            log(f"  run {run}: {rate[-1]:.0f} items/s")
+            log(f"  run {run}: {rate[-1]:.0f} items/s, {cpu[-1]:.1f} us CPU per item")
     b.emit("S4_seed_pipeline", "items_per_s", "1/s", rate)
+    b.emit("S4_seed_pipeline", "cpu_us_per_item", "us", cpu)
 
 
 def s5_batched(b: Bench) -> None:
     n = b.n(100_000, 5_000)
     log(f"S5_batched: {n} items, batch_size=64")
-    rate, mean_batch = [], []
+    rate, mean_batch, cpu = [], [], []
     servlet = ProcessServlet(SquareBatch, cpus=b.cpus(1), batch_size=64)
     with b.server(servlet) as server:
         for _ in server.stream(range(b.n(2_000, 200))):  # warm-up
             pass
         for run in range(b.runs):
             calls = 0.0
-            t0 = time.perf_counter()
+            c0, t0 = tree_cpu_s(), time.perf_counter()
             for i, (sq, batch_len) in enumerate(server.stream(range(n))):
                 if sq != i * i:
                     raise AssertionError(f"S5: got {sq!r} for {i}")
                 calls += 1.0 / batch_len
             rate.append(n / (time.perf_counter() - t0))
+            cpu.append((tree_cpu_s() - c0) / n * 1e6)
             mean_batch.append(n / calls)
-            log(f"  run {run}: {rate[-1]:.0f} items/s, mean batch {mean_batch[-1]:.1f}")
+            log(
+                f"  run {run}: {rate[-1]:.0f} items/s, mean batch {mean_batch[-1]:.1f}, "
+                f"{cpu[-1]:.1f} us CPU per item"
+            )
     b.emit("S5_batched", "items_per_s", "1/s", rate)
+    b.emit("S5_batched", "cpu_us_per_item", "us", cpu)
     b.emit("S5_batched", "mean_batch_size", "items", mean_batch)
 
 
@@ -527,6 +593,8 @@ async def _timed_gather(call, n: int) -> tuple[float, list]:
         if y != 2 * i:
             raise AssertionError(f"S7: got {y!r} for {i}")
 
+    import asyncio
+
     t_start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     total = time.perf_counter() - t_start
@@ -543,11 +611,15 @@ async def _s7_runs(b: Bench, n: int) -> list:
         for i in range(b.n(50, 10)):  # warm-up
             await call(i)
         for run in range(b.runs):
+            c0 = tree_cpu_s()
             total, lat = await _timed_gather(call, n)
-            results.append((n / total, percentile(lat, 0.5) * 1e6, percentile(lat, 0.99) * 1e6))
+            cpu = (tree_cpu_s() - c0) / n * 1e6
+            results.append(
+                (n / total, percentile(lat, 0.5) * 1e6, percentile(lat, 0.99) * 1e6, cpu)
+            )
             log(
                 f"  run {run}: {results[-1][0]:.0f} items/s, p50 {results[-1][1]:.0f} us, "
-                f"p99 {results[-1][2]:.0f} us"
+                f"p99 {results[-1][2]:.0f} us, {cpu:.1f} us CPU per item"
             )
 
     if AsyncServer is not None:  # 0.16.x
@@ -563,10 +635,13 @@ async def _s7_runs(b: Bench, n: int) -> list:
 def s7_concurrent_async(b: Bench) -> None:
     n = b.n(2000, 200)
     log(f"S7_concurrent_async: {n} concurrent async calls")
+    import asyncio
+
     results = asyncio.run(_s7_runs(b, n))
     b.emit("S7_concurrent_async", "items_per_s", "1/s", [r[0] for r in results])
     b.emit("S7_concurrent_async", "p50_us", "us", [r[1] for r in results])
     b.emit("S7_concurrent_async", "p99_us", "us", [r[2] for r in results])
+    b.emit("S7_concurrent_async", "cpu_us_per_item", "us", [r[3] for r in results])
 
 
 def s8_payload_1mb(b: Bench) -> None:
@@ -605,6 +680,8 @@ def s9_startup(b: Bench) -> None:
         log(f"  run {run}: startup {startup[-1]:.1f} ms, shutdown {shutdown[-1]:.1f} ms")
     b.emit("S9_startup", "startup_ms", "ms", startup)
     b.emit("S9_startup", "shutdown_ms", "ms", shutdown)
+    import subprocess
+
     first = []
     for run in range(b.runs):
         argv = [sys.executable, os.path.abspath(__file__), "--s9-first", "--placement", b.placement]
@@ -709,6 +786,8 @@ DEFAULT_SETS = {
 
 
 def parse_args(argv=None):
+    import argparse
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--placement", choices=["pinned1", "unpinned"], default="unpinned")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")

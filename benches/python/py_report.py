@@ -16,7 +16,7 @@ BEFORE = 'mpserver-py-before'
 # server (``--start-method spawn``), shown when present.
 SPAWN = 'mpserver-py-spawn'
 # Metrics where smaller is better.
-LOWER = ('_us', '_ms', '_mib')
+LOWER = ('_us', '_ms', '_mib', '_per_item')
 
 
 def fmt(v):

@@ -2,7 +2,9 @@
 # The Python package side by side: the suite's Python scenarios (S1-S10 of
 # mpservice_bench.py, the same worker code) on mpservice 0.12.9, 0.16.8 and
 # mpserver-py, in one sitting, each under both CPU placements; then the table
-# docs/bench/python.md (BENCH_REPORT_DIR=DIR for another folder).
+# docs/bench/python.md (BENCH_REPORT_DIR=DIR for another folder). The
+# mpservice versions run with --best (their best documented setting); the
+# scenarios S2-S5 and S7 also report CPU time per item (cpu_us_per_item).
 #
 # Usage: benches/python/run_python.sh [--quick] [--runs N]
 set -euo pipefail
@@ -40,8 +42,11 @@ for placement in pinned1 unpinned; do
     for version in 0.12.9 0.16.8; do
         v="$benches/.venv-$version"
         if [ -f "$v/READY" ]; then
+            # Each mpservice version at its best documented setting
+            # (mpservice_bench.py's BEST_SETTINGS: 0.12.9 streams with
+            # capacity 1024); each such figure names its setting.
             run "mpservice-$version-$placement" \
-                "$v/bin/python" "$here/mpservice_bench.py" --placement "$placement" "${pass[@]}"
+                "$v/bin/python" "$here/mpservice_bench.py" --best --placement "$placement" "${pass[@]}"
         fi
     done
     # From another folder, so the installed package is the one imported.

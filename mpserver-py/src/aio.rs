@@ -4,22 +4,26 @@
 //! by the event loop: each loop has a [`Bridge`], a pipe registered with
 //! `loop.add_reader`. When the engine completes a request (on whatever
 //! thread), the task's waker queues the task and writes one byte to the pipe
-//! (no GIL needed); the loop wakes, and its reader callback polls the queued
-//! tasks and sets the results of their `asyncio.Future`s. No thread waits for
-//! the GIL to hand over a result, and nothing blocks the loop: polling never
-//! waits (room is awaited, not blocked for).
+//! unless one is there already (no GIL needed); the loop wakes, and its
+//! reader callback (`Bridge.on_readable`, in Rust: no Python frame, no
+//! `BlockingIOError` per wake-up) empties the pipe and polls every queued
+//! task, setting the results of their `asyncio.Future`s: one wake-up of the
+//! loop for a whole run of completions. No thread waits for the GIL to hand
+//! over a result, and nothing blocks the loop: polling never waits (room is
+//! awaited, not blocked for).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::future::Future;
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use mpserver::Error;
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::convert;
@@ -33,6 +37,19 @@ struct Shared {
     wake: File,
     /// A byte is in the pipe and the loop has not drained since.
     signalled: AtomicBool,
+    /// Calls of this loop whose engine future is alive (not finished, not
+    /// cancelled): see [`Bridge::busy`].
+    inflight: AtomicUsize,
+}
+
+/// Counts a call as in flight on its loop while it lives (it lives in the
+/// call's engine future: dropped when the future finishes or is dropped).
+pub struct InflightGuard(Arc<Shared>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -74,7 +91,7 @@ impl Task {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if pyfut.call_method0("done")?.extract::<bool>()? {
+        if pyfut.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Cancelled by the caller: dropping the engine future cancels
             // the request.
             *guard = None;
@@ -90,10 +107,13 @@ impl Task {
             drop(guard);
             match r {
                 Ok(v) => {
-                    pyfut.call_method1("set_result", (v.to_py(py)?,))?;
+                    pyfut.call_method1(intern!(py, "set_result"), (v.to_py(py)?,))?;
                 }
                 Err(e) => {
-                    pyfut.call_method1("set_exception", (convert::exception_value(py, &e)?,))?;
+                    pyfut.call_method1(
+                        intern!(py, "set_exception"),
+                        (convert::exception_value(py, &e)?,),
+                    )?;
                 }
             }
         }
@@ -106,24 +126,55 @@ impl Task {
 #[pyclass(module = "mpserver._mpserver", frozen)]
 pub struct Bridge {
     shared: Arc<Shared>,
+    /// Read end of the loop's pipe (non-blocking; a duplicate of the one
+    /// registered with `loop.add_reader`).
+    read: File,
 }
 
 #[pymethods]
 impl Bridge {
     /// A bridge that signals the loop by writing to `wake_fd` (the write end
-    /// of a non-blocking pipe; the bridge takes a duplicate of it).
+    /// of a non-blocking pipe) and empties the pipe from `read_fd` (its read
+    /// end, non-blocking); the bridge takes duplicates of both.
     #[new]
-    fn new(wake_fd: i32) -> PyResult<Self> {
-        let fd = unsafe_borrow(wake_fd)?
-            .try_clone_to_owned()
-            .map_err(|e| PyValueError::new_err(format!("bad wake fd {wake_fd}: {e}")))?;
+    fn new(wake_fd: i32, read_fd: i32) -> PyResult<Self> {
+        let dup = |fd: i32| {
+            unsafe_borrow(fd)?
+                .try_clone_to_owned()
+                .map(File::from)
+                .map_err(|e| PyValueError::new_err(format!("bad fd {fd}: {e}")))
+        };
         Ok(Bridge {
             shared: Arc::new(Shared {
                 ready: Mutex::new(VecDeque::new()),
-                wake: File::from(fd),
+                wake: dup(wake_fd)?,
                 signalled: AtomicBool::new(false),
+                inflight: AtomicUsize::new(0),
             }),
+            read: dup(read_fd)?,
         })
+    }
+
+    /// Calls of this loop in flight (for tests).
+    #[getter]
+    fn inflight(&self) -> usize {
+        self.shared.inflight.load(Ordering::Acquire)
+    }
+
+    /// The loop's reader callback: empties the pipe, then [`Bridge::drain`]s.
+    fn on_readable(&self, py: Python<'_>) -> PyResult<()> {
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.read).read(&mut buf) {
+                // A full read may leave more bytes: read again.
+                Ok(n) if n == buf.len() => continue,
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // Empty (WouldBlock), or a broken pipe: nothing to read.
+                Err(_) => break,
+            }
+        }
+        self.drain(py)
     }
 
     /// Polls every task woken since the last drain. Called by the loop's
@@ -141,6 +192,23 @@ impl Bridge {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Bridge {
+    /// Whether other calls of this loop are in flight: then a new call
+    /// joins the first stage's queue (`Handle::async_call_queued_with`)
+    /// instead of being handed to an idle worker process by the loop's
+    /// thread, so a burst of calls goes to the workers in runs rather than
+    /// one hand-off (and one round of context switches) per call.
+    pub fn busy(&self) -> bool {
+        self.shared.inflight.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts a new call in flight until the guard is dropped.
+    pub fn enter(&self) -> InflightGuard {
+        self.shared.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.shared.clone())
     }
 }
 

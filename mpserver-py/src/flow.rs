@@ -25,7 +25,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 use crate::errors::{self, Carry};
 use crate::spec::{PyServlet, seconds};
 use crate::value::{Failed, PyValue};
-use crate::worker::PyThreadWorker;
+use crate::worker::{Output, PyThreadWorker};
 
 /// What the server needs to know about the flow besides the servlet tree.
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,19 +98,43 @@ pub fn build_flow(spec: &Bound<'_, PyAny>) -> PyResult<(PyServlet, FlowInfo)> {
         entry_pickles: entry_pickles(spec)?,
         entry_process_only: entry_process_only(spec)?,
     };
-    let servlet = build(spec)?;
+    let servlet = build(spec, Output::Object)?;
     Ok((servlet, info))
 }
 
-/// Builds the servlet tree of a spec.
-pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
+/// What the results of a stage followed by `next` are to become: pickled
+/// at once by a thread worker (which holds the GIL anyway) when `next`
+/// pickles its input, so the engine's threads that send them to a worker
+/// process need not take the GIL; only the pickle when `next` is process
+/// stages only.
+fn output_for(next: &Bound<'_, PyAny>) -> PyResult<Output> {
+    Ok(if entry_process_only(next)? {
+        Output::Pickle
+    } else if entry_pickles(next)? {
+        Output::ObjectAndPickle
+    } else {
+        Output::Object
+    })
+}
+
+/// Builds the servlet tree of a spec whose results become `out` (see
+/// `output_for`; [`Output::Object`] where they go to the caller).
+pub fn build(spec: &Bound<'_, PyAny>, out: Output) -> PyResult<PyServlet> {
     let t = spec.cast::<PyTuple>()?;
     let kind: String = t.get_item(0)?.extract()?;
     match kind.as_str() {
-        "thread" => thread(t),
+        "thread" => thread(t, out),
         "process" => crate::process::build(t),
         "sequential" => {
-            let members = members(&t.get_item(1)?)?;
+            let specs = t.get_item(1)?.cast_into::<PyList>()?;
+            let mut members = Vec::with_capacity(specs.len());
+            for (i, m) in specs.iter().enumerate() {
+                let next = match specs.get_item(i + 1) {
+                    Ok(n) => output_for(&n)?,
+                    Err(_) => out,
+                };
+                members.push(build(&m, next)?);
+            }
             let mut it = members.into_iter();
             let first = it
                 .next()
@@ -120,7 +144,8 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
             }))
         }
         "ensemble" => {
-            let members = members(&t.get_item(1)?)?;
+            // Members' results are gathered into the ensemble's list.
+            let members = members(&t.get_item(1)?, Output::Object)?;
             let fail_fast: bool = t.get_item(2)?.extract()?;
             let mut e = EnsembleServlet::new();
             for m in members {
@@ -151,7 +176,7 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "SwitchServlet".into());
             let obj = obj.unbind();
-            let members = members(&t.get_item(2)?)?;
+            let members = members(&t.get_item(2)?, out)?;
             let n = members.len();
             let picker_name = format!("{name}.switch");
             let mut s = SwitchServlet::try_new(move |x: &PyValue| pick(&obj, &picker_name, n, x))
@@ -167,19 +192,19 @@ pub fn build(spec: &Bound<'_, PyAny>) -> PyResult<PyServlet> {
     }
 }
 
-fn members(list: &Bound<'_, PyAny>) -> PyResult<Vec<PyServlet>> {
+fn members(list: &Bound<'_, PyAny>, out: Output) -> PyResult<Vec<PyServlet>> {
     let list = list.cast::<PyList>()?;
-    list.iter().map(|s| build(&s)).collect()
+    list.iter().map(|s| build(&s, out)).collect()
 }
 
-fn thread(t: &Bound<'_, PyTuple>) -> PyResult<PyServlet> {
+fn thread(t: &Bound<'_, PyTuple>, out: Output) -> PyResult<PyServlet> {
     let cls = t.get_item(1)?;
     let kwargs = t.get_item(2)?.cast_into::<PyDict>()?;
     let n: usize = t.get_item(3)?.extract()?;
     let name: String = t.get_item(4)?.extract()?;
     let batch_size: usize = t.get_item(5)?.extract()?;
     let wait = seconds(&t.get_item(6)?)?;
-    let mut s = ThreadServlet::new(PyThreadWorker::new(cls, kwargs))
+    let mut s = ThreadServlet::new(PyThreadWorker::new(cls, kwargs, out))
         .workers(n.max(1))
         .name(name)
         .batch_size(batch_size);

@@ -21,6 +21,7 @@ pub mod forkserver;
 pub mod process;
 pub mod server;
 pub mod spec;
+pub mod tstate;
 pub mod value;
 pub mod worker;
 

@@ -132,9 +132,24 @@ impl Core {
         let opts = CallOptions::default()
             .timeout(duration(timeout)?)
             .backpressure(backpressure);
-        let v = self.input(x)?;
+        // As `call`: into process stages only, the pickle alone (the engine
+        // then holds no Python object to release without the GIL).
+        let v = if self.info.entry_process_only {
+            PyValue::pickled_only(x)
+        } else {
+            self.input(x)?
+        };
         let handle = self.handle.clone();
-        let fut = Box::pin(async move { handle.async_call_with(v, opts).await });
+        let queued = bridge.busy();
+        let guard = bridge.enter();
+        let fut = Box::pin(async move {
+            let _counted = guard;
+            if queued {
+                handle.async_call_queued_with(v, opts).await
+            } else {
+                handle.async_call_with(v, opts).await
+            }
+        });
         crate::aio::spawn(py, bridge, pyfut, fut)
     }
 
@@ -152,6 +167,8 @@ impl Core {
             iter: data.try_iter()?.unbind(),
             error: input_error.clone(),
             pickle: self.info.entry_pickles,
+            // With `return_x` the caller gets each item back: keep it.
+            only_pickle: self.info.entry_process_only && !return_x,
         };
         let opts = StreamOptions::default()
             .timeout(duration(timeout)?)
@@ -219,6 +236,9 @@ struct PyInput {
     iter: Py<PyIterator>,
     error: Arc<Mutex<Option<PyErr>>>,
     pickle: bool,
+    /// Keep the pickle alone (the flow starts with process stages only):
+    /// the engine then holds no Python object to release.
+    only_pickle: bool,
 }
 
 impl Iterator for PyInput {
@@ -226,6 +246,7 @@ impl Iterator for PyInput {
     fn next(&mut self) -> Option<PyValue> {
         Python::attach(|py| match self.iter.bind(py).clone().next() {
             None => None,
+            Some(Ok(x)) if self.only_pickle => Some(PyValue::pickled_only(x)),
             Some(Ok(x)) if self.pickle => Some(PyValue::from_obj_pickled(x)),
             Some(Ok(x)) => Some(PyValue::from_obj(x)),
             Some(Err(e)) => {

@@ -20,7 +20,21 @@ use pyo3::types::{PyBytes, PyDict, PyList, PySequence};
 use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, Carry};
+use crate::tstate::KeptThreadState;
 use crate::value::{Pickle, PyValue};
+
+/// What a thread worker's results become: its next stage decides (see
+/// `flow::output_for`). A process worker's results are always pickled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The object (for Python code next: a thread worker, the caller).
+    #[default]
+    Object,
+    /// The object and its pickle (next, process and thread stages both).
+    ObjectAndPickle,
+    /// The pickle alone (next, process stages only).
+    Pickle,
+}
 
 /// A live worker instance.
 struct Instance {
@@ -31,10 +45,11 @@ struct Instance {
     /// The instance's `batch_size`: > 0 means `call` takes a list.
     batch_form: bool,
     carry: Carry,
+    out: Output,
 }
 
 impl Instance {
-    fn new(obj: Bound<'_, PyAny>, carry: Carry) -> PyResult<Self> {
+    fn new(obj: Bound<'_, PyAny>, carry: Carry, out: Output) -> PyResult<Self> {
         let call = obj.getattr("call")?.unbind();
         let batch_size: usize = match obj.getattr("batch_size") {
             Ok(b) if !b.is_none() => b.extract()?,
@@ -45,15 +60,18 @@ impl Instance {
             obj: obj.unbind(),
             batch_form: batch_size > 0,
             carry,
+            out,
         })
     }
 
     /// The result a worker returned, as a value of the flow (pickled at once
     /// in a worker process, where it is about to cross the socket).
     fn output(&self, y: Bound<'_, PyAny>) -> PyResult<PyValue> {
-        match self.carry {
-            Carry::Object => Ok(PyValue::from_obj(y)),
-            Carry::Pickle => Ok(PyValue::Pickled(Arc::new(Pickle::dumps(&y)?))),
+        match (self.carry, self.out) {
+            (Carry::Pickle, _) => Ok(PyValue::Pickled(Arc::new(Pickle::dumps(&y)?))),
+            (Carry::Object, Output::Object) => Ok(PyValue::from_obj(y)),
+            (Carry::Object, Output::ObjectAndPickle) => Ok(PyValue::from_obj_pickled(y)),
+            (Carry::Object, Output::Pickle) => Ok(PyValue::pickled_only(y)),
         }
     }
 
@@ -136,10 +154,11 @@ impl Slot {
     fn init(
         &mut self,
         carry: Carry,
+        out: Output,
         make: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>>,
     ) -> Result<(), WorkerError> {
         Python::attach(
-            |py| match make(py).and_then(|obj| Instance::new(obj, carry)) {
+            |py| match make(py).and_then(|obj| Instance::new(obj, carry, out)) {
                 Ok(inst) => {
                     self.0 = Some(Arc::new(inst));
                     Ok(())
@@ -174,20 +193,40 @@ impl Slot {
 }
 
 /// A Python worker class run in threads of the server process.
-#[derive(Clone)]
 pub struct PyThreadWorker {
     cls: Arc<Py<PyAny>>,
     kwargs: Arc<Py<PyDict>>,
     inst: Slot,
+    out: Output,
+    /// The worker thread's Python thread state, made once in `init` (see
+    /// [`KeptThreadState`]).
+    kept: Option<KeptThreadState>,
+}
+
+impl Clone for PyThreadWorker {
+    /// A copy for another thread: the instance is shared, the thread state
+    /// is not (each thread makes its own in `init`).
+    fn clone(&self) -> Self {
+        PyThreadWorker {
+            cls: self.cls.clone(),
+            kwargs: self.kwargs.clone(),
+            inst: self.inst.clone(),
+            out: self.out,
+            kept: None,
+        }
+    }
 }
 
 impl PyThreadWorker {
-    /// A worker of class `cls`, instantiated in its thread with `kwargs`.
-    pub fn new(cls: Bound<'_, PyAny>, kwargs: Bound<'_, PyDict>) -> Self {
+    /// A worker of class `cls`, instantiated in its thread with `kwargs`,
+    /// its results made into `out`.
+    pub fn new(cls: Bound<'_, PyAny>, kwargs: Bound<'_, PyDict>, out: Output) -> Self {
         PyThreadWorker {
             cls: Arc::new(cls.unbind()),
             kwargs: Arc::new(kwargs.unbind()),
             inst: Slot::default(),
+            out,
+            kept: None,
         }
     }
 }
@@ -197,8 +236,10 @@ impl Worker for PyThreadWorker {
     type Output = PyValue;
 
     fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
+        // Before any attach on this thread (none is live here).
+        self.kept = KeptThreadState::keep();
         let (cls, kwargs) = (&self.cls, &self.kwargs);
-        self.inst.init(Carry::Object, |py| {
+        self.inst.init(Carry::Object, self.out, |py| {
             errors::helpers(py)?.call_method1(
                 "_make_worker",
                 (cls.bind(py), kwargs.bind(py), ctx.worker_index()),
@@ -216,6 +257,7 @@ impl Worker for PyThreadWorker {
 
     fn cleanup(&mut self) {
         self.inst.cleanup();
+        self.kept = None;
     }
 }
 
@@ -250,7 +292,7 @@ impl Worker for PyProcessWorker {
 
     fn init(&mut self, ctx: &WorkerContext) -> Result<(), WorkerError> {
         let (prep, payload) = (&self.prep, &self.payload);
-        self.inst.init(Carry::Pickle, |py| {
+        self.inst.init(Carry::Pickle, Output::Pickle, |py| {
             errors::helpers(py)?.call_method1(
                 "_load_worker",
                 (

@@ -109,3 +109,37 @@ def test_async_stream_keeps_order_and_options():
         assert plain == ['x', 'y']
         assert [x for x, _ in pairs] == ['a', 'b', 'bad', 'c']
         assert isinstance(pairs[2][1], ValueError) and pairs[3] == ('c', 'c')
+
+
+def test_a_loop_counts_its_calls_in_flight_until_each_is_settled():
+    # A burst of calls from one loop goes through the first stage's queue
+    # while others are in flight (a lone call is handed to an idle worker):
+    # the count must come back to zero after results, errors and cancels.
+    from mpserver import _api
+
+    with Server(ProcessServlet(Fail, cpus=2), capacity=64) as s:
+
+        async def main():
+            bridge = _api._bridge(asyncio.get_running_loop())
+            assert bridge.inflight == 0
+            ys = await asyncio.gather(*[s.async_call(i) for i in range(40)])
+            assert ys == list(range(40)) and bridge.inflight == 0
+            rs = await asyncio.gather(*[s.async_call(x) for x in ['bad', 1, 'bad']], return_exceptions=True)
+            assert isinstance(rs[0], ValueError) and rs[1] == 1 and bridge.inflight == 0
+            assert await s.async_call(7) == 7
+
+        asyncio.run(main())
+
+    with Server(ProcessServlet(Slow, delay=0.5), capacity=64) as s:
+
+        async def cancels():
+            bridge = _api._bridge(asyncio.get_running_loop())
+            tasks = [asyncio.ensure_future(s.async_call(i)) for i in range(10)]
+            await asyncio.sleep(0.05)
+            assert bridge.inflight == 10
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert bridge.inflight == 0
+
+        asyncio.run(cancels())

@@ -12,6 +12,7 @@ from workers import (
     BadBatch,
     BadSwitch,
     BatchInfo,
+    Echo,
     Double,
     Fail,
     FailDeep,
@@ -20,6 +21,7 @@ from workers import (
     Sign,
     Slow,
     SlowFail,
+    ThreadLocalCount,
     WithKwargs,
 )
 
@@ -405,6 +407,16 @@ def test_seed_names_and_deprecated_aliases():
     assert c.target == [0] and 0 in mpserver.CpuAffinity.get()
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_thread_local_state_made_in_init_lasts_across_calls(kind):
+    # One Python thread state per worker thread from __init__ to cleanup
+    # (before, a thread worker got a new one per call: AttributeError on
+    # the local made in __init__).
+    with Server(simple(kind, ThreadLocalCount)) as s:
+        assert [s.call(i) for i in range(3)] == [(1, True), (2, True), (3, True)]
+        assert list(s.stream(range(3))) == [(4, True), (5, True), (6, True)]
+
+
 def test_many_threads_call_at_once_and_get_their_own_results():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -437,3 +449,41 @@ def test_value_between_two_process_stages_is_intact():
         big = bytes(range(256)) * 4096
         assert s.call(big) == big * 4
         assert s.call((1, 'x')) == (1, 'x', 1, 'x', 1, 'x', 1, 'x')
+
+
+@pytest.mark.parametrize('second', ['process', 'ensemble'])
+def test_thread_stage_results_reach_a_process_stage_intact(second):
+    # A thread worker followed by process stages pickles its results itself
+    # (the pickle alone before process stages only; object and pickle
+    # before an ensemble that also has a thread member).
+    if second == 'process':
+        nxt = ProcessServlet(Double)
+    else:
+        nxt = EnsembleServlet(ProcessServlet(Double), ThreadServlet(Echo))
+    servlet = SequentialServlet(ThreadServlet(Echo), nxt)
+    big = bytes(range(256)) * 4096
+    want = (lambda y: [y * 2, y]) if second == 'ensemble' else (lambda y: y * 2)
+    with Server(servlet) as s:
+        assert s.call(big) == want(big)
+        assert s.call((1, 'x')) == want((1, 'x'))
+        assert list(s.stream(['a', 2, 3.5])) == [want('a'), want(2), want(3.5)]
+
+
+def test_unpicklable_thread_result_before_a_process_stage_fails_only_its_item():
+    servlet = SequentialServlet(ThreadServlet(ReturnsUnpicklable), ProcessServlet(Echo))
+    with Server(servlet) as s:
+        with pytest.raises((mpserver.CodecError, TypeError)):
+            s.call(1)
+    servlet = SequentialServlet(ThreadServlet(Echo), ProcessServlet(Echo))
+    with Server(servlet) as s:
+        with pytest.raises((mpserver.CodecError, TypeError)):
+            s.call(threading.Lock())
+        assert s.call(1) == 1
+
+
+def test_stream_return_x_gives_back_the_input_objects():
+    items = [[i] for i in range(5)]
+    with Server(ProcessServlet(Echo)) as s:
+        pairs = list(s.stream(items, return_x=True))
+    assert [y for _, y in pairs] == items
+    assert all(x is item for (x, _), item in zip(pairs, items))

@@ -2,6 +2,7 @@
 
 import enum
 import os
+import threading
 import time
 
 from mpserver import SwitchServlet, Worker
@@ -180,3 +181,19 @@ class Lineage(Worker):
 
     def call(self, x):
         return os.getpid(), os.getppid(), self.index
+
+
+class ThreadLocalCount(Worker):
+    """Counts its calls in a ``threading.local`` made in ``__init__``: the
+    worker's thread keeps one Python thread state from ``__init__`` to its
+    last call, as a thread of ``mpservice`` does."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.local = threading.local()
+        self.local.n = 0
+        self.local.ident = threading.get_ident()
+
+    def call(self, x):
+        self.local.n += 1
+        return (self.local.n, self.local.ident == threading.get_ident())

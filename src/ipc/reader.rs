@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::frame::FrameError;
+use super::frame::{FrameError, kind};
 
 /// The transport under a [`FrameReader`]: remembers whether its last read
 /// got everything that was waiting, and (for sockets) can read without
@@ -36,6 +36,13 @@ impl<R: Read> Read for Probe<R> {
 
 /// Smallest buffer of [`FrameReader::read_frame_shared`].
 const SHARED_MIN: usize = 64 * 1024;
+
+/// Largest frame other than RESULTS that [`FrameReader::read_frame_shared`]
+/// reads into a buffer of its own while an earlier body still holds the
+/// shared one (the TIMING frame that a worker writes with its RESULTS, read
+/// while the caller still holds its result), instead of a fresh `SHARED_MIN`
+/// one.
+const SMALL_FRAME: usize = 1024;
 
 /// Reads frames from a byte stream.
 pub struct FrameReader<R> {
@@ -184,12 +191,34 @@ impl<R: Read> FrameReader<R> {
             return Ok(None);
         };
         self.shared.clear();
-        // Reclaims the whole allocation when no earlier body is alive (at
-        // least `SHARED_MIN`, so that frames of varied small sizes reuse one).
-        self.shared.reserve(len.max(SHARED_MIN));
-        self.shared.resize(len, 0);
-        Self::read_body(&mut self.inner, &mut self.shared[..])?;
-        let mut body = self.shared.split().freeze();
+        let want = len.max(SHARED_MIN);
+        // The frame's kind, if its first byte is buffered already.
+        let small_other = len <= SMALL_FRAME
+            && self
+                .inner
+                .buffer()
+                .first()
+                .is_some_and(|&k| k != kind::RESULTS);
+        let mut body =
+            if small_other && self.shared.capacity() > 0 && !self.shared.try_reclaim(want) {
+                // An earlier body still holds the shared allocation: a small
+                // frame that is not results gets a small buffer rather than a
+                // fresh `SHARED_MIN` one (a malloc and free of 64 KiB per call
+                // on the single-call path, where the worker's TIMING frame
+                // follows each result), and the shared allocation is reused
+                // once that body goes.
+                let mut own = BytesMut::zeroed(len);
+                Self::read_body(&mut self.inner, &mut own[..])?;
+                own.freeze()
+            } else {
+                // Reclaims the whole allocation when no earlier body is alive
+                // (at least `SHARED_MIN`, so that frames of varied small sizes
+                // reuse one).
+                self.shared.reserve(want);
+                self.shared.resize(len, 0);
+                Self::read_body(&mut self.inner, &mut self.shared[..])?;
+                self.shared.split().freeze()
+            };
         let kind = body[0];
         body.advance(1);
         Ok(Some((kind, body)))
@@ -250,6 +279,40 @@ mod tests {
         let (k3, three) = r.read_frame_shared().unwrap().unwrap();
         assert_eq!((k3, &three[..]), (kind::LOG, &b"third body"[..]));
         assert_eq!(three.as_ptr(), at, "the buffer was not reused");
+        drop(b);
+        assert!(r.read_frame_shared().unwrap().is_none());
+    }
+
+    /// A small frame read while an earlier body holds the shared buffer
+    /// (the TIMING frame read after a caller's own result) does not take a
+    /// new shared allocation: once that body goes, the next frame is in the
+    /// first allocation again.
+    #[test]
+    fn a_small_frame_read_beside_a_live_body_keeps_the_shared_buffer() {
+        use std::io::Write;
+        use std::os::unix::net::UnixStream;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::socket(a, DEFAULT_MAX_FRAME);
+        let mut f = FrameBuf::new();
+        f.frame(kind::RESULTS, b"result");
+        f.frame(kind::TIMING, b"timing");
+        f.frame(kind::RESULTS, b"next result");
+        f.frame(kind::RESULTS, &[7u8; 2 * SMALL_FRAME]);
+        b.write_all(f.as_bytes()).unwrap();
+        let (k1, one) = r.read_frame_shared().unwrap().unwrap();
+        let first = one.as_ptr();
+        let (k2, two) = r.read_frame_shared().unwrap().unwrap();
+        assert_eq!((k1, &one[..]), (kind::RESULTS, &b"result"[..]));
+        assert_eq!((k2, &two[..]), (kind::TIMING, &b"timing"[..]));
+        drop((one, two));
+        let (k3, three) = r.read_frame_shared().unwrap().unwrap();
+        assert_eq!((k3, &three[..]), (kind::RESULTS, &b"next result"[..]));
+        assert_eq!(three.as_ptr(), first, "the shared buffer was replaced");
+        // A large frame beside a live body still gets a shared buffer.
+        let (k4, four) = r.read_frame_shared().unwrap().unwrap();
+        assert_eq!((k4, four.len()), (kind::RESULTS, 2 * SMALL_FRAME));
+        assert!(four.iter().all(|&x| x == 7));
+        drop((three, four));
         drop(b);
         assert!(r.read_frame_shared().unwrap().is_none());
     }

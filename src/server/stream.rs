@@ -31,10 +31,10 @@ pub struct StreamOptions {
     /// `true`: yield errors in place and go on. `false` (default, as in the
     /// seed): yield the first error, then end the stream, cancelling the rest.
     pub return_exceptions: bool,
-    /// Most items of this stream in flight at once. Default: half of the
-    /// server's capacity (rounded up), so that calls and other streams are
-    /// served beside it. Up to the whole capacity may be given to one
-    /// stream.
+    /// Most items of this stream in flight at once. Default: the server's
+    /// capacity less an eighth of it (at least one unit), so that calls and
+    /// other streams are served beside it (224 of the default 256). Up to
+    /// the whole capacity may be given to one stream.
     pub max_inflight: Option<usize>,
 }
 
@@ -64,9 +64,27 @@ impl StreamOptions {
     /// The stream's window on a server of `capacity`.
     fn window(&self, capacity: usize) -> usize {
         self.max_inflight
-            .unwrap_or(capacity.div_ceil(2))
+            .unwrap_or_else(|| default_window(capacity))
             .clamp(1, capacity.max(1))
     }
+}
+
+/// A stream's default window on a server of `capacity`: all of it but an
+/// eighth, and at least one unit kept for others (a server of capacity 1
+/// still streams, one item at a time).
+///
+/// Why not less: the stages of a flow take whatever is queued for them each
+/// time they wake, so the depth of the pipeline sets how many items share
+/// each wake-up, frame and system call. Half of the capacity (128 of 256,
+/// the default from 9ddc419 to 288d149) made the seed pipeline (S4) do about
+/// a quarter more context switches and CPU time per item than the whole
+/// capacity did at 300b698 (S4 unpinned, main's code with only the window
+/// changed, 8 alternating invocations: 128 items 1,069 ms task-clock, 76k
+/// switches; 192: 984 ms, 68k; 224: 847 ms, 65k; 256: 875 ms, 61k; 300b698
+/// 905 ms, 62k). An eighth (32 units by default) still serves calls beside
+/// a stream.
+fn default_window(capacity: usize) -> usize {
+    capacity.saturating_sub((capacity / 8).max(1)).max(1)
 }
 
 /// True when a stream with `inflight` of its `window` in flight is to admit
@@ -617,7 +635,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::refill_due;
+    use super::{default_window, refill_due};
+
+    #[test]
+    fn the_default_window_leaves_an_eighth_and_at_least_one_unit() {
+        assert_eq!(default_window(256), 224);
+        assert_eq!(default_window(16), 14);
+        assert_eq!(default_window(4), 3);
+        assert_eq!(default_window(2), 1);
+        assert_eq!(default_window(1), 1);
+    }
 
     #[test]
     fn a_window_refills_a_quarter_at_a_time_and_never_overfills() {

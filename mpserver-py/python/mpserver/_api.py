@@ -14,7 +14,9 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+# `typing` is not imported at run time (it is the slowest import of the package
+# and the fork server pays it before its first fork): annotations are strings.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:  # asyncio and typing are imported only when used: worker
     # processes import this module and should start fast.
@@ -513,34 +515,44 @@ class SwitchServlet(Servlet):
 
 
 _BRIDGES = weakref.WeakKeyDictionary()
+# The loop of the last lookup (a weak reference) and its bridge: a program
+# runs one loop, and async_call looks the bridge up once per call.
+_LAST_BRIDGE = (None, None)
 
 
 def _bridge(loop):
     """The engine's bridge to ``loop``: a pipe the engine writes to when it
-    completes a request, whose reader callback (on the loop's thread) sets the
-    results of the awaiting futures."""
+    completes a request, whose reader callback (on the loop's thread, in the
+    engine: it empties the pipe and sets the results of the futures of every
+    request completed since) runs once per wake-up, not once per result."""
+    global _LAST_BRIDGE
+    ref, b = _LAST_BRIDGE
+    if ref is not None and ref() is loop:
+        return b
     b = _BRIDGES.get(loop)
     if b is None:
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         try:
-            b = _mpserver.Bridge(w)
+            b = _mpserver.Bridge(w, r)
         finally:
             os.close(w)
-
-        def on_wake(r=r, b=b):
-            try:
-                while os.read(r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
-            b.drain()
-
-        loop.add_reader(r, on_wake)
+        loop.add_reader(r, b.on_readable)
         weakref.finalize(loop, os.close, r)
         _BRIDGES[loop] = b
+    _LAST_BRIDGE = (weakref.ref(loop), b)
     return b
+
+
+def _get_running_loop():
+    """``asyncio.get_running_loop`` (asyncio is imported on first use only:
+    worker processes import this module and should start fast)."""
+    global _get_running_loop
+    from asyncio import get_running_loop
+
+    _get_running_loop = get_running_loop
+    return get_running_loop()
 
 
 def _not_started():
@@ -668,16 +680,18 @@ class Server:
         core = self._core
         if core is None:
             raise _not_started()
-        import asyncio
-
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         fut = loop.create_future()
         call = core.submit_async(_bridge(loop), fut, x, float(timeout), bool(backpressure))
         try:
             return await fut
-        finally:
+        except BaseException:
+            # Cancelled (or the coroutine closed): dropping the engine's
+            # future cancels the request. (A result or the worker's own
+            # exception needs nothing: the request is finished.)
             if not fut.done() or fut.cancelled():
                 call.cancel()
+            raise
 
     def stream(
         self,
