@@ -90,18 +90,15 @@ API differences handled (0.12.9 -> 0.16.8):
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import inspect
-import json
+# Only what worker processes need is imported at module level: a worker
+# started the spawn way (and mpserver-py's fork server) imports this script as
+# ``__mp_main__``, so its imports are start-up time of every contender. The
+# rest (asyncio, argparse, json, statistics, subprocess) is imported where used.
 import math
 import os
-import statistics
-import subprocess
 import sys
 import threading
 import time
-from importlib.metadata import version as _package_version
 
 # ``--impl mpserver`` (or MPSERVER_BENCH_IMPL=mpserver) runs the very same
 # scenarios and worker code on the ``mpserver`` Python package (mpserver-py),
@@ -137,9 +134,11 @@ else:
     except ImportError:  # 0.12.x: async calls go through Server.async_call
         AsyncServer = None
 
-    MPSERVICE_VERSION = _package_version("mpservice")
+    import mpservice
+
+    MPSERVICE_VERSION = mpservice.__version__
     CONTENDER = f"mpservice-{MPSERVICE_VERSION}"
-HAS_MAIN_CPU = "main_cpu" in inspect.signature(Server.__init__).parameters
+HAS_MAIN_CPU = "main_cpu" in Server.__init__.__code__.co_varnames
 
 MIB = 1 << 20
 SEED_EXPECTED = "Hello, wdwdwdwdwd!"
@@ -321,6 +320,9 @@ class Bench:
 
     # -- output ----------------------------------------------------------
     def emit(self, scenario: str, metric: str, unit: str, runs: list) -> None:
+        import json
+        import statistics
+
         runs = [float(v) for v in runs]
         fig = {
             "contender": CONTENDER,
@@ -591,6 +593,8 @@ async def _timed_gather(call, n: int) -> tuple[float, list]:
         if y != 2 * i:
             raise AssertionError(f"S7: got {y!r} for {i}")
 
+    import asyncio
+
     t_start = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     total = time.perf_counter() - t_start
@@ -631,6 +635,8 @@ async def _s7_runs(b: Bench, n: int) -> list:
 def s7_concurrent_async(b: Bench) -> None:
     n = b.n(2000, 200)
     log(f"S7_concurrent_async: {n} concurrent async calls")
+    import asyncio
+
     results = asyncio.run(_s7_runs(b, n))
     b.emit("S7_concurrent_async", "items_per_s", "1/s", [r[0] for r in results])
     b.emit("S7_concurrent_async", "p50_us", "us", [r[1] for r in results])
@@ -674,6 +680,8 @@ def s9_startup(b: Bench) -> None:
         log(f"  run {run}: startup {startup[-1]:.1f} ms, shutdown {shutdown[-1]:.1f} ms")
     b.emit("S9_startup", "startup_ms", "ms", startup)
     b.emit("S9_startup", "shutdown_ms", "ms", shutdown)
+    import subprocess
+
     first = []
     for run in range(b.runs):
         argv = [sys.executable, os.path.abspath(__file__), "--s9-first", "--placement", b.placement]
@@ -778,6 +786,8 @@ DEFAULT_SETS = {
 
 
 def parse_args(argv=None):
+    import argparse
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--placement", choices=["pinned1", "unpinned"], default="unpinned")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")

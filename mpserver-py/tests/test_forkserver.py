@@ -255,3 +255,46 @@ def test_a_fork_server_stuck_importing_the_main_script_dies_with_the_parent(tmp_
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+LEAN_SCRIPT = '''
+import os
+import sys
+
+from mpserver import ProcessServlet, Server, Worker, get_remote_traceback
+
+# Modules the package must not import at start-up: the fork server imports
+# the package before its first fork, so each is start-up time of every
+# program's first server (a worker imports them when it needs them).
+HEAVY = ('typing', 'traceback', 'asyncio', 'json', 'inspect')
+# In the fork server, `multiprocessing`'s preparation of the main script
+# (runpy, then pkgutil) imports `typing` itself on some Python versions.
+HEAVY_FORKED = HEAVY[1:]
+
+
+class Modules(Worker):
+    def call(self, x):
+        if x == 'fail':
+            raise ValueError('formatted lazily')
+        return os.getppid(), sorted(m for m in HEAVY_FORKED if m in sys.modules)
+
+
+if __name__ == '__main__':
+    print('parent', sorted(m for m in HEAVY if m in sys.modules))
+    with Server(ProcessServlet(Modules, cpus=1)) as s:
+        ppid, loaded = s.call(None)
+        print('forked', ppid != os.getpid())
+        print('worker', loaded)
+        try:
+            s.call('fail')
+        except ValueError as e:
+            print('traceback', 'formatted lazily' in get_remote_traceback(e))
+'''
+
+
+def test_the_fork_server_imports_no_heavy_module_before_forking(tmp_path):
+    r = run_script(LEAN_SCRIPT, tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == 'parent []', r.stdout
+    assert lines[1:] == ['forked True', 'worker []', 'traceback True'], r.stdout

@@ -14,7 +14,9 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+# `typing` is not imported at run time (it is the slowest import of the package
+# and the fork server pays it before its first fork): annotations are strings.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:  # asyncio and typing are imported only when used: worker
     # processes import this module and should start fast.

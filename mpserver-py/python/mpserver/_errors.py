@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import pickle
 import sys
-import traceback
 
 __all__ = [
     'TimeoutError',
@@ -138,6 +137,10 @@ def get_remote_traceback(e) -> str:
 def _format(exc: BaseException) -> str:
     if is_remote_exception(exc) and exc.__traceback__ is None:
         return get_remote_traceback(exc)
+    # Imported here, not at module level: the fork server and every worker
+    # import this module, and only a failing call formats a traceback.
+    import traceback
+
     return ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 

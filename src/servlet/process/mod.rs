@@ -280,7 +280,13 @@ where
         let (spill_tx, spill_rx) = crossbeam_channel::unbounded();
         let (depth_rx, depth_spill) = (rx.clone(), spill_rx.clone());
         let mut node = ServletNode::new("process", this.config.name.clone())
-            .with_queue_depth(move || depth_rx.len() + depth_spill.len());
+            // The spill queue is read first: items move from the queue to
+            // the spill queue (never back), so one moving between the two
+            // reads is not counted twice.
+            .with_queue_depth(move || {
+                let spilled = depth_spill.len();
+                spilled + depth_rx.len()
+            });
         let shared = Arc::new(shared::Shared::<W> {
             name: this.config.name.clone(),
             worker_bytes,
