@@ -106,21 +106,6 @@ pub(super) fn drain_queued<W: Worker>(
     }
 }
 
-/// Fills the batch `items` up to `max` items: spilled items first (they are
-/// older), then the queue `rx`; with a deadline, waits until it for more
-/// from both. (A supervisor whose worker has no credit moves queued items to
-/// the spill queue: a batch that waited on the queue alone closed short.)
-fn take_batch<T>(
-    spill: &Receiver<T>,
-    rx: &Receiver<T>,
-    items: &mut Vec<T>,
-    max: usize,
-    wait: Option<Instant>,
-    keep: impl FnMut(&T) -> bool,
-) {
-    batch::fill_two(spill, rx, items, max, wait, keep);
-}
-
 impl<W> Dispatcher<'_, W>
 where
     W: Worker,
@@ -204,22 +189,14 @@ where
         };
         let model = port.ledger.model();
         let mut items = Vec::with_capacity(if policy.batched() { policy.size } else { 8 });
-        // Items taken (counted in once, below) and skipped.
-        let taken = std::cell::Cell::new(1u64);
-        let skipped = std::cell::Cell::new(0u64);
+        // Items taken and skipped, counted in once per fill (below) rather
+        // than per item.
+        let (mut taken, mut skipped) = (1u64, 0u64);
         if first.0.is_cancelled() {
-            skipped.set(1);
+            skipped = 1;
         } else {
             items.push(first);
         }
-        let keep = |(t, _): &Item<W>| {
-            taken.set(taken.get() + 1);
-            let live = !t.is_cancelled();
-            if !live {
-                skipped.set(skipped.get() + 1);
-            }
-            live
-        };
         let max = if policy.batched() {
             policy.limit(&model).min(credit)
         } else {
@@ -237,17 +214,29 @@ where
             Busy::Until(self.busy_until)
         };
         let wait = policy.deadline(start, busy, &model);
-        // Spilled items first (they are older), then the queue.
-        // Counted once per fill rather than per item.
-        let count = || {
-            stats.items_in.fetch_add(taken.replace(0), Relaxed);
-            let s = skipped.replace(0);
-            if s > 0 {
-                stats.skipped.fetch_add(s, Relaxed);
-            }
-        };
-        take_batch(&shared.spill_rx, self.rx, &mut items, max, wait, keep);
-        count();
+        // Spilled items first (they are older), then the queue; with a
+        // deadline, waiting on both (a supervisor whose worker has no credit
+        // moves queued items to the spill queue: a batch that waited on the
+        // queue alone closed short).
+        batch::fill_two(
+            &shared.spill_rx,
+            self.rx,
+            &mut items,
+            max,
+            wait,
+            |(t, _)| {
+                taken += 1;
+                let live = !t.is_cancelled();
+                if !live {
+                    skipped += 1;
+                }
+                live
+            },
+        );
+        stats.items_in.fetch_add(taken, Relaxed);
+        if skipped > 0 {
+            stats.skipped.fetch_add(skipped, Relaxed);
+        }
         let half = shared.max_frame / 2;
         self.frames.reset(policy.batched(), half);
         self.frames.use_shm(port.shm.as_ref());
@@ -478,7 +467,7 @@ mod tests {
         let filler = std::thread::spawn(move || {
             let mut items = vec![0];
             started_tx.send(()).unwrap();
-            take_batch(&spill_rx, &rx, &mut items, 3, Some(deadline), |_| true);
+            batch::fill_two(&spill_rx, &rx, &mut items, 3, Some(deadline), |_| true);
             (items, Instant::now())
         });
         started_rx.recv().unwrap();
@@ -508,7 +497,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let filler = std::thread::spawn(move || {
             let mut items = vec![0];
-            take_batch(&spill_rx, &rx, &mut items, 5, Some(deadline), |x| *x != 4);
+            batch::fill_two(&spill_rx, &rx, &mut items, 5, Some(deadline), |x| *x != 4);
             items
         });
         for (i, to) in [(3, &spill_tx), (4, &tx), (5, &tx), (6, &spill_tx)] {
