@@ -72,13 +72,7 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// Async call with explicit options. Without back-pressure, waiting for
     /// room does not block the executor.
     pub async fn async_call_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {
-        let started = Instant::now();
-        let permit = self.admit_async(started, opts).await?;
-        // The flow's input is taken once admitted (see `admit_blocking`).
-        let entry = self.entry()?;
-        self.enqueue(&entry, x, permit, started, opts.timeout, Push::Single)?
-            .0
-            .await
+        self.async_push(x, opts, Push::Single).await
     }
 
     /// As [`async_call_with`](Self::async_call_with), but the item always
@@ -104,10 +98,17 @@ impl<In: Send + 'static, Out: Send + 'static> Handle<In, Out> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub async fn async_call_queued_with(&self, x: In, opts: CallOptions) -> Result<Out, Error> {
+        self.async_push(x, opts, Push::Stream).await
+    }
+
+    /// An async call whose item enters the flow as `push` says (a single
+    /// call that may be handed to an idle worker, or a queued one).
+    async fn async_push(&self, x: In, opts: CallOptions, push: Push) -> Result<Out, Error> {
         let started = Instant::now();
         let permit = self.admit_async(started, opts).await?;
+        // The flow's input is taken once admitted (see `admit_blocking`).
         let entry = self.entry()?;
-        self.enqueue(&entry, x, permit, started, opts.timeout, Push::Stream)?
+        self.enqueue(&entry, x, permit, started, opts.timeout, push)?
             .0
             .await
     }
