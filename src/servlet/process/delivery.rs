@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame;
+use crate::ipc::shm::ResultHold;
 use crate::metrics::ServletStats;
 use crate::servlet::plumbing::{SinkRef, TicketRef};
 use crate::worker::{WorkerError, panic};
@@ -67,13 +68,12 @@ pub(super) enum Held {
     /// Bytes of the frame the reader delivers them with (a range in it).
     InFrame(std::ops::Range<usize>),
     Frame(Bytes),
-    Slot(SlotHold),
+    /// A result in its item's slot; the slot is released when this drops
+    /// (after the result is decoded, or with an undelivered result), or,
+    /// when the decoded value keeps zero-copy `Bytes` views of it, when
+    /// they drop.
+    Slot(ResultHold),
 }
-
-/// A result in its item's slot; the slot is released when this drops
-/// (after the result is decoded, or with an undelivered result), or, when
-/// the decoded value keeps zero-copy `Bytes` views of it, when they drop.
-pub(super) type SlotHold = crate::ipc::shm::ResultHold;
 
 impl Held {
     fn bytes<'a>(&'a self, frame: &'a [u8]) -> &'a [u8] {

@@ -38,14 +38,14 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 
 use super::connection::{Readers, Writer, send_cancels};
-use super::delivery::{Delivery, Encoded, Held, Settled, SlotHold, deliver};
+use super::delivery::{Delivery, Encoded, Held, Settled, deliver};
 use super::handover::{Handover, Woken};
 use super::ledger::{InFlight, Ledger};
 use crate::error::{CodecDirection, CodecError, Error, WorkerId};
 use crate::ipc::Codec;
 use crate::ipc::frame::{self, Payload, kind};
 use crate::ipc::reader::FrameReader;
-use crate::ipc::shm::{ShmError, SlotPool};
+use crate::ipc::shm::{ResultHold, ShmError, SlotPool};
 use crate::metrics::stage_ns;
 use crate::metrics::{ServletStats, StageRecorder, WorkerStatus};
 use crate::servlet::plumbing::{Claim, Interrupt, ReadClaim, SinkRef};
@@ -184,7 +184,7 @@ impl ReadSide {
                             Payload::Shared(d) => match (result_bytes(shm, id, payload), &self.shm)
                             {
                                 (Ok(_), Some(pool)) => {
-                                    Ok(Held::Slot(SlotHold::new(pool.clone(), id, d)))
+                                    Ok(Held::Slot(ResultHold::new(pool.clone(), id, d)))
                                 }
                                 (Err(e), _) => Err(e),
                                 (Ok(_), None) => Err(ShmError::NoRegion),
