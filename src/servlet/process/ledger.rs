@@ -24,7 +24,6 @@
 //! at the end of this file check it under every interleaving.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crate::batch::ServiceModel;
@@ -70,35 +69,12 @@ const WAITING: usize = 1 << (usize::BITS - 1);
 /// How much work (in time) a worker process may hold beyond the item it is on.
 const QUEUED_WORK: Duration = Duration::from_millis(2);
 
-/// Hasher of the ledger's keys: item ids, numbered by the server itself
-/// (never taken from input), so one multiplication spreads them over the
-/// table; SipHash, the default, cost more than the rest of an insert and a
-/// remove per item.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-/// An odd constant (2^64 / the golden ratio): multiplying by it mixes an
-/// id's bits into the high bits that the table's probing looks at.
-const ID_MIX: u64 = 0x9E37_79B9_7F4A_7C15;
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(ID_MIX);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(ID_MIX);
-    }
-}
-
 /// Items held, by id.
-type IdMap = HashMap<u64, InFlight, BuildHasherDefault<IdHasher>>;
+///
+/// Keyed with `rustc_hash`'s multiplicative hasher rather than SipHash: the
+/// ids are numbered by the server itself (never taken from input), and
+/// SipHash cost more than the rest of an insert and a remove per item.
+type IdMap = HashMap<u64, InFlight, rustc_hash::FxBuildHasher>;
 
 /// See the module docs.
 #[derive(Default)]
