@@ -20,13 +20,23 @@ use crate::flow::{self, FlowInfo};
 use crate::value::PyValue;
 
 impl Core {
-    /// An item entering the flow (pickled now if it goes to a process first).
-    fn input(&self, x: Bound<'_, PyAny>) -> PyResult<PyValue> {
-        Ok(if self.info.entry_pickles {
-            PyValue::from_obj_pickled(x)
-        } else {
-            PyValue::from_obj(x)
-        })
+    /// A call's item entering the flow: into process stages only, the pickle
+    /// alone (the engine then holds no Python object to release without the
+    /// GIL); else pickled now if it goes to a process first.
+    fn input(&self, x: Bound<'_, PyAny>) -> PyValue {
+        entering(x, self.info.entry_process_only, self.info.entry_pickles)
+    }
+}
+
+/// An item entering the flow: the pickle alone (`only_pickle`), the object
+/// and its pickle made now (`pickle`), or the object.
+fn entering(x: Bound<'_, PyAny>, only_pickle: bool, pickle: bool) -> PyValue {
+    if only_pickle {
+        PyValue::pickled_only(x)
+    } else if pickle {
+        PyValue::from_obj_pickled(x)
+    } else {
+        PyValue::from_obj(x)
     }
 }
 
@@ -107,11 +117,7 @@ impl Core {
         let opts = CallOptions::default()
             .timeout(duration(timeout)?)
             .backpressure(backpressure);
-        let v = if self.info.entry_process_only {
-            PyValue::pickled_only(x)
-        } else {
-            self.input(x)?
-        };
+        let v = self.input(x);
         let handle = &self.handle;
         let r = py.detach(|| handle.call_with(v, opts));
         finish(py, r)
@@ -132,13 +138,7 @@ impl Core {
         let opts = CallOptions::default()
             .timeout(duration(timeout)?)
             .backpressure(backpressure);
-        // As `call`: into process stages only, the pickle alone (the engine
-        // then holds no Python object to release without the GIL).
-        let v = if self.info.entry_process_only {
-            PyValue::pickled_only(x)
-        } else {
-            self.input(x)?
-        };
+        let v = self.input(x);
         let handle = self.handle.clone();
         let queued = bridge.busy();
         let guard = bridge.enter();
@@ -246,9 +246,7 @@ impl Iterator for PyInput {
     fn next(&mut self) -> Option<PyValue> {
         Python::attach(|py| match self.iter.bind(py).clone().next() {
             None => None,
-            Some(Ok(x)) if self.only_pickle => Some(PyValue::pickled_only(x)),
-            Some(Ok(x)) if self.pickle => Some(PyValue::from_obj_pickled(x)),
-            Some(Ok(x)) => Some(PyValue::from_obj(x)),
+            Some(Ok(x)) => Some(entering(x, self.only_pickle, self.pickle)),
             Some(Err(e)) => {
                 if let Ok(mut g) = self.error.lock() {
                     *g = Some(e);
