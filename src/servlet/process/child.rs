@@ -176,6 +176,12 @@ fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// True (and forgotten) if item `id` was cancelled. Cancellations are rare:
+/// with none listed, no hashing per item.
+fn is_cancelled(cancelled: &mut HashSet<u64>, id: u64) -> bool {
+    !cancelled.is_empty() && cancelled.remove(&id)
+}
+
 /// Largest CONFIG frame accepted (the worker value travels in it).
 fn config_limit() -> usize {
     frame::DEFAULT_MAX_FRAME
@@ -335,10 +341,13 @@ where
             break;
         };
         let began = Instant::now();
+        // The clock reading after the worker's call, if it made one: it
+        // times the call and the unit (two readings per item, not three).
+        let mut ended: Option<Instant> = None;
         let done_before = done;
         match unit {
             Unit::Single(id, x) => {
-                if cancelled.remove(&id) {
+                if is_cancelled(&mut cancelled, id) {
                     results.skipped(id);
                     continue;
                 }
@@ -347,7 +356,9 @@ where
                     Ok(x) => {
                         running(|| Running::Items(vec![id]));
                         let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
-                        results.compute = began.elapsed();
+                        let now = Instant::now();
+                        results.compute = now.saturating_duration_since(began);
+                        ended = Some(now);
                         match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
@@ -364,7 +375,7 @@ where
                 let mut ids = Vec::with_capacity(items.len());
                 let mut values = Vec::with_capacity(items.len());
                 for (id, x) in items {
-                    if cancelled.remove(&id) {
+                    if is_cancelled(&mut cancelled, id) {
                         results.skipped(id);
                         continue;
                     }
@@ -381,7 +392,9 @@ where
                     running(|| Running::Items(ids.clone()));
                     let called = Instant::now();
                     let r = panic::catch(backtraces, || worker.call_batch(values));
-                    results.compute = called.elapsed();
+                    let now = Instant::now();
+                    results.compute = now.saturating_duration_since(called);
+                    ended = Some(now);
                     match r {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -416,10 +429,12 @@ where
                 }
             }
         }
-        // One clock reading for the timing and the flush decision.
-        let spent = began.elapsed();
+        // The reading after the call (or one now, if nothing was called)
+        // serves the timing and the flush decision.
+        let now = ended.unwrap_or_else(Instant::now);
+        let spent = now.saturating_duration_since(began);
         results.note_work(spent, done - done_before);
-        if results.due_at(began + spent, queue.is_empty(), spent) {
+        if results.due_at(now, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
         }
         if !retiring && retire.due(&config, done) {
