@@ -247,7 +247,16 @@ impl<'a> PayloadWriter<'a> {
     }
 
     /// Where the value ended up.
-    pub fn finish(mut self) -> Placed {
+    #[inline]
+    pub fn finish(self) -> Placed {
+        if self.slot.is_none() && self.in_place.is_none() {
+            // In the frame (nothing to give up on drop either).
+            return Placed::Inline;
+        }
+        self.finish_slow()
+    }
+
+    fn finish_slow(mut self) -> Placed {
         if let (Some((mut r, start, len)), Spill::Lent(region, ..)) =
             (self.in_place.take(), &self.spill)
         {
