@@ -200,10 +200,15 @@ where
 {
     fn push(&self, ticket: TicketRef, value: W::Input) {
         self.queue.push(ticket, value);
+        self.shared.queued.entered();
     }
 
     fn push_until(&self, ticket: TicketRef, value: W::Input, deadline: Instant) -> bool {
-        self.queue.push_until(ticket, value, deadline)
+        let pushed = self.queue.push_until(ticket, value, deadline);
+        if pushed {
+            self.shared.queued.entered();
+        }
+        pushed
     }
 
     /// A caller's single call goes straight to an idle worker if there is one
@@ -218,7 +223,13 @@ where
         match self.try_direct(ticket, value, kind) {
             Ok(Some(claim)) => Pushed::Claimed(claim),
             Ok(None) => Pushed::Delivered,
-            Err((ticket, value)) => self.queue.push_call(ticket, value, deadline, kind),
+            Err((ticket, value)) => {
+                let pushed = self.queue.push_call(ticket, value, deadline, kind);
+                if matches!(pushed, Pushed::Delivered) {
+                    self.shared.queued.entered();
+                }
+                pushed
+            }
         }
     }
 
