@@ -103,6 +103,7 @@ where
         } else {
             0
         };
+        let mut item = (ticket, x);
         for k in 0..n {
             let Some(port) = self.doors[(first + k) % n].current() else {
                 continue;
@@ -110,9 +111,14 @@ where
             if port.ledger.held() != 0 {
                 continue;
             }
-            return self.send(&port, ticket, x, kind);
+            // A worker whose send side is busy for a moment (its supervisor
+            // looks at it) gives the item back: the next idle one may take it.
+            match self.send(&port, item.0, item.1, kind) {
+                Err(back) => item = back,
+                sent => return sent,
+            }
         }
-        Err((ticket, x))
+        Err(item)
     }
 
     /// Sends one item to `port`'s process if it is still idle and its send
