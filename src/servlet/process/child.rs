@@ -1,7 +1,9 @@
 //! The worker process side: configuration, init, and the serve loop.
 //!
 //! One thread does everything: it reads frames when it has nothing queued (or
-//! when more are already waiting, checked with a zero-timeout `poll`), runs the
+//! when more are already waiting: frames already buffered at once, the socket
+//! checked with a zero-timeout `poll` after a slow unit or every few fast
+//! ones, see `look_due`), runs the
 //! worker on the oldest queued unit, and writes results back, several per
 //! write when they come quickly. Cancel frames name items to skip. End of
 //! stream from the server means "finish what you have, clean up, exit"; if the
