@@ -6,6 +6,7 @@
 //! `asyncio` awaitables completed from the engine (no thread blocks for them,
 //! and cancelling the awaitable cancels the request).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -164,11 +165,13 @@ impl Core {
     ) -> PyResult<Stream> {
         let input_error = Arc::new(Mutex::new(None));
         let input = PyInput {
-            iter: data.try_iter()?.unbind(),
+            iter: Some(data.try_iter()?.unbind()),
             error: input_error.clone(),
             pickle: self.info.entry_pickles,
             // With `return_x` the caller gets each item back: keep it.
             only_pickle: self.info.entry_process_only && !return_x,
+            taken: VecDeque::new(),
+            chunk: input_chunk(self.handle.capacity()),
         };
         let opts = StreamOptions::default()
             .timeout(duration(timeout)?)
@@ -228,32 +231,78 @@ fn finish(py: Python<'_>, r: Result<PyValue, Error>) -> PyResult<Py<PyAny>> {
     }
 }
 
+/// How many items a stream's input takes from its Python iterator at a
+/// time: the fewest a stream admits whenever it refills its window (a
+/// quarter of the default window, see `mpserver::StreamOptions`), at most
+/// 64. So the iterator is never read further ahead than one refill would
+/// read it anyway.
+fn input_chunk(capacity: usize) -> usize {
+    let window = capacity.saturating_sub((capacity / 8).max(1)).max(1);
+    (window / 4).clamp(1, 64)
+}
+
 /// The input of a stream: a Python iterator, advanced (with the GIL) on the
-/// consumer's thread as the stream takes items. An exception raised by the
-/// iterator ends the input; the stream raises it after the results of the
-/// items taken before it.
+/// consumer's thread as the stream takes items, a chunk of items per taking
+/// of the GIL: the stream then admits the chunk's items back to back, so the
+/// flow's first stage wakes once for a run of them (and the GIL is taken
+/// once per chunk, not per item). An exception raised by the iterator ends
+/// the input; the stream raises it after the results of the items taken
+/// before it.
 struct PyInput {
-    iter: Py<PyIterator>,
+    /// `None` once the iterator is exhausted or raised.
+    iter: Option<Py<PyIterator>>,
     error: Arc<Mutex<Option<PyErr>>>,
     pickle: bool,
     /// Keep the pickle alone (the flow starts with process stages only):
     /// the engine then holds no Python object to release.
     only_pickle: bool,
+    /// Items taken from the iterator and not yet given to the stream.
+    taken: VecDeque<PyValue>,
+    /// Most items taken per taking of the GIL.
+    chunk: usize,
+}
+
+impl PyInput {
+    /// Takes up to `chunk` items from the iterator (with the GIL).
+    fn take_chunk(&mut self) {
+        let Some(iter) = &self.iter else {
+            return;
+        };
+        let mut ended = false;
+        Python::attach(|py| {
+            let it = iter.bind(py);
+            while self.taken.len() < self.chunk {
+                match it.clone().next() {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Ok(x)) => self
+                        .taken
+                        .push_back(entering(x, self.only_pickle, self.pickle)),
+                    Some(Err(e)) => {
+                        if let Ok(mut g) = self.error.lock() {
+                            *g = Some(e);
+                        }
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        });
+        if ended {
+            self.iter = None;
+        }
+    }
 }
 
 impl Iterator for PyInput {
     type Item = PyValue;
     fn next(&mut self) -> Option<PyValue> {
-        Python::attach(|py| match self.iter.bind(py).clone().next() {
-            None => None,
-            Some(Ok(x)) => Some(entering(x, self.only_pickle, self.pickle)),
-            Some(Err(e)) => {
-                if let Ok(mut g) = self.error.lock() {
-                    *g = Some(e);
-                }
-                None
-            }
-        })
+        if self.taken.is_empty() {
+            self.take_chunk();
+        }
+        self.taken.pop_front()
     }
 }
 
@@ -263,6 +312,13 @@ enum Inner {
 }
 
 impl Inner {
+    fn next_is_ready(&self) -> bool {
+        match self {
+            Inner::Plain(s) => s.next_is_ready(),
+            Inner::Pairs(s) => s.next_is_ready(),
+        }
+    }
+
     fn next(&mut self) -> Option<(Option<PyValue>, Result<PyValue, Error>)> {
         match self {
             Inner::Plain(s) => s.next().map(|r| (None, r)),
@@ -296,7 +352,14 @@ impl Stream {
         let Some(inner) = guard.as_mut() else {
             return Ok(None);
         };
-        let next = py.detach(|| inner.next());
+        // The GIL is given up only to wait: a result that is there already
+        // is taken holding it (no hand-over of the GIL per item to a thread
+        // worker waiting for it, which on two CPUs means a wake-up each).
+        let next = if inner.next_is_ready() {
+            inner.next()
+        } else {
+            py.detach(|| inner.next())
+        };
         let Some((x, r)) = next else {
             *guard = None;
             drop(guard);

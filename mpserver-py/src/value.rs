@@ -207,7 +207,16 @@ pub enum Form {
     Str,
     /// A `float`: `data` is its 8 bytes, little-endian.
     Float,
+    /// A `tuple` of at most [`TUPLE_MAX`] `int`s (64 bits), `str`s and
+    /// `float`s: `data` is each element in turn, a tag byte (that of
+    /// [`Form::Int`], [`Form::Str`] or [`Form::Float`]) and then 8 bytes, or
+    /// for a `str` its UTF-8 length (4 bytes, little-endian) and its UTF-8.
+    Tuple,
 }
+
+/// Most elements of a tuple sent as [`Form::Tuple`] (longer ones are
+/// pickled).
+pub const TUPLE_MAX: usize = 8;
 
 impl Form {
     fn tag(self) -> u8 {
@@ -217,6 +226,7 @@ impl Form {
             Form::Int => 2,
             Form::Str => 3,
             Form::Float => 4,
+            Form::Tuple => 5,
         }
     }
 
@@ -227,6 +237,7 @@ impl Form {
             2 => Form::Int,
             3 => Form::Str,
             4 => Form::Float,
+            5 => Form::Tuple,
             _ => return None,
         })
     }
@@ -239,6 +250,7 @@ impl Form {
             Form::Int => "int",
             Form::Str => "str",
             Form::Float => "float",
+            Form::Tuple => "tuple",
         }
     }
 }
@@ -380,6 +392,9 @@ impl Pickle {
     /// An exact `int` (within 64 bits), `str` (UTF-8 encodable) or `float`
     /// in its own form; anything else (subclasses included) is pickled.
     fn scalar(obj: &Bound<'_, PyAny>) -> Option<Pickle> {
+        if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            return Self::tuple(t);
+        }
         let (form, data) = if obj.is_exact_instance_of::<PyInt>() {
             (Form::Int, obj.extract::<i64>().ok()?.to_le_bytes().to_vec())
         } else if let Ok(s) = obj.cast_exact::<PyString>() {
@@ -394,6 +409,82 @@ impl Pickle {
             data: Chunk::Owned(data),
             buffers: Vec::new(),
         })
+    }
+
+    /// A short tuple of scalars in [`Form::Tuple`] (`None` for any other
+    /// tuple: it is pickled).
+    fn tuple(t: &Bound<'_, PyTuple>) -> Option<Pickle> {
+        let n = t.len();
+        if n == 0 || n > TUPLE_MAX {
+            return None;
+        }
+        let mut data = Vec::with_capacity(n * 9);
+        for x in t.iter() {
+            if x.is_exact_instance_of::<PyInt>() {
+                data.push(Form::Int.tag());
+                data.extend_from_slice(&x.extract::<i64>().ok()?.to_le_bytes());
+            } else if let Ok(s) = x.cast_exact::<PyString>() {
+                let cow = s.to_cow().ok()?;
+                let b = cow.as_bytes();
+                data.push(Form::Str.tag());
+                data.extend_from_slice(&u32::try_from(b.len()).ok()?.to_le_bytes());
+                data.extend_from_slice(b);
+            } else if let Ok(f) = x.cast_exact::<PyFloat>() {
+                data.push(Form::Float.tag());
+                data.extend_from_slice(&f.value().to_le_bytes());
+            } else {
+                return None;
+            }
+        }
+        Some(Pickle {
+            form: Form::Tuple,
+            data: Chunk::Owned(data),
+            buffers: Vec::new(),
+        })
+    }
+
+    /// The tuple of a [`Form::Tuple`] value.
+    fn load_tuple<'py>(py: Python<'py>, mut d: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let corrupt = || PyValueError::new_err("corrupt tuple value");
+        let eight = |r: &[u8]| -> PyResult<[u8; 8]> {
+            r.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt)
+        };
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(TUPLE_MAX);
+        while let Some((&tag, rest)) = d.split_first() {
+            if items.len() == TUPLE_MAX {
+                return Err(corrupt());
+            }
+            d = match Form::from_tag(tag) {
+                Some(Form::Int) => {
+                    let v = i64::from_le_bytes(eight(rest)?);
+                    items.push(v.into_pyobject(py)?.into_any());
+                    &rest[8..]
+                }
+                Some(Form::Float) => {
+                    items.push(PyFloat::new(py, f64::from_le_bytes(eight(rest)?)).into_any());
+                    &rest[8..]
+                }
+                Some(Form::Str) => {
+                    let len: [u8; 4] = rest
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(corrupt)?;
+                    let end = 4 + u32::from_le_bytes(len) as usize;
+                    let body = rest.get(4..end).ok_or_else(corrupt)?;
+                    let s = std::str::from_utf8(body)
+                        .map_err(|e| PyValueError::new_err(format!("corrupt str value: {e}")))?;
+                    items.push(PyString::new(py, s).into_any());
+                    &rest[end..]
+                }
+                _ => return Err(corrupt()),
+            };
+        }
+        if items.is_empty() {
+            return Err(corrupt());
+        }
+        Ok(PyTuple::new(py, items)?.into_any())
     }
 
     /// The object: `pickle.loads(data, buffers=...)`, the `bytes` object, or
@@ -418,6 +509,7 @@ impl Pickle {
                 let v = f64::from_le_bytes(eight(self.data.as_slice())?);
                 return Ok(PyFloat::new(py, v).into_any());
             }
+            Form::Tuple => return Self::load_tuple(py, self.data.as_slice()),
         }
         if self.form == Form::Raw {
             return Ok(match self.buffers.first() {

@@ -11,6 +11,13 @@ from mpserver import CodecError, ProcessServlet, SequentialServlet, Server, Thre
 MIB = 1 << 20
 
 
+class IntEnumLikePair(tuple):
+    """A tuple subclass: crosses pickled, as itself."""
+
+    def __new__(cls, a, b):
+        return super().__new__(cls, (a, b))
+
+
 def test_large_bytes_cross_as_themselves_and_small_ones_in_the_pickle():
     form, data_len, bufs = _mpserver._pickle_layout(b'x' * MIB)
     assert form == 'raw' and data_len == 0 and bufs == [(True, MIB)]
@@ -26,6 +33,26 @@ def test_ints_strs_and_floats_cross_in_their_own_form():
     # Beyond 64 bits, subclasses, bools, unencodable strs: pickled.
     for v in (2**63, True, IntEnumLike.A, '\ud800', [1]):
         assert _mpserver._pickle_layout(v)[0] == 'pickle', v
+
+
+def test_short_tuples_of_scalars_cross_in_their_own_form():
+    assert _mpserver._pickle_layout((4, 2))[:2] == ('tuple', 18)
+    assert _mpserver._pickle_layout(('hé', 0.5, -1))[:2] == ('tuple', 1 + 4 + 3 + 9 + 9)
+    # Empty, long, nested, holding other types or subclasses: pickled.
+    for v in ((), tuple(range(9)), ((1,),), (1, None), (True,), (2**64,), ('\ud800',),
+              IntEnumLikePair(1, 2)):
+        assert _mpserver._pickle_layout(v)[0] == 'pickle', v
+
+
+def test_tuples_round_trip_through_process_workers():
+    values = [(0, 1), (-(2**63), 2**63 - 1), ('', 'héllo', 'x' * 1000), (1.5, -0.0, float('inf')),
+              (1, 'a', 2.5), tuple(range(8)), tuple(range(9)), (1, None), (True, 2), ((1, 2),),
+              (2**64, 1), ('\ud800x',), ()]
+    with Server(ProcessServlet(Echo)) as s:
+        out = list(s.stream(values))
+    assert out == values
+    assert [tuple(map(type, v)) for v in out] == [tuple(map(type, v)) for v in values]
+    assert [repr(v) for v in out] == [repr(v) for v in values]  # -0.0 stays -0.0
 
 
 def test_scalars_round_trip_through_process_workers():

@@ -283,6 +283,16 @@ impl<Out: Send + 'static> Pending<Out> {
         self.req.upgrade().is_none_or(|r| !r.is_pending())
     }
 
+    /// True when [`wait`](Self::wait) would return at once: the result (or
+    /// the sender's end) is there.
+    pub(crate) fn is_ready(&self) -> bool {
+        match &self.rx {
+            Some(Rx::Blocking(rx)) => rx.has_message() || rx.is_closed(),
+            Some(Rx::Async(rx)) => rx.has_message() || rx.is_closed(),
+            None => true,
+        }
+    }
+
     /// A result that is already there (a request that failed as it entered
     /// the flow).
     pub(crate) fn failed(e: Error) -> Self {

@@ -20,7 +20,7 @@ use super::admission::Refused;
 use super::async_call::WaitForRoom;
 use super::{Handle, Pending};
 use crate::error::Error;
-use crate::servlet::plumbing::Push;
+use crate::servlet::plumbing::{Push, SinkRef};
 
 /// Options of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,6 +151,10 @@ where
         if !refill_due(self.inflight.len(), self.window) {
             return;
         }
+        // The flow's input, taken once per refill rather than once per item
+        // (a lock and a reference count each time), and let go before any
+        // wait for room.
+        let mut entry: Option<SinkRef<I::Item>> = None;
         while self.inflight.len() < self.window {
             let Some(input) = self.input.as_mut() else {
                 return;
@@ -159,13 +163,22 @@ where
             let permit = match adm.try_acquire() {
                 Ok(p) => Ok(p),
                 Err(Refused::Full) if !self.inflight.is_empty() => return,
-                Err(Refused::Full) => self.handle.wait_in_line(started, self.timeout),
+                Err(Refused::Full) => {
+                    entry = None;
+                    self.handle.wait_in_line(started, self.timeout)
+                }
                 Err(r) => Err(self.handle.refused(r)),
             };
             // Room first, then the flow's input: a stream waiting for room
             // must not hold the input open while the server drains.
-            let admitted = permit.and_then(|p| Ok((p, self.handle.entry()?)));
-            let (permit, entry) = match admitted {
+            let admitted = permit.and_then(|p| {
+                let e = match entry.take() {
+                    Some(e) => e,
+                    None => self.handle.entry()?,
+                };
+                Ok((p, e))
+            });
+            let (permit, entry_now) = match admitted {
                 Ok(a) => a,
                 Err(Error::Shutdown) => {
                     // The next input (if any) ends the stream with the
@@ -197,8 +210,9 @@ where
             let kept = (self.keep)(&x);
             let r = self
                 .handle
-                .enqueue(&entry, x, permit, started, self.timeout, Push::Stream)
+                .enqueue(&entry_now, x, permit, started, self.timeout, Push::Stream)
                 .map(|(p, _)| p);
+            entry = Some(entry_now);
             let failed = r.is_err();
             self.inflight.push_back((kept, r));
             if failed && self.stops_at_failure() {
@@ -215,6 +229,19 @@ where
             self.input = None;
         }
         !self.return_exceptions
+    }
+
+    /// True when [`next`](Self::next) would not wait for the flow: the
+    /// stream has ended, or its oldest item's result is there (`next` may
+    /// still pull input to refill the window, but waits for room only when
+    /// nothing is in flight, which is not the case then).
+    fn next_is_ready(&self) -> bool {
+        self.done
+            || match self.inflight.front() {
+                None => false,
+                Some((_, Err(_))) => true,
+                Some((_, Ok(p))) => p.is_ready(),
+            }
     }
 
     fn next(&mut self) -> Option<Finished<I::Item, Out>> {
@@ -250,6 +277,29 @@ where
 pub struct PairStream<I: Iterator, Out: Send + 'static>(Ordered<I, Out>)
 where
     I::Item: Send + 'static;
+
+impl<I: Iterator, Out: Send + 'static> ResultStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    /// True when the next call of `next` returns without waiting for the
+    /// flow (the oldest result is there, or the stream has ended). It may
+    /// still pull input. For a caller that gives up a lock (e.g. Python's
+    /// GIL) only around a wait.
+    pub fn next_is_ready(&self) -> bool {
+        self.0.next_is_ready()
+    }
+}
+
+impl<I: Iterator, Out: Send + 'static> PairStream<I, Out>
+where
+    I::Item: Send + 'static,
+{
+    /// As [`ResultStream::next_is_ready`].
+    pub fn next_is_ready(&self) -> bool {
+        self.0.next_is_ready()
+    }
+}
 
 impl<I: Iterator, Out: Send + 'static> Iterator for ResultStream<I, Out>
 where
@@ -636,6 +686,39 @@ where
 #[cfg(test)]
 mod tests {
     use super::{default_window, refill_due};
+
+    #[test]
+    fn next_is_ready_only_once_the_oldest_result_is_there() {
+        use crate::{Server, ThreadServlet, worker_fn};
+        use std::sync::mpsc;
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+
+        // The worker answers only when the test lets it.
+        let (go, gate) = mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate));
+        let w = worker_fn(move |x: u32| {
+            let _ = gate.lock().unwrap().recv();
+            x * 2
+        });
+        let server = Server::builder(ThreadServlet::new(w)).start().unwrap();
+        let mut s = server.handle().stream(vec![1u32, 2]);
+        // Nothing admitted yet: `next` would have to fill and wait.
+        assert!(!s.next_is_ready());
+        go.send(()).unwrap();
+        assert_eq!(s.next().unwrap().unwrap(), 2);
+        // Item 2 is in flight and its worker is held at the gate.
+        assert!(!s.next_is_ready());
+        go.send(()).unwrap();
+        let t = Instant::now();
+        while !s.next_is_ready() {
+            assert!(t.elapsed() < Duration::from_secs(20), "never ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(s.next().unwrap().unwrap(), 4);
+        assert!(s.next().is_none());
+        assert!(s.next_is_ready(), "an ended stream returns at once");
+    }
 
     #[test]
     fn the_default_window_leaves_an_eighth_and_at_least_one_unit() {

@@ -176,6 +176,27 @@ fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Units run between two looks at the socket while items are queued.
+const LOOK_EVERY: u32 = 8;
+/// A unit that took this long is followed by a look at the socket.
+const LOOK_AFTER: Duration = Duration::from_micros(50);
+
+/// Whether to look for frames waiting on the socket (a `poll`) before the
+/// next queued unit: after every unit that took [`LOOK_AFTER`] or more (so
+/// a cancellation reaches slow items before they begin), else every
+/// [`LOOK_EVERY`] units. Fast items thus cost no system call each, and a
+/// cancellation that arrives while they run is seen within a few
+/// microseconds of work.
+fn look_due(unlooked: u32, last_spent: Duration) -> bool {
+    unlooked >= LOOK_EVERY || last_spent >= LOOK_AFTER
+}
+
+/// True (and forgotten) if item `id` was cancelled. Cancellations are rare:
+/// with none listed, no hashing per item.
+fn is_cancelled(cancelled: &mut HashSet<u64>, id: u64) -> bool {
+    !cancelled.is_empty() && cancelled.remove(&id)
+}
+
 /// Largest CONFIG frame accepted (the worker value travels in it).
 fn config_limit() -> usize {
     frame::DEFAULT_MAX_FRAME
@@ -278,11 +299,24 @@ where
         panic::catch(backtraces, || config.codec.decode::<W::Input>(b))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
     };
+    // Units run since the socket was last looked at, and the last unit's
+    // time: see `look_due`.
+    let mut unlooked: u32 = 0;
+    let mut last_spent = Duration::ZERO;
     loop {
-        // Take in frames: block only when there is nothing to do.
+        // Take in frames: block only when there is nothing to do. Frames
+        // already read are taken at once; the socket is looked at (a
+        // system call) only now and then while items are queued.
         let mut fresh = false;
-        while !eof && (queue.is_empty() || readable(&reader, fresh)) {
+        let look = look_due(unlooked, last_spent);
+        if look {
+            unlooked = 0;
+        }
+        while !eof
+            && (queue.is_empty() || reader.buffered() > 0 || (look && readable(&reader, fresh)))
+        {
             fresh = true;
+            unlooked = 0;
             if queue.is_empty() {
                 results.flush(&mut writer)?;
                 // Every item received so far is done: ids still listed as
@@ -335,10 +369,13 @@ where
             break;
         };
         let began = Instant::now();
+        // The clock reading after the worker's call, if it made one: it
+        // times the call and the unit (two readings per item, not three).
+        let mut ended: Option<Instant> = None;
         let done_before = done;
         match unit {
             Unit::Single(id, x) => {
-                if cancelled.remove(&id) {
+                if is_cancelled(&mut cancelled, id) {
                     results.skipped(id);
                     continue;
                 }
@@ -347,7 +384,9 @@ where
                     Ok(x) => {
                         running(|| Running::Items(vec![id]));
                         let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
-                        results.compute = began.elapsed();
+                        let now = Instant::now();
+                        results.compute = now.saturating_duration_since(began);
+                        ended = Some(now);
                         match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
@@ -364,7 +403,7 @@ where
                 let mut ids = Vec::with_capacity(items.len());
                 let mut values = Vec::with_capacity(items.len());
                 for (id, x) in items {
-                    if cancelled.remove(&id) {
+                    if is_cancelled(&mut cancelled, id) {
                         results.skipped(id);
                         continue;
                     }
@@ -381,7 +420,9 @@ where
                     running(|| Running::Items(ids.clone()));
                     let called = Instant::now();
                     let r = panic::catch(backtraces, || worker.call_batch(values));
-                    results.compute = called.elapsed();
+                    let now = Instant::now();
+                    results.compute = now.saturating_duration_since(called);
+                    ended = Some(now);
                     match r {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -416,10 +457,14 @@ where
                 }
             }
         }
-        // One clock reading for the timing and the flush decision.
-        let spent = began.elapsed();
+        // The reading after the call (or one now, if nothing was called)
+        // serves the timing and the flush decision.
+        let now = ended.unwrap_or_else(Instant::now);
+        let spent = now.saturating_duration_since(began);
+        unlooked = unlooked.saturating_add(1);
+        last_spent = spent;
         results.note_work(spent, done - done_before);
-        if results.due_at(began + spent, queue.is_empty(), spent) {
+        if results.due_at(now, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
         }
         if !retiring && retire.due(&config, done) {
