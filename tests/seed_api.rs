@@ -110,10 +110,15 @@ fn async_stream_takes_a_stream_that_is_not_unpin() {
 /// for admitted requests only.
 #[test]
 fn waiting_for_room_in_vain_is_backlog_full_with_the_time_waited() {
-    let server = Server::builder(ThreadServlet::new(Slow { ms: 500, log: None }))
-        .capacity(1)
-        .start()
-        .unwrap();
+    // The busy item holds the only unit through the four waits of 100 ms
+    // below, with room for a loaded machine.
+    let server = Server::builder(ThreadServlet::new(Slow {
+        ms: 2_000,
+        log: None,
+    }))
+    .capacity(1)
+    .start()
+    .unwrap();
     let busy = server.submit(1, CallOptions::default()).unwrap();
 
     // At once, back-pressure on.

@@ -51,17 +51,18 @@ fn worker_process_events_reach_the_server_subscriber() {
     let server = Server::start(ProcessServlet::new(Chatty { burst: 0 }).name("chatty")).unwrap();
     let pid = server.worker_pids()[0].to_string();
     assert_eq!(server.call(3).unwrap(), 3);
+    // The events of every test's servers are captured together (the other
+    // test's "bursty" server logs the same messages): this server's item
+    // event is the one for its input 3.
+    let ours = |e: &Seen| field(e, "message") == "handling item" && field(e, "fields") == "x=3";
     wait_for_events("the init and item events", |s| {
         s.iter()
-            .any(|e| field(e, "message") == "chatty worker ready")
-            && s.iter().any(|e| field(e, "message") == "handling item")
+            .any(|e| field(e, "message") == "chatty worker ready" && field(e, "worker") == "chatty")
+            && s.iter().any(ours)
     });
     {
         let s = events();
-        let e = s
-            .iter()
-            .find(|e| field(e, "message") == "handling item")
-            .unwrap();
+        let e = s.iter().find(|e| ours(e)).unwrap();
         assert_eq!(e.0, tracing::Level::INFO);
         assert_eq!(field(e, "worker"), "chatty");
         assert_eq!(field(e, "index"), "0");
