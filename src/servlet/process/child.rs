@@ -161,14 +161,28 @@ fn report_aborts(link: UnixStream, max_frame: usize, codec: Codec) {
     });
 }
 
+/// How much work the worker does between looks at its socket while it has
+/// items queued. A look is a system call (`poll`); looking before every
+/// item cost the seed pipeline (S4) four of them per item, about a tenth
+/// of its CPU time. Frames that arrive meanwhile wait in the socket (or, if
+/// the sender's write is larger than the socket's buffer, the sender waits)
+/// at most this long more, and only while the worker runs items: it reads
+/// as soon as its queue is empty, so nothing waits for good (README, "Why a
+/// write never waits on a read that nobody does"). A cancellation that
+/// arrives meanwhile may let an item this short run that could have been
+/// skipped; an item as slow as this is followed by a look before the next.
+const LOOK_EVERY: Duration = Duration::from_micros(50);
+
 /// Whether more input is waiting. `fresh`: nothing was done since the last
 /// read, so if that read got everything that was waiting, nothing is (a
-/// frame that arrived in between is read after the item at hand).
-fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
+/// frame that arrived in between is read after the item at hand). `due`:
+/// the worker has worked [`LOOK_EVERY`] since it last read or looked, so
+/// the socket is polled if nothing is buffered.
+fn readable(reader: &FrameReader<UnixStream>, fresh: bool, due: bool) -> bool {
     if reader.buffered() > 0 {
         return true;
     }
-    if fresh && reader.drained() {
+    if (fresh && reader.drained()) || !due {
         return false;
     }
     let fd = reader.get_ref().as_fd();
@@ -278,11 +292,24 @@ where
         panic::catch(backtraces, || config.codec.decode::<W::Input>(b))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
     };
+    // Since when the worker has run items without looking at its socket
+    // (the start of the first item after a read, or the last look) and when
+    // the last item ended: a look is due once that is `LOOK_EVERY` (the
+    // items' own clock readings, none of its own).
+    let mut unseen_since: Option<Instant> = None;
+    let mut item_end: Option<Instant> = None;
     loop {
         // Take in frames: block only when there is nothing to do.
         let mut fresh = false;
-        while !eof && (queue.is_empty() || readable(&reader, fresh)) {
+        let due = unseen_since
+            .zip(item_end)
+            .is_some_and(|(s, e)| e.saturating_duration_since(s) >= LOOK_EVERY);
+        if due {
+            unseen_since = item_end;
+        }
+        while !eof && (queue.is_empty() || readable(&reader, fresh, due || fresh)) {
             fresh = true;
+            unseen_since = None;
             if queue.is_empty() {
                 results.flush(&mut writer)?;
                 // Every item received so far is done: ids still listed as
@@ -335,6 +362,7 @@ where
             break;
         };
         let began = Instant::now();
+        unseen_since.get_or_insert(began);
         let done_before = done;
         match unit {
             Unit::Single(id, x) => {
@@ -418,6 +446,7 @@ where
         }
         // One clock reading for the timing and the flush decision.
         let spent = began.elapsed();
+        item_end = Some(began + spent);
         results.note_work(spent, done - done_before);
         if results.due_at(began + spent, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
