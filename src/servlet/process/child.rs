@@ -298,6 +298,10 @@ where
     // items' own clock readings, none of its own).
     let mut unseen_since: Option<Instant> = None;
     let mut item_end: Option<Instant> = None;
+    // When the last item ended, if the worker did nothing since (no read,
+    // look, write or memory check): the next item starts then, without a
+    // clock reading of its own.
+    let mut next_began: Option<Instant> = None;
     loop {
         // Take in frames: block only when there is nothing to do.
         let mut fresh = false;
@@ -306,10 +310,12 @@ where
             .is_some_and(|(s, e)| e.saturating_duration_since(s) >= LOOK_EVERY);
         if due {
             unseen_since = item_end;
+            // The look takes time of its own: the next item's clock is read.
+            next_began = None;
         }
         while !eof && (queue.is_empty() || readable(&reader, fresh, due || fresh)) {
             fresh = true;
-            unseen_since = None;
+            (unseen_since, next_began) = (None, None);
             if queue.is_empty() {
                 results.flush(&mut writer)?;
                 // Every item received so far is done: ids still listed as
@@ -361,7 +367,7 @@ where
             results.flush(&mut writer)?;
             break;
         };
-        let began = Instant::now();
+        let began = next_began.take().unwrap_or_else(Instant::now);
         unseen_since.get_or_insert(began);
         let done_before = done;
         match unit {
@@ -447,12 +453,15 @@ where
         // One clock reading for the timing and the flush decision.
         let spent = began.elapsed();
         item_end = Some(began + spent);
+        next_began = item_end.filter(|_| config.recycle_above_rss.is_none());
         results.note_work(spent, done - done_before);
         if results.due_at(began + spent, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
+            next_began = None;
         }
         if !retiring && retire.due(&config, done) {
             retiring = true;
+            next_began = None;
             results.flush_with(&mut writer, Some((kind::RETIRING, b"recycle")))?;
         }
     }
