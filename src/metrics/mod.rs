@@ -238,6 +238,28 @@ impl StageRecorder<'_> {
     }
 }
 
+impl StageRecorder<'_> {
+    /// [`StageRecorder::record`] in nanoseconds (the hot paths compute
+    /// stage times as integer differences: no `Duration` per stage).
+    #[inline]
+    pub(crate) fn record_ns(
+        &self,
+        queue: Option<u64>,
+        transfer: u64,
+        compute: u64,
+        total: Option<u64>,
+    ) {
+        if let Some(v) = queue {
+            self.queue.record(v);
+        }
+        self.transfer.record(transfer);
+        self.compute.record(compute);
+        if let Some(v) = total {
+            self.total.record(v);
+        }
+    }
+}
+
 impl std::fmt::Debug for StageRecorder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StageRecorder").finish_non_exhaustive()

@@ -20,7 +20,7 @@ use super::admission::Refused;
 use super::async_call::WaitForRoom;
 use super::{Handle, Pending};
 use crate::error::Error;
-use crate::servlet::plumbing::Push;
+use crate::servlet::plumbing::{Push, SinkRef};
 
 /// Options of a stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -151,6 +151,10 @@ where
         if !refill_due(self.inflight.len(), self.window) {
             return;
         }
+        // The flow's input, taken once per refill rather than once per item
+        // (a lock and a reference count each time), and let go before any
+        // wait for room.
+        let mut entry: Option<SinkRef<I::Item>> = None;
         while self.inflight.len() < self.window {
             let Some(input) = self.input.as_mut() else {
                 return;
@@ -159,13 +163,22 @@ where
             let permit = match adm.try_acquire() {
                 Ok(p) => Ok(p),
                 Err(Refused::Full) if !self.inflight.is_empty() => return,
-                Err(Refused::Full) => self.handle.wait_in_line(started, self.timeout),
+                Err(Refused::Full) => {
+                    entry = None;
+                    self.handle.wait_in_line(started, self.timeout)
+                }
                 Err(r) => Err(self.handle.refused(r)),
             };
             // Room first, then the flow's input: a stream waiting for room
             // must not hold the input open while the server drains.
-            let admitted = permit.and_then(|p| Ok((p, self.handle.entry()?)));
-            let (permit, entry) = match admitted {
+            let admitted = permit.and_then(|p| {
+                let e = match entry.take() {
+                    Some(e) => e,
+                    None => self.handle.entry()?,
+                };
+                Ok((p, e))
+            });
+            let (permit, entry_now) = match admitted {
                 Ok(a) => a,
                 Err(Error::Shutdown) => {
                     // The next input (if any) ends the stream with the
@@ -197,8 +210,9 @@ where
             let kept = (self.keep)(&x);
             let r = self
                 .handle
-                .enqueue(&entry, x, permit, started, self.timeout, Push::Stream)
+                .enqueue(&entry_now, x, permit, started, self.timeout, Push::Stream)
                 .map(|(p, _)| p);
+            entry = Some(entry_now);
             let failed = r.is_err();
             self.inflight.push_back((kept, r));
             if failed && self.stops_at_failure() {

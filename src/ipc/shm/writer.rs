@@ -99,7 +99,23 @@ impl<'a> PayloadWriter<'a> {
         }
     }
 
+    /// The common case inline (a small value going into the frame: no
+    /// slot, nothing in place, under the threshold or past trying); the
+    /// rest in [`PayloadWriter::put_slow`]. Encoders write a value in many
+    /// small pieces, so this runs several times per item.
+    #[inline]
     fn put(&mut self, b: &[u8]) {
+        if self.slot.is_none()
+            && self.in_place.is_none()
+            && (self.tried || self.vec.len() - self.start + b.len() <= self.threshold)
+        {
+            self.vec.extend_from_slice(b);
+            return;
+        }
+        self.put_slow(b);
+    }
+
+    fn put_slow(&mut self, b: &[u8]) {
         if let Some(c) = self.in_place.take() {
             self.materialize(c);
         }
@@ -231,7 +247,16 @@ impl<'a> PayloadWriter<'a> {
     }
 
     /// Where the value ended up.
-    pub fn finish(mut self) -> Placed {
+    #[inline]
+    pub fn finish(self) -> Placed {
+        if self.slot.is_none() && self.in_place.is_none() {
+            // In the frame (nothing to give up on drop either).
+            return Placed::Inline;
+        }
+        self.finish_slow()
+    }
+
+    fn finish_slow(mut self) -> Placed {
         if let (Some((mut r, start, len)), Spill::Lent(region, ..)) =
             (self.in_place.take(), &self.spill)
         {

@@ -161,33 +161,40 @@ fn report_aborts(link: UnixStream, max_frame: usize, codec: Codec) {
     });
 }
 
-/// How much work the worker does between looks at its socket while it has
-/// items queued. A look is a system call (`poll`); looking before every
-/// item cost the seed pipeline (S4) four of them per item, about a tenth
-/// of its CPU time. Frames that arrive meanwhile wait in the socket (or, if
-/// the sender's write is larger than the socket's buffer, the sender waits)
-/// at most this long more, and only while the worker runs items: it reads
-/// as soon as its queue is empty, so nothing waits for good (README, "Why a
-/// write never waits on a read that nobody does"). A cancellation that
-/// arrives meanwhile may let an item this short run that could have been
-/// skipped; an item as slow as this is followed by a look before the next.
-const LOOK_EVERY: Duration = Duration::from_micros(50);
-
 /// Whether more input is waiting. `fresh`: nothing was done since the last
 /// read, so if that read got everything that was waiting, nothing is (a
-/// frame that arrived in between is read after the item at hand). `due`:
-/// the worker has worked [`LOOK_EVERY`] since it last read or looked, so
-/// the socket is polled if nothing is buffered.
-fn readable(reader: &FrameReader<UnixStream>, fresh: bool, due: bool) -> bool {
+/// frame that arrived in between is read after the item at hand).
+fn readable(reader: &FrameReader<UnixStream>, fresh: bool) -> bool {
     if reader.buffered() > 0 {
         return true;
     }
-    if (fresh && reader.drained()) || !due {
+    if fresh && reader.drained() {
         return false;
     }
     let fd = reader.get_ref().as_fd();
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// Units run between two looks at the socket while items are queued.
+const LOOK_EVERY: u32 = 8;
+/// A unit that took this long is followed by a look at the socket.
+const LOOK_AFTER: Duration = Duration::from_micros(50);
+
+/// Whether to look for frames waiting on the socket (a `poll`) before the
+/// next queued unit: after every unit that took [`LOOK_AFTER`] or more (so
+/// a cancellation reaches slow items before they begin), else every
+/// [`LOOK_EVERY`] units. Fast items thus cost no system call each, and a
+/// cancellation that arrives while they run is seen within a few
+/// microseconds of work.
+fn look_due(unlooked: u32, last_spent: Duration) -> bool {
+    unlooked >= LOOK_EVERY || last_spent >= LOOK_AFTER
+}
+
+/// True (and forgotten) if item `id` was cancelled. Cancellations are rare:
+/// with none listed, no hashing per item.
+fn is_cancelled(cancelled: &mut HashSet<u64>, id: u64) -> bool {
+    !cancelled.is_empty() && cancelled.remove(&id)
 }
 
 /// Largest CONFIG frame accepted (the worker value travels in it).
@@ -292,30 +299,24 @@ where
         panic::catch(backtraces, || config.codec.decode::<W::Input>(b))
             .unwrap_or_else(|p| Err(format!("panic while deserializing: {}", p.message())))
     };
-    // Since when the worker has run items without looking at its socket
-    // (the start of the first item after a read, or the last look) and when
-    // the last item ended: a look is due once that is `LOOK_EVERY` (the
-    // items' own clock readings, none of its own).
-    let mut unseen_since: Option<Instant> = None;
-    let mut item_end: Option<Instant> = None;
-    // When the last item ended, if the worker did nothing since (no read,
-    // look, write or memory check): the next item starts then, without a
-    // clock reading of its own.
-    let mut next_began: Option<Instant> = None;
+    // Units run since the socket was last looked at, and the last unit's
+    // time: see `look_due`.
+    let mut unlooked: u32 = 0;
+    let mut last_spent = Duration::ZERO;
     loop {
-        // Take in frames: block only when there is nothing to do.
+        // Take in frames: block only when there is nothing to do. Frames
+        // already read are taken at once; the socket is looked at (a
+        // system call) only now and then while items are queued.
         let mut fresh = false;
-        let due = unseen_since
-            .zip(item_end)
-            .is_some_and(|(s, e)| e.saturating_duration_since(s) >= LOOK_EVERY);
-        if due {
-            unseen_since = item_end;
-            // The look takes time of its own: the next item's clock is read.
-            next_began = None;
+        let look = look_due(unlooked, last_spent);
+        if look {
+            unlooked = 0;
         }
-        while !eof && (queue.is_empty() || readable(&reader, fresh, due || fresh)) {
+        while !eof
+            && (queue.is_empty() || reader.buffered() > 0 || (look && readable(&reader, fresh)))
+        {
             fresh = true;
-            (unseen_since, next_began) = (None, None);
+            unlooked = 0;
             if queue.is_empty() {
                 results.flush(&mut writer)?;
                 // Every item received so far is done: ids still listed as
@@ -367,12 +368,14 @@ where
             results.flush(&mut writer)?;
             break;
         };
-        let began = next_began.take().unwrap_or_else(Instant::now);
-        unseen_since.get_or_insert(began);
+        let began = Instant::now();
+        // The clock reading after the worker's call, if it made one: it
+        // times the call and the unit (two readings per item, not three).
+        let mut ended: Option<Instant> = None;
         let done_before = done;
         match unit {
             Unit::Single(id, x) => {
-                if cancelled.remove(&id) {
+                if is_cancelled(&mut cancelled, id) {
                     results.skipped(id);
                     continue;
                 }
@@ -381,7 +384,9 @@ where
                     Ok(x) => {
                         running(|| Running::Items(vec![id]));
                         let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
-                        results.compute = began.elapsed();
+                        let now = Instant::now();
+                        results.compute = now.saturating_duration_since(began);
+                        ended = Some(now);
                         match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
@@ -398,7 +403,7 @@ where
                 let mut ids = Vec::with_capacity(items.len());
                 let mut values = Vec::with_capacity(items.len());
                 for (id, x) in items {
-                    if cancelled.remove(&id) {
+                    if is_cancelled(&mut cancelled, id) {
                         results.skipped(id);
                         continue;
                     }
@@ -415,7 +420,9 @@ where
                     running(|| Running::Items(ids.clone()));
                     let called = Instant::now();
                     let r = panic::catch(backtraces, || worker.call_batch(values));
-                    results.compute = called.elapsed();
+                    let now = Instant::now();
+                    results.compute = now.saturating_duration_since(called);
+                    ended = Some(now);
                     match r {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -450,18 +457,18 @@ where
                 }
             }
         }
-        // One clock reading for the timing and the flush decision.
-        let spent = began.elapsed();
-        item_end = Some(began + spent);
-        next_began = item_end.filter(|_| config.recycle_above_rss.is_none());
+        // The reading after the call (or one now, if nothing was called)
+        // serves the timing and the flush decision.
+        let now = ended.unwrap_or_else(Instant::now);
+        let spent = now.saturating_duration_since(began);
+        unlooked = unlooked.saturating_add(1);
+        last_spent = spent;
         results.note_work(spent, done - done_before);
-        if results.due_at(began + spent, queue.is_empty(), spent) {
+        if results.due_at(now, queue.is_empty(), spent) {
             results.flush(&mut writer)?;
-            next_began = None;
         }
         if !retiring && retire.due(&config, done) {
             retiring = true;
-            next_began = None;
             results.flush_with(&mut writer, Some((kind::RETIRING, b"recycle")))?;
         }
     }

@@ -63,6 +63,8 @@ pub(super) struct Dispatcher<'a, W: Worker> {
     busy_until: Option<Instant>,
     /// Items of the last batch sent.
     last_sent: usize,
+    /// Items were sent since the last [`Dispatcher::sweep`] call.
+    sent_since_sweep: bool,
 }
 
 impl<'a, W: Worker> Dispatcher<'a, W> {
@@ -78,6 +80,7 @@ impl<'a, W: Worker> Dispatcher<'a, W> {
             frames: ItemFrames::default(),
             busy_until: None,
             last_sent: 0,
+            sent_since_sweep: false,
         }
     }
 }
@@ -85,7 +88,8 @@ impl<'a, W: Worker> Dispatcher<'a, W> {
 /// Takes what is queued now in the spill queue and then in `rx` (at most
 /// what each held when it began, so items put back are not seen twice):
 /// items of ended requests are dropped and counted as skipped (they never
-/// ran); the others go to `live`.
+/// ran); the others go to `live` (which counts them off `shared.queued` if
+/// they leave the queues).
 pub(super) fn drain_queued<W: Worker>(
     shared: &Shared<W>,
     rx: &Receiver<Item<W>>,
@@ -95,6 +99,7 @@ pub(super) fn drain_queued<W: Worker>(
         for _ in 0..rx.len() {
             let Ok(item) = rx.try_recv() else { break };
             if item.0.is_cancelled() {
+                shared.queued.left(1);
                 shared.stats.items_in.fetch_add(1, Relaxed);
                 shared.stats.skipped.fetch_add(1, Relaxed);
                 // The value's `Drop` is user code.
@@ -140,7 +145,18 @@ where
     /// and moves the others to the spill queue, in order, where any
     /// supervisor with credit takes them first. Without this, a cancelled
     /// item would sit in the queue until some worker had credit for it.
-    pub(super) fn sweep(&self) {
+    ///
+    /// Called on each cancel scan (every 10 ms) while the worker has no
+    /// credit; a supervisor that sent items since the previous call skips
+    /// it: its worker takes items as fast as the queue brings them (a
+    /// stream of fast items is always a moment from its next credit), so
+    /// moving the queue would only pass every waiting item through a second
+    /// channel. A worker that stays out of credit for a whole scan period
+    /// has its queue swept at the next scan.
+    pub(super) fn sweep(&mut self) {
+        if std::mem::take(&mut self.sent_since_sweep) {
+            return;
+        }
         let spill = &self.shared.spill_tx;
         drain_queued(self.shared, self.rx, |item| {
             let _ = spill.send(item);
@@ -233,6 +249,8 @@ where
                 live
             },
         );
+        // `first` and the items the fill took have left the queues.
+        shared.queued.left(taken);
         stats.items_in.fetch_add(taken, Relaxed);
         if skipped > 0 {
             stats.skipped.fetch_add(skipped, Relaxed);
@@ -353,6 +371,7 @@ where
         };
         self.busy_until = from.zip(model.cost(n)).map(|(t, c)| t + c);
         self.last_sent = n;
+        self.sent_since_sweep = true;
     }
 
     /// Sends one item of a crashed worker again, alone, as it was encoded.

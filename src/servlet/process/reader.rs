@@ -626,12 +626,13 @@ impl<Out: DeserializeOwned + Send + 'static> Drop for CallerRead<Out> {
 /// differences, no clock reading, per item.
 fn time_stages(rec: &StageRecorder<'_>, entry: &InFlight, now_ns: u64, compute_ns: u64) {
     let entered = entry.ticket.clock().and_then(|c| c.entered_ns());
-    let since = |later: u64, earlier: u64| Duration::from_nanos(later.saturating_sub(earlier));
-    rec.record(
-        entered.map(|e| since(entry.sent_ns, e)),
-        Some(since(now_ns.saturating_sub(entry.sent_ns), compute_ns)),
-        Some(Duration::from_nanos(compute_ns)),
-        entered.map(|e| since(now_ns, e)),
+    rec.record_ns(
+        entered.map(|e| entry.sent_ns.saturating_sub(e)),
+        now_ns
+            .saturating_sub(entry.sent_ns)
+            .saturating_sub(compute_ns),
+        compute_ns,
+        entered.map(|e| now_ns.saturating_sub(e)),
     );
 }
 
