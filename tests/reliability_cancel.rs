@@ -240,3 +240,52 @@ fn fail_fast_ensemble_cancels_sibling_work() {
         let _ = std::fs::remove_file(&gate);
     }
 }
+
+/// Items a process worker already holds behind a slow item, whose requests
+/// expire while that item runs, are skipped: after an item that ran a while
+/// the worker looks at its socket, and finds their CANCEL, before it runs
+/// the next one (it does not look before every item: round 7, S4).
+#[test]
+fn items_a_worker_holds_behind_a_slow_item_are_skipped_when_they_expire() {
+    let log = temp_path("held-log");
+    let (gate1, gate2) = (temp_path("held-gate1"), temp_path("held-gate2"));
+    // A fixed credit: every item goes to the worker as soon as it is queued.
+    let server =
+        Server::start(ProcessServlet::new(Chaos::new().log(&log)).max_inflight(32)).unwrap();
+    let long = CallOptions::default().timeout(Duration::from_secs(60));
+    let first = server.submit(Op::Gate(-1, gate1.clone()), long).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 1));
+    let slow = server.submit(Op::Gate(-3, gate2.clone()), long).unwrap();
+    let short = CallOptions::default().timeout(Duration::from_millis(1000));
+    let pending: Vec<_> = (0..20)
+        .map(|i| server.submit(Op::Echo(i), short).unwrap())
+        .collect();
+    // All of them are written to the worker while it is held at the first
+    // gate; it reads them all once that item is done, and starts the slow one.
+    assert!(wait_until(Duration::from_secs(5), || server
+        .servlets()
+        .items_in
+        == 22));
+    std::fs::write(&gate1, b"open").unwrap();
+    assert_eq!(first.wait().unwrap().0, -2);
+    assert!(wait_until(Duration::from_secs(5), || count_lines(&log) == 2));
+    // They expire while the slow item runs; the supervisor's cancel scan
+    // (every 10 ms while its worker holds items) writes their CANCEL, which
+    // nothing here can observe before the worker answers: two seconds for it.
+    for p in pending {
+        assert!(matches!(p.wait(), Err(Error::Timeout(_))));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&gate2, b"open").unwrap();
+    assert_eq!(slow.wait().unwrap().0, -6);
+    assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
+    assert_eq!(
+        logged(&log),
+        vec![-1, -3],
+        "expired items held by the worker ran"
+    );
+    assert_eq!(server.servlets().skipped, 20);
+    for p in [&log, &gate1, &gate2] {
+        let _ = std::fs::remove_file(p);
+    }
+}

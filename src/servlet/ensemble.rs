@@ -105,7 +105,14 @@ macro_rules! ensemble {
 trait Mode<Out>: Send + Sync + 'static {
     type Output: Send + 'static;
     const FAIL_FAST: bool;
-    fn finish(results: Vec<Result<Out, Error>>) -> Result<Self::Output, EnsembleError>;
+    /// The output from the slot's results, taken out of it (a missing one
+    /// counts as [`Error::Cancelled`]).
+    fn finish(results: &mut [Option<Result<Out, Error>>]) -> Result<Self::Output, EnsembleError>;
+}
+
+/// A slot's result, taken out of it.
+fn take<Out>(x: &mut Option<Result<Out, Error>>) -> Result<Out, Error> {
+    x.take().unwrap_or(Err(Error::Cancelled))
 }
 
 struct FailFast;
@@ -114,11 +121,13 @@ struct Lenient;
 impl<Out: Send + 'static> Mode<Out> for FailFast {
     type Output = Vec<Out>;
     const FAIL_FAST: bool = true;
-    fn finish(results: Vec<Result<Out, Error>>) -> Result<Vec<Out>, EnsembleError> {
+    fn finish(results: &mut [Option<Result<Out, Error>>]) -> Result<Vec<Out>, EnsembleError> {
         // Fail-fast reports the first error as soon as it arrives, so here all
-        // results are values; keep the general path for safety.
+        // results are values; keep the general path for safety. The values
+        // go straight into the output (one allocation per item).
         results
-            .into_iter()
+            .iter_mut()
+            .map(take)
             .collect::<Result<Vec<Out>, Error>>()
             .map_err(|e| EnsembleError {
                 errors: vec![Some(e)],
@@ -130,7 +139,8 @@ impl<Out: Send + 'static> Mode<Out> for FailFast {
 impl<Out: Send + 'static> Mode<Out> for Lenient {
     type Output = Vec<Result<Out, Error>>;
     const FAIL_FAST: bool = false;
-    fn finish(results: Vec<Result<Out, Error>>) -> Result<Self::Output, EnsembleError> {
+    fn finish(results: &mut [Option<Result<Out, Error>>]) -> Result<Self::Output, EnsembleError> {
+        let results: Vec<Result<Out, Error>> = results.iter_mut().map(take).collect();
         if results.iter().all(Result::is_err) {
             Err(EnsembleError {
                 errors: results.into_iter().map(Result::err).collect(),
@@ -312,14 +322,10 @@ impl<Out: Send + 'static, M: Mode<Out>> MemberSink<Out, M> {
             return;
         }
         st.done = true;
-        let results: Vec<Result<Out, Error>> = st
-            .results
-            .iter_mut()
-            .map(|x| x.take().unwrap_or(Err(Error::Cancelled)))
-            .collect();
+        let mut results = std::mem::take(&mut st.results);
         let parent = slot.parent.clone();
         drop(st);
-        match M::finish(results) {
+        match M::finish(&mut results) {
             Ok(v) => self.out.push(parent, v),
             Err(e) => self.out.fail(parent, Error::Ensemble(e)),
         }
