@@ -70,9 +70,15 @@ pinned1   the script restricts itself to CPU 0 (sched_setaffinity, inherited by
 unpinned  no restriction; workers unpinned (cpus=[None]*n), except that the seed
           flow keeps its own cpus lists; 0.12.9 gets ``main_cpu=None`` (its
           default, ``main_cpu=0``, would pin the main process to CPU 0).
+split     every worker on CPU 1 (cpus=[1]), then, once the server has
+          started, every thread of the main process (the caller and the
+          server's own threads) on CPU 0 (a worker can only be pinned to a
+          CPU its parent may use); 0.12.9 gets ``main_cpu=None``: the two
+          ends of a call always on different CPUs, which unpinned runs fall
+          into in some runs and not in others. S1 only.
 
-Default scenario sets: unpinned runs S1-S10; pinned1 runs S1, S7, S9. S6 is
-never run pinned (it needs 2 CPUs).
+Default scenario sets: unpinned runs S1-S10; pinned1 runs S1, S7, S9; split
+runs S1. S6 runs only unpinned (it needs 2 CPUs for its workers).
 
 Output: one JSON object per line on stdout per figure, e.g.
 {"contender": "mpservice-0.12.9", "scenario": "S1_seq_call", "placement":
@@ -254,6 +260,8 @@ class Bench:
         self.runs = args.runs
         self.quick = args.quick
         self.pinned = args.placement == "pinned1"
+        self.split = args.placement == "split"
+        self.start_cpus = os.sched_getaffinity(0)
         self.loops = None  # S6 calibration
         self.best = getattr(args, "best", False)
         self.current = None  # the scenario being run (its key, e.g. "S2")
@@ -275,9 +283,27 @@ class Bench:
         """Re-apply the CPU restriction of this placement to the main process."""
         if self.pinned:
             os.sched_setaffinity(0, {0})
+        elif self.split:
+            # Workers can only be pinned to a CPU their parent may use: the
+            # server starts with every CPU, then ``after_start`` moves this
+            # process's threads to CPU 0.
+            os.sched_setaffinity(0, self.start_cpus)
+
+    def after_start(self) -> None:
+        """Under ``split``: every thread of this process (the caller and
+        the server's own threads) to CPU 0, once the server has started its
+        workers on CPU 1."""
+        if self.split:
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    os.sched_setaffinity(int(tid), {0})
+                except ProcessLookupError:  # exited meanwhile
+                    pass
 
     def cpus(self, n: int) -> list:
         """``cpus`` argument of ProcessServlet for ``n`` processes."""
+        if self.split:
+            return [1] * n
         return [0] * n if self.pinned else [None] * n
 
     def server(self, servlet, **kwargs):
@@ -300,12 +326,19 @@ class Bench:
         log(f"  affinity: server {masks[0]}, workers {masks[1:]}")
         if self.pinned:
             assert all(m == [0] for m in masks), f"pinned1 but affinities {masks}"
+        elif self.split:
+            assert masks[0] == [0], f"split but server affinity {masks[0]}"
+            if not workers_pinned_by_flow:
+                assert all(m == [1] for m in masks[1:]), f"split but affinities {masks}"
         elif os.cpu_count() > 1:
             checked = masks[:1] if workers_pinned_by_flow else masks
             assert all(len(m) > 1 for m in checked), f"unpinned but affinities {masks}"
 
     def seed_servlet(self):
-        if self.pinned:
+        if self.split:
+            head, tail, length = [1], [1, 1], [1]
+            solute = [1]
+        elif self.pinned:
             head, tail, length = [0], [0, 0], [0]
             solute = [0]
         else:
@@ -440,6 +473,7 @@ def s1_seq_call(b: Bench) -> None:
     log(f"S1_seq_call: {n} sequential calls")
     rate, p50, p99 = [], [], []
     with b.server(ProcessServlet(Double, cpus=b.cpus(1))) as server:
+        b.after_start()
         b.check_affinity(server)
         for i in range(b.n(200, 50)):
             server.call(i)
@@ -557,8 +591,8 @@ S6_MIN_RUNS = 5
 
 
 def s6_cpu_scaling(b: Bench) -> None:
-    if b.pinned:
-        log("S6_cpu_scaling: skipped under pinned1 (needs 2 CPUs)")
+    if b.placement != "unpinned":
+        log(f"S6_cpu_scaling: skipped under {b.placement} (needs 2 CPUs for the workers)")
         return
     n = b.n(400, 40)
     loops = b.loops
@@ -806,6 +840,7 @@ SCENARIOS = {
 DEFAULT_SETS = {
     "unpinned": list(SCENARIOS),
     "pinned1": ["S1", "S7", "S9"],
+    "split": ["S1"],
 }
 
 
@@ -813,7 +848,7 @@ def parse_args(argv=None):
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--placement", choices=["pinned1", "unpinned"], default="unpinned")
+    p.add_argument("--placement", choices=["pinned1", "unpinned", "split"], default="unpinned")
     p.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     p.add_argument(
         "--scenarios",
@@ -884,9 +919,12 @@ def main(argv=None) -> int:
         f"best={args.best}, "
         f"scenarios={','.join(args.selected)}"
     )
-    if "S6" in args.selected and not b.pinned:
+    if "S6" in args.selected and b.placement == "unpinned":
         b.loops = calibrate_burn()
     for key in args.selected:
+        if b.split and key != "S1":
+            log(f"{key}: not measured under split (S1 only)")
+            continue
         b.current = key
         SCENARIOS[key](b)
     return 0

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use mpserver::prelude::*;
 use mpserver::{Batching, Codec, CpuAffinity};
-use mpserver_benches::{CommonArgs, Figure, Placement, lcg_work, loops_for_2ms, pin_to_cpu0};
+use mpserver_benches::{
+    CommonArgs, Figure, Placement, current_cpus, lcg_work, loops_for_2ms, pin_all_threads_to,
+    pin_to_cpu0, set_cpus,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -176,11 +179,13 @@ fn seed_server(p: Placement) -> Server<Value, Value> {
         match p {
             Placement::Pinned1 => vec![CpuAffinity::cpu(0); c.len().max(1)],
             Placement::Unpinned => c.into_iter().map(CpuAffinity::cpu).collect(),
+            Placement::Split => vec![CpuAffinity::cpu(1); c.len().max(1)],
         }
     };
     let solute = match p {
         Placement::Pinned1 => vec![CpuAffinity::cpu(0)],
         Placement::Unpinned => vec![CpuAffinity::any()],
+        Placement::Split => vec![CpuAffinity::cpu(1)],
     };
     let mp = Codec::MessagePack;
     let flow = sequential![
@@ -211,6 +216,7 @@ fn worker_cpus(p: Placement, n: usize) -> Vec<CpuAffinity> {
     match p {
         Placement::Pinned1 => vec![CpuAffinity::cpu(0); n],
         Placement::Unpinned => vec![CpuAffinity::any(); n],
+        Placement::Split => vec![CpuAffinity::cpu(1); n],
     }
 }
 
@@ -258,6 +264,8 @@ fn rss_mib(pid: u32) -> f64 {
 
 struct Out {
     placement: Placement,
+    /// The CPUs this process could use at start.
+    cpus: Vec<usize>,
 }
 
 impl Out {
@@ -299,12 +307,31 @@ impl Worker for Nap {
 
 // ---------------------------------------------------------------- scenarios
 
+/// Under `split`: starts `servlet` with this thread on every CPU it had at
+/// program start (so that its workers may be pinned to CPU 1), then moves
+/// every thread of this process (the caller and the server's own threads)
+/// to CPU 0. Other placements: `Server::start`.
+fn split_start<S>(out: &Out, servlet: S) -> Server<S::Input, S::Output>
+where
+    S: mpserver::Servlet,
+{
+    if out.placement != Placement::Split {
+        return Server::start(servlet).unwrap();
+    }
+    set_cpus(&out.cpus).expect("restore the CPUs of the program's start");
+    let server = Server::start(servlet).unwrap();
+    pin_all_threads_to(0).expect("pin this process's threads to CPU 0");
+    server
+}
+
 fn s1(args: &CommonArgs, out: &Out) {
     let n = if args.quick { 300 } else { 2000 };
     let (mut cps, mut lats) = (vec![], Latencies::default());
     for _ in 0..args.runs {
-        let server =
-            Server::start(ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1))).unwrap();
+        let server = split_start(
+            out,
+            ProcessServlet::new(Double).cpus(worker_cpus(out.placement, 1)),
+        );
         for i in 0..200 {
             assert_eq!(server.call(i).unwrap(), 2 * i);
         }
@@ -1018,6 +1045,8 @@ fn main() {
         }
         return;
     }
+    // pinned1: everything on CPU 0. split: the workers on CPU 1
+    // (`worker_cpus`), then this process's threads on CPU 0 (`split_start`).
     if args.placement == Placement::Pinned1
         && let Err(e) = pin_to_cpu0()
     {
@@ -1026,15 +1055,25 @@ fn main() {
     }
     let out = Out {
         placement: args.placement,
+        cpus: current_cpus().unwrap_or_default(),
     };
     // Pinned runs cover the latency scenarios (and start-up), as for the other contenders.
     let default_set: &[&str] = match args.placement {
         Placement::Pinned1 => &["S1", "S7", "S9"],
+        // What `split` shows (the ends of a call on different CPUs) is what
+        // makes S1 bimodal under `unpinned`.
+        Placement::Split => &["S1"],
         Placement::Unpinned => &[
             "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S13", "S14",
         ],
     };
     let want = |id: &str| {
+        if args.placement == Placement::Split && id != "S1" {
+            if args.scenarios.is_some() && args.wants(id) {
+                eprintln!("mpserver_scenarios: {id}: not measured under split (S1 only)");
+            }
+            return false;
+        }
         if args.scenarios.is_some() {
             args.wants(id)
         } else {
