@@ -181,3 +181,62 @@ fn fast_stage_feeding_slow_stage_stays_bounded() {
     assert!(grew < 64 << 20, "server memory grew by {grew} bytes");
     assert!(wait_until(Duration::from_secs(5), || server.backlog() == 0));
 }
+
+/// The queue-depth gauge of a process servlet counts every queued item once,
+/// also while supervisors move items from the queue to the spill queue and
+/// take them from there: it never reads above the capacity. Four workers that
+/// each hold at most one item keep items spilling (a supervisor whose worker
+/// has no credit gives the item back to the spill queue); the gauge is read
+/// without pause while a flood of callers keeps the server full.
+#[test]
+fn queue_depth_counts_spilled_items_once() {
+    const C: usize = 8;
+    let server = Server::builder(
+        ProcessServlet::new(Chaos::new().sleep_us(200))
+            .workers(4)
+            .max_inflight(1),
+    )
+    .capacity(C)
+    .start()
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (h, stop) = (server.handle(), stop.clone());
+        std::thread::spawn(move || {
+            let mut depth = 0;
+            while !stop.load(Ordering::Relaxed) {
+                depth = depth.max(h.servlets().queue_depth.unwrap_or(0));
+            }
+            depth
+        })
+    };
+    let callers: Vec<_> = (0..16)
+        .map(|t| {
+            let h = server.handle();
+            std::thread::spawn(move || {
+                let opts = CallOptions::default().timeout(Duration::from_secs(30));
+                for i in 0..150 {
+                    let x = t * 1000 + i;
+                    match h.call_with(Op::Echo(x), opts) {
+                        Ok((y, _)) => assert_eq!(y, 2 * x),
+                        Err(Error::BacklogFull(_)) => {}
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let max_queue = watcher.join().unwrap();
+    assert!(
+        max_queue <= C,
+        "queue depth read {max_queue} (capacity {C})"
+    );
+    assert!(wait_until(Duration::from_secs(5), || server
+        .servlets()
+        .queue_depth
+        == Some(0)));
+}

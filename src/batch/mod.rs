@@ -397,10 +397,14 @@ mod tests {
     #[test]
     fn waits_until_deadline_for_late_items() {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let t = std::thread::spawn(move || {
             tx.send(1).unwrap();
-            // keep the sender alive past the deadline
-            std::thread::park_timeout(Duration::from_millis(200));
+            // Keep the sender alive past the deadline: until the fill below
+            // returned (a timed park may end early, or before the fill
+            // begins on a loaded machine, and the fill then sees the queue
+            // disconnected).
+            let _ = done_rx.recv();
         });
         let mut out = vec![];
         let start = Instant::now();
@@ -414,7 +418,7 @@ mod tests {
         assert_eq!(r, Fill::Done);
         assert_eq!(out, vec![1]);
         assert!(start.elapsed() >= Duration::from_millis(50));
-        t.thread().unpark();
+        drop(done_tx);
         t.join().unwrap();
     }
 

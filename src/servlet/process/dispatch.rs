@@ -85,7 +85,8 @@ impl<'a, W: Worker> Dispatcher<'a, W> {
 /// Takes what is queued now in the spill queue and then in `rx` (at most
 /// what each held when it began, so items put back are not seen twice):
 /// items of ended requests are dropped and counted as skipped (they never
-/// ran); the others go to `live`.
+/// ran); the others go to `live` (which counts them off `shared.queued` if
+/// they leave the queues).
 pub(super) fn drain_queued<W: Worker>(
     shared: &Shared<W>,
     rx: &Receiver<Item<W>>,
@@ -95,6 +96,7 @@ pub(super) fn drain_queued<W: Worker>(
         for _ in 0..rx.len() {
             let Ok(item) = rx.try_recv() else { break };
             if item.0.is_cancelled() {
+                shared.queued.left(1);
                 shared.stats.items_in.fetch_add(1, Relaxed);
                 shared.stats.skipped.fetch_add(1, Relaxed);
                 // The value's `Drop` is user code.
@@ -233,6 +235,8 @@ where
                 live
             },
         );
+        // `first` and the items the fill took have left the queues.
+        shared.queued.left(taken);
         stats.items_in.fetch_add(taken, Relaxed);
         if skipped > 0 {
             stats.skipped.fetch_add(skipped, Relaxed);

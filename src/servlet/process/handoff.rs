@@ -103,6 +103,7 @@ where
         } else {
             0
         };
+        let mut item = (ticket, x);
         for k in 0..n {
             let Some(port) = self.doors[(first + k) % n].current() else {
                 continue;
@@ -110,9 +111,14 @@ where
             if port.ledger.held() != 0 {
                 continue;
             }
-            return self.send(&port, ticket, x, kind);
+            // A worker whose send side is busy for a moment (its supervisor
+            // looks at it) gives the item back: the next idle one may take it.
+            match self.send(&port, item.0, item.1, kind) {
+                Err(back) => item = back,
+                sent => return sent,
+            }
         }
-        Err((ticket, x))
+        Err(item)
     }
 
     /// Sends one item to `port`'s process if it is still idle and its send
@@ -200,10 +206,15 @@ where
 {
     fn push(&self, ticket: TicketRef, value: W::Input) {
         self.queue.push(ticket, value);
+        self.shared.queued.entered();
     }
 
     fn push_until(&self, ticket: TicketRef, value: W::Input, deadline: Instant) -> bool {
-        self.queue.push_until(ticket, value, deadline)
+        let pushed = self.queue.push_until(ticket, value, deadline);
+        if pushed {
+            self.shared.queued.entered();
+        }
+        pushed
     }
 
     /// A caller's single call goes straight to an idle worker if there is one
@@ -218,7 +229,13 @@ where
         match self.try_direct(ticket, value, kind) {
             Ok(Some(claim)) => Pushed::Claimed(claim),
             Ok(None) => Pushed::Delivered,
-            Err((ticket, value)) => self.queue.push_call(ticket, value, deadline, kind),
+            Err((ticket, value)) => {
+                let pushed = self.queue.push_call(ticket, value, deadline, kind);
+                if matches!(pushed, Pushed::Delivered) {
+                    self.shared.queued.entered();
+                }
+                pushed
+            }
         }
     }
 

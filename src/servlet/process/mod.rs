@@ -278,15 +278,11 @@ where
         let (closing_tx, closing_rx) = crossbeam_channel::bounded::<()>(0);
         // Spilled items (see `shared.rs`) are queued items too.
         let (spill_tx, spill_rx) = crossbeam_channel::unbounded();
-        let (depth_rx, depth_spill) = (rx.clone(), spill_rx.clone());
+        // One count of both queues (see `shared::Queued`).
+        let queued = Arc::new(shared::Queued::default());
+        let depth = queued.clone();
         let mut node = ServletNode::new("process", this.config.name.clone())
-            // The spill queue is read first: items move from the queue to
-            // the spill queue (never back), so one moving between the two
-            // reads is not counted twice.
-            .with_queue_depth(move || {
-                let spilled = depth_spill.len();
-                spilled + depth_rx.len()
-            });
+            .with_queue_depth(move || depth.get());
         let shared = Arc::new(shared::Shared::<W> {
             name: this.config.name.clone(),
             worker_bytes,
@@ -311,6 +307,7 @@ where
             registry: ctx.shared.clone(),
             spill_tx,
             spill_rx,
+            queued,
             retry: shared::Retry::default(),
             _worker: std::marker::PhantomData,
         });

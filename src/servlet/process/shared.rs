@@ -3,7 +3,8 @@
 
 use crate::sync::lock_std;
 use std::marker::PhantomData;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicIsize, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -54,9 +55,42 @@ pub(crate) struct Shared<W: Worker> {
     /// How many worker processes are alive, and since when none is.
     pub(crate) live: Mutex<Live>,
     pub(super) spill_rx: Receiver<Item<W>>,
+    /// How many items wait in the queue and the spill queue together (the
+    /// queue-depth gauge).
+    pub(crate) queued: Arc<Queued>,
     /// Items of crashed workers to be sent again (`retry_crashed`).
     pub(super) retry: Retry,
     pub(crate) _worker: PhantomData<fn() -> W>,
+}
+
+/// How many items wait in a process servlet's queue and spill queue, as one
+/// count: an item entering the queue adds one, an item taken from either
+/// queue for a worker (or dropped, or failed) takes one off, and an item
+/// moving from the queue to the spill queue leaves it as it is. Reading the
+/// two queues' lengths one after the other could count an item twice or not
+/// at all, or count items taken between the two reads beside new ones.
+///
+/// An item is counted once its send returned, and may be taken (and counted
+/// off) just before that: the count may dip below zero for a moment, and is
+/// read as zero then. It never counts an item that has left the servlet.
+#[derive(Debug, Default)]
+pub(crate) struct Queued(AtomicIsize);
+
+impl Queued {
+    /// One item entered the queue.
+    pub(crate) fn entered(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+
+    /// `n` items left the queues (taken for a worker, dropped or failed).
+    pub(crate) fn left(&self, n: u64) {
+        self.0.fetch_sub(n as isize, Relaxed);
+    }
+
+    /// The number of queued items.
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Relaxed).max(0) as usize
+    }
 }
 
 /// Items that were in a worker process when it died, to be sent again

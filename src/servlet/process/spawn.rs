@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use super::image::{self, Entry, ImageId};
 pub(crate) use super::launcher::{Launcher, SpawnOptions, WorkerSpawn};
 use super::launcher::{StartRequest, WorkerProcess};
+use crate::sync::lock_std;
 
 /// A worker process as the supervisor holds it.
 pub(crate) type ProcHandle = Box<dyn WorkerProcess>;
@@ -145,6 +146,9 @@ fn widen_buffers(sock: &UnixStream) {
 
 /// Set once this process has become a worker process (it serves a worker).
 static BOOTED: AtomicBool = AtomicBool::new(false);
+
+/// Held while a worker process is spawned (see `start`).
+static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Marks this process as a worker process; false if it already was one.
 pub(crate) fn mark_booted() -> bool {
@@ -337,6 +341,16 @@ fn start(
     registry: &ChildRegistry,
 ) -> io::Result<(ProcHandle, UnixStream)> {
     let launcher = &opts.launcher;
+    // A worker spawned here holds its end of the socket only once its
+    // parent's copy is closed (below); a process spawned meanwhile by another
+    // thread would hold a copy until it runs its program, and this worker's
+    // death would not read as the end of its connection while it does (a
+    // call handed to the dead worker would be written into the socket and
+    // lost with it). Worker spawns take turns, each from its socket's
+    // creation to its child's start (`spawn` returns once the child runs its
+    // program, its copies of our sockets closed). Not held across a
+    // launcher's own starter (user code).
+    let spawning = launcher.starter.is_none().then(|| lock_std(&SPAWNING));
     let (ours, theirs) = UnixStream::pair()?;
     widen_buffers(&ours);
     widen_buffers(&theirs);
@@ -383,6 +397,7 @@ fn start(
             Box::new(child)
         }
     };
+    drop(spawning);
     registry.add(child.id());
     let hello = Hello {
         token,

@@ -282,6 +282,7 @@ where
             ),
         };
         drain_queued(shared, &self.rx, |(ticket, x)| {
+            shared.queued.left(1);
             shared.stats.items_in.fetch_add(1, Relaxed);
             let _ = crate::worker::panic::catch(false, move || drop(x));
             shared.stats.items_err.fetch_add(1, Relaxed);
