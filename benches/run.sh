@@ -5,7 +5,7 @@
 # report.
 #
 # Usage: benches/run.sh [--quick] [--runs N] [--scenarios S1,S13,...]
-#                       [--placements pinned1,unpinned] [--defaults] [--no-build]
+#                       [--placements pinned1,unpinned,split] [--defaults] [--no-build]
 #                       [--baseline BIN]
 #
 #   --quick       smaller counts, 1 run, short quiet waits, no reruns (smoke test)
@@ -13,7 +13,8 @@
 #                 of each contender, their order alternating from run to run)
 #   --scenarios   ids to run (default: R, S1-S14; an id no contender defines,
 #                 e.g. S11 before it exists, is skipped with a note)
-#   --placements  placements to measure (default: pinned1,unpinned)
+#   --placements  placements to measure (default: pinned1,unpinned,split; split
+#                 is measured for S1 and R1 only: see benches/README.md)
 #   --defaults    run the mpservice peers at their default settings
 #   --no-build    use the binaries already in the target directory
 #   --baseline BIN  also run BIN (an mpserver_scenarios built from another
@@ -49,7 +50,7 @@ build=1
 best=1
 selection=""
 baseline=""
-placements="pinned1,unpinned"
+placements="pinned1,unpinned,split"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
@@ -106,7 +107,7 @@ failed=()
 
 # Contenders and the scenarios each defines.
 contenders=()
-declare -A cmd defines
+declare -A cmd defines no_split
 if [ -x "$bin/mpserver_scenarios" ]; then
     contenders+=(mpserver)
     cmd[mpserver]="$bin/mpserver_scenarios"
@@ -120,6 +121,8 @@ if [ -n "$baseline" ]; then
     cmd[mpserver-baseline]="$baseline"
     # Older builds have no --list: they define at least S1-S10.
     defines[mpserver-baseline]=" $("$baseline" --list 2>/dev/null | tr '\n' ' ' || true) "
+    # A binary from before the split placement refuses it: leave it out there.
+    "$baseline" --placement split --list >/dev/null 2>&1 || no_split[mpserver-baseline]=1
     [ "${defines[mpserver-baseline]}" = "  " ] && defines[mpserver-baseline]=" S1 S2 S3 S4 S5 S6 S7 S8 S9 S10 "
 fi
 for version in 0.12.9 0.16.8; do
@@ -177,8 +180,13 @@ measure() {
 IFS=',' read -r -a placement_list <<<"$placements"
 if [ -n "$raw_ids" ]; then
     for placement in "${placement_list[@]}"; do
+        ids="$raw_ids"
+        if [ "$placement" = split ]; then
+            [[ ",$raw_ids," == *,R1,* ]] || continue
+            ids=R1
+        fi
         for ((r = 0; r < runs; r++)); do
-            measure raw "$placement" "$raw_ids" "$bin/raw_limit"
+            measure raw "$placement" "$ids" "$bin/raw_limit"
         done
     done
 fi
@@ -199,12 +207,22 @@ for id in "${wanted[@]}"; do
             say "S6 pinned1: skipped (S6 measures scaling over 2 CPUs)"
             continue
         fi
+        # split (caller's process on CPU 0, workers on CPU 1) is S1's.
+        [ "$placement" = split ] && [ "$key" != S1 ] && continue
+        here=()
+        for c in "${who[@]}"; do
+            if [ "$placement" = split ] && [ -n "${no_split[$c]:-}" ]; then
+                say "S1 split: $c does not know the split placement, skipped"
+                continue
+            fi
+            here+=("$c")
+        done
         for ((r = 0; r < runs; r++)); do
             # Alternate the order of contenders: rotate it by the run
             # number, so each goes first, second, ... in turn.
-            n=${#who[@]}
+            n=${#here[@]}
             order=()
-            for ((i = 0; i < n; i++)); do order+=("${who[$(((i + r) % n))]}"); done
+            for ((i = 0; i < n; i++)); do order+=("${here[$(((i + r) % n))]}"); done
             for c in "${order[@]}"; do
                 # shellcheck disable=SC2086  # cmd holds a program and its flags
                 measure "$c" "$placement" "$key" ${cmd[$c]}

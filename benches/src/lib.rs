@@ -26,7 +26,7 @@ pub struct Figure {
     pub contender: String,
     /// Scenario id, e.g. `"S1_seq_call"` or `"R1_roundtrip"`.
     pub scenario: String,
-    /// CPU placement the figure was measured under (`"pinned1"`/`"unpinned"`).
+    /// CPU placement the figure was measured under (`"pinned1"`/`"unpinned"`/`"split"`).
     pub placement: String,
     /// Metric name, e.g. `"calls_per_s"` or `"p99_us"`.
     pub metric: String,
@@ -139,10 +139,16 @@ pub enum Placement {
     Pinned1,
     /// No CPU restriction.
     Unpinned,
+    /// The contender's main process (the caller and the server's own
+    /// threads) on CPU 0, every worker process on CPU 1: the two ends of a
+    /// call always on different CPUs, the case that `unpinned` falls into
+    /// in some runs and not others (measured for S1 and R1).
+    Split,
 }
 
 impl Placement {
-    /// Both placements, in the order they are usually run.
+    /// The placements every scenario is measured under, in the order they
+    /// are usually run (`split` is measured for S1 and R1 only).
     pub const ALL: [Placement; 2] = [Placement::Pinned1, Placement::Unpinned];
 }
 
@@ -151,6 +157,7 @@ impl fmt::Display for Placement {
         f.write_str(match self {
             Placement::Pinned1 => "pinned1",
             Placement::Unpinned => "unpinned",
+            Placement::Split => "split",
         })
     }
 }
@@ -162,8 +169,9 @@ impl FromStr for Placement {
         match s {
             "pinned1" => Ok(Placement::Pinned1),
             "unpinned" => Ok(Placement::Unpinned),
+            "split" => Ok(Placement::Split),
             other => Err(format!(
-                "unknown placement {other:?} (expected pinned1 or unpinned)"
+                "unknown placement {other:?} (expected pinned1, unpinned or split)"
             )),
         }
     }
@@ -172,12 +180,52 @@ impl FromStr for Placement {
 /// Restricts the calling process (and every process it later creates) to
 /// CPU 0. Threads created afterwards inherit the mask as well.
 pub fn pin_to_cpu0() -> nix::Result<()> {
+    pin_to_cpu(0)
+}
+
+/// Restricts the calling thread (and every thread and process it later
+/// creates) to CPU `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> nix::Result<()> {
+    set_cpus(&[cpu])
+}
+
+/// Restricts the calling thread (and every thread and process it later
+/// creates) to `cpus`, e.g. back to the set [`current_cpus`] gave earlier.
+pub fn set_cpus(cpus: &[usize]) -> nix::Result<()> {
     use nix::sched::{CpuSet, sched_setaffinity};
     use nix::unistd::Pid;
 
     let mut set = CpuSet::new();
-    set.set(0)?;
+    for &c in cpus {
+        set.set(c)?;
+    }
     sched_setaffinity(Pid::from_raw(0), &set)
+}
+
+/// Moves every thread of this process to CPU `cpu`; threads they create
+/// later inherit it. For the `split` placement: a server's own threads,
+/// started while the process could still use CPU 1 (a worker can only be
+/// pinned to a CPU its parent may use), join the caller on CPU 0 after the
+/// start. A thread that exits meanwhile is skipped.
+pub fn pin_all_threads_to(cpu: usize) -> nix::Result<()> {
+    use nix::errno::Errno;
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)))?;
+    for entry in tasks.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        match sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Lists the CPUs the calling process may currently run on.
@@ -192,7 +240,7 @@ pub fn current_cpus() -> nix::Result<Vec<usize>> {
 }
 
 /// The command-line flags every benchmark program accepts:
-/// `--placement pinned1|unpinned`, `--runs N`, `--scenarios A,B,...`, `--quick`,
+/// `--placement pinned1|unpinned|split`, `--runs N`, `--scenarios A,B,...`, `--quick`,
 /// `--list`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommonArgs {
@@ -491,6 +539,15 @@ mod tests {
         assert_eq!(summarize(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(summarize(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
         assert_eq!(summarize(&[]), None);
+    }
+
+    #[test]
+    fn placements_parse_what_they_print() {
+        for p in [Placement::Pinned1, Placement::Unpinned, Placement::Split] {
+            assert_eq!(p.to_string().parse::<Placement>(), Ok(p));
+        }
+        assert_eq!("split".parse::<Placement>(), Ok(Placement::Split));
+        assert!("pinned2".parse::<Placement>().is_err());
     }
 
     #[test]

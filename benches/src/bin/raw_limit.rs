@@ -24,8 +24,9 @@
 //!   them on one bare thread, then shared by two; `speedup` is what this
 //!   machine's two vCPUs give with nothing else running (the ceiling for S6).
 //!
-//! Flags: `--placement pinned1|unpinned` (pinned1 puts parent and child on
-//! CPU 0; unpinned leaves the affinity alone), `--runs N` (default 3),
+//! Flags: `--placement pinned1|unpinned|split` (pinned1 puts parent and
+//! child on CPU 0; unpinned leaves the affinity alone; split puts the parent
+//! on CPU 0 and the child on CPU 1), `--runs N` (default 3),
 //! `--scenarios R1,R2,R3,R4`, `--quick` (smaller counts).
 
 use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mpserver_benches::{
-    CommonArgs, Figure, Placement, current_cpus, lcg_work, loops_for_2ms, pin_to_cpu0,
+    CommonArgs, Figure, Placement, current_cpus, lcg_work, loops_for_2ms, pin_to_cpu, pin_to_cpu0,
 };
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
@@ -108,7 +109,9 @@ fn main() -> ExitCode {
 
 /// Sets up the placement, forks the echo child and runs the selected scenarios.
 fn run(args: &CommonArgs) -> io::Result<()> {
-    if args.placement == Placement::Pinned1 {
+    // pinned1: parent and child on CPU 0; split: the parent on CPU 0, the
+    // child on CPU 1 (set in the child after the fork).
+    if args.placement != Placement::Unpinned {
         pin_to_cpu0().map_err(io::Error::from)?;
     }
     eprintln!(
@@ -143,6 +146,12 @@ fn run(args: &CommonArgs) -> io::Result<()> {
         ForkResult::Child => {
             drop(parent_end);
             drop(parent_big);
+            if args.placement == Placement::Split
+                && let Err(e) = pin_to_cpu(1)
+            {
+                eprintln!("raw_limit child: cannot pin to CPU 1: {e}");
+                std::process::exit(1);
+            }
             let code = match echo_loop(&child_end).and_then(|()| echo_loop(&child_big)) {
                 Ok(()) => 0,
                 Err(e) => {

@@ -117,7 +117,7 @@ impl From<&Figure> for Cell {
 struct Row {
     /// Scenario id, e.g. `S1_seq_call`.
     scenario: String,
-    /// `pinned1` or `unpinned`.
+    /// `pinned1`, `unpinned` or `split`.
     placement: String,
     /// Metric name.
     metric: String,
@@ -318,6 +318,16 @@ fn scenario_number(id: &str) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
+/// Order of placements within a scenario: pinned1, unpinned, split, others.
+fn placement_rank(placement: &str) -> u8 {
+    match placement {
+        "pinned1" => 0,
+        "unpinned" => 1,
+        "split" => 2,
+        _ => 3,
+    }
+}
+
 /// Builds one row per non-raw scenario / placement / metric, in scenario order.
 fn build_rows(figures: &[Figure], contenders: &[String]) -> Vec<Row> {
     let lookup = |contender: &str, scenario: &str, placement: &str, metric: &str| {
@@ -345,7 +355,7 @@ fn build_rows(figures: &[Figure], contenders: &[String]) -> Vec<Row> {
         }
     }
     // Stable: metrics keep their first-seen order within a scenario/placement.
-    keys.sort_by_key(|k| (scenario_number(k.0), k.0, k.1 != "pinned1"));
+    keys.sort_by_key(|k| (scenario_number(k.0), k.0, placement_rank(k.1)));
 
     keys.into_iter()
         .map(|(scenario, placement, metric, unit)| {
@@ -513,7 +523,7 @@ fn render_markdown(rows: &[Row], contenders: &[String], figures: &[Figure]) -> S
     }
 
     let mut raw: Vec<&Figure> = figures.iter().filter(|f| f.contender == RAW).collect();
-    raw.sort_by_key(|f| (scenario_number(&f.scenario), f.placement != "pinned1"));
+    raw.sort_by_key(|f| (scenario_number(&f.scenario), placement_rank(&f.placement)));
     let _ = writeln!(md, "\n## Raw limit (two processes, Unix socket pair)\n");
     if raw.is_empty() {
         let _ = writeln!(md, "n/a (no raw-limit figures were given)");
@@ -830,6 +840,23 @@ mod tests {
             unit,
             vec![v],
         )
+    }
+
+    #[test]
+    fn rows_of_a_scenario_go_pinned1_unpinned_split() {
+        let at = |p: Placement, v: f64| {
+            let mut f = fig("mpserver", "S1_seq_call", "p50_us", "us", v);
+            f.placement = p.to_string();
+            f
+        };
+        let figures = vec![
+            at(Placement::Split, 3.0),
+            at(Placement::Unpinned, 2.0),
+            at(Placement::Pinned1, 1.0),
+        ];
+        let rows = build_rows(&figures, &contender_columns(&figures));
+        let order: Vec<&str> = rows.iter().map(|r| r.placement.as_str()).collect();
+        assert_eq!(order, ["pinned1", "unpinned", "split"]);
     }
 
     #[test]
