@@ -82,7 +82,9 @@ impl<Out: Send + 'static> Request<Out> {
         self.clock.enter_at(at);
     }
 
-    fn send(&self, r: Result<Out, Error>, release: bool) {
+    /// Sends the outcome `r`, `total` after the request started; `release`
+    /// gives its capacity unit back first.
+    fn send(&self, r: Result<Out, Error>, total: Duration, release: bool) {
         let (tx, permit, wake) = {
             let mut slot = lock_std(&self.slot);
             let permit = if release { slot.permit.take() } else { None };
@@ -90,7 +92,7 @@ impl<Out: Send + 'static> Request<Out> {
         };
         drop(permit);
         if let Some(tx) = tx {
-            self.stats.record(&r, self.started.elapsed());
+            self.stats.record(&r, total);
             let _ = tx.send(r);
         }
         if let Some(wake) = wake {
@@ -117,7 +119,17 @@ impl<Out: Send + 'static> Request<Out> {
             .compare_exchange(PENDING, DONE, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.send(r, true);
+            // An outcome that came after the deadline, before the timer
+            // thread got to it (a loaded machine), is a timeout all the same:
+            // a call never returns later than its limit with a value. The
+            // work has left the flow, so the unit comes back.
+            let total = self.started.elapsed();
+            let r = if total > self.timeout {
+                Err(self.timeout_error(total))
+            } else {
+                r
+            };
+            self.send(r, total, true);
             true
         } else {
             false
@@ -139,6 +151,17 @@ impl<Out: Send + 'static> Request<Out> {
         let _ =
             self.state
                 .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The error of a request whose deadline passed, `total` after it
+    /// started, while it was in the flow.
+    fn timeout_error(&self, total: Duration) -> Error {
+        Error::Timeout(TimeoutError {
+            enqueue: Duration::from_nanos(self.enqueue_nanos.load(Ordering::Relaxed)),
+            total,
+            limit: self.timeout,
+            while_enqueuing: false,
+        })
     }
 
     fn is_pending(&self) -> bool {
@@ -165,16 +188,8 @@ impl<Out: Send + 'static> Expire for Request<Out> {
             .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            let enqueue = Duration::from_nanos(self.enqueue_nanos.load(Ordering::Relaxed));
-            self.send(
-                Err(Error::Timeout(TimeoutError {
-                    enqueue,
-                    total: self.started.elapsed(),
-                    limit: self.timeout,
-                    while_enqueuing: false,
-                })),
-                false,
-            );
+            let total = self.started.elapsed();
+            self.send(Err(self.timeout_error(total)), total, false);
         }
     }
     fn pending_since(&self) -> Option<(Instant, Duration)> {
@@ -190,7 +205,7 @@ impl<Out: Send + 'static> Expire for Request<Out> {
             .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.send(Err(Error::Shutdown), true);
+            self.send(Err(Error::Shutdown), self.started.elapsed(), true);
         } else {
             // Timed out or cancelled earlier: its permit is still held.
             let permit = {
@@ -368,5 +383,46 @@ fn futures_lite_block_on<Out>(
             Poll::Ready(r) => return r.unwrap_or(Err(Error::Shutdown)),
             Poll::Pending => std::thread::park(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::admission::Admission;
+
+    /// An outcome that reaches the end of the flow after the request's
+    /// deadline, before the timer thread got to it (a loaded machine), is a
+    /// timeout all the same: a call never returns a value later than its
+    /// limit. The work has left the flow, so its unit comes back.
+    #[test]
+    fn an_outcome_after_the_deadline_is_a_timeout_and_frees_the_unit() {
+        let admission = Admission::new(1);
+        let permit = admission.try_acquire().unwrap();
+        let limit = Duration::from_millis(1);
+        let started = Instant::now();
+        let stats = Arc::new(ServerStats::default());
+        let (req, rx) = Request::<u32>::new(started, limit, permit, stats);
+        // No timer runs here: the outcome arrives after the deadline.
+        std::thread::sleep(limit * 2);
+        assert!(req.complete(Ok(7)));
+        match rx.recv().unwrap() {
+            Err(Error::Timeout(t)) => {
+                assert_eq!(t.limit, limit);
+                assert!(t.total > limit, "{t:?}");
+                assert!(!t.while_enqueuing);
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(admission.used(), 0, "the unit of finished work comes back");
+        // Before its deadline, the value itself.
+        let (req, rx) = Request::<u32>::new(
+            Instant::now(),
+            Duration::from_secs(60),
+            admission.try_acquire().unwrap(),
+            Arc::new(ServerStats::default()),
+        );
+        assert!(req.complete(Ok(8)));
+        assert_eq!(rx.recv().unwrap().unwrap(), 8);
     }
 }
