@@ -5,7 +5,8 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use super::image::{self, Boot, Entry, StartHook};
-use super::spawn::{self, EXIT_HANDSHAKE_FAILED, Find, Hello, MAGIC, PROTOCOL, WorkerVar};
+use super::launcher::WorkerVar;
+use super::spawn::{self, EXIT_HANDSHAKE_FAILED, Find, Hello, MAGIC, PROTOCOL};
 use crate::ipc::frame::{self, kind};
 use crate::ipc::reader::FrameReader;
 

@@ -123,17 +123,50 @@ impl StartRequest<'_> {
     /// (the pid of the process that will be its parent) as the process it
     /// must check is its parent.
     pub fn env(&self, parent_pid: u32) -> Vec<(OsString, Option<OsString>)> {
-        let var = super::spawn::WorkerVar {
+        let var = WorkerVar {
             ppid: parent_pid as i32,
             token: self.token,
             re_exec: self.re_exec,
         };
         let mut env = self.launcher_env.to_vec();
-        env.push((
-            OsString::from(super::spawn::ENV),
-            Some(OsString::from(var.render())),
-        ));
+        env.push((OsString::from(ENV), Some(OsString::from(var.render()))));
         env
+    }
+}
+
+/// Environment variable that marks a worker process.
+pub(crate) const ENV: &str = "MPSERVER_WORKER";
+
+/// What `MPSERVER_WORKER` says: `<server pid>:<token>:<mode>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerVar {
+    pub(crate) ppid: i32,
+    pub(crate) token: u64,
+    /// Re-exec (`x`): the process finds its entry by itself before `main`;
+    /// program (`p`): the program calls `serve_worker`.
+    pub(crate) re_exec: bool,
+}
+
+impl WorkerVar {
+    pub(crate) fn render(&self) -> String {
+        let mode = if self.re_exec { 'x' } else { 'p' };
+        format!("{}:{}:{mode}", self.ppid, self.token)
+    }
+
+    pub(super) fn parse(var: &str) -> Option<Self> {
+        let mut it = var.split(':');
+        let ppid = it.next()?.parse().ok()?;
+        let token = it.next()?.parse().ok()?;
+        let re_exec = match it.next()? {
+            "x" => true,
+            "p" => false,
+            _ => return None,
+        };
+        it.next().is_none().then_some(WorkerVar {
+            ppid,
+            token,
+            re_exec,
+        })
     }
 }
 

@@ -54,8 +54,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::image::{self, Entry, ImageId};
+use super::launcher::{ENV, StartRequest, WorkerProcess, WorkerVar};
 pub(crate) use super::launcher::{Launcher, SpawnOptions, WorkerSpawn};
-use super::launcher::{StartRequest, WorkerProcess};
 use crate::sync::lock_std;
 
 /// A worker process as the supervisor holds it.
@@ -63,8 +63,6 @@ pub(crate) type ProcHandle = Box<dyn WorkerProcess>;
 use crate::ipc::frame::{FrameBuf, kind};
 use crate::servlet::plumbing::ChildRegistry;
 
-/// Environment variable that marks a worker process.
-pub(crate) const ENV: &str = "MPSERVER_WORKER";
 pub(crate) const MAGIC: u64 = 0x6d70_7365_7276_6572; // "mpserver"
 /// Version of the handshake and of the frames that follow it.
 pub(crate) const PROTOCOL: u32 = 2;
@@ -153,39 +151,6 @@ static SPAWNING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Marks this process as a worker process; false if it already was one.
 pub(crate) fn mark_booted() -> bool {
     !BOOTED.swap(true, Ordering::SeqCst)
-}
-
-/// What `MPSERVER_WORKER` says: `<server pid>:<token>:<mode>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WorkerVar {
-    pub(crate) ppid: i32,
-    pub(crate) token: u64,
-    /// Re-exec (`x`): the process finds its entry by itself before `main`;
-    /// program (`p`): the program calls `serve_worker`.
-    pub(crate) re_exec: bool,
-}
-
-impl WorkerVar {
-    pub(crate) fn render(&self) -> String {
-        let mode = if self.re_exec { 'x' } else { 'p' };
-        format!("{}:{}:{mode}", self.ppid, self.token)
-    }
-
-    fn parse(var: &str) -> Option<Self> {
-        let mut it = var.split(':');
-        let ppid = it.next()?.parse().ok()?;
-        let token = it.next()?.parse().ok()?;
-        let re_exec = match it.next()? {
-            "x" => true,
-            "p" => false,
-            _ => return None,
-        };
-        it.next().is_none().then_some(WorkerVar {
-            ppid,
-            token,
-            re_exec,
-        })
-    }
 }
 
 /// What `MPSERVER_WORKER` says, if this process was started as a worker
