@@ -134,6 +134,7 @@ where
         codec: shared.codec,
         events: ev_tx.clone(),
         shm: shm.clone(),
+        taken: Vec::new(),
     };
     let read = match ReadPort::<W::Output>::new(side, out.clone()) {
         Ok(r) => r,

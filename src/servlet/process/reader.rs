@@ -104,6 +104,9 @@ pub(super) struct ReadSide {
     pub(super) events: Sender<Event>,
     /// The connection's shared memory (large values), if it has some.
     pub(super) shm: Option<Arc<SlotPool>>,
+    /// The entries a frame's results settle, emptied after each frame (its
+    /// allocation reused: one less per frame).
+    pub(super) taken: Vec<Option<InFlight>>,
 }
 
 /// The bytes of a result: in the frame, or in the slot its item holds
@@ -145,7 +148,10 @@ impl ReadSide {
                 // Credit goes back before the results are delivered: a caller
                 // woken by its result and calling again at once finds the
                 // worker idle (and may hand it the next item).
-                let (taken, wake) = self.ledger.settle(parsed.iter().map(|(id, ..)| *id));
+                let mut taken = std::mem::take(&mut self.taken);
+                let wake = self
+                    .ledger
+                    .settle_into(parsed.iter().map(|(id, ..)| *id), &mut taken);
                 if wake {
                     let _ = self.events.send(Event::Credit);
                 }
@@ -155,7 +161,7 @@ impl ReadSide {
                 let rec = self.stats.stage_recorder();
                 let mut done = 0u64;
                 let shm = self.shm.as_deref();
-                for (entry, (id, st, compute_ns, payload)) in taken.into_iter().zip(parsed) {
+                for (entry, (id, st, compute_ns, payload)) in taken.drain(..).zip(parsed) {
                     let Some(entry) = entry else {
                         if let Some(pool) = shm {
                             // A slot handed over with the result is the
@@ -216,6 +222,7 @@ impl ReadSide {
                     }
                     out.push((Some(id), d));
                 }
+                self.taken = taken;
                 batch.frame = frame_body;
                 self.status.items.fetch_add(done, Relaxed);
                 match send_cancels(&self.ledger, &self.writer, false) {
