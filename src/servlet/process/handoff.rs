@@ -192,8 +192,13 @@ where
         frames.set_id(0, id);
         self.shared.stats.items_in.fetch_add(1, Relaxed);
         port.ledger.reserve(1);
-        port.ledger
-            .add([(id, InFlight::new(ticket.clone(), bytes))]);
+        // Sent as it entered the servlet: a hand-off waits in no queue (its
+        // encoding counts as transfer time), and a clock reading is saved.
+        let entry = match ticket.clock().and_then(|c| c.entered_ns()) {
+            Some(ns) => InFlight::sent_at(ticket.clone(), bytes, ns),
+            None => InFlight::new(ticket.clone(), bytes),
+        };
+        port.ledger.add([(id, entry)]);
         // Someone reads before the write goes out: a caller about to wait
         // reads its result itself if nobody reads now; else the thread must.
         let claim = if kind == Push::Waiting {
