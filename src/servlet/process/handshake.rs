@@ -113,7 +113,7 @@ where
         spawn::discard(child.as_mut(), &shared.registry);
         spawn_err(message)
     };
-    let ledger: Arc<Ledger> = Arc::default();
+    let ledger = Arc::new(Ledger::new(shared.policy.batched()));
     let writer: Writer = match sock.try_clone() {
         Ok(sock) => Arc::new(Mutex::new(SendSide {
             sock,
