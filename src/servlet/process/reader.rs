@@ -265,6 +265,9 @@ pub(super) struct ReadPort<Out> {
     hand: Handover,
     /// Results a caller read for others, for the thread to deliver.
     outbox: Mutex<Vec<Settled<Out>>>,
+    /// The list a reading caller collects its step's items in, empty, kept
+    /// for the next caller (one allocation less per call).
+    caller_items: Mutex<Vec<Read<Out>>>,
     out: SinkRef<Out>,
     who: WorkerId,
     codec: Codec,
@@ -314,6 +317,7 @@ impl<Out: DeserializeOwned + Send + 'static> ReadPort<Out> {
             ended: Mutex::new(None),
             hand: Handover::default(),
             outbox: Mutex::new(Vec::new()),
+            caller_items: Mutex::new(Vec::new()),
             out,
             wake: EventFd::from_flags(flags)?,
             caller,
@@ -540,7 +544,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
             // Read once already: the reading is no longer this caller's.
             return;
         }
-        let mut batch = Batch::new();
+        let mut batch = Batch {
+            items: std::mem::take(&mut *lock_std(&port.caller_items)),
+            frame: Bytes::new(),
+        };
         let mut mine = None;
         {
             let mut side = port.lock_side();
@@ -572,6 +579,10 @@ impl<Out: DeserializeOwned + Send + 'static> ReadClaim for CallerRead<Out> {
                     break;
                 }
             }
+        }
+        // Every item read was sorted out of the list: it is empty.
+        if batch.items.is_empty() {
+            *lock_std(&port.caller_items) = std::mem::take(&mut batch.items);
         }
         // Its own result, delivered (and decoded: user `Deserialize`)
         // outside the read lock, and after giving the reading back, so that
