@@ -43,8 +43,8 @@ pub(super) struct Door {
     /// The frame buffer of the last hand-off through this door, emptied,
     /// for the next one to reuse (a new one per call cost its allocations
     /// and their growth); `None` while a hand-off uses it, or after a large
-    /// item.
-    spare: Mutex<Option<ItemFrames>>,
+    /// item. Boxed: taking and keeping it moves a pointer, not the frames.
+    spare: Mutex<Option<Box<ItemFrames>>>,
 }
 
 /// Frame buffers of at most this many bytes are kept for the next hand-off
@@ -69,14 +69,14 @@ impl Door {
     }
 
     /// Empty frames for a hand-off: the spare ones if free, else new.
-    fn frames(&self) -> ItemFrames {
+    fn frames(&self) -> Box<ItemFrames> {
         let spare = self.spare.try_lock().ok().and_then(|mut s| s.take());
-        spare.unwrap_or_else(|| ItemFrames::new(false, usize::MAX))
+        spare.unwrap_or_else(|| Box::new(ItemFrames::new(false, usize::MAX)))
     }
 
     /// Keeps `frames` for the next hand-off, emptied (slots they still lease
     /// go back, the link to the shared memory goes), unless they grew large.
-    fn keep(&self, mut frames: ItemFrames) {
+    fn keep(&self, mut frames: Box<ItemFrames>) {
         if frames.bytes().len() > KEEP_FRAMES_UP_TO {
             return;
         }
