@@ -51,6 +51,9 @@ pub struct FrameReader<R> {
     /// The buffer of [`FrameReader::read_frame_shared`]: bodies are split
     /// off it, and its allocation is reused once they are all dropped.
     shared: BytesMut,
+    /// The buffer of small frames read while an earlier body holds `shared`
+    /// (see [`SMALL_FRAME`]): reused like `shared` once its body is dropped.
+    small: BytesMut,
     max: usize,
 }
 
@@ -88,6 +91,7 @@ impl<R: Read> FrameReader<R> {
             ),
             body: Vec::new(),
             shared: BytesMut::new(),
+            small: BytesMut::new(),
             max,
         }
     }
@@ -206,10 +210,15 @@ impl<R: Read> FrameReader<R> {
                 // fresh `SHARED_MIN` one (a malloc and free of 64 KiB per call
                 // on the single-call path, where the worker's TIMING frame
                 // follows each result), and the shared allocation is reused
-                // once that body goes.
-                let mut own = BytesMut::zeroed(len);
-                Self::read_body(&mut self.inner, &mut own[..])?;
-                own.freeze()
+                // once that body goes. The small buffer's own allocation is
+                // reused too once its last body (the previous TIMING frame,
+                // acted on at once) is dropped.
+                if !self.small.try_reclaim(len) {
+                    self.small = BytesMut::with_capacity(SMALL_FRAME);
+                }
+                self.small.resize(len, 0);
+                Self::read_body(&mut self.inner, &mut self.small[..])?;
+                self.small.split().freeze()
             } else {
                 // Reclaims the whole allocation when no earlier body is alive
                 // (at least `SHARED_MIN`, so that frames of varied small sizes

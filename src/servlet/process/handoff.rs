@@ -40,7 +40,16 @@ use crate::worker::panic;
 #[derive(Default)]
 pub(super) struct Door {
     port: Mutex<Option<Arc<Port>>>,
+    /// The frame buffer of the last hand-off through this door, emptied,
+    /// for the next one to reuse (a new one per call cost its allocations
+    /// and their growth); `None` while a hand-off uses it, or after a large
+    /// item. Boxed: taking and keeping it moves a pointer, not the frames.
+    spare: Mutex<Option<Box<ItemFrames>>>,
 }
+
+/// Frame buffers of at most this many bytes are kept for the next hand-off
+/// (a rare large item does not leave its buffer held by the door).
+const KEEP_FRAMES_UP_TO: usize = 64 * 1024;
 
 impl Door {
     /// Publishes a newly started process.
@@ -57,6 +66,24 @@ impl Door {
 
     fn current(&self) -> Option<Arc<Port>> {
         self.port.lock().ok()?.clone()
+    }
+
+    /// Empty frames for a hand-off: the spare ones if free, else new.
+    fn frames(&self) -> Box<ItemFrames> {
+        let spare = self.spare.try_lock().ok().and_then(|mut s| s.take());
+        spare.unwrap_or_else(|| Box::new(ItemFrames::new(false, usize::MAX)))
+    }
+
+    /// Keeps `frames` for the next hand-off, emptied (slots they still lease
+    /// go back, the link to the shared memory goes), unless they grew large.
+    fn keep(&self, mut frames: Box<ItemFrames>) {
+        if frames.bytes().len() > KEEP_FRAMES_UP_TO {
+            return;
+        }
+        frames.reset(false, usize::MAX);
+        if let Ok(mut s) = self.spare.try_lock() {
+            *s = Some(frames);
+        }
     }
 }
 
@@ -105,7 +132,8 @@ where
         };
         let mut item = (ticket, x);
         for k in 0..n {
-            let Some(port) = self.doors[(first + k) % n].current() else {
+            let door = &self.doors[(first + k) % n];
+            let Some(port) = door.current() else {
                 continue;
             };
             if port.ledger.held() != 0 {
@@ -113,7 +141,10 @@ where
             }
             // A worker whose send side is busy for a moment (its supervisor
             // looks at it) gives the item back: the next idle one may take it.
-            match self.send(&port, item.0, item.1, kind) {
+            let mut frames = door.frames();
+            let sent = self.send(&port, &mut frames, item.0, item.1, kind);
+            door.keep(frames);
+            match sent {
                 Err(back) => item = back,
                 sent => return sent,
             }
@@ -122,17 +153,17 @@ where
     }
 
     /// Sends one item to `port`'s process if it is still idle and its send
-    /// lock is free; else gives the item back. The value is encoded first,
-    /// without the lock (user code).
+    /// lock is free; else gives the item back. The value is encoded first
+    /// (into `frames`, empty), without the lock (user code).
     fn send(
         &self,
         port: &Port,
+        frames: &mut ItemFrames,
         ticket: TicketRef,
         x: W::Input,
         kind: Push,
     ) -> Result<Option<Claim>, (TicketRef, W::Input)> {
         let codec = self.shared.codec;
-        let mut frames = ItemFrames::new(false, usize::MAX);
         frames.use_shm(port.shm.as_ref());
         // A failure here (including a panicking `Serialize`) is the
         // supervisor's to report, with its usual error: give the item back.
@@ -161,8 +192,13 @@ where
         frames.set_id(0, id);
         self.shared.stats.items_in.fetch_add(1, Relaxed);
         port.ledger.reserve(1);
-        port.ledger
-            .add([(id, InFlight::new(ticket.clone(), bytes))]);
+        // Sent as it entered the servlet: a hand-off waits in no queue (its
+        // encoding counts as transfer time), and a clock reading is saved.
+        let entry = match ticket.clock().and_then(|c| c.entered_ns()) {
+            Some(ns) => InFlight::sent_at(ticket.clone(), bytes, ns),
+            None => InFlight::new(ticket.clone(), bytes),
+        };
+        port.ledger.add([(id, entry)]);
         // Someone reads before the write goes out: a caller about to wait
         // reads its result itself if nobody reads now; else the thread must.
         let claim = if kind == Push::Waiting {

@@ -113,7 +113,7 @@ where
         spawn::discard(child.as_mut(), &shared.registry);
         spawn_err(message)
     };
-    let ledger: Arc<Ledger> = Arc::default();
+    let ledger = Arc::new(Ledger::new(shared.policy.batched()));
     let writer: Writer = match sock.try_clone() {
         Ok(sock) => Arc::new(Mutex::new(SendSide {
             sock,
@@ -134,6 +134,7 @@ where
         codec: shared.codec,
         events: ev_tx.clone(),
         shm: shm.clone(),
+        taken: Vec::new(),
     };
     let read = match ReadPort::<W::Output>::new(side, out.clone()) {
         Ok(r) => r,

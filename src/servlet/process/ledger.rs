@@ -86,9 +86,21 @@ pub(super) struct Ledger {
     service_ns: AtomicU64,
     /// The worker's batch service time (adaptive batching, `crate::batch`).
     model: Mutex<ServiceModel>,
+    /// Items go in batches: only then is `model` read, so only then is it
+    /// kept up to date (a lock and its arithmetic less per TIMING frame).
+    batched: bool,
 }
 
 impl Ledger {
+    /// An empty ledger; `batched`: the worker's items go in batches (see
+    /// [`Ledger::model`]).
+    pub(super) fn new(batched: bool) -> Self {
+        Ledger {
+            batched,
+            ..Ledger::default()
+        }
+    }
+
     fn map(&self) -> MutexGuard<'_, IdMap> {
         lock(&self.map)
     }
@@ -120,19 +132,37 @@ impl Ledger {
     }
 
     /// The worker answered for `ids` (results or skipped replies): their
-    /// entries leave (in order, `None` for ids not held, e.g. answered
-    /// twice by a misbehaving worker) and their credit goes back. Returns
-    /// the entries and whether the supervisor asked to be woken.
+    /// entries leave (appended to `taken` in order, `None` for ids not held,
+    /// e.g. answered twice by a misbehaving worker) and their credit goes
+    /// back. Returns whether the supervisor asked to be woken. `taken` is
+    /// the caller's, so a reader reuses one allocation for every frame.
+    pub(super) fn settle_into(
+        &self,
+        ids: impl IntoIterator<Item = u64>,
+        taken: &mut Vec<Option<InFlight>>,
+    ) -> bool {
+        let n = {
+            let mut map = self.map();
+            let mut n = 0;
+            for id in ids {
+                let entry = map.remove(&id);
+                n += usize::from(entry.is_some());
+                taken.push(entry);
+            }
+            n
+        };
+        self.give_back(n)
+    }
+
+    /// [`Ledger::settle_into`] a new `Vec`: the entries and whether the
+    /// supervisor asked to be woken.
+    #[cfg(test)]
     pub(super) fn settle(
         &self,
         ids: impl IntoIterator<Item = u64>,
     ) -> (Vec<Option<InFlight>>, bool) {
-        let taken: Vec<Option<InFlight>> = {
-            let mut map = self.map();
-            ids.into_iter().map(|id| map.remove(&id)).collect()
-        };
-        let n = taken.iter().filter(|e| e.is_some()).count();
-        let wake = self.give_back(n);
+        let mut taken = Vec::new();
+        let wake = self.settle_into(ids, &mut taken);
         (taken, wake)
     }
 
@@ -228,10 +258,13 @@ impl Ledger {
             return;
         }
         self.observe(spent / items);
-        lock(&self.model).observe(1, u64::from(items), spent);
+        if self.batched {
+            lock(&self.model).observe(1, u64::from(items), spent);
+        }
     }
 
-    /// The worker's measured batch service time.
+    /// The worker's measured batch service time (kept only for a ledger
+    /// made `batched`: the default when unmeasured otherwise).
     pub(super) fn model(&self) -> ServiceModel {
         *lock(&self.model)
     }
