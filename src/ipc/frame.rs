@@ -643,6 +643,15 @@ pub type ResultEntries<'a> = Vec<(u64, u8, u64, Payload<'a>)>;
 
 /// Parses an ITEMS body: whether it is one batch, and its `(id, payload)` entries.
 pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
+    let (batched, items) = items_in(body)?;
+    Ok((batched, items.collect()))
+}
+
+/// Checks an ITEMS body whole, like [`parse_items`], and returns whether it
+/// is one batch and its `(id, payload)` entries, parsed again as they are
+/// taken: no vector (an allocation and a free per frame, on the
+/// single-call path one per item).
+pub fn items_in(body: &[u8]) -> Result<(bool, ItemsIter<'_>), FrameError> {
     let mut c = Cursor::new(body);
     let batched = match c.u8()? {
         0 => false,
@@ -650,15 +659,43 @@ pub fn parse_items(body: &[u8]) -> Result<(bool, Items<'_>), FrameError> {
         _ => return Err(FrameError::Malformed("bad batched flag")),
     };
     let n = c.count(12)?;
-    let mut items = Vec::with_capacity(n);
+    let items = ItemsIter { c, left: n };
+    let mut check = items.clone();
     for _ in 0..n {
-        let id = c.u64()?;
-        let p = c.value()?;
-        items.push((id, p));
+        check.c.u64()?;
+        check.c.value()?;
     }
-    c.finish()?;
+    check.c.finish()?;
     Ok((batched, items))
 }
+
+/// The `(id, payload)` entries of an ITEMS body checked by [`items_in`].
+#[derive(Debug, Clone)]
+pub struct ItemsIter<'a> {
+    c: Cursor<'a>,
+    left: usize,
+}
+
+impl<'a> Iterator for ItemsIter<'a> {
+    type Item = (u64, Payload<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked by `items_in`: neither read fails.
+        let id = self.c.u64().ok()?;
+        let p = self.c.value().ok()?;
+        Some((id, p))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for ItemsIter<'_> {}
 
 /// Parses a RESULTS body into `(id, status, compute_ns, payload)` entries.
 pub fn parse_results(body: &[u8]) -> Result<ResultEntries<'_>, FrameError> {

@@ -331,15 +331,16 @@ where
             match reader.read_frame()? {
                 None => eof = true,
                 Some((kind::ITEMS, body)) => {
-                    let (batched, items) = frame::parse_items(body)?;
-                    if let Some(top) = items.iter().map(|(id, _)| *id).max() {
-                        max_seen = Some(max_seen.map_or(top, |m| m.max(top)));
-                    }
+                    // Checked whole before any item is taken; the items are
+                    // parsed as they are queued (no vector per frame).
+                    let (batched, items) = frame::items_in(body)?;
                     // A value in shared memory is decoded from its slot,
                     // which the item keeps for its result; a `Bytes` in it
                     // is a view of the slot, not a copy (`shm::view`).
                     let lent = &mut results.lent;
-                    let decoded = items.into_iter().map(|(id, p)| {
+                    let max_seen = &mut max_seen;
+                    let decoded = items.map(|(id, p)| {
+                        *max_seen = Some(max_seen.map_or(id, |m| m.max(id)));
                         let x = match p {
                             Payload::Inline(b) => decode(b),
                             Payload::Shared(d) => match &region {
