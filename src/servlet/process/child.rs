@@ -372,9 +372,13 @@ where
             break;
         };
         let began = Instant::now();
-        // The clock reading after the worker's call, if it made one: it
-        // times the call and the unit (two readings per item, not three).
-        let mut ended: Option<Instant> = None;
+        // Results of this unit not preceded by a call (skipped, undecodable)
+        // are ready now.
+        results.now = Some(began);
+        // The clock reading after the worker's call, if it made one, and
+        // the unit's time to it: it times the call and the unit, and stamps
+        // the results (two readings per item, not four).
+        let mut ended: Option<(Instant, Duration)> = None;
         let done_before = done;
         match unit {
             Unit::Single(id, x) => {
@@ -388,8 +392,11 @@ where
                         running(|| Running::Items(vec![id]));
                         let r = panic::catch(backtraces, || worker.call(x)).and_then(|r| r);
                         let now = Instant::now();
-                        results.compute = now.saturating_duration_since(began);
-                        ended = Some(now);
+                        // The call's time is the unit's.
+                        let spent = now.saturating_duration_since(began);
+                        results.compute = spent;
+                        results.now = Some(now);
+                        ended = Some((now, spent));
                         match r {
                             Ok(y) => results.ok(id, &y),
                             Err(e) => {
@@ -425,7 +432,8 @@ where
                     let r = panic::catch(backtraces, || worker.call_batch(values));
                     let now = Instant::now();
                     results.compute = now.saturating_duration_since(called);
-                    ended = Some(now);
+                    results.now = Some(now);
+                    ended = Some((now, now.saturating_duration_since(began)));
                     match r {
                         Ok(rs) if rs.len() == n => {
                             for (id, r) in ids.iter().zip(rs) {
@@ -462,8 +470,10 @@ where
         }
         // The reading after the call (or one now, if nothing was called)
         // serves the timing and the flush decision.
-        let now = ended.unwrap_or_else(Instant::now);
-        let spent = now.saturating_duration_since(began);
+        let (now, spent) = ended.unwrap_or_else(|| {
+            let now = Instant::now();
+            (now, now.saturating_duration_since(began))
+        });
         unlooked = unlooked.saturating_add(1);
         last_spent = spent;
         results.note_work(spent, done - done_before);

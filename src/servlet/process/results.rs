@@ -48,6 +48,10 @@ pub(super) struct Results {
     /// The worker's time in the call whose results come next (sent with
     /// each of them, for the server's per-stage latency).
     pub(super) compute: Duration,
+    /// A clock reading the caller took just before the results that come
+    /// next (when the first of a write is ready: one reading fewer per
+    /// item); `None`: the clock is read.
+    pub(super) now: Option<Instant>,
 }
 
 impl Results {
@@ -66,6 +70,7 @@ impl Results {
             shm: None,
             lent: HashMap::new(),
             compute: Duration::ZERO,
+            now: None,
         }
     }
 
@@ -81,7 +86,9 @@ impl Results {
             self.open = Some((start, count_at));
             self.count = 0;
         }
-        self.first_at.get_or_insert_with(Instant::now);
+        if self.first_at.is_none() {
+            self.first_at = Some(self.now.unwrap_or_else(Instant::now));
+        }
     }
 
     fn seal_frame(&mut self) {
