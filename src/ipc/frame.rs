@@ -129,6 +129,7 @@ impl FrameBuf {
     }
 
     /// Starts a frame of `kind`; returns its start for [`FrameBuf::end`].
+    #[inline]
     pub fn begin(&mut self, kind: u8) -> usize {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; 4]);
@@ -137,6 +138,7 @@ impl FrameBuf {
     }
 
     /// Finishes the frame started at `start` (writes its length).
+    #[inline]
     pub fn end(&mut self, start: usize) {
         let len = (self.buf.len() - start - 4) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -150,6 +152,7 @@ impl FrameBuf {
     }
 
     /// Appends a byte.
+    #[inline]
     pub fn put_u8(&mut self, v: u8) {
         self.buf.push(v);
     }
@@ -160,16 +163,19 @@ impl FrameBuf {
     }
 
     /// Appends a little-endian u32.
+    #[inline]
     pub fn put_u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
     /// Appends a little-endian u64.
+    #[inline]
     pub fn put_u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 
     /// Reserves a u32 to patch later with [`FrameBuf::patch_u32`].
+    #[inline]
     pub fn reserve_u32(&mut self) -> usize {
         let at = self.buf.len();
         self.put_u32(0);
@@ -177,6 +183,7 @@ impl FrameBuf {
     }
 
     /// Writes `v` at a position returned by [`FrameBuf::reserve_u32`].
+    #[inline]
     pub fn patch_u32(&mut self, at: usize, v: u32) {
         self.buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
