@@ -359,7 +359,11 @@ where
                     if batched {
                         queue.push_back(Unit::Batch(decoded.collect()));
                     } else {
-                        queue.extend(decoded.map(|(id, x)| Unit::Single(id, x)));
+                        // Pushed one by one (usually one item a frame), not
+                        // through `extend`'s reserving and a further adapter.
+                        for (id, x) in decoded {
+                            queue.push_back(Unit::Single(id, x));
+                        }
                     }
                 }
                 Some((kind::CANCEL, body)) => cancelled.extend(frame::parse_cancel(body)?),
