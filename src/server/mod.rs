@@ -18,7 +18,8 @@
 // - `call`: blocking calls and `submit`, and `enqueue`, the one place where
 //   an admitted request enters the flow (the push into its first sink);
 // - `async_call`: async calls and waiting for room without blocking;
-// - `stream`: blocking and async streams;
+// - `stream`: streams (options and window in `stream/mod.rs`, the blocking
+//   ones in `stream/blocking.rs`, the async ones in `stream/async_stream.rs`);
 // - `observe`: read-only state (capacity, backlog, readiness, debug info);
 // - `admission`: capacity, the first-come line, waiting for room;
 // - `request`: one request's life (permit, result slot, deadline);
